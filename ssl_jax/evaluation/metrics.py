@@ -1,0 +1,276 @@
+"""Classification metrics for medical benchmarks, in plain numpy.
+
+Why numpy and not sklearn: the core stays light (numpy + jax + optax), yet the
+numbers must be comparable with published MedMNIST tables. So every metric
+reproduces `medmnist/evaluator.py` (`getAUC`, `getACC`) or sklearn exactly,
+and tests/test_metrics.py checks that against sklearn.
+
+Tasks are MedMNIST's strings: 'binary-class', 'multi-class',
+'ordinal-regression' (scored like multi-class) and 'multi-label,
+binary-class'. Single-label `y_true` is [N] or [N, 1] integer labels;
+multi-label `y_true` is [N, L] in {0, 1}. `probs` is [N, C] (softmax) or
+[N, L] (sigmoid); binary-class also takes [N] positive-class scores.
+
+Undefined metrics (AUROC with a single class in `y_true`) raise ValueError
+instead of returning NaN: a silent NaN in a results table is worse than a
+crash, and callers (e.g. `bootstrap_ci`) decide what to do.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+BINARY = 'binary-class'
+MULTI_CLASS = 'multi-class'
+ORDINAL = 'ordinal-regression'
+MULTI_LABEL = 'multi-label, binary-class'
+TASKS = (BINARY, MULTI_CLASS, ORDINAL, MULTI_LABEL)
+
+# (y_true, probs, task) -> float; `auroc`, `accuracy` and `macro_f1` fit.
+MetricFn = Callable[[np.ndarray, np.ndarray, str], float]
+
+
+def _check_task(task: str) -> None:
+  if task not in TASKS:
+    raise ValueError(f'unknown task {task!r}; allowed: {", ".join(TASKS)}')
+
+
+def _labels(y_true: np.ndarray, task: str) -> np.ndarray:
+  """Integer labels: [N] for single-label tasks, [N, L] for multi-label."""
+  y = np.asarray(y_true)
+  if task != MULTI_LABEL and y.ndim == 2 and y.shape[1] == 1:
+    y = y[:, 0]  # MedMNIST stores labels as [N, 1].
+  want = 2 if task == MULTI_LABEL else 1
+  if y.ndim != want:
+    raise ValueError(f'{task} needs y_true with {want} dims, got {y.shape}')
+  if not np.all(np.equal(np.mod(y, 1), 0)):
+    raise ValueError('y_true must hold integer labels')
+  return y.astype(np.int64)
+
+
+def _probs(probs: np.ndarray, task: str, n: int) -> np.ndarray:
+  """Scores as float64: [N] positive-class for binary, else [N, C]."""
+  p = np.asarray(probs, dtype=np.float64)
+  if task == BINARY and p.ndim == 2:
+    p = p[:, -1]  # MedMNIST getAUC/getACC use the last column.
+  want = 1 if task == BINARY else 2
+  if p.ndim != want or p.shape[0] != n:
+    raise ValueError(f'{task} needs probs of {want} dims and {n} rows, '
+                     f'got {p.shape}')
+  if np.isnan(p).any():
+    raise ValueError('probs contain NaN')
+  return p
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+  """1-based ranks with ties sharing their mean rank (scipy's 'average')."""
+  order = np.argsort(x, kind='stable')
+  xs = x[order]
+  first = np.r_[True, xs[1:] != xs[:-1]]
+  group = np.cumsum(first) - 1
+  starts = np.flatnonzero(first)
+  ends = np.r_[starts[1:], len(x)]
+  ranks = np.empty(len(x), dtype=np.float64)
+  ranks[order] = ((starts + 1 + ends) / 2.0)[group]
+  return ranks
+
+
+def auroc_binary(y_true: np.ndarray, score: np.ndarray) -> float:
+  """AUROC as the Mann-Whitney U statistic: P(score_pos > score_neg) + ties/2.
+
+  Equals sklearn.metrics.roc_auc_score (up to float rounding) without
+  building the ROC curve. Raises ValueError if y_true holds only one class.
+  """
+  y = np.asarray(y_true).reshape(-1)
+  s = np.asarray(score, dtype=np.float64).reshape(-1)
+  if y.shape != s.shape:
+    raise ValueError(f'y_true {y.shape} and score {s.shape} differ in length')
+  if not np.isin(y, (0, 1)).all():
+    raise ValueError('auroc_binary needs y_true in {0, 1}')
+  if np.isnan(s).any():
+    raise ValueError('score contains NaN')
+  pos = y == 1
+  n_pos = int(pos.sum())
+  n_neg = len(y) - n_pos
+  if n_pos == 0 or n_neg == 0:
+    raise ValueError(
+        f'AUROC is undefined: only one class in y_true ({n_pos} positives, '
+        f'{n_neg} negatives); it needs both')
+  u = _average_ranks(s)[pos].sum() - n_pos * (n_pos + 1) / 2.0
+  return float(u / (n_pos * n_neg))
+
+
+def auroc_per_class(y_true: np.ndarray, probs: np.ndarray,
+                    task: str) -> np.ndarray:
+  """One AUROC per class (one-vs-rest) or per label; NaN where undefined.
+
+  Binary-class gives one value (the positive class). A class whose
+  one-vs-rest problem has a single class in y_true gets NaN, so a report can
+  show which classes are missing from a split.
+  """
+  _check_task(task)
+  y = _labels(y_true, task)
+  p = _probs(probs, task, len(y))
+  if task == BINARY:
+    columns = [(y, p)]
+  elif task == MULTI_LABEL:
+    if y.shape != p.shape:
+      raise ValueError(f'y_true {y.shape} and probs {p.shape} differ')
+    columns = [(y[:, i], p[:, i]) for i in range(p.shape[1])]
+  else:
+    if len(y) and (y.min() < 0 or y.max() >= p.shape[1]):
+      raise ValueError(f'labels must lie in [0, {p.shape[1]}), got '
+                       f'[{y.min()}, {y.max()}]')
+    columns = [((y == i).astype(np.int64), p[:, i])
+               for i in range(p.shape[1])]
+  out = np.full(len(columns), np.nan)
+  for i, (yi, pi) in enumerate(columns):
+    if 0 < yi.sum() < len(yi):
+      out[i] = auroc_binary(yi, pi)
+  return out
+
+
+def auroc(y_true: np.ndarray, probs: np.ndarray, task: str, *,
+          ignore_absent_classes: bool = False) -> float:
+  """AUROC as MedMNIST's getAUC: binary, or the mean of per-class OvR/labels.
+
+  MedMNIST averages over *all* classes, so by default a class missing from
+  y_true raises (as sklearn would there). `ignore_absent_classes=True`
+  averages over the classes whose one-vs-rest problem is defined instead.
+  """
+  _check_task(task)
+  if task == BINARY:
+    y = _labels(y_true, task)
+    return auroc_binary(y, _probs(probs, task, len(y)))
+  per_class = auroc_per_class(y_true, probs, task)
+  missing = np.flatnonzero(np.isnan(per_class))
+  if len(missing) == len(per_class):
+    raise ValueError('AUROC is undefined: every class/label has only one '
+                     'class in y_true')
+  if len(missing) and not ignore_absent_classes:
+    raise ValueError(
+        f'AUROC is undefined for class/label {missing.tolist()}: only one '
+        'class in y_true for its one-vs-rest problem; pass '
+        'ignore_absent_classes=True to average over the others')
+  return float(np.nanmean(per_class))
+
+
+def _predictions(p: np.ndarray, task: str, threshold: float) -> np.ndarray:
+  """Hard labels: MedMNIST thresholds with a strict `>`, else argmax."""
+  if task in (BINARY, MULTI_LABEL):
+    return (p > threshold).astype(np.int64)
+  return np.argmax(p, axis=-1)
+
+
+def accuracy(y_true: np.ndarray, probs: np.ndarray, task: str, *,
+             threshold: float = 0.5) -> float:
+  """Accuracy as MedMNIST's getACC (multi-label: mean per-label accuracy)."""
+  _check_task(task)
+  y = _labels(y_true, task)
+  p = _probs(probs, task, len(y))
+  pred = _predictions(p, task, threshold)
+  if task == MULTI_LABEL:
+    return float(np.mean([np.mean(pred[:, i] == y[:, i])
+                          for i in range(y.shape[1])]))
+  return float(np.mean(pred == y))
+
+
+def _f1(y: np.ndarray, pred: np.ndarray) -> float:
+  """F1 = 2tp / (2tp + fp + fn); 0 when undefined, as sklearn's default."""
+  tp = np.sum((y == 1) & (pred == 1))
+  fp = np.sum((y == 0) & (pred == 1))
+  fn = np.sum((y == 1) & (pred == 0))
+  denom = 2 * tp + fp + fn
+  return float(2 * tp / denom) if denom else 0.0
+
+
+def macro_f1(y_true: np.ndarray, probs: np.ndarray, task: str, *,
+             threshold: float = 0.5) -> float:
+  """Macro F1 as sklearn f1_score(average='macro').
+
+  Single-label (binary too): mean over the labels present in y_true or the
+  predictions, so binary averages the F1 of both classes. Multi-label: mean
+  over all labels, a label with no positives and no predictions scoring 0.
+  """
+  _check_task(task)
+  y = _labels(y_true, task)
+  p = _probs(probs, task, len(y))
+  pred = _predictions(p, task, threshold)
+  if task == MULTI_LABEL:
+    return float(np.mean([_f1(y[:, i], pred[:, i])
+                          for i in range(y.shape[1])]))
+  classes = np.union1d(y, pred)
+  return float(np.mean([_f1(y == c, pred == c) for c in classes]))
+
+
+def sensitivity_specificity(y_true: np.ndarray, probs: np.ndarray, *,
+                            threshold: float = 0.5) -> tuple[float, float]:
+  """(TPR, TNR) of a binary classifier at `threshold` (strict `>`).
+
+  Raises ValueError when y_true lacks positives or negatives.
+  """
+  y = _labels(y_true, BINARY)
+  pred = _predictions(_probs(probs, BINARY, len(y)), BINARY, threshold)
+  n_pos = int(np.sum(y == 1))
+  n_neg = len(y) - n_pos
+  if n_pos == 0 or n_neg == 0:
+    raise ValueError('sensitivity/specificity are undefined: only one class '
+                     'in y_true')
+  sens = np.sum((pred == 1) & (y == 1)) / n_pos
+  spec = np.sum((pred == 0) & (y == 0)) / n_neg
+  return float(sens), float(spec)
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray,
+                           task: str) -> dict[str, float]:
+  """The headline numbers, AUROC first (MedMNIST's ranking metric)."""
+  out = {
+      'auroc': auroc(y_true, probs, task),
+      'accuracy': accuracy(y_true, probs, task),
+      'f1': macro_f1(y_true, probs, task),
+  }
+  if task == BINARY:
+    out['sensitivity'], out['specificity'] = sensitivity_specificity(
+        y_true, probs)
+  return out
+
+
+def bootstrap_ci(y_true: np.ndarray, probs: np.ndarray, task: str,
+                 metric_fn: MetricFn, *, num_samples: int = 1000,
+                 seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+  """Percentile bootstrap (1 - alpha) interval, resampling test examples.
+
+  Why: test sets in medical imaging are small, so a point estimate alone
+  overstates what a 0.5-point AUROC gain means. Resamples on which
+  `metric_fn` raises ValueError (a resample holding a single class, so AUROC
+  is undefined) are skipped, not counted; the metric is first evaluated on
+  the full set so that real errors still surface. Raises ValueError if every
+  resample is skipped.
+  """
+  y = np.asarray(y_true)
+  p = np.asarray(probs)
+  if len(y) != len(p):
+    raise ValueError(f'y_true has {len(y)} rows, probs {len(p)}')
+  metric_fn(y, p, task)
+  rng = np.random.default_rng(seed)
+  values = []
+  for _ in range(num_samples):
+    idx = rng.integers(0, len(y), len(y))
+    try:
+      values.append(metric_fn(y[idx], p[idx], task))
+    except ValueError:
+      continue
+  if not values:
+    raise ValueError('every bootstrap resample was degenerate (single class)')
+  low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+  return float(low), float(high)
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample SD (ddof=1) over seeds/folds; SD is 0.0 for one value."""
+  v = np.asarray(values, dtype=np.float64).reshape(-1)
+  if v.size == 0:
+    raise ValueError('mean_sd needs at least one value')
+  sd = float(np.std(v, ddof=1)) if v.size > 1 else 0.0
+  return float(np.mean(v)), sd

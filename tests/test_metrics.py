@@ -1,0 +1,227 @@
+"""Metrics against sklearn and against MedMNIST's evaluator conventions."""
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from ssl_jax.evaluation import metrics
+
+SEEDS = range(5)
+
+
+def _softmax(z):
+  z = np.exp(z - z.max(-1, keepdims=True))
+  return z / z.sum(-1, keepdims=True)
+
+
+def _single_label(seed, n=300, c=4, ties=True):
+  """Labels [N] and softmax probs [N, C], loosely informative; with ties."""
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, c, n)
+  probs = _softmax(rng.normal(size=(n, c)) + np.eye(c)[y])
+  if ties:
+    probs = np.round(probs, 1)  # heavy ties, rows no longer sum to 1
+  return y, probs
+
+
+def _multi_label(seed, n=300, num_labels=5):
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, 2, (n, num_labels))
+  probs = np.round(1 / (1 + np.exp(-(rng.normal(size=y.shape) + y))), 1)
+  return y, probs
+
+
+# MedMNIST's medmnist/evaluator.py getAUC / getACC, rewritten from the spec.
+def medmnist_get_auc(y_true, y_score, task):
+  y_true, y_score = y_true.squeeze(), y_score.squeeze()
+  if task == 'multi-label, binary-class':
+    return sum(skm.roc_auc_score(y_true[:, i], y_score[:, i])
+               for i in range(y_score.shape[1])) / y_score.shape[1]
+  if task == 'binary-class':
+    if y_score.ndim == 2:
+      y_score = y_score[:, -1]
+    return skm.roc_auc_score(y_true, y_score)
+  auc = 0
+  for i in range(y_score.shape[1]):
+    auc += skm.roc_auc_score((y_true == i).astype(float), y_score[:, i])
+  return auc / y_score.shape[1]
+
+
+def medmnist_get_acc(y_true, y_score, task, threshold=0.5):
+  y_true, y_score = y_true.squeeze(), y_score.squeeze()
+  if task == 'multi-label, binary-class':
+    y_pre = y_score > threshold
+    return sum(skm.accuracy_score(y_true[:, i], y_pre[:, i])
+               for i in range(y_true.shape[1])) / y_true.shape[1]
+  if task == 'binary-class':
+    if y_score.ndim == 2:
+      y_score = y_score[:, -1]
+    return skm.accuracy_score(y_true, y_score > threshold)
+  return skm.accuracy_score(y_true, np.argmax(y_score, axis=-1))
+
+
+@pytest.mark.parametrize('seed', SEEDS)
+@pytest.mark.parametrize('ties', [True, False])
+def test_auroc_binary_matches_sklearn(seed, ties):
+  y, probs = _single_label(seed, c=2, ties=ties)
+  score = probs[:, 1]
+  np.testing.assert_allclose(metrics.auroc_binary(y, score),
+                             skm.roc_auc_score(y, score), rtol=0, atol=1e-12)
+
+
+def test_auroc_binary_edge_cases():
+  y = np.array([0, 0, 1, 1])
+  assert metrics.auroc_binary(y, np.array([.1, .2, .3, .4])) == 1.0
+  assert metrics.auroc_binary(y, np.array([.4, .3, .2, .1])) == 0.0
+  assert metrics.auroc_binary(y, np.full(4, .5)) == 0.5
+
+
+@pytest.mark.parametrize('seed', SEEDS)
+def test_multiclass_auroc_is_mean_of_one_vs_rest(seed):
+  y, probs = _single_label(seed)
+  per_class = [skm.roc_auc_score(y == i, probs[:, i]) for i in range(4)]
+  np.testing.assert_allclose(
+      metrics.auroc_per_class(y, probs, 'multi-class'), per_class, atol=1e-12)
+  np.testing.assert_allclose(metrics.auroc(y, probs, 'multi-class'),
+                             np.mean(per_class), atol=1e-12)
+  # sklearn's own OvR macro needs rows summing to 1 (no rounding).
+  y, probs = _single_label(seed, ties=False)
+  np.testing.assert_allclose(
+      metrics.auroc(y, probs, 'ordinal-regression'),
+      skm.roc_auc_score(y, probs, multi_class='ovr', average='macro'),
+      atol=1e-12)
+
+
+@pytest.mark.parametrize('seed', SEEDS)
+def test_multilabel_auroc_matches_sklearn_macro(seed):
+  y, probs = _multi_label(seed)
+  task = 'multi-label, binary-class'
+  np.testing.assert_allclose(metrics.auroc(y, probs, task),
+                             skm.roc_auc_score(y, probs, average='macro'),
+                             atol=1e-12)
+  np.testing.assert_allclose(metrics.auroc_per_class(y, probs, task),
+                             skm.roc_auc_score(y, probs, average=None),
+                             atol=1e-12)
+
+
+@pytest.mark.parametrize('seed', SEEDS)
+@pytest.mark.parametrize('task', ['binary-class', 'multi-class',
+                                  'ordinal-regression',
+                                  'multi-label, binary-class'])
+def test_matches_medmnist_evaluator(seed, task):
+  if task == 'multi-label, binary-class':
+    y, probs = _multi_label(seed)
+  else:
+    y, probs = _single_label(seed, c=2 if task == 'binary-class' else 5)
+    probs[:7, -1] = 0.5  # exercise the strict `> 0.5` threshold
+    y = y[:, None]  # MedMNIST stores labels as [N, 1]
+  np.testing.assert_allclose(metrics.auroc(y, probs, task),
+                             medmnist_get_auc(y, probs, task), atol=1e-12)
+  np.testing.assert_allclose(metrics.accuracy(y, probs, task),
+                             medmnist_get_acc(y, probs, task), atol=1e-12)
+
+
+def test_binary_accepts_positive_scores():
+  y, probs = _single_label(0, c=2)
+  for metric_fn in (metrics.auroc, metrics.accuracy, metrics.macro_f1):
+    assert metric_fn(y, probs, 'binary-class') == metric_fn(
+        y, probs[:, 1], 'binary-class')
+
+
+@pytest.mark.parametrize('seed', SEEDS)
+def test_accuracy_and_f1_match_sklearn(seed):
+  y, probs = _single_label(seed, ties=False)
+  pred = probs.argmax(-1)
+  assert metrics.accuracy(y, probs, 'multi-class') == pytest.approx(
+      skm.accuracy_score(y, pred), abs=1e-12)
+  assert metrics.macro_f1(y, probs, 'multi-class') == pytest.approx(
+      skm.f1_score(y, pred, average='macro'), abs=1e-12)
+  # Binary: macro over both classes at the 0.5 threshold.
+  y, probs = _single_label(seed, c=2)
+  pred = (probs[:, 1] > 0.5).astype(int)
+  assert metrics.macro_f1(y, probs, 'binary-class') == pytest.approx(
+      skm.f1_score(y, pred, average='macro'), abs=1e-12)
+  # Multi-label: macro over labels, one label never positive nor predicted.
+  y, probs = _multi_label(seed)
+  y[:, 0], probs[:, 0] = 0, 0.1
+  assert metrics.macro_f1(y, probs, 'multi-label, binary-class') == (
+      pytest.approx(skm.f1_score(y, probs > 0.5, average='macro',
+                                 zero_division=0), abs=1e-12))
+
+
+def test_f1_with_class_never_predicted_or_absent():
+  y = np.array([0, 0, 1, 1, 2, 2])
+  probs = np.eye(4)[[0, 1, 1, 1, 3, 0]]  # class 2 never predicted, 3 absent
+  assert metrics.macro_f1(y, probs, 'multi-class') == pytest.approx(
+      skm.f1_score(y, probs.argmax(-1), average='macro', zero_division=0))
+
+
+@pytest.mark.parametrize('seed', SEEDS)
+def test_sensitivity_specificity(seed):
+  y, probs = _single_label(seed, c=2)
+  tn, fp, fn, tp = skm.confusion_matrix(y, probs[:, 1] > 0.5).ravel()
+  sens, spec = metrics.sensitivity_specificity(y, probs)
+  assert sens == pytest.approx(tp / (tp + fn))
+  assert spec == pytest.approx(tn / (tn + fp))
+
+
+def test_classification_metrics_keys():
+  y, probs = _single_label(0, c=2)
+  out = metrics.classification_metrics(y, probs, 'binary-class')
+  assert list(out) == ['auroc', 'accuracy', 'f1', 'sensitivity',
+                       'specificity']
+  y, probs = _single_label(0)
+  assert list(metrics.classification_metrics(y, probs, 'multi-class')) == [
+      'auroc', 'accuracy', 'f1']
+
+
+def test_single_class_raises_clearly():
+  with pytest.raises(ValueError, match='only one class in y_true'):
+    metrics.auroc_binary(np.zeros(5), np.arange(5.))
+  with pytest.raises(ValueError, match='only one class in y_true'):
+    metrics.auroc(np.ones(5), np.arange(5.), 'binary-class')
+  y, probs = _single_label(0, c=3)
+  y[y == 1] = 0  # class 1 absent from y_true
+  with pytest.raises(ValueError, match=r'class/label \[1\]'):
+    metrics.auroc(y, probs, 'multi-class')
+  per_class = metrics.auroc_per_class(y, probs, 'multi-class')
+  assert np.isnan(per_class[1]) and not np.isnan(per_class[[0, 2]]).any()
+  assert metrics.auroc(y, probs, 'multi-class', ignore_absent_classes=True) == (
+      pytest.approx(np.mean(per_class[[0, 2]])))
+  with pytest.raises(ValueError, match='unknown task'):
+    metrics.auroc(y, probs, 'multiclass')
+
+
+def test_bootstrap_ci_contains_point_and_narrows():
+  widths = []
+  for n in (100, 2000):
+    y, probs = _single_label(0, n=n, c=2, ties=False)
+    point = metrics.auroc(y, probs, 'binary-class')
+    low, high = metrics.bootstrap_ci(y, probs, 'binary-class', metrics.auroc,
+                                     num_samples=300)
+    assert low < point < high
+    widths.append(high - low)
+  assert widths[1] < 0.5 * widths[0]
+  # Same seed, same interval.
+  assert metrics.bootstrap_ci(y, probs, 'binary-class', metrics.accuracy,
+                              num_samples=50, seed=3) == metrics.bootstrap_ci(
+                                  y, probs, 'binary-class', metrics.accuracy,
+                                  num_samples=50, seed=3)
+
+
+def test_bootstrap_ci_skips_single_class_resamples():
+  y = np.array([1] + [0] * 9)  # ~35% of resamples have no positive
+  score = np.linspace(0, 1, 10)[::-1]
+  low, high = metrics.bootstrap_ci(y, score, 'binary-class', metrics.auroc,
+                                   num_samples=200)
+  assert 0.0 <= low <= high <= 1.0
+  with pytest.raises(ValueError, match='only one class'):
+    metrics.bootstrap_ci(np.zeros(10), score, 'binary-class', metrics.auroc)
+
+
+def test_mean_sd():
+  assert metrics.mean_sd([0.7]) == (0.7, 0.0)
+  mean, sd = metrics.mean_sd([1.0, 2.0, 4.0])
+  assert mean == pytest.approx(7 / 3)
+  assert sd == pytest.approx(np.std([1.0, 2.0, 4.0], ddof=1))
+  with pytest.raises(ValueError):
+    metrics.mean_sd([])
