@@ -1,0 +1,171 @@
+"""tf.data assembly: shard per process, seeded shuffle, repeat, batch, prefetch.
+
+The only module of ssl_jax that imports TensorFlow. TF gets the CPU only: at
+import we hide accelerators from it, so it never grabs GPU/TPU memory that
+JAX needs.
+
+Design, and why:
+- tf.data streams *indices*, and the arrays stay in numpy; each batch is a
+  numpy gather on the host. The arrays are never copied into TF (TissueMNIST
+  at 224 px is ~8 GB) and never hit the 2 GB graph-constant limit.
+- Epoch e of this process's shard of m examples is the numpy permutation
+  seeded by (seed, process_index, e). So every epoch is reshuffled, the
+  stream is a pure function of (seed, position), and `skip_batches=s`
+  resumes a run cheaply: with p = s * batch_size it starts at epoch p // m
+  and skips p % m slots of it.
+  (TF's own `shuffle` cannot jump ahead; its stateless `index_shuffle` gives
+  near-identity orders for low-entropy seeds such as [0, 0, 0].)
+- With `repeat`, batches run across epoch boundaries (like
+  `ds.repeat().batch()`); `drop_remainder` only matters without `repeat`.
+- What comes out is a dict of numpy arrays; no TF type passes this module.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Iterator
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+
+def _hide_accelerators_from_tf() -> None:
+  for kind in ("GPU", "TPU"):
+    try:
+      tf.config.set_visible_devices([], kind)
+    except (RuntimeError, ValueError):
+      pass  # TF already initialized its devices, or has none of this kind.
+
+
+_hide_accelerators_from_tf()
+
+
+def num_batches(n: int, batch_size: int, drop_remainder: bool) -> int:
+  """Batches in one pass over `n` examples."""
+  return n // batch_size if drop_remainder else -(-n // batch_size)
+
+
+def _default_processes(
+    process_index: int | None, process_count: int | None
+) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else (
+        process_index)
+    process_count = jax.process_count() if process_count is None else (
+        process_count)
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index must be in [0, process_count="
+                     f"{process_count}), got {process_index}")
+  return process_index, process_count
+
+
+def _columns(
+    images: np.ndarray, labels: np.ndarray, extra: dict[str, np.ndarray] | None
+) -> dict[str, np.ndarray]:
+  """Checks the arrays and names them as the batch keys."""
+  images, labels = np.asarray(images), np.asarray(labels)
+  if images.dtype != np.uint8 or images.ndim != 4:
+    raise ValueError(f"images: expected uint8 [N, H, W, C], got "
+                     f"{images.dtype} {list(images.shape)}")
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels: expected integers, got {labels.dtype}")
+  columns = {"image": images, "label": labels.astype(np.int32, copy=False)}
+  for key, value in (extra or {}).items():
+    if key in columns:
+      raise ValueError(f"extra key {key!r} clashes with a batch key; "
+                       f"reserved: {sorted(columns)}")
+    columns[key] = np.asarray(value)
+  for key, value in columns.items():
+    if len(value) != len(images):
+      raise ValueError(f"{key}: expected {len(images)} rows (as images), "
+                       f"got {len(value)}")
+  return columns
+
+
+def epoch_order(
+    m: int, epoch: int, *, shuffle: bool, seed: int, process_index: int
+) -> np.ndarray:
+  """Order of this process's m shard slots in one epoch (pure, seeded)."""
+  if not shuffle:
+    return np.arange(m, dtype=np.int64)
+  rng = np.random.default_rng([seed % 2**64, process_index, epoch])
+  return rng.permutation(m).astype(np.int64)
+
+
+def _slot_dataset(
+    m: int, *, batch_size: int, shuffle: bool, repeat: bool, seed: int,
+    drop_remainder: bool, skip_batches: int, process_index: int,
+    num_threads: int,
+) -> tf.data.Dataset:
+  """Batches of slots in this process's shard (see module doc)."""
+  first_epoch, offset = divmod(skip_batches * batch_size, m)
+
+  def epochs() -> Iterator[np.ndarray]:
+    numbers = itertools.count(first_epoch) if repeat else range(first_epoch, 1)
+    for epoch in numbers:
+      yield epoch_order(
+          m, epoch, shuffle=shuffle, seed=seed, process_index=process_index)
+
+  ds = tf.data.Dataset.from_generator(
+      epochs, output_signature=tf.TensorSpec([m], tf.int64))
+  ds = ds.unbatch().skip(offset)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  ds = ds.prefetch(tf.data.AUTOTUNE)
+  options = tf.data.Options()
+  options.deterministic = True
+  options.threading.private_threadpool_size = num_threads
+  options.threading.max_intra_op_parallelism = 1
+  return ds.with_options(options)
+
+
+def make_iterator(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    repeat: bool,
+    seed: int,
+    drop_remainder: bool,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+    skip_batches: int = 0,
+    num_threads: int = 2,
+) -> Iterator[dict[str, np.ndarray]]:
+  """Yields {'image': uint8 [b,H,W,C], 'label': int32 [b] or [b,L], **extra}.
+
+  `batch_size` is per process. Process i of k reads examples i, i+k, i+2k...
+  (as `ds.shard(k, i)`); the defaults come from jax.process_index/count.
+  The same arguments give the same batches; `skip_batches=s` yields exactly
+  what the uninterrupted iterator yields after its first s batches.
+  Without `repeat`, shards of unequal size give processes unequal batch
+  counts; multi-host evaluation must pad or agree on a count itself.
+  """
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  if skip_batches < 0:
+    raise ValueError(f"skip_batches must be >= 0, got {skip_batches}")
+  columns = _columns(images, labels, extra)
+  process_index, process_count = _default_processes(
+      process_index, process_count)
+  shard = np.arange(process_index, len(columns["image"]), process_count)
+  if len(shard) == 0:
+    raise ValueError(f"process {process_index} of {process_count} gets no "
+                     f"examples from {len(columns['image'])}")
+  ds = _slot_dataset(
+      len(shard), batch_size=batch_size, shuffle=shuffle, repeat=repeat,
+      seed=seed, drop_remainder=drop_remainder, skip_batches=skip_batches,
+      process_index=process_index, num_threads=num_threads)
+  return _gather(ds, shard, columns)
+
+
+def _gather(
+    ds: tf.data.Dataset, shard: np.ndarray, columns: dict[str, np.ndarray]
+) -> Iterator[dict[str, np.ndarray]]:
+  for slots in ds.as_numpy_iterator():
+    rows = shard[slots]
+    yield {key: value[rows] for key, value in columns.items()}

@@ -1,0 +1,117 @@
+"""tf.data assembly: numpy batches, determinism, sharding, resuming."""
+from __future__ import annotations
+
+import itertools
+import pathlib
+
+import numpy as np
+import pytest
+
+from data_pipelines import input_pipeline
+from data_pipelines import medmnist
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared/data/medmnist"
+
+
+def _toy(n=50):
+  images = np.zeros((n, 4, 4, 1), np.uint8) + (np.arange(n) % 256)[
+      :, None, None, None].astype(np.uint8)
+  return images, np.arange(n) % 3, {"id": np.arange(n)}
+
+
+def _iter(n=50, **kw):
+  images, labels, extra = _toy(n)
+  args = dict(batch_size=8, shuffle=True, repeat=True, seed=0,
+              drop_remainder=True, process_index=0, process_count=1,
+              extra=extra)
+  args.update(kw)
+  return input_pipeline.make_iterator(images, labels, **args)
+
+
+def _ids(iterator, k):
+  return [b["id"] for b in itertools.islice(iterator, k)]
+
+
+@pytest.mark.skipif(not (SHARED / "breastmnist.npz").exists(),
+                    reason="needs the shared MedMNIST files")
+def test_breastmnist_numpy_batches():
+  images, labels = medmnist.load_split("breastmnist", "train",
+                                       data_dir=SHARED)
+  batches = list(input_pipeline.make_iterator(
+      images, labels, batch_size=64, shuffle=True, repeat=False, seed=0,
+      drop_remainder=False, process_index=0, process_count=1))
+  assert len(batches) == input_pipeline.num_batches(546, 64, False) == 9
+  for b in batches:
+    assert set(b) == {"image", "label"}
+    assert type(b["image"]) is np.ndarray and b["image"].dtype == np.uint8
+    assert b["label"].dtype == np.int32
+  assert batches[0]["image"].shape == (64, 28, 28, 1)
+  assert batches[-1]["image"].shape == (546 - 8 * 64, 28, 28, 1)
+  assert sorted(np.concatenate([b["label"] for b in batches])) == sorted(
+      labels)
+
+
+def test_num_batches():
+  assert input_pipeline.num_batches(10, 4, True) == 2
+  assert input_pipeline.num_batches(10, 4, False) == 3
+  assert input_pipeline.num_batches(8, 4, False) == 2
+
+
+def test_extra_keys_stay_aligned():
+  b = next(_iter())
+  assert set(b) == {"image", "label", "id"}
+  np.testing.assert_array_equal(b["image"][:, 0, 0, 0], b["id"])
+  np.testing.assert_array_equal(b["label"], b["id"] % 3)
+
+
+def test_same_seed_same_stream_and_each_epoch_reshuffled():
+  a = np.concatenate(_ids(_iter(n=48), 18))  # 3 epochs of 48.
+  b = np.concatenate(_ids(_iter(n=48), 18))
+  np.testing.assert_array_equal(a, b)
+  epochs = a.reshape(3, 48)
+  for epoch in epochs:
+    assert sorted(epoch) == list(range(48))
+  assert not np.array_equal(epochs[0], epochs[1])
+  assert not np.array_equal(epochs[0], np.arange(48))
+  other = np.concatenate(_ids(_iter(n=48, seed=1), 18))
+  assert not np.array_equal(a, other)
+
+
+def test_two_processes_split_disjointly_and_cover_all():
+  shards = [
+      np.concatenate(_ids(_iter(n=51, repeat=False, drop_remainder=False,
+                                process_index=i, process_count=2), 100))
+      for i in range(2)]
+  assert set(shards[0]).isdisjoint(shards[1])
+  assert sorted(np.concatenate(shards)) == list(range(51))
+
+
+@pytest.mark.parametrize("repeat,skip", [(True, 7), (True, 13), (False, 3)])
+def test_skip_batches_continues_the_stream(repeat, skip):
+  # n=50, b=8: batches straddle epoch boundaries when repeating.
+  full = _ids(_iter(repeat=repeat, drop_remainder=not repeat), 20)
+  resumed = _ids(_iter(repeat=repeat, drop_remainder=not repeat,
+                       skip_batches=skip), 20 - skip)
+  assert len(resumed) == len(full) - skip
+  for x, y in zip(full[skip:], resumed):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_no_shuffle_keeps_order():
+  ids = np.concatenate(_ids(_iter(shuffle=False, repeat=False,
+                                  drop_remainder=False), 10))
+  np.testing.assert_array_equal(ids, np.arange(50))
+
+
+def test_bad_inputs_are_named():
+  images, labels, _ = _toy()
+  common = dict(batch_size=8, shuffle=False, repeat=False, seed=0,
+                drop_remainder=False, process_index=0, process_count=1)
+  with pytest.raises(ValueError, match="images: expected uint8"):
+    input_pipeline.make_iterator(images.astype(np.float32), labels, **common)
+  with pytest.raises(ValueError, match="clashes"):
+    input_pipeline.make_iterator(images, labels, extra={"label": labels},
+                                 **common)
+  with pytest.raises(ValueError, match="id: expected 50 rows"):
+    input_pipeline.make_iterator(images, labels, extra={"id": labels[:3]},
+                                 **common)
