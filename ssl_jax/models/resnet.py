@@ -1,0 +1,185 @@
+"""ResNet encoders (He et al. 2016, "Deep Residual Learning") in Flax NNX.
+
+Medical benchmarks range from 28 px (MedMNIST) to 224 px and more, so the
+stem is chosen by image size: a 3x3 stride-1 conv without max-pool for small
+images (as in CIFAR-style ResNets used by SimCLR on CIFAR), otherwise the 7x7/2
+conv and 3x3/2 max-pool of the ImageNet ResNet. A width multiplier shrinks the
+model for tests and CPU demos.
+
+The encoder returns globally pooled features (no classifier), and on request
+the pooled output of every stage, so probes can read earlier layers.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+# Kaiming normal with fan-out, as torchvision initialises ResNet convs.
+_conv_init = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def _conv(in_ch: int, out_ch: int, kernel: int, stride: int, *, dtype,
+          rngs: nnx.Rngs) -> nnx.Conv:
+  """Bias-free conv with torchvision padding (k // 2), since a BN follows."""
+  pad = kernel // 2
+  return nnx.Conv(
+      in_ch, out_ch, (kernel, kernel), strides=(stride, stride),
+      padding=((pad, pad), (pad, pad)), use_bias=False,
+      kernel_init=_conv_init, dtype=dtype, rngs=rngs)
+
+
+def _bn(features: int, *, dtype, rngs: nnx.Rngs, zero: bool = False
+        ) -> nnx.BatchNorm:
+  """BatchNorm with PyTorch-equivalent momentum; `zero` zero-inits the scale.
+
+  Zero-initialising the last BN of each residual branch makes every block
+  start as the identity (Goyal et al. 2017, "Accurate, Large Minibatch SGD").
+  """
+  scale_init = (nnx.initializers.zeros_init() if zero
+                else nnx.initializers.ones_init())
+  return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5,
+                       scale_init=scale_init, dtype=dtype, rngs=rngs)
+
+
+class _Shortcut(nnx.Module):
+  """1x1 projection + BN when the residual changes shape."""
+
+  def __init__(self, in_ch: int, out_ch: int, stride: int, *, dtype,
+               rngs: nnx.Rngs):
+    self.conv = _conv(in_ch, out_ch, 1, stride, dtype=dtype, rngs=rngs)
+    self.bn = _bn(out_ch, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    return self.bn(self.conv(x), use_running_average=not train)
+
+
+class BasicBlock(nnx.Module):
+  """Two 3x3 convs; the ResNet-18/34 block."""
+  expansion = 1
+
+  def __init__(self, in_ch: int, width: int, stride: int, *, dtype,
+               rngs: nnx.Rngs):
+    out_ch = width * self.expansion
+    self.conv1 = _conv(in_ch, width, 3, stride, dtype=dtype, rngs=rngs)
+    self.bn1 = _bn(width, dtype=dtype, rngs=rngs)
+    self.conv2 = _conv(width, out_ch, 3, 1, dtype=dtype, rngs=rngs)
+    self.bn2 = _bn(out_ch, dtype=dtype, rngs=rngs, zero=True)
+    self.shortcut = (
+        _Shortcut(in_ch, out_ch, stride, dtype=dtype, rngs=rngs)
+        if stride != 1 or in_ch != out_ch else None)
+
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    ura = not train
+    y = nnx.relu(self.bn1(self.conv1(x), use_running_average=ura))
+    y = self.bn2(self.conv2(y), use_running_average=ura)
+    res = x if self.shortcut is None else self.shortcut(x, train=train)
+    return nnx.relu(y + res)
+
+
+class Bottleneck(nnx.Module):
+  """1x1 -> 3x3 (strided, as in ResNet v1.5) -> 1x1 x4; the ResNet-50 block."""
+  expansion = 4
+
+  def __init__(self, in_ch: int, width: int, stride: int, *, dtype,
+               rngs: nnx.Rngs):
+    out_ch = width * self.expansion
+    self.conv1 = _conv(in_ch, width, 1, 1, dtype=dtype, rngs=rngs)
+    self.bn1 = _bn(width, dtype=dtype, rngs=rngs)
+    self.conv2 = _conv(width, width, 3, stride, dtype=dtype, rngs=rngs)
+    self.bn2 = _bn(width, dtype=dtype, rngs=rngs)
+    self.conv3 = _conv(width, out_ch, 1, 1, dtype=dtype, rngs=rngs)
+    self.bn3 = _bn(out_ch, dtype=dtype, rngs=rngs, zero=True)
+    self.shortcut = (
+        _Shortcut(in_ch, out_ch, stride, dtype=dtype, rngs=rngs)
+        if stride != 1 or in_ch != out_ch else None)
+
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    ura = not train
+    y = nnx.relu(self.bn1(self.conv1(x), use_running_average=ura))
+    y = nnx.relu(self.bn2(self.conv2(y), use_running_average=ura))
+    y = self.bn3(self.conv3(y), use_running_average=ura)
+    res = x if self.shortcut is None else self.shortcut(x, train=train)
+    return nnx.relu(y + res)
+
+
+class ResNet(nnx.Module):
+  """ResNet encoder: stem, 4 stages, global average pool; no classifier."""
+
+  def __init__(
+      self,
+      *,
+      block: type[BasicBlock] | type[Bottleneck],
+      stage_sizes: Sequence[int],
+      in_channels: int,
+      image_size: int,
+      width_multiplier: float = 1.0,
+      small_stem: bool | None = None,
+      dtype=jnp.float32,
+      rngs: nnx.Rngs,
+  ):
+    if width_multiplier <= 0:
+      raise ValueError(f'width_multiplier must be > 0, got {width_multiplier}')
+    base = max(1, int(round(64 * width_multiplier)))
+    self.small_stem = image_size <= 64 if small_stem is None else small_stem
+    self.image_size = image_size
+    self.stage_sizes = tuple(stage_sizes)
+    if self.small_stem:
+      self.stem_conv = _conv(in_channels, base, 3, 1, dtype=dtype, rngs=rngs)
+    else:
+      self.stem_conv = _conv(in_channels, base, 7, 2, dtype=dtype, rngs=rngs)
+    self.stem_bn = _bn(base, dtype=dtype, rngs=rngs)
+
+    stages = []
+    in_ch = base
+    for i, n_blocks in enumerate(self.stage_sizes):
+      width = base * 2**i
+      blocks = []
+      for j in range(n_blocks):
+        stride = 2 if i > 0 and j == 0 else 1
+        blocks.append(block(in_ch, width, stride, dtype=dtype, rngs=rngs))
+        in_ch = width * block.expansion
+      stages.append(nnx.List(blocks))
+    self.stages = nnx.List(stages)
+    self.feature_dim: int = in_ch
+
+  def __call__(self, x: Array, *, train: bool = False,
+               return_intermediates: bool = False
+               ) -> Array | tuple[Array, dict[str, Array]]:
+    """x: float [B, H, W, C] -> pooled float32 [B, feature_dim]."""
+    x = nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
+    if not self.small_stem:
+      x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    intermediates = {}
+    for i, stage in enumerate(self.stages):
+      for blk in stage:
+        x = blk(x, train=train)
+      if return_intermediates:
+        intermediates[f'stage{i + 1}'] = _gap(x)
+    pooled = _gap(x)
+    return (pooled, intermediates) if return_intermediates else pooled
+
+
+def _gap(x: Array) -> Array:
+  """Global average pool over H, W, accumulated in float32."""
+  return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+def resnet18(*, in_channels: int, image_size: int, rngs: nnx.Rngs,
+             stage_sizes: Sequence[int] | None = None, **overrides) -> ResNet:
+  """ResNet-18: BasicBlocks, stages (2, 2, 2, 2), 512 * m features."""
+  return ResNet(block=BasicBlock, stage_sizes=stage_sizes or (2, 2, 2, 2),
+                in_channels=in_channels, image_size=image_size, rngs=rngs,
+                **overrides)
+
+
+def resnet50(*, in_channels: int, image_size: int, rngs: nnx.Rngs,
+             stage_sizes: Sequence[int] | None = None, **overrides) -> ResNet:
+  """ResNet-50: Bottlenecks, stages (3, 4, 6, 3), 2048 * m features."""
+  return ResNet(block=Bottleneck, stage_sizes=stage_sizes or (3, 4, 6, 3),
+                in_channels=in_channels, image_size=image_size, rngs=rngs,
+                **overrides)

@@ -1,0 +1,219 @@
+"""Vision Transformer encoders (Dosovitskiy et al. 2021, "An Image is Worth
+16x16 Words") in Flax NNX, shaped for masked image modelling.
+
+Position embeddings are fixed 2D sin-cos, as in MAE (He et al. 2022): they
+need no training, so a masked encoder sees only visible tokens without losing
+their positions. `embed_patches` and `encode_tokens` split the forward pass so
+MAE/SimMIM can drop or replace tokens between them.
+"""
+from __future__ import annotations
+
+import functools
+
+import einops
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Array = jax.Array
+
+_xavier = nnx.initializers.xavier_uniform()
+_zeros = nnx.initializers.zeros_init()
+
+
+def patchify(images: Array, patch_size: int) -> Array:
+  """[B, H, W, C] -> [B, N, p*p*C], patches in row-major order."""
+  return einops.rearrange(images, 'b (h p) (w q) c -> b (h w) (p q c)',
+                          p=patch_size, q=patch_size)
+
+
+def unpatchify(patches: Array, patch_size: int, height: int, width: int,
+               channels: int) -> Array:
+  """Inverse of `patchify`: [B, N, p*p*C] -> [B, H, W, C]."""
+  return einops.rearrange(
+      patches, 'b (h w) (p q c) -> b (h p) (w q) c', h=height // patch_size,
+      w=width // patch_size, p=patch_size, q=patch_size, c=channels)
+
+
+@functools.lru_cache(maxsize=None)
+def sincos_2d(grid_h: int, grid_w: int, dim: int) -> np.ndarray:
+  """Fixed 2D sin-cos embedding [grid_h * grid_w, dim], row-major.
+
+  Half the channels encode the row, half the column (MAE, He et al. 2022).
+  A numpy constant, so it is folded into the compiled program, not a param.
+  """
+  if dim % 4:
+    raise ValueError(f'sin-cos embedding needs dim % 4 == 0, got dim={dim}')
+  omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim // 4))
+  rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing='ij')
+
+  def embed_1d(pos):
+    out = pos.reshape(-1)[:, None] * omega[None]
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+  return np.concatenate([embed_1d(rows), embed_1d(cols)],
+                        axis=1).astype(np.float32)
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention with a fused qkv projection.
+
+  Our own (not nnx.MultiHeadAttention) to keep the softmax in float32 under a
+  bfloat16 compute dtype and to keep the fused qkv layout of timm/MAE.
+  """
+
+  def __init__(self, dim: int, num_heads: int, *, dtype, rngs: nnx.Rngs):
+    if dim % num_heads:
+      raise ValueError(
+          f'hidden_dim={dim} must be divisible by num_heads={num_heads}')
+    self.num_heads = num_heads
+    self.qkv = nnx.Linear(dim, 3 * dim, kernel_init=_xavier, bias_init=_zeros,
+                          dtype=dtype, rngs=rngs)
+    self.proj = nnx.Linear(dim, dim, kernel_init=_xavier, bias_init=_zeros,
+                           dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: Array) -> Array:
+    q, k, v = einops.rearrange(self.qkv(x), 'b n (t h d) -> t b h n d', t=3,
+                               h=self.num_heads)
+    scale = q.shape[-1] ** -0.5
+    logits = jnp.einsum('bhqd,bhkd->bhqk', q * scale, k)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    out = jnp.einsum('bhqk,bhkd->bhqd', weights.astype(v.dtype), v)
+    return self.proj(einops.rearrange(out, 'b h n d -> b n (h d)'))
+
+
+class Block(nnx.Module):
+  """Pre-LN transformer block: x + Attn(LN(x)); x + MLP(LN(x)), GELU MLP."""
+
+  def __init__(self, dim: int, num_heads: int, mlp_dim: int, *,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    self.norm1 = nnx.LayerNorm(dim, epsilon=1e-6, dtype=dtype, rngs=rngs)
+    self.attn = Attention(dim, num_heads, dtype=dtype, rngs=rngs)
+    self.norm2 = nnx.LayerNorm(dim, epsilon=1e-6, dtype=dtype, rngs=rngs)
+    self.fc1 = nnx.Linear(dim, mlp_dim, kernel_init=_xavier, bias_init=_zeros,
+                          dtype=dtype, rngs=rngs)
+    self.fc2 = nnx.Linear(mlp_dim, dim, kernel_init=_xavier, bias_init=_zeros,
+                          dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: Array) -> Array:
+    x = x + self.attn(self.norm1(x))
+    return x + self.fc2(nnx.gelu(self.fc1(self.norm2(x)), approximate=False))
+
+
+class VisionTransformer(nnx.Module):
+  """ViT encoder with a cls token; pooled by cls token or patch mean."""
+
+  def __init__(
+      self,
+      *,
+      in_channels: int,
+      image_size: int,
+      patch_size: int,
+      depth: int,
+      hidden_dim: int,
+      num_heads: int,
+      mlp_dim: int,
+      pool: str = 'cls',
+      dtype=jnp.float32,
+      rngs: nnx.Rngs,
+  ):
+    if image_size % patch_size:
+      raise ValueError(f'image_size={image_size} must be divisible by '
+                       f'patch_size={patch_size}')
+    if pool not in ('cls', 'mean'):
+      raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+    self.image_size = image_size
+    self.patch_size = patch_size
+    self.grid_size = image_size // patch_size
+    self.num_patches = self.grid_size**2
+    self.hidden_dim = hidden_dim
+    self.feature_dim: int = hidden_dim
+    self.depth = depth
+    self.pool = pool
+    sincos_2d(self.grid_size, self.grid_size, hidden_dim)  # Validate early.
+    # Patch embedding initialised like a Linear on flattened patches (MAE).
+    self.patch_embed = nnx.Conv(
+        in_channels, hidden_dim, (patch_size, patch_size),
+        strides=(patch_size, patch_size), padding='VALID',
+        kernel_init=nnx.initializers.xavier_uniform(in_axis=(0, 1, 2)),
+        bias_init=_zeros, dtype=dtype, rngs=rngs)
+    self.cls_token = nnx.Param(
+        nnx.initializers.normal(0.02)(rngs.params(), (1, 1, hidden_dim)))
+    self.blocks = nnx.List([
+        Block(hidden_dim, num_heads, mlp_dim, dtype=dtype, rngs=rngs)
+        for _ in range(depth)])
+    self.norm = nnx.LayerNorm(hidden_dim, epsilon=1e-6, dtype=dtype,
+                              rngs=rngs)
+    # Probe points: every depth // 4 blocks ('block3', ..., 'block12').
+    step = max(1, depth // 4)
+    self.probe_blocks = tuple(range(step, depth + 1, step))
+
+  def embed_patches(self, x: Array) -> Array:
+    """[B, H, W, C] -> [B, N, D]: patch embedding + position embedding."""
+    tokens = self.patch_embed(x)
+    tokens = einops.rearrange(tokens, 'b h w d -> b (h w) d')
+    pos = sincos_2d(self.grid_size, self.grid_size, self.hidden_dim)
+    return tokens + pos.astype(tokens.dtype)
+
+  def _encode(self, tokens: Array, collect: bool
+              ) -> tuple[Array, dict[str, Array]]:
+    # The cls position embedding is zero (MAE), so cls_token is its own.
+    cls = jnp.broadcast_to(self.cls_token[...],
+                           (tokens.shape[0], 1, self.hidden_dim))
+    x = jnp.concatenate([cls.astype(tokens.dtype), tokens], axis=1)
+    intermediates = {}
+    for i, block in enumerate(self.blocks):
+      x = block(x)
+      if collect and i + 1 in self.probe_blocks:
+        intermediates[f'block{i + 1}'] = self._pool(x)
+    return self.norm(x), intermediates
+
+  def encode_tokens(self, tokens: Array, *, train: bool = False) -> Array:
+    """[B, K, D] embedded tokens -> [B, 1+K, D]: cls, blocks, final norm."""
+    del train  # No dropout or batch statistics in this ViT.
+    return self._encode(tokens, collect=False)[0]
+
+  def _pool(self, x: Array) -> Array:
+    x = x.astype(jnp.float32)
+    return x[:, 0] if self.pool == 'cls' else jnp.mean(x[:, 1:], axis=1)
+
+  def __call__(self, x: Array, *, train: bool = False,
+               return_intermediates: bool = False
+               ) -> Array | tuple[Array, dict[str, Array]]:
+    """x: float [B, H, W, C] -> pooled float32 [B, hidden_dim]."""
+    del train
+    out, intermediates = self._encode(self.embed_patches(x),
+                                      collect=return_intermediates)
+    pooled = self._pool(out)
+    return (pooled, intermediates) if return_intermediates else pooled
+
+
+def _vit(defaults: dict, in_channels: int, image_size: int, rngs: nnx.Rngs,
+         overrides: dict) -> VisionTransformer:
+  cfg = dict(defaults, patch_size=4 if image_size <= 64 else 16)
+  cfg.update({k: v for k, v in overrides.items() if v is not None})
+  cfg.setdefault('mlp_dim', 4 * cfg['hidden_dim'])  # Follows a wider override.
+  return VisionTransformer(in_channels=in_channels, image_size=image_size,
+                           rngs=rngs, **cfg)
+
+
+def vit_tiny(*, in_channels: int, image_size: int, rngs: nnx.Rngs,
+             **overrides) -> VisionTransformer:
+  """ViT-Ti (Touvron et al. 2021): 192 wide, 12 deep, 3 heads, MLP 768."""
+  return _vit(dict(depth=12, hidden_dim=192, num_heads=3), in_channels,
+              image_size, rngs, overrides)
+
+
+def vit_small(*, in_channels: int, image_size: int, rngs: nnx.Rngs,
+              **overrides) -> VisionTransformer:
+  """ViT-S: 384 wide, 12 deep, 6 heads, MLP 1536."""
+  return _vit(dict(depth=12, hidden_dim=384, num_heads=6), in_channels,
+              image_size, rngs, overrides)
+
+
+def vit_base(*, in_channels: int, image_size: int, rngs: nnx.Rngs,
+             **overrides) -> VisionTransformer:
+  """ViT-B: 768 wide, 12 deep, 12 heads, MLP 3072."""
+  return _vit(dict(depth=12, hidden_dim=768, num_heads=12), in_channels,
+              image_size, rngs, overrides)
