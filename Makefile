@@ -1,0 +1,34 @@
+# Two commands: `make demo` and `make test`. Both (re)build .venv from
+# requirements.txt when it is missing or older than requirements.txt.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+WORKDIR ?= workdirs/demo
+CONFIG ?= configs/demo.py
+
+# Offline MedMNIST copy: used when present, else the loader downloads
+# (official URLs, md5-checked) into $SSL_JAX_DATA_DIR or the user cache.
+MEDMNIST_MIRROR ?= $(if $(wildcard ../shared/data/medmnist),$(abspath ../shared/data/medmnist),)
+ifneq ($(strip $(MEDMNIST_MIRROR)),)
+export SSL_JAX_DATA_DIR ?= $(MEDMNIST_MIRROR)
+endif
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: demo test venv clean
+
+$(BIN)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/python run.py --config=$(CONFIG) --workdir=$(WORKDIR)
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf workdirs

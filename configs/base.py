@@ -1,0 +1,60 @@
+"""Shared defaults for every job; method configs start from `get_config()`.
+
+Every number a run depends on lives here or in the method config, and can be
+overridden on the command line: `--config.train.steps=500`.
+"""
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
+
+
+def augment_config(policy: str = "medical_safe") -> ml_collections.ConfigDict:
+  """A named view policy; overrides left None keep the preset's value."""
+  return ml_collections.ConfigDict({
+      "policy": policy,
+      "overrides": {
+          "crop_min_area": placeholder(float),
+          "hflip_prob": placeholder(float),
+          "vflip_prob": placeholder(float),
+          "brightness": placeholder(float),
+          "contrast": placeholder(float),
+          "blur_prob": placeholder(float),
+      },
+  })
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.job = "pretrain"  # pretrain | finetune | pretrain_finetune
+  c.seed = 0
+  # data_dir '' -> $SSL_JAX_DATA_DIR -> user cache dir (downloads with md5).
+  c.data = dict(name="breastmnist", size=28, data_dir="")
+  # Fields other than `name` are passed to the backbone factory.
+  c.model = dict(name="resnet18", width_multiplier=1.0)
+  c.objective = dict(name="simclr", temperature=0.1, proj_hidden_dim=512,
+                     proj_dim=128, proj_layers=2)
+  c.augment = augment_config("medical_safe")
+  c.mesh = dict(num_devices=0)  # 0 = every visible device on the data axis
+  c.train = dict(steps=1000, batch_size=256, log_every=10,
+                 checkpoint_every=200, progress=True)
+  c.optim = dict(name="lars", lr=0.3, scale_by_batch=True, weight_decay=1e-6,
+                 warmup_steps=100, final_lr_fraction=0.0, grad_clip_norm=0.0)
+
+  # Stage 2. `pretrained` names a pretraining workdir; empty inside a
+  # pretrain_finetune job (it uses its own), required for job=finetune.
+  c.finetune = dict(
+      pretrained="",
+      protocols=("linear", "knn", "finetune", "scratch"),
+      fractions=DEFAULT_FRACTIONS,
+      seeds=(0,),
+      steps=300, batch_size=64, eval_every=50, log_every=25,
+      eval_batch_size=256,
+      knn_k=20, knn_temperature=0.07,
+      linear_weight_decays=(0.0, 1e-4, 1e-3, 1e-2),
+      optim=dict(name="adamw", lr=1e-3, scale_by_batch=False,
+                 weight_decay=1e-4, warmup_steps=20, final_lr_fraction=0.0,
+                 grad_clip_norm=0.0),
+      augment=augment_config("medical_safe"),
+  )
+  return c

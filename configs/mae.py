@@ -1,0 +1,25 @@
+"""MAE (He et al. 2022) pretraining of a ViT on MedMNIST.
+
+Run:  python run.py --config=configs/mae.py --workdir=workdirs/mae
+      python run.py --config=configs/mae.py:retinamnist --workdir=...
+ViT-Tiny with 4-pixel patches at 28 px (49 patches), 75% masking, per-patch
+normalised pixel loss, AdamW (lr 1.5e-4 x batch/256, wd 0.05, betas 0.9/0.95)
+as in the paper. Mild crops only: masking already removes most of the image.
+"""
+from configs import base
+
+
+def get_config(arg: str = "breastmnist"):
+  c = base.get_config()
+  c.job = "pretrain"
+  c.data.name = arg or "breastmnist"
+  c.model = dict(name="vit_tiny", patch_size=4)
+  c.objective = dict(name="mae", mask_ratio=0.75, norm_pix_loss=True,
+                     decoder_dim=128, decoder_depth=2, decoder_heads=4)
+  c.augment = base.augment_config("medical_safe")
+  c.train.steps = 2000
+  c.train.batch_size = 256
+  c.optim = dict(name="adamw", lr=1.5e-4, scale_by_batch=True,
+                 weight_decay=0.05, b1=0.9, b2=0.95, warmup_steps=100,
+                 final_lr_fraction=0.0, grad_clip_norm=0.0)
+  return c

@@ -1,0 +1,21 @@
+"""SimCLR (Chen et al. 2020) pretraining, ResNet-18 with the small-image stem.
+
+Run:  python run.py --config=configs/simclr.py --workdir=workdirs/simclr
+      python run.py --config=configs/simclr.py:retinamnist --workdir=...
+The arg picks the MedMNIST set (default breastmnist). LARS with lr 0.3 x
+batch/256 and NT-Xent temperature 0.1 are the paper's small-batch values.
+On an accelerator, scale `train.batch_size` up (4096 in the paper).
+"""
+from configs import base
+
+
+def get_config(arg: str = "breastmnist"):
+  c = base.get_config()
+  c.job = "pretrain"
+  c.data.name = arg or "breastmnist"
+  c.model = dict(name="resnet18", width_multiplier=1.0)
+  c.objective = dict(name="simclr", temperature=0.1, proj_hidden_dim=512,
+                     proj_dim=128, proj_layers=2)
+  c.train.steps = 2000
+  c.train.batch_size = 256
+  return c

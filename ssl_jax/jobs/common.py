@@ -1,0 +1,102 @@
+"""What every job does first: check the config, record it, open the data."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Iterable
+
+import ml_collections
+
+import data_pipelines
+from ssl_jax import augment, models, objectives
+from ssl_jax.train import optim
+
+
+def check_name(field: str, value: str, allowed: Iterable[str]) -> None:
+  allowed = sorted(allowed)
+  if value not in allowed:
+    raise ValueError(f"config.{field}={value!r} is unknown; allowed: "
+                     f"{', '.join(allowed)}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Fails before anything compiles, naming the field and allowed values."""
+  check_name("data.name", config.data.name, data_pipelines.names())
+  check_name("model.name", config.model.name, models.names())
+  check_name("objective.name", config.objective.name, objectives.names())
+  check_name("augment.policy", config.augment.policy, augment.names())
+  check_name("optim.name", config.optim.name, optim.OPTIMIZERS.names())
+  ft = config.finetune
+  check_name("finetune.augment.policy", ft.augment.policy, augment.names())
+  check_name("finetune.optim.name", ft.optim.name, optim.OPTIMIZERS.names())
+  from ssl_jax.jobs.finetune import PROTOCOLS  # noqa: PLC0415 (cycle)
+  for protocol in ft.protocols:
+    check_name("finetune.protocols", protocol, PROTOCOLS.names())
+  for fraction in ft.fractions:
+    if not 0.0 < fraction <= 1.0:
+      raise ValueError(f"config.finetune.fractions has {fraction}; each "
+                       "fraction must be in (0, 1]")
+  for field in ("train.steps", "train.batch_size", "finetune.steps",
+                "finetune.batch_size"):
+    section, key = field.split(".")
+    if config[section][key] <= 0:
+      raise ValueError(f"config.{field} must be positive, got "
+                       f"{config[section][key]}")
+
+
+def data_info(config: ml_collections.ConfigDict):
+  return data_pipelines.info(config.data.name, config.data.size)
+
+
+def load_split(config: ml_collections.ConfigDict, split: str):
+  return data_pipelines.load(config.data.name, split, size=config.data.size,
+                             data_dir=config.data.data_dir or None)
+
+
+def write_json_atomic(path: str, payload: Any) -> None:
+  write_text_atomic(path, json.dumps(payload, indent=2, default=float))
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """Write-then-rename: a crash never leaves a half-written file."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  with tempfile.NamedTemporaryFile("w", dir=directory, delete=False,
+                                   suffix=".tmp") as f:
+    f.write(text)
+    tmp = f.name
+  os.replace(tmp, path)
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """The exact config a job ran with, so later jobs can rebuild its model."""
+  write_text_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"{path} is missing: config.finetune.pretrained must name the workdir "
+        "of a finished pretraining job")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def last_metrics(workdir: str) -> dict[str, float]:
+  """The last row of the job's metrics.jsonl (empty if none was logged)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  return json.loads(lines[-1]) if lines else {}
+
+
+def read_json(path: str) -> Any:
+  """The parsed file, or None when it does not exist yet."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)

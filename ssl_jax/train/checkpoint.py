@@ -1,0 +1,90 @@
+"""Orbax checkpoints of the train state in `<workdir>/checkpoints`.
+
+Params and model state are saved as plain nested dicts (`nnx.to_pure_dict`),
+so a fine-tune job can read the `encoder` subtree of a pretraining checkpoint
+without rebuilding the pretraining heads. Orbax writes each step to a
+temporary directory and renames it when complete, so a run killed mid-save
+leaves the previous checkpoint as the latest one; a half-written step is
+never listed and never loaded.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+from flax import nnx
+import orbax.checkpoint as ocp
+
+from ssl_jax.train.state import TrainState
+
+
+def _to_tree(state: TrainState) -> dict[str, Any]:
+  return {"step": state.step, "params": nnx.to_pure_dict(state.params),
+          "rest": nnx.to_pure_dict(state.rest), "opt_state": state.opt_state,
+          "extra": state.extra, "rng": state.rng}
+
+
+def _from_tree(template: TrainState, tree: dict[str, Any]) -> TrainState:
+  params = jax.tree.map(lambda x: x, template.params)
+  rest = jax.tree.map(lambda x: x, template.rest)
+  nnx.replace_by_pure_dict(params, tree["params"])
+  nnx.replace_by_pure_dict(rest, tree["rest"])
+  return TrainState(step=tree["step"], params=params, rest=rest,
+                    opt_state=tree["opt_state"], extra=tree["extra"],
+                    rng=tree["rng"])
+
+
+class Checkpointer:
+  """Periodic + final saves; automatic resume from the latest complete step."""
+
+  def __init__(self, directory: str | os.PathLike, *, every_steps: int,
+               max_to_keep: int = 2):
+    self.every_steps = every_steps
+    self._manager = ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                             create=True))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def should_save(self, step: int) -> bool:
+    return self.every_steps > 0 and step % self.every_steps == 0
+
+  def save(self, step: int, state: TrainState) -> None:
+    if step in self._manager.all_steps():
+      return
+    self._manager.save(step, args=ocp.args.StandardSave(_to_tree(state)))
+
+  def restore(self, template: TrainState, step: int | None = None) -> TrainState:
+    """The latest (or given) step, placed like the template's arrays."""
+    step = self.latest_step() if step is None else step
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_tree(template))
+    tree = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    return _from_tree(template, tree)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def restore_subtree(directory: str | os.PathLike, *keys: str,
+                    step: int | None = None) -> dict[str, Any]:
+  """Plain numpy dicts of the named top-level entries (e.g. 'params', 'rest')
+  of the latest checkpoint; used by fine-tune jobs to read the encoder."""
+  directory = os.path.abspath(directory)
+  manager = ocp.CheckpointManager(directory)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no complete checkpoint in {directory}")
+  tree = manager.restore(step)
+  manager.close()
+  missing = [k for k in keys if k not in tree]
+  if missing:
+    raise KeyError(f"checkpoint {directory} step {step} has no {missing}; "
+                   f"it holds {sorted(tree)}")
+  return {k: tree[k] for k in keys} | {"step": step}

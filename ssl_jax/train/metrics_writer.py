@@ -1,0 +1,67 @@
+"""Where training metrics go: `metrics.jsonl` (always) and TensorBoard.
+
+TensorBoard event files are written with tensorboardX when it is installed
+(it is in requirements.txt; accelerator images without it still train).
+Only process 0 writes, so many hosts produce one log.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping
+
+import jax
+
+
+class MetricWriter:
+
+  def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True,
+               resume_step: int | None = None):
+    self._enabled = jax.process_index() == 0
+    self._jsonl = None
+    self._tb = None
+    if not self._enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "metrics.jsonl")
+    if resume_step is not None:
+      _drop_rows_after(path, resume_step)
+    self._jsonl = open(path, "a")
+    if tensorboard:
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:
+        self._tb = None
+
+  def write(self, step: int, metrics: Mapping[str, float], prefix: str = "") -> None:
+    if not self._enabled:
+      return
+    row = {"step": int(step)} | {prefix + k: float(v) for k, v in metrics.items()}
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in row.items():
+        if k != "step":
+          self._tb.add_scalar(k, v, int(step))
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+  """A resumed run repeats the steps after its checkpoint: forget their old
+  rows, so the log reads like one uninterrupted run."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [line for line in f if line.strip()]
+  kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
+  if len(kept) != len(rows):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)

@@ -1,0 +1,63 @@
+"""Optimizers by name with warmup + cosine schedules; every number in config.
+
+LARS (You et al. 2017) is the large-batch SimCLR optimizer; AdamW the ViT/MAE
+default. Weight decay (and LARS trust ratio) skip biases and norm scales, as
+in SimCLR and MAE.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import ml_collections
+import optax
+
+from ssl_jax.registry import Registry
+
+Schedule = Callable[[int], float]
+OPTIMIZERS: Registry[Callable[..., optax.GradientTransformation]] = Registry("optimizer")
+
+
+def decay_mask(params):
+  """True for matrices/kernels, False for biases and norm scales."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(schedule: Schedule, cfg: ml_collections.ConfigDict):
+  return optax.adamw(schedule, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
+                     weight_decay=cfg.weight_decay, mask=decay_mask)
+
+
+@OPTIMIZERS.register("lars")
+def _lars(schedule: Schedule, cfg: ml_collections.ConfigDict):
+  return optax.lars(schedule, weight_decay=cfg.weight_decay,
+                    weight_decay_mask=decay_mask, trust_ratio_mask=decay_mask,
+                    momentum=cfg.get("momentum", 0.9))
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(schedule: Schedule, cfg: ml_collections.ConfigDict):
+  return optax.chain(
+      optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
+      optax.sgd(schedule, momentum=cfg.get("momentum", 0.9), nesterov=True))
+
+
+def make_schedule(cfg: ml_collections.ConfigDict, batch_size: int,
+                  total_steps: int) -> Schedule:
+  """Linear warmup then cosine decay; lr scaled by batch/256 when asked."""
+  peak = cfg.lr * (batch_size / 256 if cfg.get("scale_by_batch", False) else 1.0)
+  warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1),
+      end_value=peak * cfg.get("final_lr_fraction", 0.0))
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, batch_size: int,
+                   total_steps: int) -> tuple[optax.GradientTransformation, Schedule]:
+  schedule = make_schedule(cfg, batch_size, total_steps)
+  tx = OPTIMIZERS.get(cfg.name)(schedule, cfg)
+  if cfg.get("grad_clip_norm"):
+    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
+  return tx, schedule

@@ -1,0 +1,114 @@
+"""run.py end to end on real BreastMNIST with a tiny ResNet-18, and the
+seams between jobs: config checks, checkpoint -> fine-tune, resumable cells."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from ssl_jax.jobs import common, finetune
+from ssl_jax.objectives import base
+from tests.tiny import tiny_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY_FLAGS = [
+    "--config.model.width_multiplier=0.0625",
+    "--config.objective.proj_hidden_dim=32", "--config.objective.proj_dim=16",
+    "--config.train.steps=4", "--config.train.batch_size=16",
+    "--config.train.checkpoint_every=2", "--config.train.progress=False",
+    "--config.optim.warmup_steps=1", "--config.finetune.steps=4",
+    "--config.finetune.batch_size=8", "--config.finetune.eval_every=2",
+    "--config.finetune.fractions=(0.1,1.0)",
+]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, medmnist_dir):
+  workdir = tmp_path_factory.mktemp("demo")
+  env = dict(os.environ, SSL_JAX_DATA_DIR=str(medmnist_dir), JAX_PLATFORMS="cpu")
+  out = subprocess.run(
+      [sys.executable, "run.py", "--config=configs/demo.py",
+       f"--workdir={workdir}"] + TINY_FLAGS,
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+  assert out.returncode == 0, out.stderr[-4000:]
+  return workdir, out.stdout
+
+
+def test_run_py_pretrains_finetunes_and_prints_the_table(demo_run):
+  workdir, stdout = demo_run
+  results = json.loads((workdir / "finetune" / "results.json").read_text())
+  cells = results["cells"].values()
+  assert sorted({(c["protocol"], c["fraction"]) for c in cells}) == sorted(
+      (p, f) for p in ("linear", "knn", "finetune", "scratch") for f in (0.1, 1.0))
+  for cell in cells:
+    for split in ("val", "test"):
+      assert 0.0 <= cell[split]["auroc"] <= 1.0
+      assert 0.0 <= cell[split]["accuracy"] <= 1.0
+  assert {c["n_train"] for c in cells} == {55, 546}  # 10% of 546, stratified
+  table = (workdir / "results.md").read_text()
+  assert "| labels | n train | protocol | AUROC | ACC | F1 |" in table
+  assert "from scratch" in stdout and "SSL + linear probe" in stdout
+  rows = [json.loads(l) for l in (workdir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows][-1] == 4
+  assert all(np.isfinite(r["train/loss"]) for r in rows)
+  assert (workdir / "pretrain" / "tensorboard").is_dir()
+  saved = json.loads((workdir / "pretrain" / "config.json").read_text())
+  assert saved["objective"]["name"] == "simclr"
+
+
+def test_finetune_reads_the_encoder_of_the_pretrain_checkpoint(demo_run):
+  workdir, _ = demo_run
+  pre_config, weights = finetune.read_pretrained(str(workdir / "pretrain"))
+  assert weights["step"] == 4
+  info = common.data_info(pre_config)
+  encoder = base.build_encoder(pre_config, info, nnx.Rngs(123))
+  fresh = jax.tree.leaves(nnx.to_pure_dict(nnx.state(encoder, nnx.Param)))
+  finetune.load_encoder(encoder, weights)
+  loaded = nnx.to_pure_dict(nnx.state(encoder, nnx.Param))
+  ckpt = jax.tree.leaves(weights["params"])
+  for got, want in zip(jax.tree.leaves(loaded), ckpt, strict=True):
+    np.testing.assert_array_equal(np.asarray(got), want)
+  assert any(not np.array_equal(a, b) for a, b in zip(fresh, ckpt))
+  stats = nnx.to_pure_dict(nnx.state(encoder, nnx.BatchStat))
+  for got, want in zip(jax.tree.leaves(stats), jax.tree.leaves(weights["rest"]), strict=True):
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_rerun_skips_finished_cells(demo_run, monkeypatch):
+  workdir, _ = demo_run
+  before = (workdir / "finetune" / "results.json").read_text()
+  config = common.load_config(str(workdir / "finetune"))
+  config.finetune.pretrained = str(workdir / "pretrain")
+  config.finetune.protocols = ("linear", "knn", "finetune", "scratch")
+
+  def must_not_run(*args, **kwargs):
+    raise AssertionError("a finished cell was recomputed")
+
+  for name in ("linear", "knn", "finetune", "scratch"):
+    monkeypatch.setitem(finetune.PROTOCOLS._entries, name, must_not_run)
+  finetune.train_and_evaluate(config, str(workdir / "finetune"))
+  assert (workdir / "finetune" / "results.json").read_text() == before
+
+
+@pytest.mark.parametrize("field,value,allowed", [
+    ("data.name", "breastmnst", "breastmnist"),
+    ("model.name", "resnet19", "resnet18"),
+    ("objective.name", "simclrr", "simclr"),
+    ("augment.policy", "xray", "medical_safe"),
+    ("finetune.protocols", ("linear", "svm"), "knn"),
+])
+def test_unknown_names_fail_before_anything_compiles(field, value, allowed):
+  config = tiny_config(**{field: value})
+  with pytest.raises(ValueError, match=f"config.{field}.*allowed:.*{allowed}"):
+    common.validate(config)
+
+
+def test_pretrain_without_checkpoint_is_a_clear_error(tmp_path):
+  config = tiny_config(**{"job": "finetune", "finetune.pretrained": str(tmp_path)})
+  with pytest.raises(FileNotFoundError, match="config.json is missing"):
+    finetune.train_and_evaluate(config, str(tmp_path / "ft"))

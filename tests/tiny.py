@@ -1,0 +1,32 @@
+"""A tiny but real configuration shared by the end-to-end tests.
+
+ResNet-18 at width 1/16 (4..32 channels) on 28 px BreastMNIST: every layer
+of the real network runs, at a cost this 2-core CPU can afford.
+"""
+from configs import demo
+
+
+def tiny_config(**overrides):
+  c = demo.get_config()
+  c.model.width_multiplier = 1 / 16
+  c.objective.proj_hidden_dim = 32
+  c.objective.proj_dim = 16
+  c.train.steps = 4
+  c.train.batch_size = 16
+  c.train.log_every = 2
+  c.train.checkpoint_every = 2
+  c.train.progress = False
+  c.optim.warmup_steps = 1
+  c.finetune.steps = 4
+  c.finetune.batch_size = 8
+  c.finetune.eval_every = 2
+  c.finetune.log_every = 2
+  c.finetune.eval_batch_size = 64
+  c.finetune.fractions = (0.1, 1.0)
+  for key, value in overrides.items():
+    section = c
+    *path, last = key.split(".")
+    for p in path:
+      section = section[p]
+    section[last] = value
+  return c
