@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.objective = dict(name="simclr", temperature=0.1, proj_hidden_dim=512,
                      proj_dim=128, proj_layers=2)
   c.augment = augment_config("medical_safe")
+  # A linear head on stop-gradient features, trained during pretraining on
+  # the batch's labels: logs probe_acc so collapse shows up early.
+  c.online_probe = True
   c.mesh = dict(num_devices=0)  # 0 = every visible device on the data axis
   c.train = dict(steps=1000, batch_size=256, log_every=10,
                  checkpoint_every=200, progress=True)

@@ -15,6 +15,7 @@ from flax import nnx
 from data_pipelines import input_pipeline
 from ssl_jax import objectives, parallel
 from ssl_jax.jobs import common
+from ssl_jax.objectives.online_probe import with_online_probe
 from ssl_jax.train import checkpoint, loop, optim, step as step_lib
 from ssl_jax.train import state as state_lib
 from ssl_jax.train.metrics_writer import MetricWriter
@@ -23,6 +24,8 @@ from ssl_jax.train.metrics_writer import MetricWriter
 def build(config: ml_collections.ConfigDict, info, mesh):
   """(graphdef, replicated initial state, jitted step) for the config."""
   objective = objectives.get(config.objective.name)
+  if config.get("online_probe", True):
+    objective = with_online_probe(objective)
   model = objective.build_model(config, info, nnx.Rngs(config.seed))
   tx, schedule = optim.make_optimizer(config.optim, config.train.batch_size,
                                       config.train.steps)

@@ -17,18 +17,25 @@ from ssl_jax.objectives import base
 Array = jax.Array
 
 
-def classification_loss(logits: Array, labels: Array,
-                        multi_label: bool) -> tuple[Array, Array]:
-  """Softmax cross-entropy (or sigmoid BCE per label); returns (loss, acc)."""
+def classification_loss(logits: Array, labels: Array, multi_label: bool,
+                        weights: Array | None = None) -> tuple[Array, Array]:
+  """Softmax cross-entropy (or sigmoid BCE per label); returns (loss, acc).
+
+  `weights` [B] (1 = labelled) averages over the labelled examples only.
+  """
   logits = logits.astype(jnp.float32)
   if multi_label:
-    loss = optax.sigmoid_binary_cross_entropy(logits, labels).mean()
-    accuracy = jnp.mean((logits > 0) == (labels > 0))
+    per_example = optax.sigmoid_binary_cross_entropy(logits, labels).mean(-1)
+    correct = jnp.mean((logits > 0) == (labels > 0), axis=-1)
   else:
     labels = labels.reshape(-1)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-  return loss, accuracy
+    per_example = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.maximum(labels, 0))
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  if weights is None:
+    return per_example.mean(), correct.mean()
+  total = jnp.maximum(weights.sum(), 1.0)
+  return (per_example * weights).sum() / total, (correct * weights).sum() / total
 
 
 def build_classifier(config: ml_collections.ConfigDict, info: base.DataInfo,
