@@ -53,3 +53,35 @@ def markdown_table(results: dict[str, Any]) -> str:
                  f"{PROTOCOL_LABELS.get(r['protocol'], r['protocol'])} | "
                  + " | ".join(_cell(r[k]) for k, _ in METRICS) + " |")
   return "\n".join(lines) + "\n"
+
+
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+  """One results dict from several runs of the same setup (e.g. one per
+  seed); cells are keyed by protocol|fraction|seed, so they do not collide."""
+  merged = dict(results[0], cells={})
+  for r in results:
+    for key in ("dataset", "task", "pretrain_objective"):
+      if r.get(key) != merged.get(key):
+        raise ValueError(f"cannot merge runs with different {key}: "
+                         f"{r.get(key)!r} vs {merged.get(key)!r}")
+    overlap = set(merged["cells"]) & set(r["cells"])
+    if overlap:
+      raise ValueError(f"runs share cells {sorted(overlap)}: use distinct seeds")
+    merged["cells"].update(r["cells"])
+  return merged
+
+
+if __name__ == "__main__":
+  # python -m ssl_jax.jobs.report WORKDIR [WORKDIR ...]: one table, seeds pooled.
+  import json
+  import os
+  import sys
+
+  runs = []
+  for workdir in sys.argv[1:]:
+    path = os.path.join(workdir, "finetune", "results.json")  # a pipeline job
+    if not os.path.exists(path):
+      path = os.path.join(workdir, "results.json")  # a finetune job
+    with open(path) as f:
+      runs.append(json.load(f))
+  print(markdown_table(merge(runs)))

@@ -81,7 +81,7 @@ def restore_subtree(directory: str | os.PathLike, *keys: str,
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no complete checkpoint in {directory}")
-  tree = manager.restore(step)
+  tree = manager.restore(step, args=ocp.args.StandardRestore())
   manager.close()
   missing = [k for k in keys if k not in tree]
   if missing:
