@@ -126,3 +126,18 @@ def test_online_probe_trains_its_head_without_touching_the_encoder():
                   jax.tree.leaves(without["encoder"]), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   assert float(jnp.abs(with_probe["online_probe"]["linear"]["kernel"]).sum()) > 0
+
+
+def test_mae_trains_a_tiny_vit_on_a_fixed_batch(medmnist_dir, monkeypatch):
+  from tests.tiny import fixed_batch_losses, tiny_config
+  monkeypatch.setenv("SSL_JAX_DATA_DIR", str(medmnist_dir))
+  config = tiny_config(**{"online_probe": False})
+  config.model = dict(name="vit_tiny", patch_size=7, depth=1, hidden_dim=32,
+                      num_heads=2, mlp_dim=64)
+  config.objective = dict(name="mae", mask_ratio=0.75, norm_pix_loss=True,
+                          decoder_dim=32, decoder_depth=1, decoder_heads=2)
+  config.augment.policy = "none"
+  config.optim.lr = 3e-3
+  losses, _ = fixed_batch_losses(config, 8)
+  assert all(np.isfinite(losses))
+  assert np.mean(losses[-3:]) < np.mean(losses[:3])

@@ -30,3 +30,23 @@ def tiny_config(**overrides):
       section = section[p]
     section[last] = value
   return c
+
+
+def fixed_batch_losses(config, num_steps: int, batch_size: int = 16):
+  """Losses of `num_steps` steps of the real jitted step on one fixed
+  BreastMNIST batch: the smoke test every objective gets."""
+  import data_pipelines
+  from ssl_jax import parallel
+  from ssl_jax.jobs import pretrain
+
+  mesh = parallel.make_mesh(1)
+  info = data_pipelines.info(config.data.name, config.data.size)
+  images, labels = data_pipelines.load(config.data.name, "train", size=config.data.size)
+  batch = parallel.shard_batch({"image": images[:batch_size],
+                                "label": labels[:batch_size]}, mesh)
+  _, state, step_fn = pretrain.build(config, info, mesh)
+  losses = []
+  for _ in range(num_steps):
+    state, metrics = step_fn(state, batch)
+    losses.append(float(metrics["loss"]))
+  return losses, state

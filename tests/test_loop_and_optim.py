@@ -1,0 +1,74 @@
+"""Loop guards and optimizer schedules, on toy pytrees (no models needed)."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from ssl_jax import parallel
+from ssl_jax.train import loop, optim, state as state_lib
+from ssl_jax.train.metrics_writer import MetricWriter
+
+
+def _opt_config(**kw):
+  return ml_collections.ConfigDict(dict(
+      name="adamw", lr=1.0, scale_by_batch=False, weight_decay=0.1,
+      warmup_steps=10, final_lr_fraction=0.0, grad_clip_norm=0.0) | kw)
+
+
+def test_warmup_then_cosine_schedule():
+  schedule = optim.make_schedule(_opt_config(lr=0.4, scale_by_batch=True), 512, 110)
+  peak = 0.4 * 512 / 256
+  np.testing.assert_allclose(float(schedule(0)), 0.0)
+  np.testing.assert_allclose(float(schedule(5)), peak / 2, rtol=1e-6)
+  np.testing.assert_allclose(float(schedule(10)), peak, rtol=1e-6)
+  np.testing.assert_allclose(float(schedule(60)), peak / 2, rtol=1e-5)  # cosine midpoint
+  np.testing.assert_allclose(float(schedule(110)), 0.0, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["adamw", "lars", "sgd"])
+def test_weight_decay_skips_biases_and_scales(name):
+  params = {"kernel": jnp.ones((3, 3)), "bias": jnp.ones((3,))}
+  tx, _ = optim.make_optimizer(_opt_config(name=name, warmup_steps=0), 256, 10)
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero_grads, tx.init(params), params)
+  assert float(jnp.abs(updates["kernel"]).sum()) > 0  # decayed
+  assert float(jnp.abs(updates["bias"]).sum()) == 0   # left alone
+
+
+def test_unknown_optimizer_lists_allowed():
+  with pytest.raises(KeyError, match="allowed: adamw, lars, sgd"):
+    optim.make_optimizer(_opt_config(name="adam"), 256, 10)
+
+
+def _toy_state():
+  params = {"w": jnp.ones(())}
+  tx = optax.sgd(0.1)
+  return state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                              rest={}, opt_state=tx.init(params), extra={},
+                              rng=jax.random.PRNGKey(0))
+
+
+def test_loop_stops_on_nan_and_names_the_step(tmp_path):
+  def step_fn(state, batch):
+    loss = jnp.where(state.step >= 2, jnp.nan, 1.0)
+    return state.replace(step=state.step + 1), {"loss": loss}
+
+  batches = itertools.repeat({"image": np.zeros((2, 1), np.float32)})
+  with pytest.raises(loop.TrainingDiverged, match=r"step 3: \{'loss': nan\}"):
+    loop.run(_toy_state(), step_fn, batches, mesh=parallel.make_mesh(1),
+             num_steps=10, global_batch_size=2, writer=MetricWriter(tmp_path),
+             log_every=1, progress=False)
+
+
+def test_resumed_metrics_log_drops_rows_past_the_checkpoint(tmp_path):
+  writer = MetricWriter(tmp_path, tensorboard=False)
+  for step in range(1, 7):
+    writer.write(step, {"loss": float(step)})
+  writer.close()
+  MetricWriter(tmp_path, tensorboard=False, resume_step=4).close()
+  rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert len(rows) == 4 and '"step": 4' in rows[-1]
