@@ -1,0 +1,24 @@
+"""Autoencoder pretraining, ResNet-18 encoder + resize-conv decoder.
+
+Run:  python run.py --config=configs/autoencoder.py --workdir=workdirs/ae
+      python run.py --config=configs/autoencoder.py:retinamnist --workdir=...
+The pooled ResNet features are decoded to the image: Linear to 128 x 7 x 7,
+then two (upsample x2, 3x3 conv) stages to 28 px (`decoder_channels`, one
+upsampling per width after the first). MSE against the augmented view in the
+standardised [-1, 1] scale, logged as recon_mse.
+"""
+from configs import base
+
+
+def get_config(arg: str = "breastmnist"):
+  c = base.get_config()
+  c.job = "pretrain"
+  c.data.name = arg or "breastmnist"
+  c.model = dict(name="resnet18", width_multiplier=1.0)
+  c.objective = dict(name="autoencoder", decoder_channels=(128, 64, 32))
+  c.train.steps = 2000
+  c.train.batch_size = 256
+  c.optim = dict(name="adamw", lr=1e-3, scale_by_batch=False,
+                 weight_decay=1e-4, warmup_steps=100, final_lr_fraction=0.0,
+                 grad_clip_norm=0.0)
+  return c

@@ -1,0 +1,25 @@
+"""Denoising autoencoder (Vincent et al. 2008) pretraining, ResNet-18.
+
+Run:  python run.py --config=configs/denoising_autoencoder.py --workdir=workdirs/dae
+      python run.py --config=configs/denoising_autoencoder.py:retinamnist --workdir=...
+The view is corrupted by masking noise (each pixel zeroed with p=0.25) and
+additive Gaussian noise (std 0.1 of the [0, 1] range); the decoder (as in
+configs/autoencoder.py) reconstructs the clean view. recon_mse should fall
+well below noisy_mse, the error of returning the corrupted input.
+"""
+from configs import base
+
+
+def get_config(arg: str = "breastmnist"):
+  c = base.get_config()
+  c.job = "pretrain"
+  c.data.name = arg or "breastmnist"
+  c.model = dict(name="resnet18", width_multiplier=1.0)
+  c.objective = dict(name="denoising_autoencoder", noise_std=0.1,
+                     mask_prob=0.25, decoder_channels=(128, 64, 32))
+  c.train.steps = 2000
+  c.train.batch_size = 256
+  c.optim = dict(name="adamw", lr=1e-3, scale_by_batch=False,
+                 weight_decay=1e-4, warmup_steps=100, final_lr_fraction=0.0,
+                 grad_clip_norm=0.0)
+  return c

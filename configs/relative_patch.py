@@ -1,0 +1,28 @@
+"""Relative patch location (Doersch et al. 2015) pretraining, ResNet-18.
+
+Run:  python run.py --config=configs/relative_patch.py --workdir=workdirs/relpatch
+      python run.py --config=configs/relative_patch.py:retinamnist --workdir=...
+At 28 px: a 3 x 3 grid of 7 px patches 2 px apart (span 25 px) at a random
+place in the view, each patch jittered by up to 1 px (the paper: 96 px
+patches, 48 px gap, 7 px jitter at ImageNet scale). The centre patch and one
+of its 8 neighbours are normalised per patch, resized to 16 px, encoded by
+the shared encoder, concatenated, and a 2-layer MLP predicts the neighbour's
+position. Pretext accuracy is logged as relative_patch_acc (chance 0.125).
+"""
+from configs import base
+
+
+def get_config(arg: str = "breastmnist"):
+  c = base.get_config()
+  c.job = "pretrain"
+  c.data.name = arg or "breastmnist"
+  c.model = dict(name="resnet18", width_multiplier=1.0)
+  c.objective = dict(name="relative_patch", patch_size=7, gap=2, jitter=1,
+                     patch_resize=16, normalize_patches=True,
+                     head_hidden_dim=512, head_layers=2)
+  c.train.steps = 2000
+  c.train.batch_size = 256
+  c.optim = dict(name="adamw", lr=1e-3, scale_by_batch=False,
+                 weight_decay=1e-4, warmup_steps=100, final_lr_fraction=0.0,
+                 grad_clip_norm=0.0)
+  return c

@@ -1,0 +1,26 @@
+"""Variational autoencoder (Kingma & Welling 2014) pretraining, ResNet-18.
+
+Run:  python run.py --config=configs/vae.py --workdir=workdirs/vae
+      python run.py --config=configs/vae.py:retinamnist --workdir=...
+Pooled features -> 128-d Gaussian posterior (mean, log-variance heads) ->
+reparameterised sample -> decoder (as in configs/autoencoder.py). Loss =
+per-pixel MSE + kl_weight x KL (per example); kl_weight = 2 s^2 / D is the
+exact ELBO for decoder variance s^2 over D = H*W*C values: 1e-3 at 28x28x1
+is s^2 ~ 0.4 in the [-1, 1] scale. recon_mse and kl are logged apart.
+"""
+from configs import base
+
+
+def get_config(arg: str = "breastmnist"):
+  c = base.get_config()
+  c.job = "pretrain"
+  c.data.name = arg or "breastmnist"
+  c.model = dict(name="resnet18", width_multiplier=1.0)
+  c.objective = dict(name="vae", latent_dim=128, kl_weight=1e-3,
+                     decoder_channels=(128, 64, 32))
+  c.train.steps = 2000
+  c.train.batch_size = 256
+  c.optim = dict(name="adamw", lr=1e-3, scale_by_batch=False,
+                 weight_decay=1e-4, warmup_steps=100, final_lr_fraction=0.0,
+                 grad_clip_norm=0.0)
+  return c
