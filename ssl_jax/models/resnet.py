@@ -151,17 +151,24 @@ class ResNet(nnx.Module):
                return_intermediates: bool = False
                ) -> Array | tuple[Array, dict[str, Array]]:
     """x: float [B, H, W, C] -> pooled float32 [B, feature_dim]."""
+    maps = self.feature_maps(x, train=train)
+    pooled = _gap(maps[-1])
+    if not return_intermediates:
+      return pooled
+    return pooled, {f'stage{i}': _gap(m) for i, m in enumerate(maps[1:], 1)}
+
+  def feature_maps(self, x: Array, *, train: bool = False) -> list[Array]:
+    """Spatial maps [stem (before the max-pool), stage1, ..., stageK], for
+    dense decoders (the U-Net of Models Genesis restoration)."""
     x = nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
+    maps = [x]
     if not self.small_stem:
       x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    intermediates = {}
-    for i, stage in enumerate(self.stages):
+    for stage in self.stages:
       for blk in stage:
         x = blk(x, train=train)
-      if return_intermediates:
-        intermediates[f'stage{i + 1}'] = _gap(x)
-    pooled = _gap(x)
-    return (pooled, intermediates) if return_intermediates else pooled
+      maps.append(x)
+    return maps
 
 
 def _gap(x: Array) -> Array:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from ssl_jax import augment
 from ssl_jax.models.heads import LinearHead
 from ssl_jax.objectives.base import Objective
-from ssl_jax.objectives.supervised import classification_loss
+from ssl_jax.objectives.supervised import classification_loss, is_multi_label
 
 
 def with_online_probe(objective: Objective) -> Objective:
@@ -36,7 +36,7 @@ def with_online_probe(objective: Objective) -> Objective:
       features = jax.lax.stop_gradient(
           model.encoder(augment.eval_view(batch["image"]), train=False))
       labels = batch["label"]
-      multi_label = labels.ndim == 2 and labels.shape[-1] > 1
+      multi_label = is_multi_label(labels)
       labelled = (None if multi_label
                   else (labels.reshape(-1) >= 0).astype(jnp.float32))
       probe_loss, probe_acc = classification_loss(

@@ -4,8 +4,17 @@ MAE (He et al., CVPR 2022, "Masked Autoencoders Are Scalable Vision
 Learners"): a ViT encodes only the visible patches; a light decoder predicts
 the pixels of the masked ones; the loss is the per-patch normalised pixel
 error on masked patches only.
+
+SimMIM (Xie et al., CVPR 2022): the encoder sees every token, masked ones
+replaced by a learned mask token; a linear decoder; L1 on masked pixels.
+
+Restoration, Models Genesis (Zhou et al. 2019/2021): pure-JAX corruptions
+(local pixel shuffling, non-linear intensity, in-/out-painting) and a ResNet
++ U-Net decoder trained to restore the original (MSE).
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +23,10 @@ import ml_collections
 
 from ssl_jax import augment
 from ssl_jax.models.heads import MAEDecoder
-from ssl_jax.models.vit import patchify
+from ssl_jax.models.resnet import ResNet
+from ssl_jax.models.unet import (UNetDecoder, resnet_feature_maps,
+                                 resnet_map_channels)
+from ssl_jax.models.vit import patchify, sincos_2d
 from ssl_jax.objectives import base
 
 Array = jax.Array
@@ -101,3 +113,318 @@ base.register(base.Objective(
     name="mae", category="self_prediction",
     paper="He et al., CVPR 2022 (arXiv:2111.06377)",
     build_model=build_mae, make_loss=make_mae_loss))
+
+
+# ----------------------------------------------------------------- SimMIM --
+# SimMIM (Xie et al., CVPR 2022, "SimMIM: A Simple Framework for Masked Image
+# Modeling"): unlike MAE the encoder sees all N tokens, the masked ones
+# replaced by one learned mask token; a single linear layer predicts each
+# patch's raw pixels; the loss is L1 on the masked patches only.
+
+
+class SimMIM(nnx.Module):
+  """ViT over every token (masked ones = mask token) + a linear decoder."""
+
+  def __init__(self, encoder: nnx.Module, patch_dim: int, *, rngs: nnx.Rngs):
+    self.encoder = encoder
+    self.mask_token = nnx.Param(nnx.initializers.normal(0.02)(
+        rngs.params(), (1, 1, encoder.hidden_dim)))
+    self.decoder = nnx.Linear(encoder.hidden_dim, patch_dim, rngs=rngs)
+
+  def __call__(self, x: Array, mask: Array, *, train: bool) -> Array:
+    """x [B, H, W, C], mask [B, N] (1 = masked) -> pixels [B, N, patch_dim].
+
+    `embed_patches` adds the fixed position embedding, so a masked token
+    becomes mask_token + pos: exactly SimMIM's "replace the patch embedding,
+    then add positions".
+    """
+    enc = self.encoder
+    tokens = enc.embed_patches(x)
+    pos = sincos_2d(enc.grid_size, enc.grid_size, enc.hidden_dim)
+    masked = (self.mask_token[...] + pos).astype(tokens.dtype)
+    tokens = jnp.where(mask[..., None] > 0, masked, tokens)
+    latent = enc.encode_tokens(tokens, train=train)[:, 1:]  # drop cls
+    return self.decoder(latent.astype(jnp.float32))
+
+
+def simmim_loss(pred: Array, target: Array, mask: Array) -> Array:
+  """L1 over the pixels (and channels) of masked patches; visible ignored."""
+  per_patch = jnp.mean(jnp.abs(pred.astype(jnp.float32)
+                               - target.astype(jnp.float32)), axis=-1)
+  return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def build_simmim(config: ml_collections.ConfigDict, info: base.DataInfo,
+                 rngs: nnx.Rngs) -> SimMIM:
+  encoder = base.build_encoder(config, info, rngs)
+  if not hasattr(encoder, "embed_patches"):
+    raise ValueError(
+        f"config.model.name={config.model.name!r}: SimMIM needs a ViT backbone "
+        "(vit_tiny, vit_small, vit_base)")
+  return SimMIM(encoder, encoder.patch_size**2 * info.num_channels, rngs=rngs)
+
+
+def make_simmim_loss(config: ml_collections.ConfigDict) -> base.LossFn:
+  policy = base.augment_policy(config)
+  mask_ratio = config.objective.mask_ratio
+
+  def loss_fn(model, batch, rng, extra):
+    view_rng, mask_rng = jax.random.split(rng)
+    x = augment.standardize(augment.apply(policy, view_rng, batch["image"]))
+    _, mask, _ = random_masking(mask_rng, x.shape[0],
+                                model.encoder.num_patches, mask_ratio)
+    pred = model(x, mask, train=True)
+    loss = simmim_loss(pred, patchify(x, model.encoder.patch_size), mask)
+    return loss, {"mask_fraction": jnp.mean(mask)}, extra
+
+  return loss_fn
+
+
+base.register(base.Objective(
+    name="simmim", category="self_prediction",
+    paper="Xie et al., CVPR 2022 (arXiv:2111.09886)",
+    build_model=build_simmim, make_loss=make_simmim_loss))
+
+
+# ------------------------------------------------ Models Genesis restoration --
+# Models Genesis (Zhou et al., MICCAI 2019; MedIA 2021, "Models Genesis"):
+# corrupt an image with a chain of transforms and train an encoder-decoder to
+# restore the original. Each transform teaches something the review names:
+# non-linear intensity (appearance), local pixel shuffling (texture),
+# out-painting (global geometry) and in-painting (local continuity). Here they
+# run on device as pure functions of explicit random parameters on one
+# float [H, W, C] image in [0, 1]; `random_*` wrappers draw those parameters,
+# and `models_genesis` chains them in the reference order (shuffle,
+# non-linear, then in- or out-painting) with the configured probabilities.
+
+
+def bezier_curve(p1: Array, p2: Array, num_samples: int
+                 ) -> tuple[Array, Array]:
+  """Cubic Bézier from (0, 0) to (1, 1) with control points p1, p2 [2].
+
+  Returns (xs, ys) at `num_samples` evenly spaced t in [0, 1].
+  """
+  t = jnp.linspace(0.0, 1.0, num_samples)[:, None]
+  points = (3 * (1 - t)**2 * t * p1 + 3 * (1 - t) * t**2 * p2
+            + t**3 * jnp.ones(2))
+  return points[:, 0], points[:, 1]
+
+
+def nonlinear_intensity(image: Array, p1: Array, p2: Array, invert: Array, *,
+                        num_samples: int) -> Array:
+  """Maps [0, 1] intensities through a monotone Bézier curve.
+
+  As Models Genesis, xs and ys are sorted separately, so the curve is
+  monotone for any control points and maps 0 -> 0, 1 -> 1 (or, `invert`,
+  decreasing: 0 -> 1, 1 -> 0). Control points on the diagonal give identity.
+  """
+  xs, ys = bezier_curve(p1, p2, num_samples)
+  xs, ys = jnp.sort(xs), jnp.sort(ys)
+  ys = jnp.where(invert, ys[::-1], ys)
+  return jnp.interp(image, xs, ys)
+
+
+def random_nonlinear(image: Array, rng: Array, *, prob: float,
+                     invert_prob: float, num_samples: int) -> Array:
+  """Control points ~ U[0, 1]^2; applied with `prob`, inverted with
+  `invert_prob` (0.5 in Models Genesis)."""
+  u = jax.random.uniform(rng, (6,))
+  out = nonlinear_intensity(image, u[0:2], u[2:4], u[4] < invert_prob,
+                            num_samples=num_samples)
+  return jnp.where(u[5] < prob, out, image)
+
+
+def shuffle_windows(image: Array, corners: Array, sizes: Array, keys: Array,
+                    *, max_window: int) -> Array:
+  """Local pixel shuffling: K windows rewritten with permuted pixels.
+
+  Window k has top-left `corners[k]` and (height, width) `sizes[k]` (each at
+  most `max_window`, inside the image); `keys[k]` [max_window**2] are
+  uniform draws over its row-major max-window grid: the window's pixels are
+  read from the *original* image in ascending-key order and written in
+  row-major order. Later windows overwrite earlier ones where they overlap,
+  as in the reference implementation. Whole pixels move (all channels).
+  """
+  h, w, c = image.shape
+  m = max_window
+  # Padding lets a max_window slice start anywhere a real window fits.
+  original = jnp.pad(image, ((0, m), (0, m), (0, 0)))
+  rows, cols = jnp.divmod(jnp.arange(m * m), m)
+  ranks = jnp.arange(m * m, dtype=jnp.float32)
+
+  def one_window(k, out):
+    inside = (rows < sizes[k, 0]) & (cols < sizes[k, 1])
+    # Sorted, inside positions come first in both orders and outside ones
+    # follow in the same (row-major) order, so they map to themselves.
+    targets = jnp.argsort(jnp.where(inside, ranks, m * m + ranks))
+    sources = jnp.argsort(jnp.where(inside, keys[k], 2.0 + ranks))
+    source = jnp.zeros(m * m, jnp.int32).at[targets].set(sources)
+    start = (corners[k, 0], corners[k, 1], 0)
+    window = jax.lax.dynamic_slice(original, start, (m, m, c)).reshape(m * m, c)
+    current = jax.lax.dynamic_slice(out, start, (m, m, c)).reshape(m * m, c)
+    new = jnp.where(inside[:, None], window[source], current)
+    return jax.lax.dynamic_update_slice(out, new.reshape(m, m, c), start)
+
+  out = jax.lax.fori_loop(0, corners.shape[0], one_window, original)
+  return out[:h, :w]
+
+
+def random_local_shuffle(image: Array, rng: Array, *, prob: float,
+                         num_blocks: int, max_window: int) -> Array:
+  """`num_blocks` windows of side ~ U{1..max_window} at uniform positions.
+
+  One uniform draw feeds every choice (few random calls compile fast).
+  """
+  h, w, _ = image.shape
+  m = max_window
+  u = jax.random.uniform(rng, (num_blocks + 1, 4 + m * m))
+  sizes = 1 + jnp.minimum(jnp.floor(u[:-1, :2] * m), m - 1).astype(jnp.int32)
+  room = jnp.array([h, w]) - sizes + 1
+  corners = jnp.floor(u[:-1, 2:4] * room).astype(jnp.int32)
+  out = shuffle_windows(image, corners, sizes, u[:-1, 4:], max_window=m)
+  return jnp.where(u[-1, 0] < prob, out, image)
+
+
+def box_mask(height: int, width: int, boxes: Array, active: Array) -> Array:
+  """Union [H, W] of the active boxes; boxes [K, 4] = (top, left, h, w)."""
+  r = jnp.arange(height)[None, :, None]
+  c = jnp.arange(width)[None, None, :]
+  top, left, bh, bw = (boxes[:, i, None, None] for i in range(4))
+  inside = (r >= top) & (r < top + bh) & (c >= left) & (c < left + bw)
+  return jnp.any(inside & active[:, None, None], axis=0)
+
+
+def random_boxes(u: Array, height: int, width: int,
+                 size: tuple[float, float]) -> Array:
+  """Boxes [K, 4] from uniforms u [K, 4]: sides ~ U{size fractions of the
+  image, rounded}, positions uniform among those inside the image."""
+  dims = jnp.array([height, width])
+  lo = jnp.maximum(1, jnp.round(size[0] * dims))
+  hi = jnp.maximum(lo, jnp.round(size[1] * dims))
+  sides = jnp.minimum(lo + jnp.floor(u[:, :2] * (hi - lo + 1)), hi)
+  corners = jnp.floor(u[:, 2:] * (dims - sides + 1))
+  return jnp.concatenate([corners, sides], axis=1).astype(jnp.int32)
+
+
+def inpaint(image: Array, mask: Array, noise: Array) -> Array:
+  """In-painting input: the boxes of `mask` [H, W] replaced by noise."""
+  return jnp.where(mask[..., None], noise, image)
+
+
+def outpaint(image: Array, mask: Array, noise: Array) -> Array:
+  """Out-painting input: only the boxes of `mask` kept, the rest noise."""
+  return jnp.where(mask[..., None], image, noise)
+
+
+def random_paint(image: Array, rng: Array, *, prob: float, inpaint_prob: float,
+                 box_prob: float, inpaint_boxes: int,
+                 inpaint_size: tuple[float, float], outpaint_boxes: int,
+                 outpaint_size: tuple[float, float]) -> Array:
+  """With `prob`, in-painting (given painting, with `inpaint_prob`) or else
+  out-painting, noise ~ U[0, 1]. As the reference's `while random() < 0.95`
+  loops, box k is drawn only if boxes 0..k-1 were (`box_prob` each); the
+  first out-painting box is always kept, so some of the image survives."""
+  h, w, _ = image.shape
+  k_draw, k_noise = jax.random.split(rng)
+  n_in, n_out = inpaint_boxes, outpaint_boxes
+  u = jax.random.uniform(k_draw, (n_in + n_out + 1, 5))
+  in_active = jnp.cumprod(u[:n_in, 4] < box_prob).astype(bool)
+  out_active = jnp.cumprod(jnp.concatenate(
+      [jnp.ones(1, bool), u[n_in + 1:n_in + n_out, 4] < box_prob])).astype(bool)
+  noise = jax.random.uniform(k_noise, image.shape)
+  in_mask = box_mask(h, w, random_boxes(u[:n_in, :4], h, w, inpaint_size),
+                     in_active)
+  out_mask = box_mask(h, w, random_boxes(u[n_in:n_in + n_out, :4], h, w,
+                                         outpaint_size), out_active)
+  painted = jnp.where(u[-1, 1] < inpaint_prob, inpaint(image, in_mask, noise),
+                      outpaint(image, out_mask, noise))
+  return jnp.where(u[-1, 0] < prob, painted, image)
+
+
+def models_genesis(image: Array, rng: Array, *, shuffle_prob: float,
+                   shuffle_blocks: int, shuffle_max_window: int,
+                   nonlinear_prob: float, nonlinear_invert_prob: float,
+                   bezier_samples: int, paint_prob: float, inpaint_prob: float,
+                   paint_box_prob: float, inpaint_boxes: int,
+                   inpaint_size: tuple[float, float], outpaint_boxes: int,
+                   outpaint_size: tuple[float, float]) -> Array:
+  """The corrupted input for one [H, W, C] image in [0, 1]."""
+  k_shuffle, k_nonlinear, k_paint = jax.random.split(rng, 3)
+  x = random_local_shuffle(image, k_shuffle, prob=shuffle_prob,
+                           num_blocks=shuffle_blocks,
+                           max_window=shuffle_max_window)
+  x = random_nonlinear(x, k_nonlinear, prob=nonlinear_prob,
+                       invert_prob=nonlinear_invert_prob,
+                       num_samples=bezier_samples)
+  return random_paint(x, k_paint, prob=paint_prob, inpaint_prob=inpaint_prob,
+                      box_prob=paint_box_prob, inpaint_boxes=inpaint_boxes,
+                      inpaint_size=inpaint_size, outpaint_boxes=outpaint_boxes,
+                      outpaint_size=outpaint_size)
+
+
+def genesis_kwargs(obj: ml_collections.ConfigDict) -> dict:
+  """The `models_genesis` numbers from `config.objective` (tuples coerced)."""
+  return dict(
+      shuffle_prob=obj.shuffle_prob, shuffle_blocks=obj.shuffle_blocks,
+      shuffle_max_window=obj.shuffle_max_window,
+      nonlinear_prob=obj.nonlinear_prob,
+      nonlinear_invert_prob=obj.nonlinear_invert_prob,
+      bezier_samples=obj.bezier_samples, paint_prob=obj.paint_prob,
+      inpaint_prob=obj.inpaint_prob, paint_box_prob=obj.paint_box_prob,
+      inpaint_boxes=obj.inpaint_boxes,
+      inpaint_size=tuple(float(v) for v in obj.inpaint_size),
+      outpaint_boxes=obj.outpaint_boxes,
+      outpaint_size=tuple(float(v) for v in obj.outpaint_size))
+
+
+class Restorer(nnx.Module):
+  """ResNet encoder + U-Net decoder on its spatial maps (skip connections).
+
+  A decoder from the pooled vector alone would have to squeeze every pixel
+  through `feature_dim` numbers; Models Genesis is a U-Net for that reason.
+  """
+
+  def __init__(self, encoder: nnx.Module, decoder: UNetDecoder):
+    self.encoder = encoder
+    self.decoder = decoder
+
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    """Standardised corrupted [B, H, W, C] -> restored [B, H, W, C]."""
+    maps = resnet_feature_maps(self.encoder, x, train=train)
+    return self.decoder(maps, x.shape[1:3], train=train)
+
+
+def build_restorer(config: ml_collections.ConfigDict, info: base.DataInfo,
+                   rngs: nnx.Rngs) -> Restorer:
+  encoder = base.build_encoder(config, info, rngs)
+  if not isinstance(encoder, ResNet):
+    raise ValueError(
+        f"config.model.name={config.model.name!r}: restoration decodes a "
+        "ResNet's stage maps; use resnet18 or resnet50")
+  decoder = UNetDecoder(resnet_map_channels(encoder), info.num_channels,
+                        rngs=rngs)
+  return Restorer(encoder, decoder)
+
+
+def make_restoration_loss(config: ml_collections.ConfigDict) -> base.LossFn:
+  policy = base.augment_policy(config)
+  corrupt = functools.partial(models_genesis, **genesis_kwargs(config.objective))
+
+  def loss_fn(model, batch, rng, extra):
+    view_rng, corrupt_rng = jax.random.split(rng)
+    clean = augment.apply(policy, view_rng, batch["image"])
+    corrupted = jax.vmap(corrupt)(
+        clean, jax.random.split(corrupt_rng, clean.shape[0]))
+    target, inputs = augment.standardize(clean), augment.standardize(corrupted)
+    restored = model(inputs, train=True)
+    loss = jnp.mean((restored - target)**2)
+    # What returning the input unchanged would score: the task's difficulty.
+    return loss, {"identity_mse": jnp.mean((inputs - target)**2)}, extra
+
+  return loss_fn
+
+
+base.register(base.Objective(
+    name="restoration", category="self_prediction",
+    paper="Zhou et al., MICCAI 2019 / MedIA 2021 (arXiv:2004.07882), Models Genesis",
+    build_model=build_restorer, make_loss=make_restoration_loss))

@@ -38,6 +38,11 @@ def classification_loss(logits: Array, labels: Array, multi_label: bool,
   return (per_example * weights).sum() / total, (correct * weights).sum() / total
 
 
+def is_multi_label(labels: Array) -> bool:
+  """Multi-hot [B, L>1] labels; single-label ones are [B] or [B, 1]."""
+  return labels.ndim == 2 and labels.shape[-1] > 1
+
+
 def build_classifier(config: ml_collections.ConfigDict, info: base.DataInfo,
                      rngs: nnx.Rngs) -> Classifier:
   return Classifier(base.build_encoder(config, info, rngs), info.num_classes,
@@ -46,12 +51,13 @@ def build_classifier(config: ml_collections.ConfigDict, info: base.DataInfo,
 
 def make_supervised_loss(config: ml_collections.ConfigDict) -> base.LossFn:
   policy = base.augment_policy(config)
-  multi_label = config.objective.get("multi_label", False)
+  configured = config.objective.get("multi_label", None)
 
   def loss_fn(model, batch, rng, extra):
     x = augment.standardize(augment.apply(policy, rng, batch["image"]))
-    loss, accuracy = classification_loss(
-        model(x, train=True), batch["label"], multi_label)
+    labels = batch["label"]
+    multi_label = is_multi_label(labels) if configured is None else configured
+    loss, accuracy = classification_loss(model(x, train=True), labels, multi_label)
     return loss, {"train_acc": accuracy}, extra
 
   return loss_fn

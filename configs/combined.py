@@ -1,0 +1,33 @@
+"""Combined pretraining: SimCLR + rotation prediction on one shared ResNet-18.
+
+Run:  python run.py --config=configs/combined.py --workdir=workdirs/combined
+      python run.py --config=configs/combined.py:retinamnist --workdir=...
+Multi-task self-supervision (Doersch & Zisserman 2017): the loss is
+1.0 x NT-Xent (contrastive: invariance) + 0.5 x rotation cross-entropy
+(innate: orientation/anatomy). Each part keeps the numbers of its own config
+(configs/simclr.py, configs/rotation.py) and logs `simclr/loss`,
+`rotation/loss`, `rotation/rotation_acc`, ... Any registered objectives can
+be combined: --config.objective.parts="('simclr','mae')" needs a sub-config
+per part (a part may carry its own `augment`) and a ViT for MAE.
+AdamW as the rotation config (LARS's trust ratio suits SimCLR alone).
+"""
+from configs import base
+
+
+def get_config(arg: str = "breastmnist"):
+  c = base.get_config()
+  c.job = "pretrain"
+  c.data.name = arg or "breastmnist"
+  c.model = dict(name="resnet18", width_multiplier=1.0,
+                 stage_sizes=(2, 2, 2, 2))
+  c.objective = dict(
+      name="combined", parts=("simclr", "rotation"), weights=(1.0, 0.5),
+      simclr=dict(temperature=0.1, proj_hidden_dim=512, proj_dim=128,
+                  proj_layers=2),
+      rotation=dict(all_rotations=False, head_hidden_dim=512, head_layers=2))
+  c.train.steps = 2000
+  c.train.batch_size = 256
+  c.optim = dict(name="adamw", lr=1e-3, scale_by_batch=False,
+                 weight_decay=1e-4, warmup_steps=100, final_lr_fraction=0.0,
+                 grad_clip_norm=0.0)
+  return c
