@@ -1,0 +1,26 @@
+"""Barlow Twins (Zbontar et al. 2021) pretraining, ResNet-18 small stem.
+
+Run:  python run.py --config=configs/barlow_twins.py --workdir=workdirs/bt
+      python run.py --config=configs/barlow_twins.py:retinamnist --workdir=...
+The arg picks the MedMNIST set (default breastmnist). Paper values: 3-layer
+projector (8192 wide, BN + ReLU on the hidden layers), cross-correlation of
+per-dimension batch-normalised embeddings, off-diagonal weight lambda 5.1e-3,
+LARS lr 0.2 x batch/256 for weights, weight decay 1.5e-6. Scaled for 28 px
+and a CPU: projector 1024 wide (lambda ~ 1/D is the paper's rule of thumb
+for other widths; 5.1e-3 stays close enough at 1024).
+"""
+from configs import base
+
+
+def get_config(arg: str = "breastmnist"):
+  c = base.get_config()
+  c.job = "pretrain"
+  c.data.name = arg or "breastmnist"
+  c.model = dict(name="resnet18", width_multiplier=1.0)
+  c.objective = dict(name="barlow_twins", lambd=5.1e-3, proj_hidden_dim=1024,
+                     proj_dim=1024, proj_layers=3)
+  c.train.steps = 2000
+  c.train.batch_size = 256
+  c.optim = dict(name="lars", lr=0.2, scale_by_batch=True, weight_decay=1.5e-6,
+                 warmup_steps=100, final_lr_fraction=0.0, grad_clip_norm=0.0)
+  return c

@@ -1,0 +1,27 @@
+"""SimSiam (Chen & He 2021) pretraining, ResNet-18 with the small-image stem.
+
+Run:  python run.py --config=configs/simsiam.py --workdir=workdirs/simsiam
+      python run.py --config=configs/simsiam.py:retinamnist --workdir=...
+The arg picks the MedMNIST set (default breastmnist). Paper values: 3-layer
+projector with BN on every layer including the output (2048 wide), a 2-layer
+bottleneck predictor (hidden = out / 4), negative cosine with stop-gradient,
+SGD lr 0.05 x batch/256, weight decay 1e-4, momentum 0.9, no EMA. Scaled for
+28 px and a CPU (the paper's CIFAR variant uses 2048 too): 512 wide, hidden 128.
+"""
+from configs import base
+
+
+def get_config(arg: str = "breastmnist"):
+  c = base.get_config()
+  c.job = "pretrain"
+  c.data.name = arg or "breastmnist"
+  c.model = dict(name="resnet18", width_multiplier=1.0)
+  c.objective = dict(name="simsiam", proj_hidden_dim=512, proj_dim=512,
+                     proj_layers=3, proj_last_bn=True, pred_hidden_dim=128,
+                     pred_layers=2)
+  c.train.steps = 2000
+  c.train.batch_size = 256
+  c.optim = dict(name="sgd", lr=0.05, scale_by_batch=True, weight_decay=1e-4,
+                 momentum=0.9, warmup_steps=0, final_lr_fraction=0.0,
+                 grad_clip_norm=0.0)
+  return c

@@ -1,0 +1,25 @@
+"""VICReg (Bardes, Ponce & LeCun 2022) pretraining, ResNet-18 small stem.
+
+Run:  python run.py --config=configs/vicreg.py --workdir=workdirs/vicreg
+      python run.py --config=configs/vicreg.py:retinamnist --workdir=...
+The arg picks the MedMNIST set (default breastmnist). Paper values: 3-layer
+expander (8192 wide, BN + ReLU on the hidden layers), invariance / variance
+/ covariance weights 25 / 25 / 1, std target gamma 1, LARS lr 0.2 x
+batch/256, weight decay 1e-6. Scaled for 28 px and a CPU: expander 1024 wide.
+"""
+from configs import base
+
+
+def get_config(arg: str = "breastmnist"):
+  c = base.get_config()
+  c.job = "pretrain"
+  c.data.name = arg or "breastmnist"
+  c.model = dict(name="resnet18", width_multiplier=1.0)
+  c.objective = dict(name="vicreg", sim_weight=25.0, var_weight=25.0,
+                     cov_weight=1.0, gamma=1.0, proj_hidden_dim=1024,
+                     proj_dim=1024, proj_layers=3)
+  c.train.steps = 2000
+  c.train.batch_size = 256
+  c.optim = dict(name="lars", lr=0.2, scale_by_batch=True, weight_decay=1e-6,
+                 warmup_steps=100, final_lr_fraction=0.0, grad_clip_norm=0.0)
+  return c
