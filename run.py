@@ -3,7 +3,16 @@
 The config's `job` field picks pretrain, finetune or pretrain_finetune;
 `--config.field=value` overrides any field. Everything a job writes lands in
 `--workdir`.
+
+Multi-host: set `--config.distributed.coordinator_address=HOST:PORT
+--config.distributed.num_processes=N --config.distributed.process_id=I` (or
+JAX's env vars); every process runs the same command with the same workdir.
+
+Exit codes: 0 done; 75 (EX_TEMPFAIL) preempted by SIGTERM after saving a
+checkpoint — rerun the same command to resume; anything else is a failure.
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -18,8 +27,17 @@ def main(argv):
   del argv
   if not FLAGS["verbosity"].present:  # Orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
+  # Before anything touches devices: jax.distributed must come first.
+  from ssl_jax import parallel
+  parallel.initialize_distributed(FLAGS.config.get("distributed"))
   from ssl_jax import jobs  # after flag parsing: keeps --help fast
-  jobs.get(FLAGS.config.job)(FLAGS.config, FLAGS.workdir)
+  from ssl_jax.train import preemption
+  try:
+    jobs.get(FLAGS.config.job)(FLAGS.config, FLAGS.workdir)
+  except preemption.Preempted as e:
+    print(e, flush=True)
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

@@ -38,9 +38,32 @@ def get_config() -> ml_collections.ConfigDict:
   # A linear head on stop-gradient features, trained during pretraining on
   # the batch's labels: logs probe_acc so collapse shows up early.
   c.online_probe = True
-  c.mesh = dict(num_devices=0)  # 0 = every visible device on the data axis
-  c.train = dict(steps=1000, batch_size=256, log_every=10,
-                 checkpoint_every=200, progress=True)
+  # num_devices 0 = every visible device. The mesh is (data, model):
+  # model_axis_size devices along `model`, the rest along `data`. `rules`
+  # shard state leaves over it: ((path regex, partition spec), ...), first
+  # match wins, e.g. ((r"fc1/kernel$", (None, "model")),); the rest is
+  # replicated (see ssl_jax/parallel.py).
+  c.mesh = dict(num_devices=0, model_axis_size=1, rules=())
+  c.train = dict(
+      steps=1000, batch_size=256, log_every=10, checkpoint_every=200,
+      progress=True,
+      # Micro-batches per step (scan inside the jitted step, grads averaged).
+      # Batch-coupled losses and BatchNorm then see only batch_size / k
+      # examples: see ssl_jax/train/step.py.
+      grad_accum_steps=1,
+      # Backbone compute dtype: float32 | bfloat16. Params, optimizer state
+      # and losses stay float32 either way.
+      compute_dtype="float32",
+      prefetch=2,       # batches in flight to the devices ahead of the step
+      check_every=1,    # NaN/inf check of loss and grad_norm every N steps
+  )
+  # Multi-host: jax.distributed.initialize() before anything touches
+  # devices, when coordinator_address ('host:port') is set or initialize=True
+  # (clusters JAX auto-detects). Unset fields fall back to env vars
+  # (JAX_COORDINATOR_ADDRESS, SSL_JAX_NUM_PROCESSES, SSL_JAX_PROCESS_ID).
+  c.distributed = dict(initialize=False, coordinator_address="",
+                       num_processes=0, process_id=-1,
+                       cpu_collectives="gloo", timeout_s=300)
   c.optim = dict(name="lars", lr=0.3, scale_by_batch=True, weight_decay=1e-6,
                  warmup_steps=100, final_lr_fraction=0.0, grad_clip_norm=0.0)
 

@@ -17,7 +17,7 @@ from tests.tiny import tiny_config  # noqa: E402
 
 
 def main():
-  config = tiny_config()
+  config = tiny_config(**{"model.stage_sizes": (1, 1, 1, 1)})  # half the compile
   mesh = parallel.make_mesh()
   info = data_pipelines.info("breastmnist", 28)
   images, labels = data_pipelines.load("breastmnist", "train", size=28)

@@ -20,6 +20,39 @@ def check_name(field: str, value: str, allowed: Iterable[str]) -> None:
                      f"{', '.join(allowed)}")
 
 
+COMPUTE_DTYPES = ("bfloat16", "float32")
+
+
+def vit_patch_size(config: ml_collections.ConfigDict) -> int | None:
+  """The ViT patch size a config builds (models/vit.py's default: 4 px up
+  to 64 px images, else 16), or None for non-ViT backbones."""
+  if not config.model.name.startswith("vit"):
+    return None
+  return config.model.get("patch_size") or (4 if config.data.size <= 64 else 16)
+
+
+def check_fit(config: ml_collections.ConfigDict) -> None:
+  """Numbers that must fit each other (no data, no TF, no compile needed)."""
+  train = config.train
+  check_name("train.compute_dtype", train.get("compute_dtype", "float32"),
+             COMPUTE_DTYPES)
+  accum = train.get("grad_accum_steps", 1)
+  if accum < 1:
+    raise ValueError(f"config.train.grad_accum_steps must be >= 1, got {accum}")
+  if train.batch_size % accum:
+    raise ValueError(f"config.train.batch_size={train.batch_size} is not "
+                     f"divisible by config.train.grad_accum_steps={accum}")
+  patch, size = vit_patch_size(config), config.data.size
+  if patch is not None and size % patch:
+    allowed = [p for p in range(1, size + 1) if size % p == 0]
+    raise ValueError(f"config.data.size={size} is not divisible by "
+                     f"config.model.patch_size={patch}; allowed patch sizes "
+                     f"for {size} px: {', '.join(map(str, allowed))}")
+  model_axis = config.get("mesh", {}).get("model_axis_size", 1)
+  if model_axis < 1:
+    raise ValueError(f"config.mesh.model_axis_size must be >= 1, got {model_axis}")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Fails before anything compiles, naming the field and allowed values."""
   check_name("data.name", config.data.name, data_pipelines.names())
@@ -43,6 +76,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config[section][key] <= 0:
       raise ValueError(f"config.{field} must be positive, got "
                        f"{config[section][key]}")
+  check_fit(config)
 
 
 def data_info(config: ml_collections.ConfigDict):

@@ -2,17 +2,29 @@
 
 Outputs in the workdir: config.json, metrics.jsonl, tensorboard/,
 checkpoints/ (resumed automatically), pretrain_summary.json.
+
+Scale and survival (see configs/base.py for the fields):
+- init is shape-first (`state.shape_first`): the state is born sharded on the
+  mesh, and a resumed run restores into the abstract state without init;
+- `train.compute_dtype=bfloat16` runs the backbone in bf16 with float32
+  params, optimizer state and losses;
+- `train.grad_accum_steps` splits each global batch into micro-batches;
+- SIGTERM saves a checkpoint and raises `Preempted` (run.py exits 75); a
+  rerun continues bit-identically: same state, same rng stream (the step is
+  folded into the rng), same data (`skip_batches`).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
+from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from data_pipelines import input_pipeline
 from ssl_jax import objectives, parallel
 from ssl_jax.jobs import common
 from ssl_jax.objectives.online_probe import with_online_probe
@@ -21,35 +33,89 @@ from ssl_jax.train import state as state_lib
 from ssl_jax.train.metrics_writer import MetricWriter
 
 
-def build(config: ml_collections.ConfigDict, info, mesh):
-  """(graphdef, replicated initial state, jitted step) for the config."""
+@dataclasses.dataclass(frozen=True)
+class Built:
+  """Everything a pretraining run compiles, before any array exists."""
+  graphdef: nnx.GraphDef
+  abstract: state_lib.TrainState        # ShapeDtypeStructs with shardings
+  shardings: Any                        # NamedSharding per state leaf
+  init: Callable[[], state_lib.TrainState]  # jitted, placed by `shardings`
+  step_fn: step_lib.StepFn              # jitted, state donated
+
+
+def model_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config the model is built from: `train.compute_dtype` becomes the
+  backbone's `dtype` (params stay float32: that is each layer's param_dtype).
+  float32 leaves the config untouched."""
+  name = config.train.get("compute_dtype", "float32")
+  if name == "float32":
+    return config
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    c.model.dtype = jnp.dtype(name)
+  return c
+
+
+def build_parts(config: ml_collections.ConfigDict, info, mesh) -> Built:
+  """Shape-first: abstract state and shardings, then jitted init and step."""
   objective = objectives.get(config.objective.name)
   if config.get("online_probe", True):
     objective = with_online_probe(objective)
-  model = objective.build_model(config, info, nnx.Rngs(config.seed))
+  built_config = model_config(config)
   tx, schedule = optim.make_optimizer(config.optim, config.train.batch_size,
                                       config.train.steps)
-  graphdef, state = state_lib.create(
-      model, tx, objective.init_extra(model, config),
-      jax.random.PRNGKey(config.seed + 1))
-  step_fn = step_lib.make_from_objective(graphdef, objective, config, tx, schedule)
-  return graphdef, parallel.replicate(state, mesh), step_lib.compile_step(step_fn)
+
+  def build_state():
+    model = objective.build_model(built_config, info, nnx.Rngs(config.seed))
+    return state_lib.create(model, tx, objective.init_extra(model, built_config),
+                            jax.random.PRNGKey(config.seed + 1))
+
+  rules = tuple(config.get("mesh", {}).get("rules", ()) or ())
+  graphdef, abstract, shardings, init = state_lib.shape_first(
+      build_state, mesh, rules)
+  step_fn = step_lib.make_from_objective(
+      graphdef, objective, config, tx, schedule,
+      grad_accum_steps=config.train.get("grad_accum_steps", 1),
+      batch_sharding=parallel.batch_sharded(mesh))
+  return Built(graphdef, abstract, shardings, init,
+               step_lib.compile_step(step_fn, shardings))
+
+
+def build(config: ml_collections.ConfigDict, info, mesh):
+  """(graphdef, initial state on the mesh, jitted step) for the config."""
+  built = build_parts(config, info, mesh)
+  return built.graphdef, built.init(), built.step_fn
+
+
+def make_mesh(config: ml_collections.ConfigDict):
+  mesh_cfg = config.get("mesh", {})
+  return parallel.make_mesh(mesh_cfg.get("num_devices", 0),
+                            mesh_cfg.get("model_axis_size", 1))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  from data_pipelines import input_pipeline  # TF: only where data is read
+
   common.validate(config)
-  mesh = parallel.make_mesh(config.mesh.num_devices)
-  parallel.check_divisible(config.train.batch_size, mesh, "train.batch_size")
+  mesh = make_mesh(config)
+  parallel.check_divisible(config.train.batch_size, mesh, "train.batch_size",
+                           times=config.train.get("grad_accum_steps", 1))
   info = common.data_info(config)
   images, labels = common.load_split(config, "train")
-  common.save_config(config, workdir)
+  lead = jax.process_index() == 0
+  if lead:
+    common.save_config(config, workdir)
 
-  _, state, step_fn = build(config, info, mesh)
+  built = build_parts(config, info, mesh)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  every_steps=config.train.checkpoint_every)
   if ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
-    print(f"resumed from {workdir}/checkpoints step {int(state.step)}")
+    state = ckpt.restore(built.abstract)
+    if lead:
+      print(f"resumed from {workdir}/checkpoints step {int(state.step)}",
+            flush=True)
+  else:
+    state = built.init()
   start = int(jax.device_get(state.step))
 
   batches = input_pipeline.make_iterator(
@@ -58,17 +124,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       skip_batches=start)
   writer = MetricWriter(workdir, resume_step=start)
   began = time.perf_counter()
-  state = loop.run(
-      state, step_fn, batches, mesh=mesh, num_steps=config.train.steps,
-      global_batch_size=config.train.batch_size, writer=writer,
-      log_every=config.train.log_every, checkpointer=ckpt,
-      desc=f"pretrain {config.objective.name}", progress=config.train.progress)
-  ckpt.close()
-  writer.close()
+  try:
+    state = loop.run(
+        state, built.step_fn, batches, mesh=mesh, num_steps=config.train.steps,
+        global_batch_size=config.train.batch_size, writer=writer,
+        log_every=config.train.log_every, checkpointer=ckpt,
+        desc=f"pretrain {config.objective.name}", progress=config.train.progress,
+        prefetch=config.train.get("prefetch", 2),
+        check_every=config.train.get("check_every", 1))
+  finally:
+    ckpt.close()
+    writer.close()
   summary = {"objective": config.objective.name, "model": config.model.name,
              "dataset": config.data.name, "steps": config.train.steps,
              "resumed_from_step": start,
              "seconds": time.perf_counter() - began,
              "final": common.last_metrics(workdir)}
-  common.write_json_atomic(os.path.join(workdir, "pretrain_summary.json"), summary)
+  if lead:
+    common.write_json_atomic(os.path.join(workdir, "pretrain_summary.json"),
+                             summary)
   return summary

@@ -4,8 +4,12 @@ Params and model state are saved as plain nested dicts (`nnx.to_pure_dict`),
 so a fine-tune job can read the `encoder` subtree of a pretraining checkpoint
 without rebuilding the pretraining heads. Orbax writes each step to a
 temporary directory and renames it when complete, so a run killed mid-save
-leaves the previous checkpoint as the latest one; a half-written step is
-never listed and never loaded.
+leaves the previous checkpoint as the latest one; a half-written step
+(`N.orbax-checkpoint-tmp-*`) is never listed and never loaded
+(tests/test_scale_preemption.py checks this). With many processes every
+process constructs the Checkpointer and calls save/restore; Orbax writes
+each array's shards from the process that holds them and lets process 0
+finalize (rename) the step.
 """
 from __future__ import annotations
 
@@ -41,8 +45,9 @@ class Checkpointer:
   def __init__(self, directory: str | os.PathLike, *, every_steps: int,
                max_to_keep: int = 2):
     self.every_steps = every_steps
+    self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
-        os.path.abspath(directory),
+        self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                              create=True))
 
@@ -58,7 +63,12 @@ class Checkpointer:
     self._manager.save(step, args=ocp.args.StandardSave(_to_tree(state)))
 
   def restore(self, template: TrainState, step: int | None = None) -> TrainState:
-    """The latest (or given) step, placed like the template's arrays."""
+    """The latest (or given) step, placed like the template's arrays.
+
+    The template may be abstract (`jax.ShapeDtypeStruct`s with shardings,
+    from `state.shape_first`): arrays are then read straight into their
+    final layout, without initialising a model first.
+    """
     step = self.latest_step() if step is None else step
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_tree(template))
     tree = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))

@@ -1,10 +1,19 @@
 """The one training loop shared by pretraining, fine-tuning and baselines.
 
-It feeds host batches to the compiled step, logs, checkpoints, evaluates and
-guards against divergence; it knows nothing about methods. Metrics are pulled
-to the host only every `log_every` steps (and before a checkpoint), so the
-accelerator is not stalled every step; a checkpoint is only ever written
-after its state's loss was checked to be finite.
+It feeds device batches to the compiled step, logs, checkpoints, evaluates
+and guards against divergence and preemption; it knows nothing about methods.
+
+- Host work overlaps device work: batches are prefetched to the devices
+  (`prefetch` of them in flight), metrics come to the host only every
+  `log_every` steps (and before a checkpoint).
+- Divergence: the step's `loss` and `grad_norm` (the global norm of the
+  gradients, so NaN/inf anywhere in the grads shows up in it) are checked
+  every `check_every` steps, one step late: step t's two scalars are read
+  after step t+1 has been dispatched, so the check never idles the device.
+  A checkpoint is only ever written after its own step's metrics were
+  checked, so the last checkpoint is always a good one.
+- Preemption: on SIGTERM (see `preemption.py`) the loop checkpoints the
+  step it is at and raises `Preempted`.
 """
 from __future__ import annotations
 
@@ -18,12 +27,16 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from ssl_jax import parallel
+from ssl_jax.train import preemption
 from ssl_jax.train.checkpoint import Checkpointer
 from ssl_jax.train.metrics_writer import MetricWriter
+from ssl_jax.train.preemption import Preempted  # noqa: F401  (re-exported)
 from ssl_jax.train.state import TrainState
 from ssl_jax.train.step import StepFn
 
 EvalFn = Callable[[int, TrainState], dict[str, float]]
+# Checked every `check_every` steps; everything is checked at log steps.
+GUARDED = ("loss", "grad_norm")
 
 
 class TrainingDiverged(RuntimeError):
@@ -35,10 +48,16 @@ def _check_finite(metrics: dict[str, float], step: int,
   bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
   if bad:
     last = checkpointer.latest_step() if checkpointer else None
+    where = (f"step {last} in {checkpointer.directory}" if last is not None
+             else "none")
     raise TrainingDiverged(
         f"non-finite metrics at step {step}: {bad}. Last good checkpoint: "
-        f"{'step ' + str(last) if last is not None else 'none'}. "
-        "Lower the learning rate, add optim.grad_clip_norm, or check the data.")
+        f"{where}. Lower the learning rate, add optim.grad_clip_norm, or "
+        "check the data.")
+
+
+def _to_host(metrics) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
 def run(
@@ -56,39 +75,60 @@ def run(
     eval_every: int = 0,
     desc: str = "train",
     progress: bool = True,
+    prefetch: int = 2,
+    check_every: int = 1,
 ) -> TrainState:
-  """Runs `step_fn` from `state.step` up to `num_steps`; returns the state."""
+  """Runs `step_fn` from `state.step` up to `num_steps`; returns the state.
+
+  Raises `TrainingDiverged` on non-finite metrics and `Preempted` (after
+  saving) on SIGTERM when there is a checkpointer.
+  """
   start = int(jax.device_get(state.step))
   bar = tqdm(total=num_steps, initial=start, desc=desc, dynamic_ncols=True,
              disable=not progress or jax.process_index() != 0, leave=False)
+  stream = parallel.prefetch_to_device(batches, prefetch, mesh)
+  pending = None  # (step, its guarded metrics), checked after the next dispatch
   timer_step, timer = start, time.perf_counter()
-  for step in range(start, num_steps):
-    state, metrics = step_fn(state, parallel.shard_batch(next(batches), mesh))
-    done = step + 1
-    if step == start:  # the first step compiles: time throughput after it
-      jax.block_until_ready(metrics)
-      timer_step, timer = done, time.perf_counter()
-    save = checkpointer is not None and checkpointer.should_save(done)
-    evaluate = eval_fn is not None and eval_every > 0 and (
-        done % eval_every == 0 or done == num_steps)
-    if save or evaluate or done % log_every == 0 or done == num_steps:
-      host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      _check_finite(host, done, checkpointer)
-      now = time.perf_counter()
-      if done > timer_step:
-        host["images_per_sec"] = (done - timer_step) * global_batch_size / (now - timer)
-      timer_step, timer = done, now
-      writer.write(done, host, prefix="train/")
-      bar.set_postfix(loss=f"{host['loss']:.4f}",
-                      img_s=f"{host.get('images_per_sec', 0):.0f}")
-    if save:
-      checkpointer.save(done, state)
-    if evaluate:
-      writer.write(done, eval_fn(done, state), prefix="val/")
-      timer = time.perf_counter()  # evaluation time is not training throughput
-    bar.update(1)
-  bar.close()
-  if checkpointer is not None:
-    checkpointer.save(num_steps, state)
-    checkpointer.wait()
+  with preemption.Watcher(enabled=checkpointer is not None) as watcher:
+    for step in range(start, num_steps):
+      state, metrics = step_fn(state, next(stream))
+      done = step + 1
+      if pending is not None:
+        _check_finite(_to_host(pending[1]), pending[0], checkpointer)
+        pending = None
+      if step == start:  # the first step compiles: time throughput after it
+        jax.block_until_ready(metrics)
+        timer_step, timer = done, time.perf_counter()
+      preempted = watcher.should_stop(done)
+      save = checkpointer is not None and (
+          checkpointer.should_save(done) or preempted)
+      evaluate = eval_fn is not None and eval_every > 0 and (
+          done % eval_every == 0 or done == num_steps)
+      if save or evaluate or done % log_every == 0 or done == num_steps:
+        host = _to_host(metrics)
+        _check_finite(host, done, checkpointer)
+        now = time.perf_counter()
+        if done > timer_step:
+          host["images_per_sec"] = ((done - timer_step) * global_batch_size
+                                    / (now - timer))
+        timer_step, timer = done, now
+        writer.write(done, host, prefix="train/")
+        bar.set_postfix(loss=f"{host['loss']:.4f}",
+                        img_s=f"{host.get('images_per_sec', 0):.0f}")
+      elif check_every > 0 and done % check_every == 0:
+        pending = (done, {k: metrics[k] for k in GUARDED if k in metrics})
+      if save:
+        checkpointer.save(done, state)
+      if preempted:
+        checkpointer.wait()
+        bar.close()
+        raise Preempted(done, checkpointer.directory)
+      if evaluate:
+        writer.write(done, eval_fn(done, state), prefix="val/")
+        timer = time.perf_counter()  # evaluation time is not training throughput
+      bar.update(1)
+    bar.close()
+    if checkpointer is not None:  # a SIGTERM now lets this save finish
+      checkpointer.save(num_steps, state)
+      checkpointer.wait()
   return state

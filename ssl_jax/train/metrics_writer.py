@@ -59,9 +59,18 @@ def _drop_rows_after(path: str, step: int) -> None:
     return
   with open(path) as f:
     rows = [line for line in f if line.strip()]
-  kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
+  kept = [line for line in rows
+          if (row := _parse(line)) is not None and row.get("step", 0) <= step]
   if len(kept) != len(rows):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
       f.writelines(kept)
     os.replace(tmp, path)
+
+
+def _parse(line: str) -> dict | None:
+  """A row, or None for a line torn by a kill in the middle of a write."""
+  try:
+    return json.loads(line) if line.endswith("\n") else None
+  except json.JSONDecodeError:
+    return None

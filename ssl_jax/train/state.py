@@ -8,13 +8,16 @@ step, so a resumed run draws exactly the random numbers of an uninterrupted one.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import flax
 import jax
 import jax.numpy as jnp
 from flax import nnx
 import optax
+from jax.sharding import Mesh
+
+from ssl_jax import parallel
 
 
 @flax.struct.dataclass
@@ -43,3 +46,37 @@ def create(model: nnx.Module, tx: optax.GradientTransformation, extra: Any,
 def merge(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
   """A live model from the state (copy=True: safe inside traced code)."""
   return nnx.merge(graphdef, state.params, state.rest, copy=True)
+
+
+def shape_first(
+    build: Callable[[], tuple[nnx.GraphDef, TrainState]],
+    mesh: Mesh,
+    rules: Sequence[parallel.Rule] = (),
+) -> tuple[nnx.GraphDef, TrainState, Any, Callable[[], TrainState]]:
+  """Shape-first init (big_vision): eval_shape -> shardings -> jitted init.
+
+  `build` constructs the model and state (random init included). It is
+  traced twice and never run eagerly: `jax.eval_shape` gives the abstract
+  state (no memory, no compute), `parallel.tree_shardings` turns it into one
+  NamedSharding per leaf from the mesh rules (replicated by default), and
+  `init()` is `build` jitted with those `out_shardings`, so every array is
+  born on its devices in its final layout, never gathered on one device
+  first. A resumed run restores straight into the abstract state and never
+  runs `init` at all.
+
+  Returns (graphdef, abstract state with shardings, state shardings, init).
+  """
+  graphdefs = []
+
+  def arrays() -> TrainState:
+    graphdef, state = build()
+    graphdefs.append(graphdef)
+    return state
+
+  shapes = jax.eval_shape(arrays)
+  shardings = parallel.tree_shardings(shapes, mesh, rules)
+  abstract = jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+      shapes, shardings)
+  init = jax.jit(arrays, out_shardings=shardings)
+  return graphdefs[0], abstract, shardings, init

@@ -4,6 +4,24 @@ Built once per job from an objective's loss function and compiled once with
 `jax.jit` (state donated). The model is merged from the state inside the
 traced function (`nnx.merge(..., copy=True)`), so BatchNorm statistics come
 back as new arrays and nothing mutates across traces.
+
+Gradient accumulation (`grad_accum_steps=k > 1`) splits the global batch
+into k micro-batches inside the compiled step and runs them with
+`jax.lax.scan`; the update uses the mean of their gradients, the logged loss
+and metrics are micro-batch means. What that changes, by construction:
+- every batch-coupled quantity sees only the micro-batch (B/k examples):
+  contrastive negatives (SimCLR has 2B/k - 2 per anchor, not 2B - 2),
+  BatchNorm statistics, Barlow Twins' / VICReg's batch moments, SwAV's
+  Sinkhorn equipartition, DINO's centre update;
+- the model state (BatchNorm running averages) and the objective's `extra`
+  (MoCo's queue, DINO's centre, EMA teachers' statistics) thread through the
+  micro-batches in order, exactly as k small steps would;
+- `update_extra` (EMA teacher updates) runs once per step, after the
+  optimizer update, as without accumulation;
+- micro-batch i holds examples i, i+k, i+2k, ... of the global batch, so each
+  device splits its own shard and no data moves between devices; it draws
+  its randomness from `fold_in(step_rng, i)`.
+With k = 1 the step is exactly the plain one (no scan).
 """
 from __future__ import annotations
 
@@ -13,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ssl_jax.objectives.base import LossFn
 from ssl_jax.train.state import TrainState
@@ -24,6 +43,31 @@ def _norm(tree) -> jax.Array:
   return optax.global_norm(tree)
 
 
+def split_micro_batches(batch: dict[str, jax.Array], k: int,
+                        sharding: NamedSharding | None = None
+                        ) -> dict[str, jax.Array]:
+  """[B, ...] -> [k, B/k, ...] with micro-batch i = rows i, i+k, ... .
+
+  Strided, not contiguous: a device holding a contiguous block of the batch
+  holds B/(k n) rows of every micro-batch, so the split is local.
+  """
+  def one(x):
+    if x.shape[0] % k:
+      raise ValueError(f"batch of {x.shape[0]} does not split into "
+                       f"train.grad_accum_steps={k} micro-batches")
+    x = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+    if sharding is not None:
+      x = jax.lax.with_sharding_constraint(
+          x, NamedSharding(sharding.mesh, P(None, *sharding.spec)))
+    return x
+  return jax.tree.map(one, batch)
+
+
+def _like(new, old):
+  """Cast a scan carry back to its input dtypes (weak types, bf16 leaks)."""
+  return jax.tree.map(lambda n, o: jnp.asarray(n, o.dtype), new, old)
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     loss_fn: LossFn,
@@ -31,19 +75,54 @@ def make_train_step(
     *,
     schedule: Callable[[jax.Array], jax.Array] | None = None,
     update_extra: Callable[[Any, nnx.State, jax.Array], Any] | None = None,
+    grad_accum_steps: int = 1,
+    batch_sharding: NamedSharding | None = None,
 ) -> StepFn:
-  """Returns the un-jitted pure step; callers jit it (see `compile_step`)."""
+  """Returns the un-jitted pure step; callers jit it (see `compile_step`).
+
+  `batch_sharding` (the batch's data-axis sharding) keeps micro-batches
+  sharded like the batch when `grad_accum_steps > 1`.
+  """
+  if grad_accum_steps < 1:
+    raise ValueError(f"train.grad_accum_steps must be >= 1, got {grad_accum_steps}")
+
+  def grads_of(params, rest, extra, batch, rng):
+    def objective(params):
+      model = nnx.merge(graphdef, params, rest, copy=True)
+      loss, metrics, new_extra = loss_fn(model, batch, rng, extra)
+      return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)), new_extra)
+
+    (loss, (metrics, rest, extra)), grads = jax.value_and_grad(
+        objective, has_aux=True)(params)
+    return loss, metrics, rest, extra, grads
+
+  def accumulated(state: TrainState, batch, rng):
+    micro = split_micro_batches(batch, grad_accum_steps, batch_sharding)
+
+    def body(carry, xs):
+      grad_sum, rest, extra = carry
+      index, micro_batch = xs
+      loss, metrics, new_rest, new_extra, grads = grads_of(
+          state.params, rest, extra, micro_batch, jax.random.fold_in(rng, index))
+      carry = (jax.tree.map(jnp.add, grad_sum, grads),
+               _like(new_rest, rest), _like(new_extra, extra))
+      return carry, (loss, metrics)
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grad_sum, rest, extra), (losses, metrics) = jax.lax.scan(
+        body, (zeros, state.rest, state.extra),
+        (jnp.arange(grad_accum_steps), micro))
+    grads = jax.tree.map(lambda g: g / grad_accum_steps, grad_sum)
+    metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+    return jnp.mean(losses), metrics, rest, extra, grads
 
   def step(state: TrainState, batch: dict[str, jax.Array]):
     rng = jax.random.fold_in(state.rng, state.step)
-
-    def objective(params):
-      model = nnx.merge(graphdef, params, state.rest, copy=True)
-      loss, metrics, extra = loss_fn(model, batch, rng, state.extra)
-      return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)), extra)
-
-    (loss, (metrics, rest, extra)), grads = jax.value_and_grad(
-        objective, has_aux=True)(state.params)
+    if grad_accum_steps == 1:
+      loss, metrics, rest, extra, grads = grads_of(
+          state.params, state.rest, state.extra, batch, rng)
+    else:
+      loss, metrics, rest, extra, grads = accumulated(state, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     if update_extra is not None:
@@ -59,14 +138,27 @@ def make_train_step(
   return step
 
 
-def compile_step(step: StepFn) -> StepFn:
-  """jit with the state donated: its buffers are reused for the new state."""
-  return jax.jit(step, donate_argnums=(0,))
+def compile_step(step: StepFn, state_shardings: Any = None) -> StepFn:
+  """jit with the state donated: its buffers are reused for the new state.
+
+  With `state_shardings` (a tree like the state, from shape-first init) the
+  new state keeps exactly the input's layout, step after step, and metrics
+  come back replicated.
+  """
+  if state_shardings is None:
+    return jax.jit(step, donate_argnums=(0,))
+  mesh = jax.tree.leaves(state_shardings)[0].mesh
+  return jax.jit(step, donate_argnums=(0,),
+                 out_shardings=(state_shardings, NamedSharding(mesh, P())))
 
 
-def make_from_objective(graphdef, objective, config, tx, schedule) -> StepFn:
+def make_from_objective(graphdef, objective, config, tx, schedule, *,
+                        grad_accum_steps: int = 1,
+                        batch_sharding: NamedSharding | None = None) -> StepFn:
   """Glue: the registered objective's loss and its extra-state update."""
   def update_extra(extra, params, step):
     return objective.update_extra(extra, params, step, config)
   return make_train_step(graphdef, objective.make_loss(config), tx,
-                         schedule=schedule, update_extra=update_extra)
+                         schedule=schedule, update_extra=update_extra,
+                         grad_accum_steps=grad_accum_steps,
+                         batch_sharding=batch_sharding)

@@ -1,0 +1,138 @@
+"""Subprocess half of tests/test_scale_*.py: runs under its own device count
+(XLA_FLAGS) or as one process of a multi-process job, prints one JSON line.
+
+  python tests/scale_worker.py steps [WORKDIR]
+      3 SimCLR steps of a tiny ViT (BatchNorm projector: global-batch BN and
+      negatives) on the fixed global batch images[:16]; each process feeds
+      its contiguous slice, so 1 x 4 devices and 2 processes x 2 devices see
+      the same global batch. Multi-process when SCALE_COORDINATOR is set
+      (with SCALE_NUM_PROCESSES, SCALE_PROCESS_ID): jax.distributed through
+      the same `parallel.initialize_distributed` that run.py calls. With
+      WORKDIR it also saves an Orbax checkpoint from every process, restores
+      it shape-first and logs one metric row (process 0 writes).
+      With SCALE_RULES=1 the mesh is (data=2, model=2) and `mesh.rules`
+      shard the ViT MLP kernels along `model`; it reports their layouts.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ssl_jax import parallel  # noqa: E402
+
+GLOBAL_BATCH = 16
+
+
+def vit_config(**overrides):
+  from tests.tiny import tiny_config  # noqa: PLC0415
+  c = tiny_config(**overrides)
+  c.model = dict(name="vit_tiny", patch_size=7, depth=1, hidden_dim=32,
+                 num_heads=2, mlp_dim=64)
+  return c
+
+
+def _distributed_config():
+  address = os.environ.get("SCALE_COORDINATOR")
+  if not address:
+    return None
+  return dict(coordinator_address=address,
+              num_processes=int(os.environ["SCALE_NUM_PROCESSES"]),
+              process_id=int(os.environ["SCALE_PROCESS_ID"]),
+              cpu_collectives="gloo", timeout_s=60)
+
+
+def _global_batch():
+  import data_pipelines  # noqa: PLC0415
+  images, labels = data_pipelines.load("breastmnist", "train", size=28)
+  return {"image": images[:GLOBAL_BATCH], "label": labels[:GLOBAL_BATCH]}
+
+
+def _local_slice(batch):
+  """This process's contiguous rows: its devices come first-to-last in the
+  mesh's data axis (jax.devices() is process-major)."""
+  n, i = jax.process_count(), jax.process_index()
+  rows = GLOBAL_BATCH // n
+  return {k: v[i * rows:(i + 1) * rows] for k, v in batch.items()}
+
+
+def _host(x):
+  """A fully addressable numpy copy of a (possibly multi-host) array."""
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+  if jax.process_count() > 1:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
+MODEL_RULES = ((r"fc1/kernel$", (None, "model")),
+               (r"fc2/kernel$", ("model", None)))
+
+
+def _fc1(state):
+  return state.params["encoder"]["blocks"][0]["fc1"]["kernel"].get_value()
+
+
+def steps(workdir: str | None) -> dict:
+  import data_pipelines  # noqa: PLC0415
+  from ssl_jax.jobs import pretrain  # noqa: PLC0415
+  if os.environ.get("SCALE_RULES"):
+    config = vit_config(**{"mesh.model_axis_size": 2, "mesh.rules": MODEL_RULES})
+  else:
+    config = vit_config()
+  mesh = pretrain.make_mesh(config)
+  info = data_pipelines.info("breastmnist", 28)
+  batch = parallel.shard_batch(_local_slice(_global_batch()), mesh)
+  built = pretrain.build_parts(config, info, mesh)
+  state = built.init()
+  born = _fc1(state)
+  layout = {"mesh": dict(mesh.shape),
+            "specs": parallel.describe_shardings(built.shardings),
+            "born_spec": str(born.sharding.spec),
+            "born_shard_shape": list(born.addressable_shards[0].data.shape)}
+  losses = []
+  for _ in range(3):
+    state, metrics = built.step_fn(state, batch)
+    losses.append(float(metrics["loss"]))
+  params = [_host(x) for x in jax.tree.leaves(state.params)]
+  out = layout | {
+         "after_spec": str(_fc1(state).sharding.spec),
+         "devices": mesh.devices.size, "processes": jax.process_count(),
+         "losses": losses,
+         "param_sum": float(sum(np.abs(p).sum() for p in params))}
+  if workdir:
+    out.update(_checkpoint_roundtrip(built, state, params, workdir))
+  return out
+
+
+def _checkpoint_roundtrip(built, state, params, workdir) -> dict:
+  from ssl_jax.train import checkpoint  # noqa: PLC0415
+  from ssl_jax.train.metrics_writer import MetricWriter  # noqa: PLC0415
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                 every_steps=1)
+  ckpt.save(3, state)
+  ckpt.wait()
+  restored = ckpt.restore(built.abstract)
+  ckpt.close()
+  same = all(np.array_equal(a, _host(b)) for a, b in
+             zip(params, jax.tree.leaves(restored.params), strict=True))
+  writer = MetricWriter(workdir, tensorboard=False)
+  writer.write(3, {"loss": 1.0})
+  writer.close()
+  return {"restored_equal": bool(same), "restored_step": int(restored.step)}
+
+
+def main():
+  mode = sys.argv[1]
+  distributed = _distributed_config()
+  if distributed:
+    parallel.initialize_distributed(distributed)
+  assert mode == "steps", mode
+  result = steps(sys.argv[2] if len(sys.argv) > 2 else None)
+  print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+  main()

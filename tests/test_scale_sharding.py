@@ -1,0 +1,102 @@
+"""Sharding beyond one device: `model`-axis rules, and multi-host.
+
+One module fixture runs all three processes concurrently; both tests read
+its results.
+
+Each case runs tests/scale_worker.py in subprocesses, because the device
+count (XLA_FLAGS) and jax.distributed are fixed when JAX starts.
+"""
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+WORKER = str(ROOT / "tests" / "scale_worker.py")
+TIMEOUT_S = 420
+
+
+def _env(medmnist_dir, devices: int, **extra) -> dict:
+  return dict(os.environ, SSL_JAX_DATA_DIR=str(medmnist_dir), JAX_PLATFORMS="cpu",
+              XLA_FLAGS=(f"--xla_force_host_platform_device_count={devices} "
+                         "--xla_backend_optimization_level=0 "
+                         "--xla_llvm_disable_expensive_passes=true"),
+              **extra)
+
+
+def _start(args, env):
+  return subprocess.Popen([sys.executable, WORKER, *args], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _results(procs) -> list[dict]:
+  """Each process's JSON line; kills every process if any fails or hangs."""
+  try:
+    outs = [p.communicate(timeout=TIMEOUT_S) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-4000:]
+  return [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(medmnist_dir, tmp_path_factory):
+  """One process x 4 devices with mesh (data=2, model=2) and `model`-axis
+  rules, and concurrently 2 processes x 2 CPU devices (jax.distributed over
+  gloo on 127.0.0.1, mesh data=4, replicated state) on the same global batch."""
+  workdir = tmp_path_factory.mktemp("multihost")
+  port = _free_port()
+  procs = [_start(["steps"], _env(medmnist_dir, 4, SCALE_RULES="1"))]
+  for pid in range(2):
+    procs.append(_start(["steps", str(workdir)], _env(
+        medmnist_dir, 2, SCALE_COORDINATOR=f"127.0.0.1:{port}",
+        SCALE_NUM_PROCESSES="2", SCALE_PROCESS_ID=str(pid))))
+  single, *multi = _results(procs)
+  return single, multi, workdir
+
+
+def test_rules_shard_vit_params_along_the_model_axis(runs):
+  """The MLP kernels (and their Adam moments) are born split along `model`
+  and stay split after steps; unmatched leaves are replicated."""
+  sharded, multi, _ = runs
+  assert sharded["mesh"] == {"data": 2, "model": 2}
+  assert sharded["specs"] == {
+      f"{prefix}encoder/blocks/0/{name}/kernel": spec
+      for prefix in ("params/", "opt_state/0/mu/", "opt_state/0/nu/")
+      for name, spec in (("fc1", "P(None, 'model')"), ("fc2", "P('model', None)"))}
+  assert sharded["born_spec"] == sharded["after_spec"] == "P(None, 'model')"
+  assert sharded["born_shard_shape"] == [32, 32]  # of [32, 64]
+  replicated = multi[0]
+  assert replicated["specs"] == {} and replicated["born_shard_shape"] == [32, 64]
+
+
+def test_two_processes_match_one_process_on_the_same_global_batch(runs):
+  """Same losses and params (global-batch BN and negatives across hosts);
+  the Orbax checkpoint written by both processes restores exactly; process
+  0 alone writes the metrics log."""
+  single, multi, workdir = runs
+  assert (single["devices"], single["processes"]) == (4, 1)
+  for out in multi:
+    assert (out["devices"], out["processes"], out["mesh"]) == (4, 2, {"data": 4, "model": 1})
+    np.testing.assert_allclose(out["losses"], single["losses"], rtol=2e-5)
+    np.testing.assert_allclose(out["param_sum"], single["param_sum"], rtol=1e-5)
+    assert out["restored_equal"] and out["restored_step"] == 3
+  assert single["losses"][0] != single["losses"][-1]
+  assert (workdir / "checkpoints" / "3").is_dir()
+  rows = (workdir / "metrics.jsonl").read_text().splitlines()
+  assert len(rows) == 1
