@@ -50,6 +50,13 @@ def test_run_py_pretrains_finetunes_and_prints_the_table(demo_run):
       assert 0.0 <= cell[split]["auroc"] <= 1.0
       assert 0.0 <= cell[split]["accuracy"] <= 1.0
   assert {c["n_train"] for c in cells} == {55, 546}  # 10% of 546, stratified
+  # One file per finished cell (finetune.CellStore), each with a test AUROC CI.
+  files = sorted(p.name for p in (workdir / "finetune" / "cells" / "simclr").glob("*.json"))
+  assert files == sorted(f"{p}_f{f}_s0.json" for p in ("linear", "knn", "finetune", "scratch")
+                         for f in ("0.1", "1"))
+  for cell in cells:
+    low, high = cell["test"]["auroc_ci"]
+    assert low <= cell["test"]["auroc"] <= high
   table = (workdir / "results.md").read_text()
   assert "| labels | n train | protocol | AUROC | ACC | F1 |" in table
   assert "from scratch" in stdout and "SSL + linear probe" in stdout

@@ -2,10 +2,12 @@
 
 Batches are padded to one fixed size, so each function compiles once per
 job however many examples a split has; padding rows are dropped after.
+`fn` may return one array or a pytree of arrays (e.g. the pooled features
+of every encoder stage at once): each leaf is concatenated over batches.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -14,8 +16,8 @@ from jax.sharding import Mesh
 from ssl_jax import parallel
 
 
-def batched_apply(fn: Callable[..., jax.Array], images: np.ndarray, *,
-                  batch_size: int, mesh: Mesh, args: tuple = ()) -> np.ndarray:
+def batched_apply(fn: Callable[..., Any], images: np.ndarray, *,
+                  batch_size: int, mesh: Mesh, args: tuple = ()) -> Any:
   """`fn(*args, uint8_batch)` over `images` in fixed-size sharded batches."""
   parallel.check_divisible(batch_size, mesh, "finetune.eval_batch_size")
   n = images.shape[0]
@@ -26,5 +28,7 @@ def batched_apply(fn: Callable[..., jax.Array], images: np.ndarray, *,
     if pad:
       chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
     out = fn(*args, parallel.shard_batch({"image": chunk}, mesh)["image"])
-    outputs.append(np.asarray(jax.device_get(out))[:batch_size - pad])
-  return np.concatenate(outputs)
+    keep = batch_size - pad
+    outputs.append(jax.tree.map(lambda o, k=keep: np.asarray(o)[:k],
+                                jax.device_get(out)))
+  return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)

@@ -19,7 +19,8 @@ def _register_all() -> None:
   # Imported lazily: jobs pull in the data pipeline (TensorFlow), which the
   # core library must not need.
   if not JOBS.names():
-    from ssl_jax.jobs import finetune, pipeline, pretrain
+    from ssl_jax.jobs import benchmark, finetune, pipeline, pretrain
     JOBS.add("pretrain", pretrain.train_and_evaluate)
     JOBS.add("finetune", finetune.train_and_evaluate)
     JOBS.add("pretrain_finetune", pipeline.train_and_evaluate)
+    JOBS.add("benchmark", benchmark.train_and_evaluate)

@@ -100,6 +100,7 @@ def write_text_atomic(path: str, text: str) -> None:
                                    suffix=".tmp") as f:
     f.write(text)
     tmp = f.name
+  os.chmod(tmp, 0o644)  # NamedTemporaryFile makes 0600; results are for sharing
   os.replace(tmp, path)
 
 

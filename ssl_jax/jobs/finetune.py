@@ -1,28 +1,49 @@
 """Stage 2: classifiers on a pretrained encoder vs the same net from scratch.
 
 Protocols (registered by name, chosen by `finetune.protocols`):
-- `linear`: logistic regression on frozen, globally pooled features;
+- `linear`: logistic regression on frozen, globally pooled features (Adam,
+  early stopping on val);
+- `logreg`: the same model solved to convergence by full-batch L-BFGS, with
+  an L2 sweep chosen on val (`finetune.logreg_*`);
 - `knn`: weighted cosine kNN on the same frozen features;
+- `early_layer`: the `linear` probe on an earlier stage's pooled features
+  (`finetune.early_layer`, e.g. 'stage3'; ViT: 'block6');
+- `combine`: the `linear` probe on the concatenated frozen features of
+  several encoders (Truong et al. 2021, "How transferable are self-supervised
+  features in medical image classification tasks?"); the benchmark job
+  supplies the other encoders;
 - `finetune`: end-to-end training of encoder + linear head;
-- `scratch`: the same architecture, steps and optimizer from random init.
-Each runs at every label fraction (stratified, nested, redrawn per seed).
-Model selection (weight decay / best step) uses val AUROC; test is scored
-once, with the selected model. Every finished cell is written to
-results.json at once (atomically) and skipped on rerun, so a killed job
-loses at most the cell in progress.
+- `last_k`: the same, training only the last `finetune.last_k` stages/blocks
+  and the head (the rest frozen by an optax mask on parameter paths);
+- `scratch`: the `finetune` architecture, steps and optimizer from random init.
+Without a pretrained encoder (`encoder_weights=None`, the benchmark's
+`none` method) every protocol runs on a seeded random-init encoder, so
+`finetune` is then the from-scratch baseline.
+
+A *cell* is (method, protocol, label fraction, seed). `run_cells` runs the
+cells a `CellStore` does not hold yet; the store writes each finished cell
+as its own JSON file, atomically, so a killed job loses at most the cell in
+progress and a rerun skips the finished ones. The finetune job and the
+benchmark job (`jobs/benchmark.py`) share this machinery. Label subsets are
+stratified, nested across fractions and redrawn per seed. Model selection
+(weight decay / L2 / best step) uses val AUROC; test is scored once, with
+the selected model, plus a percentile-bootstrap CI of the test AUROC.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from flax import nnx
+from tqdm.auto import tqdm
 
 from data_pipelines import fractions, input_pipeline
 from ssl_jax import augment, objectives, parallel
@@ -34,37 +55,88 @@ from ssl_jax.train import state as state_lib
 from ssl_jax.train.metrics_writer import MetricWriter
 
 SPLITS = ("train", "val", "test")
+EVAL_SPLITS = ("val", "test")
+FINAL = "final"  # the layer name of the encoder's pooled output
+
+# Stage-2 fields configs/base.py does not define (yet); a config that sets
+# them wins. configs/benchmark.py sets every one of them explicitly.
+PROTOCOL_DEFAULTS = dict(
+    bootstrap_samples=200,   # resamples of the test set for the AUROC CI
+    ci_level=0.95,
+    logreg_l2s=(1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+    logreg_max_iters=500,
+    logreg_tol=1e-5,         # gradient norm at which L-BFGS has converged
+    logreg_memory=10,
+    last_k=1,                # stages (ResNet) / blocks (ViT) trained by last_k
+    early_layer="stage3",    # encoder intermediate probed by early_layer
+)
+
+
+def with_defaults(ft: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`finetune` with PROTOCOL_DEFAULTS filled in where unset."""
+  ft = ml_collections.ConfigDict(ft.to_dict())
+  for key, value in PROTOCOL_DEFAULTS.items():
+    if key not in ft:
+      ft[key] = value
+  return ft
 
 
 @dataclasses.dataclass
 class Stage2:
-  """Everything the protocols share within one fine-tune job."""
+  """Everything the protocols share for one encoder (one method and seed).
+
+  `encoder_weights=None` means a random-init encoder drawn with `init_seed`.
+  `peers` are further encoders whose frozen features `combine` concatenates.
+  `compiled` holds trainers compiled for this architecture; contexts with
+  the same model and data share one dict, so a sweep compiles them once.
+  """
   config: ml_collections.ConfigDict      # classifier config (model of the pretrain)
   workdir: str
   mesh: Any
   info: Any
   data: dict[str, tuple[np.ndarray, np.ndarray]]
   encoder_weights: dict[str, Any] | None
-  _features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-  _trainer: Any = None
+  init_seed: int = 0
+  log_dir: str = ""
+  peers: tuple["Stage2", ...] = ()
+  compiled: dict = dataclasses.field(default_factory=dict)
+  _features: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
 
   @property
   def task(self) -> str:
     return self.info.task
 
-  def features(self, split: str) -> np.ndarray:
-    """Frozen pretrained-encoder features of a split (computed once)."""
-    if split not in self._features:
-      encoder = objectives.base.build_encoder(self.config, self.info, nnx.Rngs(0))
-      load_encoder(encoder, self.encoder_weights)
+  def labels(self, split: str) -> np.ndarray:
+    return self.data[split][1]
+
+  def subset(self, fraction: float, seed: int) -> np.ndarray:
+    """Train indices of a label fraction: stratified, nested, per seed."""
+    return fractions.label_fraction_indices(self.labels("train"), fraction, seed)
+
+  def features(self, split: str, layer: str = FINAL) -> np.ndarray:
+    """Frozen encoder features of a split at `layer` (all computed once)."""
+    if not self._features:
+      encoder = objectives.base.build_encoder(self.config, self.info,
+                                              nnx.Rngs(self.init_seed))
+      if self.encoder_weights is not None:
+        load_encoder(encoder, self.encoder_weights)
       graphdef, params, rest = state_lib.split_model(encoder)
-      embed = jax.jit(lambda p, r, x: nnx.merge(graphdef, p, r)(
-          augment.eval_view(x), train=False))
+
+      def embed(p, r, x):
+        pooled, inner = nnx.merge(graphdef, p, r)(
+            augment.eval_view(x), train=False, return_intermediates=True)
+        return dict(inner, **{FINAL: pooled})
+
+      embed = jax.jit(embed)
       for name in SPLITS:
         self._features[name] = inference.batched_apply(
-            embed, self.data[name][0], batch_size=self.config.finetune.eval_batch_size,
-            mesh=self.mesh, args=(params, rest))
-    return self._features[split]
+            embed, self.data[name][0], mesh=self.mesh,
+            batch_size=self.config.finetune.eval_batch_size, args=(params, rest))
+    layers = self._features[split]
+    if layer not in layers:
+      raise ValueError(f"config.finetune.early_layer={layer!r} is not an "
+                       f"encoder layer; allowed: {', '.join(sorted(layers))}")
+    return layers[layer]
 
 
 def load_encoder(encoder: nnx.Module, weights: dict[str, Any] | None) -> None:
@@ -95,50 +167,141 @@ def read_pretrained(pretrained: str) -> tuple[ml_collections.ConfigDict, dict]:
 
 
 # ----------------------------------------------------------------- protocols
-Protocol = Callable[[Stage2, np.ndarray, int], dict[str, dict[str, float]]]
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+  """What a protocol hands back: val/test probabilities of the selected
+  model, and how it was selected (weight decay, step, ...)."""
+  probs: dict[str, np.ndarray]
+  info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+Protocol = Callable[[Stage2, np.ndarray, int], Predictions]
 PROTOCOLS: Registry[Protocol] = Registry("fine-tuning protocol")
 
 
-def _scores(ctx: Stage2, split: str, probs: np.ndarray) -> dict[str, float]:
-  return metrics.classification_metrics(ctx.data[split][1], probs, ctx.task)
+def _linear_on(ctx: Stage2, feats: Callable[[str], np.ndarray],
+               train_idx: np.ndarray, seed: int) -> Predictions:
+  ft = ctx.config.finetune
+  probe = probes.fit_linear_probe(
+      feats("train")[train_idx], ctx.labels("train")[train_idx],
+      feats("val"), ctx.labels("val"), num_classes=ctx.info.num_classes,
+      task=ctx.task, weight_decays=tuple(ft.linear_weight_decays), seed=seed)
+  return Predictions({s: probe.predict_proba(feats(s)) for s in EVAL_SPLITS},
+                     {"weight_decay": probe.weight_decay, "epoch": probe.epoch})
 
 
 @PROTOCOLS.register("linear")
-def linear_probe(ctx: Stage2, train_idx: np.ndarray, seed: int):
+def linear_probe(ctx: Stage2, train_idx: np.ndarray, seed: int) -> Predictions:
+  return _linear_on(ctx, ctx.features, train_idx, seed)
+
+
+@PROTOCOLS.register("early_layer")
+def early_layer_probe(ctx: Stage2, train_idx: np.ndarray, seed: int) -> Predictions:
+  layer = ctx.config.finetune.early_layer
+  out = _linear_on(ctx, lambda s: ctx.features(s, layer), train_idx, seed)
+  return dataclasses.replace(out, info=dict(out.info, layer=layer))
+
+
+@PROTOCOLS.register("combine")
+def combined_probe(ctx: Stage2, train_idx: np.ndarray, seed: int) -> Predictions:
+  if not ctx.peers:
+    raise ValueError("protocol 'combine' concatenates the features of several "
+                     "encoders: run it from the benchmark job, listing them "
+                     "in config.benchmark.combine")
+  encoders = (ctx,) + ctx.peers
+  return _linear_on(
+      ctx, lambda s: np.concatenate([c.features(s) for c in encoders], axis=1),
+      train_idx, seed)
+
+
+@PROTOCOLS.register("logreg")
+def logreg_probe(ctx: Stage2, train_idx: np.ndarray, seed: int) -> Predictions:
+  del seed  # deterministic: full batch from zero
   ft = ctx.config.finetune
-  probe = probes.fit_linear_probe(
-      ctx.features("train")[train_idx], ctx.data["train"][1][train_idx],
-      ctx.features("val"), ctx.data["val"][1], num_classes=ctx.info.num_classes,
-      task=ctx.task, weight_decays=tuple(ft.linear_weight_decays), seed=seed)
-  return {split: _scores(ctx, split, probe.predict_proba(ctx.features(split)))
-          for split in ("val", "test")}
+  probe = probes.fit_logreg(
+      ctx.features("train")[train_idx], ctx.labels("train")[train_idx],
+      ctx.features("val"), ctx.labels("val"), num_classes=ctx.info.num_classes,
+      task=ctx.task, l2s=tuple(ft.logreg_l2s), max_iters=ft.logreg_max_iters,
+      tol=ft.logreg_tol, memory_size=ft.logreg_memory)
+  return Predictions(
+      {s: probe.predict_proba(ctx.features(s)) for s in EVAL_SPLITS},
+      {"l2": probe.weight_decay, "iterations": probe.epoch,
+       "converged": probe.converged})
 
 
 @PROTOCOLS.register("knn")
-def knn_probe(ctx: Stage2, train_idx: np.ndarray, seed: int):
+def knn_probe(ctx: Stage2, train_idx: np.ndarray, seed: int) -> Predictions:
   del seed  # deterministic
   ft = ctx.config.finetune
-  return {split: _scores(ctx, split, probes.knn_predict(
-      ctx.features("train")[train_idx], ctx.data["train"][1][train_idx],
+  return Predictions({split: probes.knn_predict(
+      ctx.features("train")[train_idx], ctx.labels("train")[train_idx],
       ctx.features(split), num_classes=ctx.info.num_classes, k=ft.knn_k,
-      temperature=ft.knn_temperature)) for split in ("val", "test")}
+      temperature=ft.knn_temperature) for split in EVAL_SPLITS})
+
+
+# Where each backbone keeps its sequence of blocks (attribute of the
+# encoder), and which of its params come after the last block.
+BLOCKS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "ResNet": ("stages", ()),
+    "VisionTransformer": ("blocks", ("norm",)),
+}
+
+
+def _path_keys(path) -> tuple:
+  return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))
+               for k in path)
+
+
+def trainable_labels(model: nnx.Module, last_k: int | None) -> Callable:
+  """params -> same-shaped tree of 'train' / 'frozen' for optax.multi_transform.
+
+  None trains everything. Otherwise the head, the last `last_k` units of the
+  encoder (ResNet stages, ViT blocks) and what follows them (ViT's final
+  norm) train; the stem and earlier units stay frozen. BatchNorm statistics
+  of frozen stages still follow the fine-tuning data in train mode, as with
+  PyTorch's requires_grad=False.
+  """
+  if last_k is None:
+    return lambda params: jax.tree.map(lambda _: "train", params)
+  kind = type(model.encoder).__name__
+  if kind not in BLOCKS:
+    raise ValueError(f"last_k does not know the blocks of {kind}; known: "
+                     f"{', '.join(sorted(BLOCKS))}")
+  attr, trailing = BLOCKS[kind]
+  units = len(getattr(model.encoder, attr))
+  if not 0 <= last_k <= units:
+    raise ValueError(f"config.finetune.last_k={last_k} must be in [0, {units}] "
+                     f"for {kind} ({units} {attr})")
+  train_units = set(range(units - last_k, units))
+
+  def label(path, _) -> str:
+    keys = _path_keys(path)
+    if keys[0] != "encoder":
+      return "train"  # the head
+    if keys[1] == attr and keys[2] in train_units:
+      return "train"
+    return "train" if keys[1] in trailing and last_k > 0 else "frozen"
+
+  return lambda params: jax.tree_util.tree_map_with_path(label, params)
 
 
 class ClassifierTrainer:
   """Encoder + linear head trained with the shared step and loop.
 
-  The step and predict functions are compiled once per job and reused by
-  every cell (all cells share one architecture); cells differ only in
+  The step and predict functions are compiled once per architecture (and
+  set of trainable params) and reused by every cell; cells differ only in
   initial weights, data subset and seed.
   """
 
-  def __init__(self, ctx: Stage2):
-    self.ctx = ctx
+  def __init__(self, ctx: Stage2, last_k: int | None = None):
+    self.config, self.info, self.mesh = ctx.config, ctx.info, ctx.mesh
     ft = ctx.config.finetune
     self.objective = objectives.get("supervised")
-    self.tx, schedule = optim.make_optimizer(ft.optim, ft.batch_size, ft.steps)
-    graphdef, _ = state_lib.create(self._model(0), self.tx, {}, jax.random.PRNGKey(0))
-    self.graphdef = graphdef
+    tx, schedule = optim.make_optimizer(ft.optim, ft.batch_size, ft.steps)
+    model = self._model(0)
+    self.tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                                    trainable_labels(model, last_k))
+    graphdef, _ = state_lib.create(model, self.tx, {}, jax.random.PRNGKey(0))
     self.step_fn = step_lib.compile_step(step_lib.make_from_objective(
         graphdef, self.objective, ctx.config, self.tx, schedule))
     multi_label = ctx.info.multi_label
@@ -146,21 +309,21 @@ class ClassifierTrainer:
         nnx.merge(graphdef, p, r)(augment.eval_view(x), train=False), multi_label))
 
   def _model(self, seed: int) -> nnx.Module:
-    return self.objective.build_model(self.ctx.config, self.ctx.info, nnx.Rngs(seed))
+    return self.objective.build_model(self.config, self.info, nnx.Rngs(seed))
 
-  def probs(self, state: state_lib.TrainState, split: str) -> np.ndarray:
+  def probs(self, ctx: Stage2, params, rest, split: str) -> np.ndarray:
     return inference.batched_apply(
-        self.predict, self.ctx.data[split][0], mesh=self.ctx.mesh,
-        batch_size=self.ctx.config.finetune.eval_batch_size,
-        args=(state.params, state.rest))
+        self.predict, ctx.data[split][0], mesh=self.mesh,
+        batch_size=self.config.finetune.eval_batch_size, args=(params, rest))
 
-  def run(self, train_idx: np.ndarray, seed: int, pretrained: bool, cell: str):
-    ctx, ft = self.ctx, self.ctx.config.finetune
+  def run(self, ctx: Stage2, train_idx: np.ndarray, seed: int, *,
+          weights: dict | None, name: str) -> Predictions:
+    ft = self.config.finetune
     model = self._model(seed)
-    if pretrained:
-      load_encoder(model.encoder, ctx.encoder_weights)
+    if weights is not None:
+      load_encoder(model.encoder, weights)
     _, state = state_lib.create(model, self.tx, {}, jax.random.PRNGKey(seed))
-    state = parallel.replicate(state, ctx.mesh)
+    state = parallel.replicate(state, self.mesh)
     images, labels = ctx.data["train"]
     batches = input_pipeline.make_iterator(
         images[train_idx], labels[train_idx],
@@ -169,24 +332,25 @@ class ClassifierTrainer:
     best: dict[str, Any] = {"auroc": -np.inf}
 
     def select_on_val(step: int, state) -> dict[str, float]:
-      scores = _scores(ctx, "val", self.probs(state, "val"))
+      scores = metrics.classification_metrics(
+          ctx.labels("val"), self.probs(ctx, state.params, state.rest, "val"),
+          ctx.task)
       if scores["auroc"] > best["auroc"]:
         best.update(auroc=scores["auroc"], step=step,
                     state=jax.device_get((state.params, state.rest)))
       return scores
 
-    writer = MetricWriter(os.path.join(ctx.workdir, "cells", cell), tensorboard=False)
-    loop.run(state, self.step_fn, batches, mesh=ctx.mesh, num_steps=ft.steps,
+    writer = MetricWriter(os.path.join(ctx.log_dir or ctx.workdir, name),
+                          tensorboard=False)
+    loop.run(state, self.step_fn, batches, mesh=self.mesh, num_steps=ft.steps,
              global_batch_size=ft.batch_size, writer=writer,
              log_every=ft.log_every, eval_fn=select_on_val,
-             eval_every=ft.eval_every, desc=cell, progress=ctx.config.train.progress)
+             eval_every=ft.eval_every, desc=name,
+             progress=self.config.train.progress)
     writer.close()
     params, rest = best["state"]
-    chosen = state_lib.TrainState(step=None, params=params, rest=rest,
-                                  opt_state=None, extra=None, rng=None)
-    return {"val": _scores(ctx, "val", self.probs(chosen, "val")),
-            "test": _scores(ctx, "test", self.probs(chosen, "test")),
-            "selected_step": best["step"]}
+    return Predictions({s: self.probs(ctx, params, rest, s) for s in EVAL_SPLITS},
+                       {"selected_step": best["step"]})
 
 
 def _to_probs(logits: jax.Array, multi_label: bool) -> jax.Array:
@@ -194,22 +358,142 @@ def _to_probs(logits: jax.Array, multi_label: bool) -> jax.Array:
   return jax.nn.sigmoid(logits) if multi_label else jax.nn.softmax(logits)
 
 
-def _trainer(ctx: Stage2) -> ClassifierTrainer:
-  if ctx._trainer is None:  # pylint: disable=protected-access
-    ctx._trainer = ClassifierTrainer(ctx)  # pylint: disable=protected-access
-  return ctx._trainer  # pylint: disable=protected-access
+def _trainer(ctx: Stage2, last_k: int | None = None) -> ClassifierTrainer:
+  key = ("trainer", json.dumps(ctx.config.model.to_dict(), sort_keys=True,
+                               default=str), last_k)
+  if key not in ctx.compiled:
+    ctx.compiled[key] = ClassifierTrainer(ctx, last_k)
+  return ctx.compiled[key]
 
 
 @PROTOCOLS.register("finetune")
-def end_to_end(ctx: Stage2, train_idx: np.ndarray, seed: int):
-  return _trainer(ctx).run(train_idx, seed, pretrained=True,
-                           cell=f"finetune_{len(train_idx)}_s{seed}")
+def end_to_end(ctx: Stage2, train_idx: np.ndarray, seed: int) -> Predictions:
+  return _trainer(ctx).run(ctx, train_idx, seed, weights=ctx.encoder_weights,
+                           name=f"finetune_n{len(train_idx)}_s{seed}")
+
+
+@PROTOCOLS.register("last_k")
+def last_k_blocks(ctx: Stage2, train_idx: np.ndarray, seed: int) -> Predictions:
+  k = ctx.config.finetune.last_k
+  out = _trainer(ctx, k).run(ctx, train_idx, seed, weights=ctx.encoder_weights,
+                             name=f"last{k}_n{len(train_idx)}_s{seed}")
+  return dataclasses.replace(out, info=dict(out.info, last_k=k))
 
 
 @PROTOCOLS.register("scratch")
-def from_scratch(ctx: Stage2, train_idx: np.ndarray, seed: int):
-  return _trainer(ctx).run(train_idx, seed, pretrained=False,
-                           cell=f"scratch_{len(train_idx)}_s{seed}")
+def from_scratch(ctx: Stage2, train_idx: np.ndarray, seed: int) -> Predictions:
+  return _trainer(ctx).run(ctx, train_idx, seed, weights=None,
+                           name=f"scratch_n{len(train_idx)}_s{seed}")
+
+
+# --------------------------------------------------------------------- cells
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One unit of work and of storage: (method, protocol, fraction, seed)."""
+  method: str
+  protocol: str
+  fraction: float
+  seed: int
+
+  @property
+  def key(self) -> str:
+    return f"{self.method}|{self.protocol}|{self.fraction:g}|{self.seed}"
+
+  @property
+  def filename(self) -> str:
+    return os.path.join(self.method,
+                        f"{self.protocol}_f{self.fraction:g}_s{self.seed}.json")
+
+
+class CellStore:
+  """One JSON file per finished cell under `directory`/<method>/.
+
+  Written by write-then-rename (`common.write_json_atomic`): a file is
+  there whole or not at all, so a SIGKILL mid-write leaves no half cell and
+  a rerun recomputes only what has no file. Files are never rewritten.
+  """
+
+  def __init__(self, directory: str):
+    self.directory = directory
+
+  def path(self, cell: Cell) -> str:
+    return os.path.join(self.directory, cell.filename)
+
+  def get(self, cell: Cell) -> dict | None:
+    return common.read_json(self.path(cell))
+
+  def put(self, cell: Cell, result: dict) -> None:
+    common.write_json_atomic(self.path(cell), result)
+
+  def results(self, cells: Iterable[Cell]) -> dict[str, dict]:
+    """Finished cells among `cells`, by key, in the given order."""
+    out = {}
+    for cell in cells:
+      result = self.get(cell)
+      if result is not None:
+        out[cell.key] = result
+    return out
+
+
+def score(ctx: Stage2, preds: Predictions, seed: int) -> dict[str, dict]:
+  """Val and test metrics (AUROC first), per-class/label test AUROC for
+  non-binary tasks, and a percentile-bootstrap CI of the test AUROC."""
+  ft = ctx.config.finetune
+  out = {s: metrics.classification_metrics(ctx.labels(s), preds.probs[s], ctx.task)
+         for s in EVAL_SPLITS}
+  y, p = ctx.labels("test"), preds.probs["test"]
+  if ctx.task != metrics.BINARY:
+    out["test"]["auroc_per_class"] = [
+        float(v) for v in metrics.auroc_per_class(y, p, ctx.task)]
+  if ft.bootstrap_samples > 0:
+    out["test"]["auroc_ci"] = list(metrics.bootstrap_ci(
+        y, p, ctx.task, metrics.auroc, num_samples=ft.bootstrap_samples,
+        seed=seed, alpha=1.0 - ft.ci_level))
+  return out
+
+
+def run_cell(ctx: Stage2, cell: Cell) -> dict[str, Any]:
+  train_idx = ctx.subset(cell.fraction, cell.seed)
+  began = time.perf_counter()
+  preds = PROTOCOLS.get(cell.protocol)(ctx, train_idx, cell.seed)
+  return dict(score(ctx, preds, cell.seed), **preds.info,
+              method=cell.method, protocol=cell.protocol,
+              fraction=cell.fraction, seed=cell.seed,
+              n_train=int(len(train_idx)),
+              seconds=time.perf_counter() - began)
+
+
+def _summary_line(cell: Cell, result: dict) -> str:
+  test = result["test"]
+  ci = test.get("auroc_ci")
+  ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+  return (f"  {cell.method:>12s} {cell.protocol:11s} labels={cell.fraction:>5.0%} "
+          f"seed={cell.seed} n={result['n_train']:5d}  test AUROC "
+          f"{test['auroc']:.3f}{ci_text} ACC {test['accuracy']:.3f} "
+          f"({result['seconds']:.0f} s)")
+
+
+def run_cells(context_for: Callable[[Cell], Stage2], cells: Sequence[Cell],
+              store: CellStore, *, progress: bool = True) -> dict[str, dict]:
+  """Runs every cell `store` lacks, in order, storing each as it finishes.
+
+  `context_for(cell)` gives the cell's Stage2 (the benchmark builds, and
+  pretrains, lazily there). Shows cells done / total with an ETA (from
+  the cells run in this process) and prints one line per finished cell.
+  Returns all finished cells by key, in `cells` order.
+  """
+  todo = [c for c in cells if store.get(c) is None]
+  bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell",
+             desc="cells", smoothing=0.0, dynamic_ncols=True,
+             disable=not progress or jax.process_index() != 0)
+  for cell in todo:
+    bar.set_postfix_str(cell.key, refresh=True)
+    result = run_cell(context_for(cell), cell)
+    store.put(cell, result)
+    bar.update(1)
+    tqdm.write(_summary_line(cell, result))
+  bar.close()
+  return store.results(cells)
 
 
 # ----------------------------------------------------------------------- job
@@ -217,7 +501,8 @@ def stage2_config(config: ml_collections.ConfigDict,
                   pre_config: ml_collections.ConfigDict | None,
                   info) -> ml_collections.ConfigDict:
   """The classifier's config: the pretrained encoder's architecture, the
-  supervised objective, and the fine-tuning augmentation policy."""
+  supervised objective, the fine-tuning augmentation policy, and every
+  protocol field (PROTOCOL_DEFAULTS where the config has none)."""
   c = config.copy_and_resolve_references()
   if pre_config is not None:
     c.model = pre_config.model
@@ -225,11 +510,8 @@ def stage2_config(config: ml_collections.ConfigDict,
   c.objective = ml_collections.ConfigDict(
       {"name": "supervised", "multi_label": bool(info.multi_label)})
   c.augment = config.finetune.augment
+  c.finetune = with_defaults(c.finetune)
   return c
-
-
-def cell_key(protocol: str, fraction: float, seed: int) -> str:
-  return f"{protocol}|{fraction:g}|{seed}"
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -248,32 +530,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = {split: common.load_split(cfg, split) for split in SPLITS}
   common.save_config(cfg, workdir)
   ctx = Stage2(config=cfg, workdir=workdir, mesh=mesh, info=info, data=data,
-               encoder_weights=weights)
+               encoder_weights=weights, init_seed=config.seed,
+               log_dir=os.path.join(workdir, "logs"))
 
-  results_path = os.path.join(workdir, "results.json")
-  results = common.read_json(results_path) or {
+  method = pre_config.objective.name if pre_config else "none"
+  cells = [Cell(method, protocol, fraction, seed) for seed in ft.seeds
+           for fraction in ft.fractions for protocol in ft.protocols]
+  finished = run_cells(lambda cell: ctx, cells,
+                       CellStore(os.path.join(workdir, "cells")),
+                       progress=config.train.progress)
+  results = {
       "dataset": config.data.name, "image_size": cfg.data.size,
-      "task": info.task, "model": dict(cfg.model),
+      "task": info.task, "model": cfg.model.to_dict(),
       "pretrained": ft.pretrained or None,
       "pretrain_objective": pre_config.objective.name if pre_config else None,
-      "finetune_augment": cfg.augment.policy, "cells": {}}
-  train_labels = data["train"][1]
-  for seed in ft.seeds:
-    for fraction in ft.fractions:
-      train_idx = fractions.label_fraction_indices(train_labels, fraction, seed)
-      for protocol in ft.protocols:
-        key = cell_key(protocol, fraction, seed)
-        if key in results["cells"]:
-          continue
-        began = time.perf_counter()
-        out = PROTOCOLS.get(protocol)(ctx, train_idx, seed)
-        results["cells"][key] = dict(
-            out, protocol=protocol, fraction=fraction, seed=seed,
-            n_train=int(len(train_idx)), seconds=time.perf_counter() - began)
-        common.write_json_atomic(results_path, results)
-        print(f"  {protocol:9s} labels={fraction:>5.0%} seed={seed} "
-              f"n={len(train_idx):5d}  test AUROC {out['test']['auroc']:.3f} "
-              f"ACC {out['test']['accuracy']:.3f}")
+      "finetune_augment": cfg.augment.policy, "cells": finished}
+  common.write_json_atomic(os.path.join(workdir, "results.json"), results)
   table = report.markdown_table(results)
   common.write_text_atomic(os.path.join(workdir, "results.md"), table)
   return results

@@ -1,16 +1,29 @@
-"""Results -> the Markdown table a job prints and writes (mean ± sd over seeds)."""
+"""Results -> the tables, CSV and plots a job writes (mean ± sd over seeds).
+
+The finetune job writes one Markdown table (`markdown_table`); the benchmark
+job writes report.md, results.csv and four PNGs (`write_benchmark_report`,
+plots in ssl_jax/evaluation/plots.py).
+"""
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
+
 from ssl_jax.evaluation.metrics import mean_sd
+from ssl_jax.evaluation.taxonomy import CATEGORY_LABELS, PROTOCOL_KIND, SCRATCH
 
 PROTOCOL_LABELS = {
     "linear": "SSL + linear probe (frozen)",
     "knn": "SSL + kNN (frozen)",
     "finetune": "SSL + end-to-end fine-tune",
     "scratch": "from scratch (same net, same budget)",
+    "logreg": "SSL + logistic regression, L-BFGS (frozen)",
+    "early_layer": "SSL + linear probe on an earlier layer (frozen)",
+    "last_k": "SSL + fine-tune of the last k blocks",
+    "combine": "combined SSL features + linear probe (frozen)",
 }
 METRICS = (("auroc", "AUROC"), ("accuracy", "ACC"), ("f1", "F1"))
 
@@ -71,12 +84,209 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
   return merged
 
 
+# ------------------------------------------------------------------ benchmark
+CSV_COLUMNS = (
+    "method", "category", "protocol", "fraction", "seed", "n_train",
+    "test_auroc", "test_auroc_ci_low", "test_auroc_ci_high", "test_accuracy",
+    "test_f1", "test_sensitivity", "test_specificity", "val_auroc",
+    "test_auroc_per_class")
+
+
+def benchmark_rows(cells: dict[str, dict], meta: dict) -> list[dict]:
+  """One flat row per cell (the rows of results.csv), in sweep order:
+  methods and protocols as configured, then fraction, then seed."""
+  methods = list(meta["methods"])
+  protocols = list(meta["protocols"])
+  rows = []
+  for cell in cells.values():
+    test = cell["test"]
+    low, high = test.get("auroc_ci", (float("nan"), float("nan")))
+    rows.append({
+        "method": cell["method"],
+        "category": meta["methods"].get(cell["method"], {}).get("category", ""),
+        "protocol": cell["protocol"], "fraction": cell["fraction"],
+        "seed": cell["seed"], "n_train": cell["n_train"],
+        "test_auroc": test["auroc"], "test_auroc_ci_low": low,
+        "test_auroc_ci_high": high, "test_accuracy": test["accuracy"],
+        "test_f1": test["f1"],
+        "test_sensitivity": test.get("sensitivity", ""),
+        "test_specificity": test.get("specificity", ""),
+        "val_auroc": cell["val"]["auroc"],
+        "test_auroc_per_class": ";".join(
+            repr(v) for v in test.get("auroc_per_class", ())),
+    })
+
+  def order(row):
+    return (_index(methods, row["method"]), _index(protocols, row["protocol"]),
+            row["fraction"], row["seed"])
+  return sorted(rows, key=order)
+
+
+def _index(seq: list, item) -> int:
+  return seq.index(item) if item in seq else len(seq)
+
+
+def to_csv(rows: list[dict]) -> str:
+  """results.csv: full-precision numbers, no timings, so two runs of the
+  same sweep (one killed and resumed) give the same bytes."""
+  import csv
+  import io
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  return buf.getvalue()
+
+
+def summarise_benchmark(rows: list[dict]) -> list[dict]:
+  """One row per (method, protocol, fraction): mean ± sd over seeds, the
+  mean bootstrap CI bounds, and the paired relative difference (in %) of
+  test AUROC vs the from-scratch baseline of the same fraction and seed."""
+  scratch = {(r["fraction"], r["seed"]): r["test_auroc"] for r in rows
+             if (r["method"], r["protocol"]) == SCRATCH}
+  groups: dict[tuple, list[dict]] = {}
+  for r in rows:
+    groups.setdefault((r["method"], r["protocol"], r["fraction"]), []).append(r)
+  out = []
+  for (method, protocol, fraction), group in groups.items():
+    deltas = [100.0 * (r["test_auroc"] - scratch[(fraction, r["seed"])])
+              / scratch[(fraction, r["seed"])] for r in group
+              if (fraction, r["seed"]) in scratch]
+    per_class = [[float(v) for v in r["test_auroc_per_class"].split(";")]
+                 for r in group if r["test_auroc_per_class"]]
+    out.append({
+        "method": method, "category": group[0]["category"],
+        "protocol": protocol, "fraction": fraction,
+        "n_train": group[0]["n_train"], "seeds": len(group),
+        "auroc": mean_sd([r["test_auroc"] for r in group]),
+        "ci": (float(np.nanmean([r["test_auroc_ci_low"] for r in group])),
+               float(np.nanmean([r["test_auroc_ci_high"] for r in group]))),
+        "accuracy": mean_sd([r["test_accuracy"] for r in group]),
+        "f1": mean_sd([r["test_f1"] for r in group]),
+        "delta": mean_sd(deltas) if deltas and (method, protocol) != SCRATCH else None,
+        "auroc_per_class": (np.nanmean(per_class, axis=0).tolist()
+                            if per_class else None),
+    })
+  return out
+
+
+def _pm(value: tuple[float, float], seeds: int, fmt: str = ".3f") -> str:
+  mean, sd = value
+  return (f"{mean:{fmt}} ± {sd:{fmt.lstrip('+')}}" if seeds > 1
+          else f"{mean:{fmt}}")
+
+
+def benchmark_markdown(summary: list[dict], meta: dict, references: list,
+                       plots: dict[str, str]) -> str:
+  """report.md: setup, the table (ours + published), figures, notes."""
+  budget = meta["budget"]
+  model = ", ".join(f"{k}={v}" for k, v in budget["model"].items())
+  seeds = meta["seeds"]
+  per_class = any(s["auroc_per_class"] for s in summary)
+  lines = [
+      f"# Benchmark: {meta['dataset']} ({meta['image_size']} px, {meta['task']})",
+      "",
+      f"Same budget for every method: backbone {model}; pretraining "
+      f"{budget['train']['steps']} steps × {budget['train']['batch_size']} "
+      f"images; end-to-end stage 2: {meta['finetune_steps']} steps × "
+      f"{meta['finetune_batch_size']}. Seeds {', '.join(map(str, seeds))} "
+      "(label subsets redrawn per seed, stratified, nested across fractions). "
+      "Test split; model selection on val. AUROC is mean ± sd over seeds; the "
+      f"{meta['ci_level']:.0%} CI is a percentile bootstrap of the test set "
+      f"({meta['bootstrap_samples']} resamples; mean of the per-seed bounds).",
+      "",
+      f"Compute: pretraining {sum(meta.get('pretrain_seconds', {}).values()):.0f} s, "
+      f"stage-2 cells {meta.get('cells_seconds', 0):.0f} s (sums over runs); "
+      f"this invocation {meta.get('this_run_seconds', 0):.0f} s.",
+      "",
+      "| labels | n train | method | strategy | protocol | test AUROC | "
+      f"{meta['ci_level']:.0%} CI | Δ vs scratch | ACC | F1 |"
+      + (" AUROC per class |" if per_class else ""),
+      "|---:|---:|---|---|---|---:|---:|---:|---:|---:|" + ("---|" if per_class else ""),
+  ]
+  for s in sorted(summary, key=lambda s: s["fraction"]):
+    n = s["seeds"]
+    delta = f"{_pm(s['delta'], n, '+.1f')} %" if s["delta"] else "—"
+    extra = (" " + "/".join(f"{v:.2f}" for v in s["auroc_per_class"]) + " |"
+             if per_class and s["auroc_per_class"] else (" |" if per_class else ""))
+    lines.append(
+        f"| {s['fraction']:.0%} | {s['n_train']} | {s['method']} | "
+        f"{CATEGORY_LABELS.get(s['category'], s['category'])} | "
+        f"{s['protocol']} ({PROTOCOL_KIND.get(s['protocol'], '?')}) | "
+        f"{_pm(s['auroc'], n)} | [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}] | {delta} | "
+        f"{_pm(s['accuracy'], n)} | {_pm(s['f1'], n)} |{extra}")
+  for ref in references:
+    lines.append(
+        f"| {ref.label_fraction:.0%} | all | **{ref.model} — published** | "
+        f"supervised | end-to-end | {ref.auroc:.3f} | — | — | "
+        f"{ref.accuracy:.3f} | — |" + (" — |" if per_class else ""))
+  lines += ["", "## Figures", ""]
+  lines += [f"![{name}]({os.path.basename(path)})" for name, path in plots.items()]
+  lines += [
+      "", "## Notes", "",
+      "- `none` pretrains nothing: its frozen protocols probe a random-init "
+      "encoder, and `none` + `finetune` is the from-scratch baseline.",
+      "- Δ vs scratch = 100 × (AUROC − AUROC of `none` + `finetune`) / AUROC "
+      "of `none` + `finetune`, paired by label fraction and seed.",
+      "- `supervised` pretrains on the training labels of the source set in its "
+      "config (by default the target itself, all labels): a reference, not a "
+      "label-efficient result.",
+      "- Published rows (bold) are supervised ResNets trained on all training "
+      "labels at the same resolution, copied from their papers "
+      "(ssl_jax/evaluation/published.py), not re-run here.",
+      "- Per-cell numbers: results.csv; raw cells: cells/<method>/*.json.",
+  ]
+  return "\n".join(lines) + "\n"
+
+
+def write_benchmark_report(workdir: str, cells: dict[str, dict],
+                           meta: dict) -> dict[str, str]:
+  """report.md, results.csv and the four PNGs; returns their paths."""
+  from ssl_jax.evaluation import plots, published  # matplotlib: only here
+  from ssl_jax.jobs import common
+
+  rows = benchmark_rows(cells, meta)
+  summary = summarise_benchmark(rows)
+  references = published.for_dataset(meta["dataset"], meta["image_size"])
+  meta = dict(meta, cells_seconds=sum(c.get("seconds", 0.0) for c in cells.values()))
+  title = f"{meta['dataset']} ({meta['image_size']} px)"
+  pngs = {name: os.path.join(workdir, f"{name}.png") for name in plots.PLOTS}
+  for name, path in pngs.items():
+    plots.PLOTS[name](summary, path, title=title, references=references)
+  paths = dict(pngs, report=os.path.join(workdir, "report.md"),
+               csv=os.path.join(workdir, "results.csv"))
+  common.write_text_atomic(paths["csv"], to_csv(rows))
+  common.write_text_atomic(paths["report"],
+                           benchmark_markdown(summary, meta, references, pngs))
+  return paths
+
+
+def rewrite_benchmark_report(workdir: str) -> dict[str, str]:
+  """Rebuilds report.md, results.csv and the plots from a benchmark
+  workdir's cell files (e.g. after changing a plot), without running cells."""
+  import json
+  from ssl_jax.jobs import common
+  with open(os.path.join(workdir, "benchmark.json")) as f:
+    meta = json.load(f)
+  cells = {}
+  for method in os.listdir(os.path.join(workdir, "cells")):
+    directory = os.path.join(workdir, "cells", method)
+    for name in sorted(os.listdir(directory)):
+      if name.endswith(".json"):
+        cell = common.read_json(os.path.join(directory, name))
+        cells[f"{cell['method']}|{cell['protocol']}|{cell['fraction']:g}|{cell['seed']}"] = cell
+  return write_benchmark_report(workdir, cells, meta)
+
+
 if __name__ == "__main__":
   # python -m ssl_jax.jobs.report WORKDIR [WORKDIR ...]: one table, seeds pooled.
+  # python -m ssl_jax.jobs.report BENCHMARK_WORKDIR: rewrite its report.
   import json
-  import os
   import sys
 
+  if len(sys.argv) == 2 and os.path.exists(os.path.join(sys.argv[1], "benchmark.json")):
+    print(open(rewrite_benchmark_report(sys.argv[1])["report"]).read())
+    sys.exit(0)
   runs = []
   for workdir in sys.argv[1:]:
     path = os.path.join(workdir, "finetune", "results.json")  # a pipeline job

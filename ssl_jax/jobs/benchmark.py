@@ -1,0 +1,262 @@
+"""The benchmark sweep: methods x protocols x label fractions x seeds.
+
+Why one job: the review compares SSL strategies by how much they help over
+training from scratch, per label budget. That comparison is only fair when
+every method gets the same network, steps and batch, the same label subsets
+(stratified, nested, redrawn per seed) and the same stage-2 protocols, so
+the sweep builds all of that from one config (configs/benchmark.py).
+
+Layout of the workdir:
+  pretrain/<method>/seed<k>/   one pretraining run per (method, seed), via
+                               pretrain.train_and_evaluate (resumes itself)
+  cells/<method>/<protocol>_f<fraction>_s<seed>.json
+                               one file per finished cell (finetune.CellStore)
+  logs/<method>/seed<k>/       metrics of end-to-end stage-2 runs
+  benchmark.json               the sweep's config and per-method metadata
+  report.md, results.csv, *.png  (jobs/report.py, evaluation/plots.py)
+Pretraining and stage-2 contexts are built lazily, on the first cell that
+needs them, so a resumed sweep does no work for finished (method, seed)s.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import json
+import os
+import time
+from typing import Any
+
+import ml_collections
+
+from ssl_jax import objectives, parallel
+from ssl_jax.jobs import common, finetune, pretrain, report
+
+NONE = "none"        # no pretraining: random init / from scratch
+COMBINE = "combine"  # the protocol that concatenates several encoders
+
+
+def method_args(config: ml_collections.ConfigDict) -> dict[str, str]:
+  out = {}
+  for item in config.benchmark.method_args:
+    method, sep, arg = item.partition("=")
+    if not sep:
+      raise ValueError(f"config.benchmark.method_args has {item!r}; each "
+                       "entry is 'method=arg', e.g. 'supervised=chestmnist'")
+    out[method] = arg
+  return out
+
+
+def budgeted(c: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+             seed: int) -> ml_collections.ConfigDict:
+  """`c` with the benchmark's shared budget: the same backbone (replaced
+  whole), train/optim overrides, image size, data dir, mesh and seed."""
+  c = c.copy_and_resolve_references()
+  budget = config.benchmark.budget
+  with c.unlocked():
+    c.model = ml_collections.ConfigDict(budget.model.to_dict())
+    for section in ("train", "optim"):
+      for key, value in budget.get(section, {}).items():
+        c[section][key] = value
+    c.train.progress = config.train.progress
+    c.data.size = config.data.size
+    c.data.data_dir = config.data.data_dir
+    c.mesh = config.mesh
+    c.finetune = config.finetune
+    c.seed = seed
+  return c
+
+
+def method_config(config: ml_collections.ConfigDict, method: str,
+                  seed: int) -> ml_collections.ConfigDict:
+  """configs/<method>.py `get_config(dataset)` with the shared budget."""
+  arg = method_args(config).get(method, config.data.name)
+  module = importlib.import_module(f"configs.{method}")
+  return budgeted(module.get_config(arg), config, seed)
+
+
+def combination(config: ml_collections.ConfigDict) -> str:
+  """The method name of the `combine` cells, e.g. 'simclr+rotation'."""
+  return "+".join(config.benchmark.combine)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Fails before anything trains, naming the field and the fix."""
+  common.validate(budgeted(config, config, config.seed))  # the budget's model
+  bench, protocols = config.benchmark, tuple(config.finetune.protocols)
+  for method in bench.methods:
+    if method != NONE and importlib.util.find_spec(f"configs.{method}") is None:
+      raise ValueError(f"config.benchmark.methods has {method!r}, which has no "
+                       f"configs/{method}.py; use a config name or {NONE!r}")
+    if method != NONE:
+      common.check_name(f"objective.name of configs/{method}.py",
+                        method_config(config, method, 0).objective.name,
+                        objectives.names())
+  if "scratch" in protocols:
+    raise ValueError("config.finetune.protocols has 'scratch': in the benchmark "
+                     f"the from-scratch baseline is method {NONE!r} with "
+                     "protocol 'finetune'")
+  if COMBINE in protocols:
+    if len(bench.combine) < 2 or not set(bench.combine) <= set(bench.methods):
+      raise ValueError(f"protocol {COMBINE!r} needs config.benchmark.combine to "
+                       "name >= 2 of config.benchmark.methods, got "
+                       f"{tuple(bench.combine)}")
+  method_args(config)
+
+
+def sweep_cells(config: ml_collections.ConfigDict) -> list[finetune.Cell]:
+  """Every cell, seed-major so each (method, seed) pretrains when first
+  needed and its cells follow; the combination comes after its parts."""
+  ft, bench = config.finetune, config.benchmark
+  per_method = [p for p in ft.protocols if p != COMBINE]
+  cells = []
+  for seed in ft.seeds:
+    for method in bench.methods:
+      cells += [finetune.Cell(method, p, f, seed)
+                for f in ft.fractions for p in per_method]
+    if COMBINE in ft.protocols:
+      cells += [finetune.Cell(combination(config), COMBINE, f, seed)
+                for f in ft.fractions]
+  return cells
+
+
+def method_info(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
+  """Per method: its objective and the review category it stands for."""
+  out = {NONE: {"objective": None, "category": "none"}}
+  for method in config.benchmark.methods:
+    if method != NONE:
+      name = method_config(config, method, 0).objective.name
+      out[method] = {"objective": name,
+                     "category": objectives.get(name).category}
+  if COMBINE in config.finetune.protocols:
+    out[combination(config)] = {"objective": None, "category": "combined"}
+  return out
+
+
+# Every other field must match between reruns in one workdir: changing it
+# would mix cells of different setups. The lists may grow; where the data
+# lives, the display and the devices do not change results.
+_NOT_BINDING = ("benchmark.methods", "benchmark.combine", "benchmark.progress",
+                "finetune.protocols", "finetune.fractions", "finetune.seeds",
+                "train.progress", "data.data_dir", "mesh", "distributed")
+
+
+def _fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  flat = {}
+
+  def walk(prefix: str, node: Any) -> None:
+    if isinstance(node, dict):
+      for key, value in node.items():
+        walk(f"{prefix}.{key}" if prefix else key, value)
+    elif not any(prefix == k or prefix.startswith(k + ".") for k in _NOT_BINDING):
+      flat[prefix] = node
+
+  walk("", json.loads(config.to_json_best_effort()))
+  return flat
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to mix cells of different budgets in one workdir."""
+  path = os.path.join(workdir, "benchmark.json")
+  saved = common.read_json(path)
+  if saved is None:
+    return
+  now = _fingerprint(config)
+  changed = sorted(k for k in set(now) | set(saved["fingerprint"])
+                   if now.get(k) != saved["fingerprint"].get(k))
+  if changed:
+    raise ValueError(f"{workdir} holds a sweep with other settings ({', '.join(changed[:8])}"
+                     f"{' ...' if len(changed) > 8 else ''}); use a fresh "
+                     "--workdir, or only grow methods/protocols/fractions/seeds")
+
+
+def pretrain_seconds(config: ml_collections.ConfigDict,
+                     workdir: str) -> dict[str, float]:
+  """Seconds of each finished pretraining run (its last invocation)."""
+  out = {}
+  for method in config.benchmark.methods:
+    for seed in config.finetune.seeds:
+      summary = common.read_json(os.path.join(
+          workdir, "pretrain", method, f"seed{seed}", "pretrain_summary.json"))
+      if summary:
+        out[f"{method}/seed{seed}"] = summary["seconds"]
+  return out
+
+
+class Contexts:
+  """Stage-2 contexts per (method, seed), pretraining on first use."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, *,
+               info, mesh, data):
+    self.config, self.workdir = config, workdir
+    self.info, self.mesh, self.data = info, mesh, data
+    self.compiled: dict = {}  # one architecture: trainers compile once
+    self._cache: dict[tuple[str, int], finetune.Stage2] = {}
+
+  def __call__(self, cell: finetune.Cell) -> finetune.Stage2:
+    if cell.protocol == COMBINE:
+      first, *rest = cell.method.split("+")
+      return dataclasses.replace(
+          self.get(first, cell.seed),
+          peers=tuple(self.get(m, cell.seed) for m in rest))
+    return self.get(cell.method, cell.seed)
+
+  def pretrained_dir(self, method: str, seed: int) -> str:
+    """Pretrains (or resumes) `method` for `seed` unless finished."""
+    pre_dir = os.path.join(self.workdir, "pretrain", method, f"seed{seed}")
+    cfg = method_config(self.config, method, seed)
+    summary = common.read_json(os.path.join(pre_dir, "pretrain_summary.json"))
+    if summary is None or summary["steps"] != cfg.train.steps:
+      print(f"pretraining {method} (seed {seed}) in {pre_dir}", flush=True)
+      pretrain.train_and_evaluate(cfg, pre_dir)
+    return pre_dir
+
+  def get(self, method: str, seed: int) -> finetune.Stage2:
+    if (method, seed) not in self._cache:
+      base = budgeted(self.config, self.config, seed)
+      pre_config, weights = None, None
+      if method != NONE:
+        pre_config, weights = finetune.read_pretrained(
+            self.pretrained_dir(method, seed))
+      self._cache[(method, seed)] = finetune.Stage2(
+          config=finetune.stage2_config(base, pre_config, self.info),
+          workdir=self.workdir, mesh=self.mesh, info=self.info, data=self.data,
+          encoder_weights=weights, init_seed=seed,
+          log_dir=os.path.join(self.workdir, "logs", method, f"seed{seed}"),
+          compiled=self.compiled)
+    return self._cache[(method, seed)]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  validate(config)
+  check_resumable(config, workdir)
+  began = time.perf_counter()
+  base = budgeted(config, config, config.seed)
+  info = common.data_info(base)
+  mesh = parallel.make_mesh(config.mesh.num_devices)
+  parallel.check_divisible(config.finetune.batch_size, mesh, "finetune.batch_size")
+  data = {split: common.load_split(base, split) for split in finetune.SPLITS}
+  meta = {
+      "dataset": config.data.name, "image_size": config.data.size,
+      "task": info.task, "budget": config.benchmark.budget.to_dict(),
+      "finetune_steps": config.finetune.steps,
+      "finetune_batch_size": config.finetune.batch_size,
+      "bootstrap_samples": config.finetune.bootstrap_samples,
+      "ci_level": config.finetune.ci_level,
+      "methods": method_info(config),
+      "protocols": list(config.finetune.protocols),
+      "fractions": list(config.finetune.fractions),
+      "seeds": list(config.finetune.seeds),
+      "fingerprint": _fingerprint(config)}
+  common.write_json_atomic(os.path.join(workdir, "benchmark.json"), meta)
+
+  contexts = Contexts(config, workdir, info=info, mesh=mesh, data=data)
+  cells = sweep_cells(config)
+  finished = finetune.run_cells(contexts, cells,
+                                finetune.CellStore(os.path.join(workdir, "cells")),
+                                progress=config.benchmark.progress)
+  meta["pretrain_seconds"] = pretrain_seconds(config, workdir)
+  meta["this_run_seconds"] = time.perf_counter() - began
+  paths = report.write_benchmark_report(workdir, finished, meta)
+  print(open(paths["report"]).read())
+  return {"cells": finished, "meta": meta, "outputs": paths}

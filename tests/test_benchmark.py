@@ -1,0 +1,199 @@
+"""The benchmark job on real BreastMNIST with a tiny ResNet: a sweep of
+2 methods (incl. none) x 2 protocols x 2 fractions x 1 seed, its report,
+and a sweep SIGKILLed after its first cell that resumes to the same CSV."""
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import matplotlib.image
+import pytest
+
+from configs import benchmark as benchmark_config
+from ssl_jax.jobs import benchmark, report
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = {
+    "benchmark.methods": ("none", "rotation"),
+    "benchmark.combine": (),
+    "benchmark.budget.model.width_multiplier": 0.0625,
+    "benchmark.budget.model.stage_sizes": (1, 1, 1, 1),
+    "benchmark.budget.train.steps": 4,
+    "benchmark.budget.train.batch_size": 16,
+    "benchmark.budget.train.checkpoint_every": 2,
+    "benchmark.budget.optim.warmup_steps": 1,
+    "benchmark.progress": False,
+    "finetune.protocols": ("linear", "finetune"),
+    "finetune.fractions": (0.1, 1.0),
+    "finetune.seeds": (0,),
+    "finetune.steps": 4,
+    "finetune.batch_size": 8,
+    "finetune.eval_every": 2,
+    "finetune.log_every": 2,
+    "finetune.eval_batch_size": 64,
+    "finetune.bootstrap_samples": 50,
+}
+
+
+def _flag(value) -> str:
+  if isinstance(value, tuple):
+    return "(" + ",".join(repr(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+  return str(value)
+
+
+def tiny_benchmark_config(**overrides):
+  c = benchmark_config.get_config("dataset=breastmnist")
+  for key, value in dict(TINY, **overrides).items():
+    section = c
+    *path, last = key.split(".")
+    for p in path:
+      section = section[p]
+    section[last] = value
+  return c
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, medmnist_dir):
+  workdir = tmp_path_factory.mktemp("bench")
+  config = tiny_benchmark_config(**{"data.data_dir": str(medmnist_dir)})
+  return workdir, benchmark.train_and_evaluate(config, str(workdir))
+
+
+def test_sweep_writes_one_file_per_cell_and_pretrains_once(sweep):
+  workdir, out = sweep
+  files = sorted(p.relative_to(workdir / "cells").as_posix()
+                 for p in (workdir / "cells").rglob("*.json"))
+  assert files == sorted(f"{m}/{p}_f{f}_s0.json" for m in ("none", "rotation")
+                         for p in ("linear", "finetune") for f in ("0.1", "1"))
+  assert len(out["cells"]) == 8
+  assert not (workdir / "pretrain" / "none").exists()  # none pretrains nothing
+  assert (workdir / "pretrain" / "rotation" / "seed0" / "pretrain_summary.json").exists()
+  for cell in out["cells"].values():
+    low, high = cell["test"]["auroc_ci"]
+    assert 0.0 <= low <= cell["test"]["auroc"] <= high <= 1.0
+    assert {"sensitivity", "specificity", "f1"} <= set(cell["test"])
+  n_train = {c["fraction"]: c["n_train"] for c in out["cells"].values()}
+  assert n_train == {0.1: 55, 1.0: 546}
+
+
+def test_report_has_table_csv_and_four_plots(sweep):
+  workdir, _ = sweep
+  report = (workdir / "report.md").read_text()
+  assert "| labels | n train | method | strategy | protocol | test AUROC |" in report
+  assert "ResNet-18 (28) — published** | supervised | end-to-end | 0.901 |" in report
+  assert "innate relationship" in report and "Δ vs scratch" in report
+  lines = (workdir / "results.csv").read_text().splitlines()
+  assert lines[0].startswith("method,category,protocol,fraction,seed,n_train,test_auroc,")
+  assert len(lines) == 1 + 8
+  assert lines[1].startswith("none,none,linear,0.1,0,55,")
+  for name in ("relative_to_scratch", "strategies", "protocols", "label_efficiency"):
+    assert f"![{name}]({name}.png)" in report
+    path = workdir / f"{name}.png"
+    assert path.stat().st_size > 15_000
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 300 and image.shape[1] > 600
+    assert image[..., :3].std() > 0.05  # drawn on, not a blank canvas
+
+
+def test_report_can_be_rebuilt_from_the_cell_files(sweep):
+  workdir, _ = sweep
+  csv = (workdir / "results.csv").read_text()
+  (workdir / "results.csv").unlink()
+  report.rewrite_benchmark_report(str(workdir))  # python -m ssl_jax.jobs.report DIR
+  assert (workdir / "results.csv").read_text() == csv
+
+
+def test_killed_sweep_resumes_with_identical_cells(sweep, tmp_path, medmnist_dir):
+  """SIGKILL once the first cell file exists; the rerun keeps that file as
+  it was, computes the rest and ends with the uninterrupted run's CSV."""
+  full_dir, _ = sweep
+  workdir = tmp_path / "killed"
+  flags = [f"--config.{k}={_flag(v)}" for k, v in TINY.items()]
+  env = dict(os.environ, SSL_JAX_DATA_DIR=str(medmnist_dir), JAX_PLATFORMS="cpu")
+  log = tmp_path / "killed.log"
+  with open(log, "w") as out:
+    proc = subprocess.Popen(
+        [sys.executable, "run.py", "--config=configs/benchmark.py:dataset=breastmnist",
+         f"--workdir={workdir}"] + flags, cwd=ROOT, env=env, stdout=out, stderr=out)
+    deadline = time.monotonic() + 600
+    while not list((workdir / "cells").rglob("*.json")):
+      assert proc.poll() is None, log.read_text()[-4000:]
+      assert time.monotonic() < deadline, "no cell finished in 600 s"
+      time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  before = {p: p.read_bytes() for p in (workdir / "cells").rglob("*.json")}
+  assert 1 <= len(before) < 8
+
+  config = tiny_benchmark_config(**{"data.data_dir": str(medmnist_dir)})
+  benchmark.train_and_evaluate(config, str(workdir))
+  for path, content in before.items():
+    assert path.read_bytes() == content  # finished cells are never redone
+  assert len(list((workdir / "cells").rglob("*.json"))) == 8
+  assert (workdir / "results.csv").read_text() == (full_dir / "results.csv").read_text()
+
+
+def test_rerun_with_another_budget_is_refused(sweep):
+  workdir, _ = sweep
+  config = tiny_benchmark_config(**{"finetune.steps": 5})
+  with pytest.raises(ValueError, match="finetune.steps"):
+    benchmark.train_and_evaluate(config, str(workdir))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"benchmark.methods": ("none", "simclrr")}, "no configs/simclrr.py"),
+    ({"finetune.protocols": ("linear", "scratch")}, "method 'none' with protocol 'finetune'"),
+    ({"finetune.protocols": ("combine",), "benchmark.combine": ("none", "simclr")},
+     "name >= 2 of config.benchmark.methods"),
+    ({"benchmark.method_args": ("supervised:chestmnist",)}, "'method=arg'"),
+])
+def test_config_mistakes_fail_before_anything_trains(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    benchmark.validate(tiny_benchmark_config(**overrides))
+
+
+def test_sweep_cells_are_seed_major_with_the_combination_last():
+  config = tiny_benchmark_config(**{
+      "benchmark.methods": ("none", "simclr", "rotation"),
+      "benchmark.combine": ("simclr", "rotation"),
+      "finetune.protocols": ("linear", "combine"), "finetune.seeds": (0, 1)})
+  keys = [c.key for c in benchmark.sweep_cells(config)]
+  assert keys[:7] == ["none|linear|0.1|0", "none|linear|1|0", "simclr|linear|0.1|0",
+                      "simclr|linear|1|0", "rotation|linear|0.1|0",
+                      "rotation|linear|1|0", "simclr+rotation|combine|0.1|0"]
+  assert len(keys) == 2 * (3 * 2 + 2)
+  info = benchmark.method_info(config)
+  assert info["simclr"]["category"] == "contrastive"
+  assert info["rotation"]["category"] == "innate"
+  assert info["simclr+rotation"]["category"] == "combined"
+
+
+def test_every_method_gets_the_same_budget():
+  config = tiny_benchmark_config()
+  for method in ("simclr", "byol", "supervised"):
+    c = benchmark.method_config(config, method, seed=2)
+    assert c.model.to_dict() == config.benchmark.budget.model.to_dict()
+    assert (c.train.steps, c.train.batch_size, c.optim.warmup_steps) == (4, 16, 1)
+    assert c.seed == 2 and c.data.name == "breastmnist"
+  assert benchmark.method_config(config, "byol", 0).objective.name == "byol"
+
+
+def test_config_arg_parsing():
+  assert benchmark_config.parse_arg("dataset=retinamnist,budget=accelerator") == {
+      "dataset": "retinamnist", "budget": "accelerator", "backbone": "resnet"}
+  assert benchmark_config.parse_arg("retinamnist")["dataset"] == "retinamnist"
+  with pytest.raises(ValueError, match="allowed: dataset, budget, backbone"):
+    benchmark_config.parse_arg("dataset=breastmnist,steps=3")
+  with pytest.raises(ValueError, match="allowed: accelerator, cpu"):
+    benchmark_config.get_config("budget=tpu")
+  c = benchmark_config.get_config("dataset=retinamnist")
+  assert c.job == "benchmark" and c.data.name == "retinamnist"
+  assert tuple(c.finetune.fractions) == (0.01, 0.1, 1.0)
+  assert tuple(c.finetune.seeds) == (0, 1, 2)
+  benchmark.validate(c)
+  vit = benchmark_config.get_config("dataset=breastmnist,backbone=vit")
+  assert vit.benchmark.budget.model.name == "vit_tiny"
+  assert "mae" in vit.benchmark.methods and vit.finetune.early_layer == "block3"
+  benchmark.validate(vit)

@@ -1,0 +1,163 @@
+"""The stage-2 protocols the benchmark adds (logreg, early_layer, combine,
+last_k), the last-k optax mask, and the scoring every cell goes through
+(bootstrap CI; per-label AUROC for multi-label tasks)."""
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from ssl_jax import models, parallel
+from ssl_jax.evaluation import metrics, probes
+from ssl_jax.jobs import common, finetune
+from ssl_jax.models.heads import Classifier
+from tests.test_benchmark import tiny_benchmark_config
+
+
+@pytest.fixture(scope="module")
+def contexts(medmnist_dir):
+  """Two random-init tiny encoders on real BreastMNIST (no pretraining)."""
+  config = tiny_benchmark_config(**{
+      "data.data_dir": str(medmnist_dir), "finetune.logreg_l2s": (1e-2, 1.0),
+      "finetune.logreg_max_iters": 200})
+  config.model = config.benchmark.budget.model
+  info = common.data_info(config)
+  cfg = finetune.stage2_config(config, None, info)
+  data = {s: common.load_split(cfg, s) for s in finetune.SPLITS}
+  mesh = parallel.make_mesh(1)
+  make = lambda seed: finetune.Stage2(
+      config=cfg, workdir="", mesh=mesh, info=info, data=data,
+      encoder_weights=None, init_seed=seed)
+  return make(0), make(1)
+
+
+def _valid(preds: finetune.Predictions, ctx) -> dict:
+  scores = finetune.score(ctx, preds, seed=0)
+  for split in ("val", "test"):
+    assert preds.probs[split].shape == (len(ctx.labels(split)), 2)
+    assert 0.0 <= scores[split]["auroc"] <= 1.0
+  return scores
+
+
+def test_logreg_converges_and_reports_its_choice(contexts, tmp_path):
+  ctx, _ = contexts
+  preds = finetune.PROTOCOLS.get("logreg")(ctx, ctx.subset(0.1, 0), 0)
+  _valid(preds, ctx)
+  assert preds.info["l2"] in (1e-2, 1.0)
+  assert preds.info["converged"] is True and preds.info["iterations"] < 200
+
+
+def test_early_layer_probes_an_earlier_stage(contexts):
+  ctx, _ = contexts
+  assert ctx.features("train", "stage3").shape[1] == 16  # width 1/16: 4*2**2
+  assert ctx.features("train").shape[1] == 32
+  preds = finetune.PROTOCOLS.get("early_layer")(ctx, ctx.subset(0.1, 0), 0)
+  _valid(preds, ctx)
+  assert preds.info["layer"] == "stage3"
+  with pytest.raises(ValueError, match="allowed: final, stage1, stage2"):
+    ctx.features("train", "stage9")
+
+
+def test_combine_concatenates_the_encoders(contexts, monkeypatch):
+  ctx, peer = contexts
+  with pytest.raises(ValueError, match="config.benchmark.combine"):
+    finetune.PROTOCOLS.get("combine")(ctx, ctx.subset(0.1, 0), 0)
+  seen = {}
+  real = probes.fit_linear_probe
+
+  def spy(train_feats, *args, **kwargs):
+    seen["dim"] = train_feats.shape[1]
+    return real(train_feats, *args, **kwargs)
+
+  monkeypatch.setattr(probes, "fit_linear_probe", spy)
+  combined = finetune.Stage2(**{**vars(ctx), "peers": (peer,)})
+  _valid(finetune.PROTOCOLS.get("combine")(combined, ctx.subset(0.1, 0), 0), ctx)
+  assert seen["dim"] == 32 + 32
+
+
+def test_last_k_trains_only_the_last_stage_and_the_head(contexts):
+  ctx, _ = contexts
+  preds = finetune.PROTOCOLS.get("last_k")(ctx, ctx.subset(0.1, 0), 0)
+  _valid(preds, ctx)
+  assert preds.info["last_k"] == 1 and preds.info["selected_step"] in (2, 4)
+
+
+def _labels(model, k):
+  params = nnx.state(model, nnx.Param)
+  flat = jax.tree_util.tree_flatten_with_path(
+      finetune.trainable_labels(model, k)(params))[0]
+  return {finetune._path_keys(p)[:3]: v for p, v in flat}  # pylint: disable=protected-access
+
+
+def test_last_k_mask_follows_stage_and_block_names():
+  rngs = nnx.Rngs(0)
+  resnet = Classifier(models.get("resnet18")(
+      in_channels=1, image_size=28, rngs=rngs, width_multiplier=1 / 16,
+      stage_sizes=(1, 1, 1, 1)), 2, rngs=rngs)
+  labels = _labels(resnet, 2)
+  assert labels[("encoder", "stages", 3)] == labels[("encoder", "stages", 2)] == "train"
+  assert labels[("encoder", "stages", 1)] == labels[("encoder", "stem_conv", "kernel")] == "frozen"
+  assert labels[("head", "linear", "kernel")] == "train"
+  vit = Classifier(models.get("vit_tiny")(
+      in_channels=1, image_size=28, rngs=rngs, depth=4, hidden_dim=32,
+      num_heads=2), 2, rngs=rngs)
+  labels = _labels(vit, 1)
+  assert labels[("encoder", "blocks", 3)] == labels[("encoder", "norm", "scale")] == "train"
+  assert labels[("encoder", "blocks", 2)] == labels[("encoder", "patch_embed", "kernel")] == "frozen"
+  assert set(_labels(vit, 0).values()) == {"train", "frozen"}
+  with pytest.raises(ValueError, match=r"last_k=5 must be in \[0, 4\]"):
+    finetune.trainable_labels(vit, 5)
+
+  # The mask in an optimizer: frozen leaves get exactly zero updates, even
+  # with weight decay; trained ones move.
+  params = nnx.state(resnet, nnx.Param)
+  tx = optax.multi_transform(
+      {"train": optax.adamw(1e-2, weight_decay=0.1), "frozen": optax.set_to_zero()},
+      finetune.trainable_labels(resnet, 1))
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+  flat = jax.tree_util.tree_flatten_with_path(updates)[0]
+  moved = {finetune._path_keys(p)[:3] for p, u in flat if float(jnp.abs(u).sum()) > 0}  # pylint: disable=protected-access
+  assert moved == {k for k, v in _labels(resnet, 1).items() if v == "train"}
+
+
+def test_logreg_matches_sklearn_at_convergence():
+  sklearn = pytest.importorskip("sklearn.linear_model")
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(300, 12))
+  w = rng.normal(size=12)
+  y = (x @ w + rng.normal(size=300) > 0).astype(int)
+  xv = rng.normal(size=(80, 12))
+  yv = (xv @ w > 0).astype(int)
+  l2 = 1e-2
+  probe = probes.fit_logreg(x, y, xv, yv, num_classes=2, task=metrics.BINARY,
+                            l2s=(l2,), tol=1e-5)
+  assert probe.converged
+  # Two-class softmax with l2/2 |W|^2 is binary logistic regression on the
+  # logit difference with l2/4 |w|^2, i.e. sklearn's C = 2 / (l2 N).
+  ref = sklearn.LogisticRegression(C=2 / (l2 * len(x)), tol=1e-10, max_iter=10_000)
+  ref.fit((x - probe.mean) / probe.std, y)
+  np.testing.assert_allclose(probe.w[:, 1] - probe.w[:, 0], ref.coef_[0], atol=2e-4)
+  np.testing.assert_allclose(probe.predict_proba(xv)[:, 1],
+                             ref.predict_proba((xv - probe.mean) / probe.std)[:, 1],
+                             atol=2e-4)
+  with pytest.raises(ValueError, match="positive l2s"):
+    probes.fit_logreg(x, y, xv, yv, num_classes=2, task=metrics.BINARY, l2s=(0.0,))
+
+
+def test_scores_give_per_label_auroc_and_ci_for_multi_label():
+  rng = np.random.default_rng(0)
+  y = (rng.random((200, 3)) < 0.3).astype(int)
+  probs = np.clip(y * 0.3 + rng.random((200, 3)) * 0.7, 0, 1)
+  ctx = types.SimpleNamespace(
+      task=metrics.MULTI_LABEL, labels=lambda split: y,
+      config=types.SimpleNamespace(finetune=finetune.with_defaults(
+          tiny_benchmark_config().finetune)))
+  out = finetune.score(ctx, finetune.Predictions({"val": probs, "test": probs}), seed=0)
+  per_label = out["test"]["auroc_per_class"]
+  assert len(per_label) == 3
+  assert out["test"]["auroc"] == pytest.approx(np.mean(per_label))
+  low, high = out["test"]["auroc_ci"]
+  assert low < out["test"]["auroc"] < high
