@@ -18,7 +18,7 @@ from tests.test_benchmark import tiny_benchmark_config
 
 
 @pytest.fixture(scope="module")
-def contexts(medmnist_dir):
+def contexts(medmnist_dir, tmp_path_factory):
   """Two random-init tiny encoders on real BreastMNIST (no pretraining)."""
   config = tiny_benchmark_config(**{
       "data.data_dir": str(medmnist_dir), "finetune.logreg_l2s": (1e-2, 1.0),
@@ -28,8 +28,9 @@ def contexts(medmnist_dir):
   cfg = finetune.stage2_config(config, None, info)
   data = {s: common.load_split(cfg, s) for s in finetune.SPLITS}
   mesh = parallel.make_mesh(1)
+  workdir = str(tmp_path_factory.mktemp("stage2"))  # cell logs land here
   make = lambda seed: finetune.Stage2(
-      config=cfg, workdir="", mesh=mesh, info=info, data=data,
+      config=cfg, workdir=workdir, mesh=mesh, info=info, data=data,
       encoder_weights=None, init_seed=seed)
   return make(0), make(1)
 

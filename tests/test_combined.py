@@ -247,15 +247,9 @@ def test_supervised_multi_label_loss_runs_on_multi_hot_labels():
 
 def run_steps(config, medmnist_dir, steps=5):
   """Metrics of each step and of one replay of step 0 after training."""
-  import data_pipelines
-  from ssl_jax import parallel
-  from ssl_jax.jobs import pretrain
-  mesh = parallel.make_mesh()
-  info = data_pipelines.info("breastmnist", 28)
-  images, labels = data_pipelines.load("breastmnist", "train", size=28,
-                                       data_dir=str(medmnist_dir))
-  batch = parallel.shard_batch({"image": images[:16], "label": labels[:16]}, mesh)
-  graphdef, state, step_fn = pretrain.build(config, info, mesh)
+  from tests.tiny import compiled_on_fixed_batch
+  graphdef, state, step_fn, batch = compiled_on_fixed_batch(
+      config, data_dir=str(medmnist_dir))
   history = []
   for _ in range(steps):
     state, metrics = step_fn(state, batch)

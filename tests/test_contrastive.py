@@ -10,6 +10,7 @@ from flax import nnx
 
 from ssl_jax.models.heads import MLPHead
 from ssl_jax.objectives import contrastive as C
+from tests.tiny import FAST_COMPILE, compiled_on_fixed_batch
 
 
 def _np_normalize(x):
@@ -237,8 +238,6 @@ def test_multi_crop_shapes_and_vit_local_size():
 
 TINY = dict(proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=32, queue_size=128,
             num_prototypes=16, num_local_crops=2, momentum=0.9)
-FAST_COMPILE = {"xla_backend_optimization_level": 0,
-                "xla_llvm_disable_expensive_passes": True}
 METHODS = ["moco_v2", "moco_v3", "byol", "simsiam", "dino", "barlow_twins",
            "vicreg", "swav"]
 
@@ -265,20 +264,8 @@ def _distance(a, b):
 @pytest.mark.parametrize("method", METHODS)
 def test_few_real_steps_lower_the_loss(method, medmnist_dir, monkeypatch):
   monkeypatch.setenv("SSL_JAX_DATA_DIR", str(medmnist_dir))
-  import data_pipelines
-  from ssl_jax import parallel
-  from ssl_jax.jobs import pretrain
-
-  images, labels = data_pipelines.load("breastmnist", "train", size=28)
-  mesh = parallel.make_mesh()
-  batch = parallel.shard_batch({"image": images[:16], "label": labels[:16]}, mesh)
   config = _smoke_config(method)
-  # pretrain.build, with its two jitted programs (init, step) compiled at
-  # XLA's lowest optimisation: six tiny steps run here, so compile time is
-  # all that counts (init: ~2 s instead of ~13 s of CPU).
-  built = pretrain.build_parts(config, data_pipelines.info("breastmnist", 28), mesh)
-  state = built.init.lower().compile(FAST_COMPILE)()
-  step_fn = built.step_fn.lower(state, batch).compile(FAST_COMPILE)
+  _, state, step_fn, batch = compiled_on_fixed_batch(config)
   copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731  (state is donated)
   start = copy(state)
   for _ in range(4):

@@ -199,10 +199,8 @@ SMOKE = {
 
 @pytest.fixture(scope="module")
 def fixed_batch(medmnist_dir):
-  import data_pipelines
-  images, labels = data_pipelines.load("breastmnist", "train", size=28,
-                                       data_dir=medmnist_dir)
-  return data_pipelines.info("breastmnist", 28), images[:16], labels[:16]
+  """Where the smoke tests read their fixed BreastMNIST batch."""
+  return medmnist_dir
 
 
 def run_steps(objective: dict, fixed_batch, *, lr: float, steps: int):
@@ -213,20 +211,11 @@ def run_steps(objective: dict, fixed_batch, *, lr: float, steps: int):
   the loss must fall: a test of the gradients and the wiring, not of how
   hard the pretext task is.
   """
-  from ssl_jax import parallel
-  from ssl_jax.jobs import pretrain
-  from tests.tiny import tiny_config
+  from tests.tiny import compiled_on_fixed_batch, tiny_config
   config = tiny_config(**{"model.stage_sizes": (1, 1, 1, 1),
                           "objective": objective, "online_probe": False,
                           "optim.lr": lr, "optim.warmup_steps": 0})
-  info, images, labels = fixed_batch
-  mesh = parallel.make_mesh()
-  _, state, step_fn = pretrain.build(config, info, mesh)
-  batch = parallel.shard_batch({"image": images, "label": labels}, mesh)
-  # The real jitted step, compiled with XLA's backend optimisations off:
-  # compiling dominates a 4-step test on this CPU, running does not.
-  step_fn = step_fn.lower(state, batch).compile(
-      {"xla_backend_optimization_level": 0})
+  _, state, step_fn, batch = compiled_on_fixed_batch(config, data_dir=fixed_batch)
   history = []
   for _ in range(steps):
     state = state.replace(step=state.step * 0)

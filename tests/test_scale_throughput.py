@@ -10,6 +10,7 @@ from flax import nnx
 
 from ssl_jax import parallel
 from ssl_jax.train import state as state_lib, step as step_lib
+from tests.tiny import compiled_on_fixed_batch
 
 
 class Counted(nnx.Module):
@@ -100,21 +101,9 @@ def _vit_config(**overrides):
   return c
 
 
-# Compile time is all that counts for a few tiny steps on this CPU.
-FAST_COMPILE = {"xla_backend_optimization_level": 0,
-                "xla_llvm_disable_expensive_passes": True}
-
-
 def _losses(config, num_steps: int):
   """The real pretraining init and step (compiled for speed) on a fixed batch."""
-  import data_pipelines  # noqa: PLC0415
-  from ssl_jax.jobs import pretrain  # noqa: PLC0415
-  mesh = parallel.make_mesh(1)
-  images, labels = data_pipelines.load("breastmnist", "train", size=28)
-  batch = parallel.shard_batch({"image": images[:16], "label": labels[:16]}, mesh)
-  built = pretrain.build_parts(config, data_pipelines.info("breastmnist", 28), mesh)
-  state = built.init.lower().compile(FAST_COMPILE)()
-  step_fn = built.step_fn.lower(state, batch).compile(FAST_COMPILE)
+  _, state, step_fn, batch = compiled_on_fixed_batch(config)
   losses = []
   for _ in range(num_steps):
     state, metrics = step_fn(state, batch)

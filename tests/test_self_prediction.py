@@ -254,15 +254,9 @@ def train_a_few_steps(config, medmnist_dir, steps=5):
   Resetting the step counter replays step 0's augmentations and masks, so
   the two pretext losses differ only by what the parameters learned.
   """
-  import data_pipelines
-  from ssl_jax import parallel
-  from ssl_jax.jobs import pretrain
-  mesh = parallel.make_mesh()
-  info = data_pipelines.info("breastmnist", 28)
-  images, labels = data_pipelines.load("breastmnist", "train", size=28,
-                                       data_dir=str(medmnist_dir))
-  batch = parallel.shard_batch({"image": images[:16], "label": labels[:16]}, mesh)
-  _, state, step_fn = pretrain.build(config, info, mesh)
+  from tests.tiny import compiled_on_fixed_batch
+  _, state, step_fn, batch = compiled_on_fixed_batch(
+      config, data_dir=str(medmnist_dir))
   history = []
   for _ in range(steps):
     state, metrics = step_fn(state, batch)

@@ -32,19 +32,38 @@ def tiny_config(**overrides):
   return c
 
 
-def fixed_batch_losses(config, num_steps: int, batch_size: int = 16):
-  """Losses of `num_steps` steps of the real jitted step on one fixed
-  BreastMNIST batch: the smoke test every objective gets."""
+# Compile time is all that counts for a few tiny steps on this CPU.
+FAST_COMPILE = {"xla_backend_optimization_level": 0,
+                "xla_llvm_disable_expensive_passes": True}
+
+
+def compiled_on_fixed_batch(config, *, batch_size: int = 16, data_dir=None):
+  """The real pretraining init and jitted step (compiled with XLA's backend
+  optimisations off) and one fixed batch of the first BreastMNIST training
+  images: the smoke test every objective gets.
+
+  Returns (graphdef, state, step_fn, batch). The step folds state.step into
+  its rng, so resetting state.step replays the same views and masks.
+  """
   import data_pipelines
   from ssl_jax import parallel
   from ssl_jax.jobs import pretrain
 
   mesh = parallel.make_mesh(1)
   info = data_pipelines.info(config.data.name, config.data.size)
-  images, labels = data_pipelines.load(config.data.name, "train", size=config.data.size)
+  images, labels = data_pipelines.load(config.data.name, "train",
+                                       size=config.data.size, data_dir=data_dir)
   batch = parallel.shard_batch({"image": images[:batch_size],
                                 "label": labels[:batch_size]}, mesh)
-  _, state, step_fn = pretrain.build(config, info, mesh)
+  built = pretrain.build_parts(config, info, mesh)
+  state = built.init.lower().compile(FAST_COMPILE)()
+  step_fn = built.step_fn.lower(state, batch).compile(FAST_COMPILE)
+  return built.graphdef, state, step_fn, batch
+
+
+def fixed_batch_losses(config, num_steps: int, batch_size: int = 16):
+  """Losses of `num_steps` real steps on one fixed batch, and the state."""
+  _, state, step_fn, batch = compiled_on_fixed_batch(config, batch_size=batch_size)
   losses = []
   for _ in range(num_steps):
     state, metrics = step_fn(state, batch)
