@@ -1,6 +1,12 @@
-"""Run 3 SimCLR steps on a fixed BreastMNIST batch; print losses and a
-parameter checksum as JSON. Run under different XLA device counts by
-tests/test_train.py: the numbers must agree (global-batch semantics)."""
+"""Run 3 steps of each named method on a fixed BreastMNIST batch; print, as
+one JSON line, each method's losses and checksums of its parameters and of
+its objective state (EMA teacher, MoCo queue, DINO centre). Run under
+different XLA device counts by tests/test_train.py: the numbers must agree,
+which proves global-batch semantics (SimCLR negatives, BatchNorm statistics,
+teacher updates, DINO centring over the whole batch).
+
+  python tests/step_equality_script.py simclr moco_v2 byol dino
+"""
 import json
 import os
 import sys
@@ -13,24 +19,35 @@ import numpy as np  # noqa: E402
 import data_pipelines  # noqa: E402
 from ssl_jax import parallel  # noqa: E402
 from ssl_jax.jobs import pretrain  # noqa: E402
-from tests.tiny import tiny_config  # noqa: E402
+from tests.tiny import tiny_method_config  # noqa: E402
 
 
-def main():
-  config = tiny_config(**{"model.stage_sizes": (1, 1, 1, 1)})  # half the compile
-  mesh = parallel.make_mesh()
-  info = data_pipelines.info("breastmnist", 28)
-  images, labels = data_pipelines.load("breastmnist", "train", size=28)
-  batch = {"image": images[:16], "label": labels[:16]}
-  _, state, step_fn = pretrain.build(config, info, mesh)
+def checksum(tree) -> float:
+  return float(sum(np.abs(np.asarray(x, np.float64)).sum()
+                   for x in jax.tree.leaves(jax.device_get(tree))))
+
+
+def run(method: str, mesh, batch) -> dict:
+  config = tiny_method_config(method)
+  # SGD, not Adam: Adam's normalisation turns float-rounding differences of
+  # near-zero gradients into lr-sized updates, hiding what is compared here.
+  config.optim.name, config.optim.lr = "sgd", 0.05
+  _, state, step_fn = pretrain.build(config, data_pipelines.info("breastmnist", 28), mesh)
   losses = []
   for _ in range(3):
     state, metrics = step_fn(state, parallel.shard_batch(batch, mesh))
     losses.append(float(metrics["loss"]))
-  leaves = jax.tree.leaves(jax.device_get(state.params))
-  print(json.dumps({"devices": mesh.devices.size, "losses": losses,
-                    "param_sum": float(sum(np.abs(x).sum() for x in leaves))}))
+  return {"losses": losses, "params": checksum(state.params),
+          "batch_stats": checksum(state.rest), "extra": checksum(state.extra)}
+
+
+def main(methods):
+  mesh = parallel.make_mesh()
+  images, labels = data_pipelines.load("breastmnist", "train", size=28)
+  batch = {"image": images[:16], "label": labels[:16]}
+  print(json.dumps({"devices": mesh.devices.size,
+                    "methods": {m: run(m, mesh, batch) for m in methods}}))
 
 
 if __name__ == "__main__":
-  main()
+  main(sys.argv[1:] or ["simclr"])

@@ -1,6 +1,5 @@
 """Contrastive objectives: each loss against numpy, state updates, and a few
 real train steps per method on a fixed BreastMNIST batch."""
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +9,8 @@ from flax import nnx
 
 from ssl_jax.models.heads import MLPHead
 from ssl_jax.objectives import contrastive as C
-from tests.tiny import FAST_COMPILE, compiled_on_fixed_batch
+from tests.tiny import FAST_COMPILE, TINY_OBJECTIVE as TINY, compiled_on_fixed_batch
+from tests.tiny import tiny_method_config as _smoke_config
 
 
 def _np_normalize(x):
@@ -236,24 +236,8 @@ def test_multi_crop_shapes_and_vit_local_size():
 
 # ---------------------------------------------- real steps per method --
 
-TINY = dict(proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=32, queue_size=128,
-            num_prototypes=16, num_local_crops=2, momentum=0.9)
 METHODS = ["moco_v2", "moco_v3", "byol", "simsiam", "dino", "barlow_twins",
            "vicreg", "swav"]
-
-
-def _smoke_config(method):
-  from tests.tiny import tiny_config
-  config = tiny_config(**{"model.stage_sizes": (1, 1, 1, 1)})
-  config.objective = importlib.import_module(f"configs.{method}").get_config().objective
-  for key, value in TINY.items():
-    if key in config.objective:
-      config.objective[key] = value
-  config.online_probe = False  # its own test exists; saves compile time
-  config.train.steps = 1000  # schedules stay near their start over 4 steps
-  config.optim = dict(name="adamw", lr=1e-2, scale_by_batch=False, weight_decay=0.0,
-                      warmup_steps=0, final_lr_fraction=0.0, grad_clip_norm=0.0)
-  return config
 
 
 def _distance(a, b):

@@ -16,23 +16,39 @@ FAST_COMPILE = ("--xla_backend_optimization_level=0 "
                 "--xla_llvm_disable_expensive_passes=true")
 
 
+EQUALITY_METHODS = ("simclr", "moco_v2", "byol", "dino")
+
+
 def _run_step_script(num_devices: int, env_base: dict) -> dict:
   env = dict(env_base, JAX_PLATFORMS="cpu", XLA_FLAGS=(
       f"--xla_force_host_platform_device_count={num_devices} {FAST_COMPILE}"))
-  out = subprocess.run([sys.executable, str(ROOT / "tests" / "step_equality_script.py")],
-                       env=env, capture_output=True, text=True, timeout=600, check=False)
+  out = subprocess.run([sys.executable, str(ROOT / "tests" / "step_equality_script.py"),
+                        *EQUALITY_METHODS],
+                       env=env, capture_output=True, text=True, timeout=900, check=False)
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_one_device_and_four_devices_agree(medmnist_dir):
+  """Global-batch semantics: the same global batch on 1 or 4 devices gives
+  the same losses, parameters, BatchNorm statistics and objective state
+  (SimCLR negatives, MoCo queue and EMA key encoder, BYOL target, DINO
+  teacher and centre)."""
   env = dict(os.environ, SSL_JAX_DATA_DIR=str(medmnist_dir))
   one = _run_step_script(1, env)
   four = _run_step_script(4, env)
   assert (one["devices"], four["devices"]) == (1, 4)
-  np.testing.assert_allclose(four["losses"], one["losses"], rtol=2e-5)
-  np.testing.assert_allclose(four["param_sum"], one["param_sum"], rtol=1e-5)
-  assert one["losses"][0] != one["losses"][-1]  # the steps did something
+  for method in EQUALITY_METHODS:
+    a, b = one["methods"][method], four["methods"][method]
+    # Step 0 must agree to float precision: a per-device batch (local
+    # negatives, local BatchNorm statistics) would already differ by >1e-2.
+    # Later steps add the reassociation noise of cross-device gradient sums,
+    # which tiny, normalised networks amplify (BYOL: ~1e-4 after 3 steps).
+    np.testing.assert_allclose(b["losses"][0], a["losses"][0], rtol=2e-5, err_msg=method)
+    np.testing.assert_allclose(b["losses"], a["losses"], rtol=1e-3, err_msg=method)
+    for key in ("params", "batch_stats", "extra"):
+      np.testing.assert_allclose(b[key], a[key], rtol=1e-4, err_msg=f"{method} {key}")
+    assert a["losses"][0] != a["losses"][-1], method  # the steps did something
 
 
 def _complete_steps(ckpt_dir: pathlib.Path) -> list[int]:

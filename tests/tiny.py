@@ -32,6 +32,28 @@ def tiny_config(**overrides):
   return c
 
 
+# Heads shrunk to match the tiniest backbone (fields a method lacks are skipped).
+TINY_OBJECTIVE = dict(proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=32,
+                      queue_size=128, num_prototypes=16, num_local_crops=2,
+                      momentum=0.9)
+
+
+def tiny_method_config(method: str):
+  """configs/<method>.py's objective on a (1,1,1,1) ResNet-18 at width 1/16,
+  AdamW at a fixed lr 1e-2 (schedules stay near their start for a few steps)."""
+  import importlib
+  config = tiny_config(**{"model.stage_sizes": (1, 1, 1, 1)})
+  config.objective = importlib.import_module(f"configs.{method}").get_config().objective
+  for key, value in TINY_OBJECTIVE.items():
+    if key in config.objective:
+      config.objective[key] = value
+  config.online_probe = False  # its own test exists; saves compile time
+  config.train.steps = 1000
+  config.optim = dict(name="adamw", lr=1e-2, scale_by_batch=False, weight_decay=0.0,
+                      warmup_steps=0, final_lr_fraction=0.0, grad_clip_norm=0.0)
+  return config
+
+
 # Compile time is all that counts for a few tiny steps on this CPU.
 FAST_COMPILE = {"xla_backend_optimization_level": 0,
                 "xla_llvm_disable_expensive_passes": True}
