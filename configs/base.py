@@ -24,6 +24,20 @@ def augment_config(policy: str = "medical_safe") -> ml_collections.ConfigDict:
   })
 
 
+def optim_config(name: str, lr: float, *, weight_decay: float,
+                 scale_by_batch: bool = False, warmup_steps: int = 100,
+                 final_lr_fraction: float = 0.0, grad_clip_norm: float = 0.0,
+                 **extra) -> dict:
+  """An optimizer block for ssl_jax/train/optim.py: warmup then cosine to
+  `final_lr_fraction` of the peak; `lr` is scaled by batch/256 when
+  `scale_by_batch`. `extra` holds optimizer-specific fields (b1, b2,
+  momentum)."""
+  return dict(name=name, lr=lr, weight_decay=weight_decay,
+              scale_by_batch=scale_by_batch, warmup_steps=warmup_steps,
+              final_lr_fraction=final_lr_fraction,
+              grad_clip_norm=grad_clip_norm, **extra)
+
+
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.job = "pretrain"  # pretrain | finetune | pretrain_finetune
@@ -64,8 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.distributed = dict(initialize=False, coordinator_address="",
                        num_processes=0, process_id=-1,
                        cpu_collectives="gloo", timeout_s=300)
-  c.optim = dict(name="lars", lr=0.3, scale_by_batch=True, weight_decay=1e-6,
-                 warmup_steps=100, final_lr_fraction=0.0, grad_clip_norm=0.0)
+  c.optim = optim_config("lars", 0.3, weight_decay=1e-6, scale_by_batch=True)
 
   # Stage 2. `pretrained` names a pretraining workdir; empty inside a
   # pretrain_finetune job (it uses its own), required for job=finetune.
@@ -78,9 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
       eval_batch_size=256,
       knn_k=20, knn_temperature=0.07,
       linear_weight_decays=(0.0, 1e-4, 1e-3, 1e-2),
-      optim=dict(name="adamw", lr=1e-3, scale_by_batch=False,
-                 weight_decay=1e-4, warmup_steps=20, final_lr_fraction=0.0,
-                 grad_clip_norm=0.0),
+      optim=optim_config("adamw", 1e-3, weight_decay=1e-4, warmup_steps=20),
       augment=augment_config("medical_safe"),
   )
   return c

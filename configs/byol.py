@@ -22,6 +22,6 @@ def get_config(arg: str = "breastmnist"):
                      momentum=0.99, momentum_cosine=True)
   c.train.steps = 2000
   c.train.batch_size = 256
-  c.optim = dict(name="lars", lr=0.2, scale_by_batch=True, weight_decay=1.5e-6,
-                 warmup_steps=100, final_lr_fraction=0.0, grad_clip_norm=0.0)
+  c.optim = base.optim_config("lars", 0.2, weight_decay=1.5e-6,
+                              scale_by_batch=True)
   return c

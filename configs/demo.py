@@ -23,8 +23,7 @@ def get_config(arg: str = "breastmnist"):
   c.train.batch_size = 128
   c.train.log_every = 10
   c.train.checkpoint_every = 50
-  c.optim = dict(name="adamw", lr=2e-3, scale_by_batch=False, weight_decay=1e-4,
-                 warmup_steps=15, final_lr_fraction=0.0, grad_clip_norm=0.0)
+  c.optim = base.optim_config("adamw", 2e-3, weight_decay=1e-4, warmup_steps=15)
   c.finetune.steps = 120
   c.finetune.batch_size = 64
   c.finetune.eval_every = 20

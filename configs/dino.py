@@ -37,8 +37,8 @@ def get_config(arg: str = "breastmnist"):
                      num_local_crops=6, local_crop_size=12)
   c.train.steps = 2000
   c.train.batch_size = 256
-  c.optim = dict(name="adamw", lr=5e-4, scale_by_batch=True, weight_decay=0.04,
-                 warmup_steps=100, final_lr_fraction=0.0, grad_clip_norm=3.0)
+  c.optim = base.optim_config("adamw", 5e-4, weight_decay=0.04,
+                              scale_by_batch=True, grad_clip_norm=3.0)
   if backbone == "vit":  # ViT-Tiny, 4-px patches; local crops at 28 px
     c.model = dict(name="vit_tiny", patch_size=4)
   return c

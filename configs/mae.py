@@ -19,7 +19,6 @@ def get_config(arg: str = "breastmnist"):
   c.augment = base.augment_config("medical_safe")
   c.train.steps = 2000
   c.train.batch_size = 256
-  c.optim = dict(name="adamw", lr=1.5e-4, scale_by_batch=True,
-                 weight_decay=0.05, b1=0.9, b2=0.95, warmup_steps=100,
-                 final_lr_fraction=0.0, grad_clip_norm=0.0)
+  c.optim = base.optim_config("adamw", 1.5e-4, weight_decay=0.05,
+                              scale_by_batch=True, b1=0.9, b2=0.95)
   return c

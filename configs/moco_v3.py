@@ -30,12 +30,11 @@ def get_config(arg: str = "breastmnist"):
                      momentum=0.99, momentum_cosine=True)
   c.train.steps = 2000
   c.train.batch_size = 256
-  c.optim = dict(name="lars", lr=0.3, scale_by_batch=True, weight_decay=1.5e-6,
-                 warmup_steps=100, final_lr_fraction=0.0, grad_clip_norm=0.0)
+  c.optim = base.optim_config("lars", 0.3, weight_decay=1.5e-6,
+                              scale_by_batch=True)
   if backbone == "vit":  # the paper's ViT recipe: tau 0.2, AdamW
     c.model = dict(name="vit_tiny", patch_size=4)
     c.objective.temperature = 0.2
-    c.optim = dict(name="adamw", lr=1.5e-4, scale_by_batch=True,
-                   weight_decay=0.1, warmup_steps=100, final_lr_fraction=0.0,
-                   grad_clip_norm=0.0)
+    c.optim = base.optim_config("adamw", 1.5e-4, weight_decay=0.1,
+                                scale_by_batch=True)
   return c

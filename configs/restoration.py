@@ -34,7 +34,5 @@ def get_config(arg: str = "breastmnist"):
   c.augment = base.augment_config("medical_safe")
   c.train.steps = 1000
   c.train.batch_size = 128
-  c.optim = dict(name="adamw", lr=1e-3, scale_by_batch=False,
-                 weight_decay=1e-4, warmup_steps=50, final_lr_fraction=0.0,
-                 grad_clip_norm=0.0)
+  c.optim = base.optim_config("adamw", 1e-3, weight_decay=1e-4, warmup_steps=50)
   return c

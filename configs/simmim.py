@@ -25,7 +25,7 @@ def get_config(arg: str = "breastmnist"):
   c.augment.overrides.crop_min_area = 0.67
   c.train.steps = 2000
   c.train.batch_size = 256
-  c.optim = dict(name="adamw", lr=1e-4, scale_by_batch=True,
-                 weight_decay=0.05, b1=0.9, b2=0.999, warmup_steps=100,
-                 final_lr_fraction=0.0, grad_clip_norm=5.0)
+  c.optim = base.optim_config("adamw", 1e-4, weight_decay=0.05,
+                              scale_by_batch=True, b1=0.9, b2=0.999,
+                              grad_clip_norm=5.0)
   return c

@@ -21,7 +21,6 @@ def get_config(arg: str = "breastmnist"):
                      pred_layers=2)
   c.train.steps = 2000
   c.train.batch_size = 256
-  c.optim = dict(name="sgd", lr=0.05, scale_by_batch=True, weight_decay=1e-4,
-                 momentum=0.9, warmup_steps=0, final_lr_fraction=0.0,
-                 grad_clip_norm=0.0)
+  c.optim = base.optim_config("sgd", 0.05, weight_decay=1e-4,
+                              scale_by_batch=True, momentum=0.9, warmup_steps=0)
   return c

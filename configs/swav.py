@@ -26,6 +26,6 @@ def get_config(arg: str = "breastmnist"):
                      num_local_crops=6, local_crop_size=12)
   c.train.steps = 2000
   c.train.batch_size = 256
-  c.optim = dict(name="lars", lr=0.3, scale_by_batch=True, weight_decay=1e-6,
-                 warmup_steps=100, final_lr_fraction=0.0, grad_clip_norm=0.0)
+  c.optim = base.optim_config("lars", 0.3, weight_decay=1e-6,
+                              scale_by_batch=True)
   return c

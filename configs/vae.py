@@ -20,7 +20,5 @@ def get_config(arg: str = "breastmnist"):
                      decoder_channels=(128, 64, 32))
   c.train.steps = 2000
   c.train.batch_size = 256
-  c.optim = dict(name="adamw", lr=1e-3, scale_by_batch=False,
-                 weight_decay=1e-4, warmup_steps=100, final_lr_fraction=0.0,
-                 grad_clip_norm=0.0)
+  c.optim = base.optim_config("adamw", 1e-3, weight_decay=1e-4)
   return c
