@@ -208,6 +208,19 @@ def _targets(labels: np.ndarray, task: str) -> np.ndarray:
   return y.reshape(len(y), -1)[:, 0].astype(np.int32)
 
 
+def _standardised_split(train_feats, train_labels, val_feats, val_labels,
+                        task: str):
+  """(mean, std, x, x_val, y, y_val): features standardised with the train
+  statistics, labels as the probes' targets."""
+  mean, std = _standardise(train_feats)
+  x = (np.asarray(train_feats, np.float32) - mean) / std
+  xv = (np.asarray(val_feats, np.float32) - mean) / std
+  y, yv = _targets(train_labels, task), _targets(val_labels, task)
+  if len(x) != len(y) or len(xv) != len(yv):
+    raise ValueError('features and labels differ in length')
+  return mean, std, x, xv, y, yv
+
+
 def fit_linear_probe(train_feats: np.ndarray, train_labels: np.ndarray,
                      val_feats: np.ndarray, val_labels: np.ndarray, *,
                      num_classes: int, task: str,
@@ -230,12 +243,8 @@ def fit_linear_probe(train_feats: np.ndarray, train_labels: np.ndarray,
     raise ValueError('need weight_decays, and epochs, eval_every and '
                      'batch_size >= 1')
   multi_label = task == metrics.MULTI_LABEL
-  mean, std = _standardise(train_feats)
-  x = (np.asarray(train_feats, np.float32) - mean) / std
-  xv = (np.asarray(val_feats, np.float32) - mean) / std
-  y, yv = _targets(train_labels, task), _targets(val_labels, task)
-  if len(x) != len(y) or len(xv) != len(yv):
-    raise ValueError('features and labels differ in length')
+  mean, std, x, xv, y, yv = _standardised_split(
+      train_feats, train_labels, val_feats, val_labels, task)
 
   wds = jnp.asarray(weight_decays, jnp.float32)
   num_wd, dim = len(weight_decays), x.shape[1]
@@ -328,12 +337,8 @@ def fit_logreg(train_feats: np.ndarray, train_labels: np.ndarray,
     raise ValueError('fit_logreg needs positive l2s (an unpenalised '
                      'separable problem has no minimiser) and max_iters >= 1')
   multi_label = task == metrics.MULTI_LABEL
-  mean, std = _standardise(train_feats)
-  x = (np.asarray(train_feats, np.float32) - mean) / std
-  xv = (np.asarray(val_feats, np.float32) - mean) / std
-  y, yv = _targets(train_labels, task), _targets(val_labels, task)
-  if len(x) != len(y) or len(xv) != len(yv):
-    raise ValueError('features and labels differ in length')
+  mean, std, x, xv, y, yv = _standardised_split(
+      train_feats, train_labels, val_feats, val_labels, task)
 
   history, best = [], None
   for l2 in sorted(l2s, reverse=True):  # strongest first: it wins ties

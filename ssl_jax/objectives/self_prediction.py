@@ -48,6 +48,14 @@ def random_masking(rng: Array, batch: int, num_patches: int,
   return ids_keep, mask, ids_restore
 
 
+def masked_view(policy, rng: Array, images: Array, num_patches: int,
+                mask_ratio: float) -> tuple[Array, tuple[Array, Array, Array]]:
+  """One standardised augmented view and its random patch mask (MAE, SimMIM)."""
+  view_rng, mask_rng = jax.random.split(rng)
+  x = augment.standardize(augment.apply(policy, view_rng, images))
+  return x, random_masking(mask_rng, x.shape[0], num_patches, mask_ratio)
+
+
 def mae_loss(pred: Array, target: Array, mask: Array,
              norm_pix: bool = True) -> Array:
   """Mean squared error on masked patches; targets normalised per patch."""
@@ -97,10 +105,8 @@ def make_mae_loss(config: ml_collections.ConfigDict) -> base.LossFn:
   norm_pix = config.objective.norm_pix_loss
 
   def loss_fn(model, batch, rng, extra):
-    view_rng, mask_rng = jax.random.split(rng)
-    x = augment.standardize(augment.apply(policy, view_rng, batch["image"]))
-    ids_keep, mask, ids_restore = random_masking(
-        mask_rng, x.shape[0], model.encoder.num_patches, mask_ratio)
+    x, (ids_keep, mask, ids_restore) = masked_view(
+        policy, rng, batch["image"], model.encoder.num_patches, mask_ratio)
     pred = model(x, ids_keep, ids_restore, train=True)
     target = patchify(x, model.encoder.patch_size)
     loss = mae_loss(pred, target, mask, norm_pix)
@@ -169,10 +175,8 @@ def make_simmim_loss(config: ml_collections.ConfigDict) -> base.LossFn:
   mask_ratio = config.objective.mask_ratio
 
   def loss_fn(model, batch, rng, extra):
-    view_rng, mask_rng = jax.random.split(rng)
-    x = augment.standardize(augment.apply(policy, view_rng, batch["image"]))
-    _, mask, _ = random_masking(mask_rng, x.shape[0],
-                                model.encoder.num_patches, mask_ratio)
+    x, (_, mask, _) = masked_view(
+        policy, rng, batch["image"], model.encoder.num_patches, mask_ratio)
     pred = model(x, mask, train=True)
     loss = simmim_loss(pred, patchify(x, model.encoder.patch_size), mask)
     return loss, {"mask_fraction": jnp.mean(mask)}, extra
