@@ -24,6 +24,14 @@ def augment_config(policy: str = "medical_safe") -> ml_collections.ConfigDict:
   })
 
 
+def dataset_and_backbone(arg: str) -> tuple[str, str]:
+  """Splits a config arg 'dataset' or 'dataset,vit' (empty backbone = ResNet)."""
+  dataset, _, backbone = (arg or "breastmnist").partition(",")
+  if backbone not in ("", "vit"):
+    raise ValueError(f"backbone {backbone!r} in the config arg; allowed: vit")
+  return dataset, backbone
+
+
 def optim_config(name: str, lr: float, *, weight_decay: float,
                  scale_by_batch: bool = False, warmup_steps: int = 100,
                  final_lr_fraction: float = 0.0, grad_clip_norm: float = 0.0,

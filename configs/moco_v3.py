@@ -17,9 +17,7 @@ from configs import base
 
 def get_config(arg: str = "breastmnist"):
   """arg: 'dataset' or 'dataset,vit'."""
-  dataset, _, backbone = (arg or "breastmnist").partition(",")
-  if backbone not in ("", "vit"):
-    raise ValueError(f"backbone {backbone!r} in the config arg; allowed: vit")
+  dataset, backbone = base.dataset_and_backbone(arg)
   c = base.get_config()
   c.job = "pretrain"
   c.data.name = dataset
