@@ -51,7 +51,18 @@ def get_config() -> ml_collections.ConfigDict:
   c.job = "pretrain"  # pretrain | finetune | pretrain_finetune
   c.seed = 0
   # data_dir '' -> $SSL_JAX_DATA_DIR -> user cache dir (downloads with md5).
-  c.data = dict(name="breastmnist", size=28, data_dir="")
+  # `options`: fields of a prefixed source kind ("csv:<file.csv>",
+  # "tfds:<name>", "pool:<a>+<b>"); see data_pipelines/__init__.py.
+  c.data = dict(name="breastmnist", size=28, data_dir="", options={})
+  # Positive pairs of the contrastive methods (data_pipelines/pairs.py):
+  # 'views' = two augmentations of one image (default); 'patient', 'study',
+  # 'series' = the second view comes from another image sharing that id;
+  # 'metadata' = another patient of the same sex, age within max_age_gap.
+  c.pairs = dict(mode="views", max_age_gap=5.0, series_max_gap=1)
+  # Start the encoder from existing weights before SSL / fine-tuning
+  # (ssl_jax/train/init_from.py); '' = random init.
+  c.init_from = dict(path="", format="auto", rename=(), strict=False,
+                     channels="mean")
   # Fields other than `name` are passed to the backbone factory.
   c.model = dict(name="resnet18", width_multiplier=1.0)
   c.objective = dict(name="simclr", temperature=0.1, proj_hidden_dim=512,

@@ -38,6 +38,8 @@ all stage-2 cells 304 s), so about 45 min for the default 3 seeds. Seed 0,
 SimCLR 0.797, supervised 0.800 (published ResNet-18 (28): 0.901).
 """
 
+from ml_collections.config_dict import placeholder
+
 from configs import base
 
 ARG_KEYS = ("dataset", "budget", "backbone")
@@ -110,7 +112,10 @@ def get_config(arg: str = "dataset=breastmnist"):
       # Applied to every method: `model` replaces its backbone, `train` and
       # `optim` fields override its own.
       budget=dict(model=budget["models"][args["backbone"]],
-                  train=budget["train"], optim=budget["optim"]),
+                  train=budget["train"], optim=budget["optim"],
+                  # Pretraining views for every method; None keeps each
+                  # method's own policy (configs/<method>.py).
+                  augment=dict(policy=placeholder(str))),
       progress=True,  # the sweep's cells done / total / ETA bar
   )
   # Informational: the job builds every network, `none` included, from

@@ -12,7 +12,7 @@ import matplotlib.image
 import pytest
 
 from configs import benchmark as benchmark_config
-from ssl_jax.jobs import benchmark, report
+from ssl_jax.jobs import benchmark, common, report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = {
@@ -85,9 +85,15 @@ def test_report_has_table_csv_and_four_plots(sweep):
   assert "ResNet-18 (28) — published** | supervised | end-to-end | 0.901 |" in report
   assert "innate relationship" in report and "Δ vs scratch" in report
   lines = (workdir / "results.csv").read_text().splitlines()
-  assert lines[0].startswith("method,category,protocol,fraction,seed,n_train,test_auroc,")
+  assert lines[0].startswith(
+      "method,category,augment_policy,protocol,fraction,seed,n_train,test_auroc,")
   assert len(lines) == 1 + 8
-  assert lines[1].startswith("none,none,linear,0.1,0,55,")
+  assert lines[1].startswith("none,none,,linear,0.1,0,55,")
+  assert any(line.startswith("rotation,innate,medical_safe,linear,") for line in lines)
+  # The pretraining table names the policy and a measured throughput.
+  row = next(line for line in report.splitlines() if line.startswith("| rotation |"))
+  cols = [c.strip() for c in row.strip("|").split("|")]
+  assert cols[2] == "medical_safe" and float(cols[3]) > 0 and cols[5] == "1"
   for name in ("relative_to_scratch", "strategies", "protocols", "label_efficiency"):
     assert f"![{name}]({name}.png)" in report
     path = workdir / f"{name}.png"
@@ -197,3 +203,23 @@ def test_config_arg_parsing():
   assert vit.benchmark.budget.model.name == "vit_tiny"
   assert "mae" in vit.benchmark.methods and vit.finetune.early_layer == "block3"
   benchmark.validate(vit)
+
+
+def test_budget_can_set_every_methods_views():
+  config = tiny_benchmark_config()
+  assert benchmark.method_config(config, "simclr", 0).augment.policy == "medical_safe"
+  config.benchmark.budget.augment.policy = "simclr"
+  for method in ("simclr", "rotation"):
+    assert benchmark.method_config(config, method, 0).augment.policy == "simclr"
+
+
+def test_fields_newer_than_a_saved_sweep_bind_only_off_their_default(tmp_path):
+  config = tiny_benchmark_config()
+  saved = benchmark._fingerprint(config)
+  del saved["pairs.mode"]  # as if the sweep predates the field
+  common.write_json_atomic(str(tmp_path / "benchmark.json"),
+                           {"fingerprint": saved})
+  benchmark.check_resumable(config, str(tmp_path))  # default value: resumes
+  config.pairs.mode = "patient"
+  with pytest.raises(ValueError, match="pairs.mode"):
+    benchmark.check_resumable(config, str(tmp_path))

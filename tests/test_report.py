@@ -76,7 +76,7 @@ def test_csv_is_a_pure_function_of_the_cells():
   shuffled = dict(reversed(list(cells.items())))
   assert report.to_csv(report.benchmark_rows(shuffled, META)) == first
   assert first.splitlines()[1] == (
-      "none,none,finetune,0.1,0,55,0.5,0.45,0.55,0.7,0.6,0.8,0.5,0.5,")
+      "none,none,,finetune,0.1,0,55,0.5,0.45,0.55,0.7,0.6,0.8,0.5,0.5,")
 
 
 def test_benchmark_report_writes_markdown_csv_and_plots(tmp_path):

@@ -29,6 +29,7 @@ from typing import Any
 
 import ml_collections
 
+from configs import base as base_config
 from ssl_jax import objectives, parallel
 from ssl_jax.jobs import common, finetune, pretrain, report
 
@@ -50,14 +51,16 @@ def method_args(config: ml_collections.ConfigDict) -> dict[str, str]:
 def budgeted(c: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
              seed: int) -> ml_collections.ConfigDict:
   """`c` with the benchmark's shared budget: the same backbone (replaced
-  whole), train/optim overrides, image size, data dir, mesh and seed."""
+  whole), train/optim/augment overrides, image size, data dir, mesh and
+  seed."""
   c = c.copy_and_resolve_references()
   budget = config.benchmark.budget
   with c.unlocked():
     c.model = ml_collections.ConfigDict(budget.model.to_dict())
-    for section in ("train", "optim"):
+    for section in ("train", "optim", "augment"):
       for key, value in budget.get(section, {}).items():
-        c[section][key] = value
+        if value is not None:  # None: keep the method's own value
+          c[section][key] = value
     c.train.progress = config.train.progress
     c.data.size = config.data.size
     c.data.data_dir = config.data.data_dir
@@ -161,26 +164,15 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
   saved = common.read_json(path)
   if saved is None:
     return
-  now = _fingerprint(config)
-  changed = sorted(k for k in set(now) | set(saved["fingerprint"])
-                   if now.get(k) != saved["fingerprint"].get(k))
+  now, before = _fingerprint(config), saved["fingerprint"]
+  # A field newer than the saved sweep binds only if it left its default.
+  default = _fingerprint(base_config.get_config())
+  changed = sorted(k for k in set(now) | set(before)
+                   if now.get(k) != before.get(k, default.get(k, before.get(k))))
   if changed:
     raise ValueError(f"{workdir} holds a sweep with other settings ({', '.join(changed[:8])}"
                      f"{' ...' if len(changed) > 8 else ''}); use a fresh "
                      "--workdir, or only grow methods/protocols/fractions/seeds")
-
-
-def pretrain_seconds(config: ml_collections.ConfigDict,
-                     workdir: str) -> dict[str, float]:
-  """Seconds of each finished pretraining run (its last invocation)."""
-  out = {}
-  for method in config.benchmark.methods:
-    for seed in config.finetune.seeds:
-      summary = common.read_json(os.path.join(
-          workdir, "pretrain", method, f"seed{seed}", "pretrain_summary.json"))
-      if summary:
-        out[f"{method}/seed{seed}"] = summary["seconds"]
-  return out
 
 
 class Contexts:
@@ -243,6 +235,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "finetune_batch_size": config.finetune.batch_size,
       "bootstrap_samples": config.finetune.bootstrap_samples,
       "ci_level": config.finetune.ci_level,
+      "finetune_augment": config.finetune.augment.policy,
       "methods": method_info(config),
       "protocols": list(config.finetune.protocols),
       "fractions": list(config.finetune.fractions),
@@ -255,7 +248,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   finished = finetune.run_cells(contexts, cells,
                                 finetune.CellStore(os.path.join(workdir, "cells")),
                                 progress=config.benchmark.progress)
-  meta["pretrain_seconds"] = pretrain_seconds(config, workdir)
   meta["this_run_seconds"] = time.perf_counter() - began
   paths = report.write_benchmark_report(workdir, finished, meta)
   print(open(paths["report"]).read())

@@ -86,16 +86,52 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ benchmark
 CSV_COLUMNS = (
-    "method", "category", "protocol", "fraction", "seed", "n_train",
+    "method", "category", "augment_policy", "protocol", "fraction", "seed", "n_train",
     "test_auroc", "test_auroc_ci_low", "test_auroc_ci_high", "test_accuracy",
     "test_f1", "test_sensitivity", "test_specificity", "val_auroc",
     "test_auroc_per_class")
+
+
+def pretrain_stats(workdir: str) -> dict[str, dict[str, Any]]:
+  """Per method pretrained in `workdir`/pretrain/<method>/seed<k>: the view
+  policy it trained with, its median images/s (compile excluded; logged
+  intervals of every seed) and mean seconds per run. Read from the runs'
+  own files, so a report rebuilt later shows the same numbers."""
+  import glob
+  import json
+  from ssl_jax.jobs import common
+  out = {}
+  for method_dir in sorted(glob.glob(os.path.join(workdir, "pretrain", "*"))):
+    seconds, rates, policies = [], [], set()
+    for run in sorted(glob.glob(os.path.join(method_dir, "seed*"))):
+      summary = common.read_json(os.path.join(run, "pretrain_summary.json"))
+      if summary is None:
+        continue  # unfinished: resumes on the next invocation
+      seconds.append(summary["seconds"])
+      policies.add(common.read_json(os.path.join(run, "config.json"))
+                   ["augment"]["policy"])
+      with open(os.path.join(run, "metrics.jsonl")) as f:
+        rates += [row["train/images_per_sec"] for row in map(json.loads, f)
+                  if "train/images_per_sec" in row]
+    if seconds:
+      out[os.path.basename(method_dir)] = {
+          "augment_policy": "/".join(sorted(policies)),
+          "images_per_sec": float(np.median(rates)) if rates else float("nan"),
+          "seconds": float(np.mean(seconds)), "runs": len(seconds)}
+  return out
+
+
+def _policy(method: str, stats: dict[str, dict]) -> str:
+  """The pretraining view policy of a method ('a+b' for a combination)."""
+  parts = [stats.get(m, {}).get("augment_policy", "") for m in method.split("+")]
+  return "+".join(p for p in parts if p)
 
 
 def benchmark_rows(cells: dict[str, dict], meta: dict) -> list[dict]:
   """One flat row per cell (the rows of results.csv), in sweep order:
   methods and protocols as configured, then fraction, then seed."""
   methods = list(meta["methods"])
+  stats = meta.get("pretrain", {})
   protocols = list(meta["protocols"])
   rows = []
   for cell in cells.values():
@@ -104,6 +140,7 @@ def benchmark_rows(cells: dict[str, dict], meta: dict) -> list[dict]:
     rows.append({
         "method": cell["method"],
         "category": meta["methods"].get(cell["method"], {}).get("category", ""),
+        "augment_policy": _policy(cell["method"], stats),
         "protocol": cell["protocol"], "fraction": cell["fraction"],
         "seed": cell["seed"], "n_train": cell["n_train"],
         "test_auroc": test["auroc"], "test_auroc_ci_low": low,
@@ -195,7 +232,10 @@ def benchmark_markdown(summary: list[dict], meta: dict, references: list,
       f"{meta['ci_level']:.0%} CI is a percentile bootstrap of the test set "
       f"({meta['bootstrap_samples']} resamples; mean of the per-seed bounds).",
       "",
-      f"Compute: pretraining {sum(meta.get('pretrain_seconds', {}).values()):.0f} s, "
+      f"Stage-2 views: `{meta.get('finetune_augment', 'not recorded')}`.",
+      "",
+      f"Compute: pretraining "
+      f"{sum(p['seconds'] * p['runs'] for p in meta['pretrain'].values()):.0f} s, "
       f"stage-2 cells {meta.get('cells_seconds', 0):.0f} s (sums over runs); "
       f"this invocation {meta.get('this_run_seconds', 0):.0f} s.",
       "",
@@ -220,6 +260,19 @@ def benchmark_markdown(summary: list[dict], meta: dict, references: list,
         f"| {ref.label_fraction:.0%} | all | **{ref.model} — published** | "
         f"supervised | end-to-end | {ref.auroc:.3f} | — | — | "
         f"{ref.accuracy:.3f} | — |" + (" — |" if per_class else ""))
+  lines += ["", "## Pretraining", "",
+            "| method | strategy | views (augment policy) | images/s | "
+            "seconds per run | runs |", "|---|---|---|---:|---:|---:|"]
+  ordered = [m for m in meta["methods"] if m in meta["pretrain"]]
+  for method in ordered + sorted(set(meta["pretrain"]) - set(ordered)):
+    p = meta["pretrain"][method]
+    category = meta["methods"].get(method, {}).get("category", "")
+    lines.append(f"| {method} | {CATEGORY_LABELS.get(category, category)} | "
+                 f"{p['augment_policy']} | {p['images_per_sec']:.0f} | "
+                 f"{p['seconds']:.0f} | {p['runs']} |")
+  lines += ["", "Images/s: training-batch examples per second (each method "
+            "turns them into its own views), median over logged intervals, "
+            "compile excluded, on the machine that ran the sweep."]
   lines += ["", "## Figures", ""]
   lines += [f"![{name}]({os.path.basename(path)})" for name, path in plots.items()]
   lines += [
@@ -245,6 +298,7 @@ def write_benchmark_report(workdir: str, cells: dict[str, dict],
   from ssl_jax.evaluation import plots, published  # matplotlib: only here
   from ssl_jax.jobs import common
 
+  meta = dict(meta, pretrain=pretrain_stats(workdir))
   rows = benchmark_rows(cells, meta)
   summary = summarise_benchmark(rows)
   references = published.for_dataset(meta["dataset"], meta["image_size"])
