@@ -14,6 +14,13 @@ first round(fraction * N), then, for each label with positives but none kept,
 add its first positive in permutation order. This stays nested (a label
 missing from a longer prefix is also missing from a shorter one, and the
 added example is the same) and guarantees >= 1 positive per label.
+
+With `groups` (one patient id per example), the same rules pick whole
+patients instead of examples, so a patient's images are never split between
+"labelled" and "not labelled" and the fraction counts patients. A patient's
+label is its majority label (ties -> the lowest class id) for single-label
+data, and the OR of its examples' labels for multi-label data; "every class
+present" then means >= 1 patient whose majority label is that class.
 """
 from __future__ import annotations
 
@@ -55,22 +62,51 @@ def _multi_label(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
   return np.concatenate([keep, first_positive])
 
 
+def _select(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+  if labels.ndim == 1:
+    return _single_label(labels, fraction, seed)
+  if labels.ndim == 2:
+    return _multi_label(labels, fraction, seed)
+  raise ValueError(
+      f"labels must be [N] (single-label) or [N, L] (multi-label), got "
+      f"shape {list(labels.shape)}")
+
+
+def group_labels(labels: np.ndarray, inverse: np.ndarray,
+                 num_groups: int) -> np.ndarray:
+  """One label per group: majority (single-label) or OR (multi-label)."""
+  if labels.ndim == 2:
+    out = np.zeros((num_groups, labels.shape[1]), labels.dtype)
+    np.maximum.at(out, inverse, (labels > 0).astype(labels.dtype))
+    return out
+  classes, label_idx = np.unique(labels, return_inverse=True)
+  counts = np.zeros((num_groups, len(classes)), np.int64)
+  np.add.at(counts, (inverse, label_idx.reshape(-1)), 1)
+  return classes[np.argmax(counts, axis=1)]  # argmax: ties -> lowest class
+
+
 def label_fraction_indices(
-    labels: np.ndarray, fraction: float, seed: int
+    labels: np.ndarray, fraction: float, seed: int,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
   """Sorted int64 indices of a `fraction` of the examples (see module doc).
 
   labels: [N] class ids (single-label) or [N, L] 0/1 (multi-label).
+  groups: optional [N] patient ids; then whole patients are picked.
   fraction=1.0 returns every index.
   """
   fraction = _check_fraction(fraction)
   labels = np.asarray(labels)
-  if labels.ndim == 1:
-    keep = _single_label(labels, fraction, seed)
-  elif labels.ndim == 2:
-    keep = _multi_label(labels, fraction, seed)
-  else:
-    raise ValueError(
-        f"labels must be [N] (single-label) or [N, L] (multi-label), got "
-        f"shape {list(labels.shape)}")
-  return np.unique(keep).astype(np.int64)
+  if groups is None:
+    return np.unique(_select(labels, fraction, seed)).astype(np.int64)
+  groups = np.asarray(groups)
+  if labels.ndim not in (1, 2):
+    _select(labels, fraction, seed)  # raises, naming the expected shapes
+  if groups.shape != labels.shape[:1]:
+    raise ValueError(f"groups must be one id per example: shape "
+                     f"{list(groups.shape)} vs labels {list(labels.shape)}")
+  _, inverse = np.unique(groups, return_inverse=True)
+  inverse = inverse.reshape(-1)
+  per_group = group_labels(labels, inverse, int(inverse.max(initial=-1)) + 1)
+  kept_groups = _select(per_group, fraction, seed)
+  return np.flatnonzero(np.isin(inverse, kept_groups)).astype(np.int64)

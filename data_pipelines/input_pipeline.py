@@ -18,14 +18,23 @@ Design, and why:
 - With `repeat`, batches run across epoch boundaries (like
   `ds.repeat().batch()`); `drop_remainder` only matters without `repeat`.
 - What comes out is a dict of numpy arrays; no TF type passes this module.
+- With a `PartnerTable` (data_pipelines/pairs.py) each batch also carries
+  `pair_image`, the images of one partner per row, drawn by a numpy rng
+  seeded by (seed, process_index, batch position): still a pure function of
+  (seed, position), so `skip_batches` resumes pairs exactly too. Partners
+  are global rows and may lie outside this process's shard (every process
+  holds all the arrays).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
+
+from data_pipelines import pairs as pairs_lib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -67,9 +76,9 @@ def _columns(
 ) -> dict[str, np.ndarray]:
   """Checks the arrays and names them as the batch keys."""
   images, labels = np.asarray(images), np.asarray(labels)
-  if images.dtype != np.uint8 or images.ndim != 4:
-    raise ValueError(f"images: expected uint8 [N, H, W, C], got "
-                     f"{images.dtype} {list(images.shape)}")
+  if images.dtype != np.uint8 or images.ndim not in (4, 5):
+    raise ValueError(f"images: expected uint8 [N, H, W, C] or [N, D, H, W, C]"
+                     f", got {images.dtype} {list(images.shape)}")
   if not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(f"labels: expected integers, got {labels.dtype}")
   columns = {"image": images, "label": labels.astype(np.int32, copy=False)}
@@ -135,8 +144,12 @@ def make_iterator(
     extra: dict[str, np.ndarray] | None = None,
     skip_batches: int = 0,
     num_threads: int = 2,
+    partners: pairs_lib.PartnerTable | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Yields {'image': uint8 [b,H,W,C], 'label': int32 [b] or [b,L], **extra}.
+
+  Volumes [N, D, H, W, C] pass the same way. With `partners`, batches also
+  hold 'pair_image': images[partner rows] (see the module doc).
 
   `batch_size` is per process. Process i of k reads examples i, i+k, i+2k...
   (as `ds.shard(k, i)`); the defaults come from jax.process_index/count.
@@ -150,6 +163,12 @@ def make_iterator(
   if skip_batches < 0:
     raise ValueError(f"skip_batches must be >= 0, got {skip_batches}")
   columns = _columns(images, labels, extra)
+  if "pair_image" in columns:
+    raise ValueError("extra key 'pair_image' is reserved for partners")
+  if partners is not None and partners.num_rows != len(columns["image"]):
+    raise ValueError(f"partners: table of {partners.mode!r} pairs has "
+                     f"{partners.num_rows} rows, images have "
+                     f"{len(columns['image'])}")
   process_index, process_count = _default_processes(
       process_index, process_count)
   shard = np.arange(process_index, len(columns["image"]), process_count)
@@ -160,12 +179,39 @@ def make_iterator(
       len(shard), batch_size=batch_size, shuffle=shuffle, repeat=repeat,
       seed=seed, drop_remainder=drop_remainder, skip_batches=skip_batches,
       process_index=process_index, num_threads=num_threads)
-  return _gather(ds, shard, columns)
+  draw = None if partners is None else functools.partial(
+      _partner_images, partners, columns["image"], seed=seed,
+      process_index=process_index)
+  return _gather(ds, shard, columns, draw, first=skip_batches)
+
+
+# Distinguishes the partner draws' seeds from the epoch permutations'.
+_PAIRS_STREAM = 0x9A125
+
+
+def partner_rng(seed: int, process_index: int,
+                position: int) -> np.random.Generator:
+  """The rng of the partner draw for batch `position` of the stream."""
+  return np.random.default_rng(
+      [seed % 2**64, process_index, _PAIRS_STREAM, position])
+
+
+def _partner_images(table: pairs_lib.PartnerTable, images: np.ndarray,
+                    rows: np.ndarray, position: int, *, seed: int,
+                    process_index: int) -> np.ndarray:
+  rng = partner_rng(seed, process_index, position)
+  return images[pairs_lib.sample_partners(table, rows, rng)]
 
 
 def _gather(
-    ds: tf.data.Dataset, shard: np.ndarray, columns: dict[str, np.ndarray]
+    ds: tf.data.Dataset, shard: np.ndarray, columns: dict[str, np.ndarray],
+    draw_partners: Callable[[np.ndarray, int], np.ndarray] | None = None,
+    *, first: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
-  for slots in ds.as_numpy_iterator():
+  """Numpy batches; `first` is the stream position of the first batch."""
+  for position, slots in enumerate(ds.as_numpy_iterator(), start=first):
     rows = shard[slots]
-    yield {key: value[rows] for key, value in columns.items()}
+    batch = {key: value[rows] for key, value in columns.items()}
+    if draw_partners is not None:
+      batch["pair_image"] = draw_partners(rows, position)
+    yield batch

@@ -163,7 +163,7 @@ _SPECS = {
         "multi-class", 11, 1, _CC_BY, _n(12975, 2392, 8216)),
     "organsmnist": _Spec(
         "multi-class", 11, 1, _CC_BY, _n(13932, 2452, 8827)),
-    # 3D volumes: in the table for `fetch`; no loader yet.
+    # 3D volumes (28^3 or 64^3 voxels, one channel); loaded as [N, D, H, W, 1].
     "organmnist3d": _Spec(
         "multi-class", 11, 1, _CC_BY, _n(971, 161, 610), ndim=3),
     "nodulemnist3d": _Spec(
@@ -180,11 +180,12 @@ _SPECS = {
 
 ALL_SETS: Registry[_Spec] = Registry("MedMNIST dataset")
 SETS_2D: Registry[_Spec] = Registry("MedMNIST 2D dataset")
+SETS_3D: Registry[_Spec] = Registry("MedMNIST 3D dataset")
 for _name, _spec in _SPECS.items():
   ALL_SETS.add(_name, _spec)
-  if _spec.ndim == 2:
-    SETS_2D.add(_name, _spec)
+  (SETS_2D if _spec.ndim == 2 else SETS_3D).add(_name, _spec)
 NAMES_2D = tuple(SETS_2D.names())
+NAMES_3D = tuple(SETS_3D.names())
 
 
 def _check_size(name: str, spec: _Spec, size: int) -> None:
@@ -316,8 +317,8 @@ def fetch(
 
 
 def info(name: str, size: int = 28) -> DatasetInfo:
-  """Facts about a 2D set at one size, without touching the files."""
-  spec = SETS_2D.get(name)
+  """Facts about a set (2D or 3D) at one size, without touching the files."""
+  spec = ALL_SETS.get(name)
   _check_size(name, spec, size)
   return DatasetInfo(
       name=name,
@@ -329,6 +330,7 @@ def info(name: str, size: int = 28) -> DatasetInfo:
       license=spec.license,
       citation=CITATION,
       num_examples=dict(spec.num_examples),
+      spatial_dims=spec.ndim,
   )
 
 
@@ -339,8 +341,9 @@ def _array(npz, path: pathlib.Path, key: str) -> np.ndarray:
 
 
 def _check_images(images: np.ndarray, field: str, d: DatasetInfo) -> None:
-  hw = (d.image_size, d.image_size)
-  expected = (hw if d.num_channels == 1 else hw + (d.num_channels,))
+  # The npz stores grayscale without a channel axis: [N, H, W] / [N, D, H, W].
+  side = (d.image_size,) * d.spatial_dims
+  expected = side if d.num_channels == 1 else side + (d.num_channels,)
   if images.dtype != np.uint8 or images.shape[1:] != expected:
     raise ValueError(
         f"{field}: expected uint8 [N, {', '.join(map(str, expected))}], got "
@@ -367,9 +370,10 @@ def load_split(
     size: int = 28,
     data_dir: str | os.PathLike | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Loads one split of a 2D set.
+  """Loads one split of a 2D or 3D set.
 
-  Returns images uint8 [N, H, W, C] (C=1 for grayscale sets, 3 for RGB) and
+  Returns images uint8 [N, H, W, C] (C=1 for grayscale sets, 3 for RGB), or
+  [N, D, H, W, 1] for the 3D sets (`info(name).spatial_dims == 3`), and
   labels int32: [N] for single-label tasks, [N, num_classes] of 0/1 for
   multi-label (ChestMNIST).
   """
@@ -391,7 +395,7 @@ def load_split(
 
 @dataclasses.dataclass(frozen=True)
 class MedMNISTSource:
-  """One MedMNIST 2D set, as registered in `data_pipelines.SOURCES`."""
+  """One MedMNIST set (2D or 3D), as registered in `data_pipelines.SOURCES`."""
 
   name: str
 

@@ -38,10 +38,25 @@ class DatasetInfo:
   # Examples per split, when the source knows it without reading the data.
   num_examples: Mapping[str, int] = dataclasses.field(
       default_factory=dict, hash=False)
+  # 2 for images [N, H, W, C]; 3 for volumes [N, D, H, W, C] of side
+  # `image_size`, so jobs pick 3D views and backbones by this, not by name.
+  spatial_dims: int = 2
 
 
 class Source(Protocol):
-  """The contract of an entry in `data_pipelines.SOURCES`."""
+  """The contract of an entry in `data_pipelines.SOURCES` (or of what a
+  `data_pipelines.KINDS` factory builds).
+
+  Optional methods, looked up with hasattr (`data_pipelines.metadata` and
+  `data_pipelines.report` fall back when absent):
+    metadata(split, size=28, data_dir=None) -> dict[str, np.ndarray]
+      one array per metadata column (patient_id, study_id, series_id, view,
+      laterality, age, sex, slice_index, ...), aligned with load()'s rows,
+      so patient-level pairs, splits and label fractions can use them.
+    report(size=28, data_dir=None) -> dict
+      the data report: rows read and skipped (with reasons), patients and
+      images per split.
+  """
 
   def info(self, size: int = 28) -> DatasetInfo:
     ...
@@ -52,5 +67,6 @@ class Source(Protocol):
       size: int = 28,
       data_dir: str | os.PathLike | None = None,
   ) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (images uint8 [N,H,W,C], labels int32 [N] or [N, L])."""
+    """Returns (images uint8 [N,H,W,C] or, for volumes, [N,D,H,W,C];
+    labels int32 [N] or [N, L])."""
     ...

@@ -48,10 +48,12 @@ def test_retinamnist_is_rgb_five_classes(split, n, monkeypatch):
 
 
 def test_tables_cover_every_set_and_size():
-  assert len(data_pipelines.names()) == 12
+  assert len(data_pipelines.names()) == 12 + 6  # 2D sets + 3D sets
   rgb = {"pathmnist", "dermamnist", "retinamnist", "bloodmnist"}
   for name in data_pipelines.names():
-    for size in medmnist.SIZES_2D:
+    sizes = (medmnist.SIZES_2D if name in medmnist.NAMES_2D
+             else medmnist.SIZES_3D)
+    for size in sizes:
       info = data_pipelines.get(name).info(size)
       assert info.image_size == size
       assert info.num_channels == (3 if name in rgb else 1)

@@ -97,6 +97,21 @@ def test_skip_batches_continues_the_stream(repeat, skip):
     np.testing.assert_array_equal(x, y)
 
 
+def test_skip_batches_continues_the_partner_draws():
+  from data_pipelines import pairs  # pylint: disable=g-import-not-at-top
+  table = pairs.build_partners("patient", {"patient_id": np.arange(50) // 5})
+  def pairs_of(iterator, k):
+    return [(b["id"], b["pair_image"][:, 0, 0, 0])
+            for b in itertools.islice(iterator, k)]
+  full = pairs_of(_iter(partners=table), 20)
+  resumed = pairs_of(_iter(partners=table, skip_batches=13), 7)
+  for (ids, partners), (ids2, partners2) in zip(full[13:], resumed):
+    np.testing.assert_array_equal(ids, ids2)
+    np.testing.assert_array_equal(partners, partners2)
+  ids, partners = map(np.concatenate, zip(*full))
+  assert (partners // 5 == ids // 5).all() and (partners != ids).all()
+
+
 def test_no_shuffle_keeps_order():
   ids = np.concatenate(_ids(_iter(shuffle=False, repeat=False,
                                   drop_remainder=False), 10))
