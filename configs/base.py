@@ -10,16 +10,34 @@ DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
 
 
 def augment_config(policy: str = "medical_safe") -> ml_collections.ConfigDict:
-  """A named view policy; overrides left None keep the preset's value."""
+  """A named view policy (ssl_jax/augment.py); overrides left None keep the
+  preset's value, e.g. `--config.augment.policy=xray_safe
+  --config.augment.overrides.hflip_prob=0.0`.
+
+  Presets: medical_safe (default), xray_safe, histology, fundus, ct_window,
+  dermatology, simclr (natural-image baseline), none. Each preset's
+  `description` says what it avoids and why; `augment.describe(policy,
+  overrides)` gives the resolved fields for results. `min_visible` is the
+  fraction of a view every mask must leave visible (MAE, SimMIM,
+  restoration painting); jobs reject an `objective` that hides more.
+  """
   return ml_collections.ConfigDict({
       "policy": policy,
       "overrides": {
           "crop_min_area": placeholder(float),
           "hflip_prob": placeholder(float),
           "vflip_prob": placeholder(float),
+          "rot90": placeholder(bool),
           "brightness": placeholder(float),
           "contrast": placeholder(float),
+          "saturation": placeholder(float),
+          "hue": placeholder(float),
           "blur_prob": placeholder(float),
+          "hed_sigma": placeholder(float),
+          "hed_bias": placeholder(float),
+          "window_center_jitter": placeholder(float),
+          "window_width_jitter": placeholder(float),
+          "min_visible": placeholder(float),
       },
   })
 
@@ -51,18 +69,28 @@ def get_config() -> ml_collections.ConfigDict:
   c.job = "pretrain"  # pretrain | finetune | pretrain_finetune
   c.seed = 0
   # data_dir '' -> $SSL_JAX_DATA_DIR -> user cache dir (downloads with md5).
-  # `options`: fields of a prefixed source kind ("csv:<file.csv>",
-  # "tfds:<name>", "pool:<a>+<b>"); see data_pipelines/__init__.py.
+  # `options`: fields of a prefixed source kind, empty for MedMNIST names:
+  # "csv:<file.csv>" (data_pipelines/folder.py: classes, channels, window,
+  # on_bad_row, split_fractions, split_seed, ...), "tfds:<name>"
+  # (tfds_source.py: image_key, label_key, splits), "pool:<a>+<b>"
+  # (pool.py: unlabelled union for pretraining; set online_probe=False).
   c.data = dict(name="breastmnist", size=28, data_dir="", options={})
   # Positive pairs of the contrastive methods (data_pipelines/pairs.py):
   # 'views' = two augmentations of one image (default); 'patient', 'study',
   # 'series' = the second view comes from another image sharing that id;
   # 'metadata' = another patient of the same sex, age within max_age_gap.
   c.pairs = dict(mode="views", max_age_gap=5.0, series_max_gap=1)
-  # Start the encoder from existing weights before SSL / fine-tuning
-  # (ssl_jax/train/init_from.py); '' = random init.
-  c.init_from = dict(path="", format="auto", rename=(), strict=False,
-                     channels="mean")
+  # Start the encoder from existing weights before SSL (when there is no
+  # checkpoint to resume) or fine-tuning without `finetune.pretrained`
+  # (ssl_jax/train/init_from.py). path '' = random init; format auto | npz |
+  # msgpack | orbax; preset '' | torchvision_resnet | timm_vit (a named
+  # rename list + its layout); rename: ((regex, replacement), ...) applied
+  # after the preset, '' drops a key; layout auto | flax | torch (auto: the
+  # preset's, else flax); strict: fail on any missing / unexpected /
+  # mismatched key; channels: RGB stem -> 1 channel by sum (keeps the
+  # response to a gray image) | mean | first | none.
+  c.init_from = dict(path="", format="auto", preset="", rename=(),
+                     layout="auto", strict=False, channels="sum")
   # Fields other than `name` are passed to the backbone factory.
   c.model = dict(name="resnet18", width_multiplier=1.0)
   c.objective = dict(name="simclr", temperature=0.1, proj_hidden_dim=512,

@@ -5,12 +5,20 @@ turns a uint8 batch into float32 views in [0, 1]. Each image gets its own key
 from `jax.random.split(rng, B)` and runs the same per-image chain (the BYOL
 reference layout, Grill et al. 2020):
 
-  crop -> flips / rot90 -> colour jitter -> grayscale -> blur -> solarize.
+  crop -> flips / rot90 -> CT window -> HED stain jitter -> colour jitter
+  -> grayscale -> blur -> solarize.
 
 Resampling and blur are separable and banded: a few whole-row gathers or
 static shifted slices per axis with per-image weights, so shapes are static,
-nothing branches, and no dense [in, out] matmul wastes work. Operations a policy switches off are skipped at trace time, so
-`none` costs a dtype cast and is exact.
+nothing branches, and no dense [in, out] matmul wastes work. Operations a
+policy switches off are skipped at trace time, so `none` costs a dtype cast
+and is exact.
+
+Presets carry medical names (`xray_safe`, `histology`, `fundus`, `ct_window`,
+`dermatology`) and say in their `description` what they avoid and why;
+`describe(name, overrides)` returns the resolved fields for results files.
+`min_visible` is the floor every masking objective (MAE, SimMIM, restoration
+in-/out-painting) must leave visible; see `Policy`.
 
 Input scale for every model: `standardize(to_float(uint8))`, i.e.
 (x / 255 - 0.5) / 0.5 in [-1, 1]. `apply` and `two_views` return [0, 1];
@@ -21,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +52,16 @@ _HUE_FIXED, _HUE_COS, _HUE_SIN = (
     for m in ([[1, 0, 0], [0, 0, 0], [0, 0, 0]],
               [[0, 0, 0], [0, 1, 0], [0, 0, 1]],
               [[0, 0, 0], [0, 0, 1], [0, -1, 0]]))
+# Colour deconvolution (Ruifrok & Johnston 2001): rows are the RGB optical
+# density of haematoxylin, eosin and DAB; skimage.color's rgb_from_hed.
+_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29],
+                          [0.07, 0.99, 0.11],
+                          [0.27, 0.57, 0.78]], np.float64)
+_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
+# Intensities are floored at this before the log. Stains are in optical
+# density, -ln(intensity) (Beer-Lambert); skimage >= 0.17's rgb2hed divides
+# by -ln(1e-6) ~ 13.8, so its 0.05 is a shift of 0.69 here.
+_OD_EPS = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +70,19 @@ class Policy:
 
   Defaults are the identity, so `Policy(hflip_prob=0.5)` does only that.
   Strengths are fractions of the [0, 1] range; colour ops that need three
-  channels (saturation, hue, grayscale) are skipped on 1-channel images.
+  channels (saturation, hue, grayscale, HED stain jitter) are skipped on
+  1-channel images.
   `crop_aspect` is width/height relative to the image's own aspect (the
   pixel aspect for square images); `blur_sigma` is in output pixels.
+
+  `min_visible` lives here, not in `objective`, because how much of an image
+  may be hidden is a property of the domain (a small nodule or lesion must
+  survive), as `crop_min_area` is; the preset sets both. It is the fraction
+  of the *view* every mask must leave visible: MAE/SimMIM keep at least
+  ceil(min_visible * N) patches, restoration caps in-painting boxes and
+  grows the kept out-painting box (objectives/self_prediction.py); jobs
+  reject configs whose mask cannot meet it. Crop and mask floors apply to
+  their own stage (crop of the image, mask of the crop), not to the product.
   """
   crop_min_area: float = 1.0  # a random resized crop keeps >= this fraction
   crop_max_area: float = 1.0
@@ -70,6 +99,15 @@ class Policy:
   blur_prob: float = 0.0
   blur_sigma: tuple[float, float] = (0.1, 2.0)  # pixels, U[lo, hi]
   solarize_prob: float = 0.0
+  # Stain jitter in HED optical-density space (Tellez et al. 2018, 2019),
+  # RGB only: per stain, scale ~ U[1 - s, 1 + s] and shift ~ U[-b, b] OD.
+  hed_sigma: float = 0.0
+  hed_bias: float = 0.0
+  # Random CT window on [0, 1] intensities: centre ~ U[0.5 - a, 0.5 + a],
+  # width ~ U[1 - b, 1 + b], out = clip((x - centre) / width + 0.5, 0, 1).
+  window_center_jitter: float = 0.0  # a
+  window_width_jitter: float = 0.0  # b
+  min_visible: float = 0.0  # masks leave >= this fraction of the view visible
   description: str = ""
 
   def __post_init__(self):
@@ -91,10 +129,20 @@ class Policy:
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
     for name, top in (("brightness", 1.0), ("contrast", 1.0),
-                      ("saturation", 1.0), ("hue", 0.5)):
+                      ("saturation", 1.0), ("hue", 0.5), ("hed_sigma", 1.0),
+                      ("hed_bias", 1.0), ("window_center_jitter", 0.5),
+                      ("min_visible", 1.0)):
       if not 0.0 <= getattr(self, name) <= top:
         raise ValueError(f"{name} must be in [0, {top}], "
                          f"got {getattr(self, name)}")
+    if not 0.0 <= self.window_width_jitter < 1.0:
+      raise ValueError("window_width_jitter must be in [0, 1) (the width "
+                       f"stays positive), got {self.window_width_jitter}")
+    if self.crop_min_area < self.min_visible:
+      raise ValueError(
+          f"crop_min_area={self.crop_min_area} is below min_visible="
+          f"{self.min_visible}: a crop would show less of the image than any "
+          "mask may; raise crop_min_area or lower min_visible")
 
 
 POLICIES: Registry[Policy] = Registry("augmentation policy")
@@ -126,6 +174,95 @@ POLICIES.add("none", Policy(
     jitter_prob=0.0,
     description="Identity (no crop, flip or jitter); for evaluation views."))
 
+# Modality presets. Each crop floor is >= its min_visible (Policy checks it),
+# and min_visible = 0.25 admits MAE's 75% masking where the domain allows it.
+
+POLICIES.add("xray_safe", Policy(
+    crop_min_area=0.7, crop_aspect=(4 / 5, 5 / 4), hflip_prob=0.5,
+    brightness=0.1, contrast=0.1, jitter_prob=0.8, min_visible=0.25,
+    description=(
+        "Radiographs (ChestMNIST, PneumoniaMNIST): grayscale semantics, "
+        "intensity ops only. Crops keep >= 70% of the area at near-square "
+        "aspect (findings such as nodules are small and off-centre; anatomy "
+        "keeps its proportions); small brightness/contrast (exposure varies "
+        "between machines). Avoids vertical flips and rot90 (a radiograph "
+        "has a canonical up: apices above, diaphragm below), hue, "
+        "saturation, grayscale and solarize (no colour to jitter: on RGB "
+        "copies of gray they would invent colour) and blur (fine "
+        "interstitial texture is the signal). Horizontal flip p=0.5 as in "
+        "MoCo-CXR (Sowrirajan et al., MIDL 2021), but laterality may matter: "
+        "a flip moves the heart to the right and swaps left/right findings; "
+        "set augment.overrides.hflip_prob=0 for lateral labels. "
+        "min_visible=0.25 (MAE's 75% masking at most).")))
+
+POLICIES.add("histology", Policy(
+    crop_min_area=0.35, hflip_prob=0.5, vflip_prob=0.5, rot90=True,
+    hed_sigma=0.05, hed_bias=0.05,
+    brightness=0.1, contrast=0.1, jitter_prob=0.8,
+    blur_prob=0.3, blur_sigma=(0.1, 1.0), min_visible=0.2,
+    description=(
+        "H&E tissue tiles (PathMNIST): a slide has no canonical orientation, "
+        "so all 8 dihedral transforms (rot90 + both flips; Veeling et al., "
+        "MICCAI 2018). Stain variation between labs is jittered where it "
+        "arises: per-stain scale U[0.95, 1.05] and shift U[-0.05, 0.05] of "
+        "the haematoxylin/eosin/DAB optical densities from Ruifrok & "
+        "Johnston's (2001) colour deconvolution, 'HED-light' of Tellez et "
+        "al. (IEEE TMI 2018; MedIA 2019), instead of hue/saturation jitter, "
+        "which leaves the stain manifold. Mild brightness/contrast and blur "
+        "(scanner focus varies over a slide); moderate crops >= 35% (tissue "
+        "texture repeats across a tile). Avoids grayscale and hue (stain "
+        "colour separates nuclei from stroma). min_visible=0.2: texture "
+        "tolerates heavier masking than a single lesion.")))
+
+POLICIES.add("fundus", Policy(
+    crop_min_area=0.6, crop_aspect=(9 / 10, 10 / 9), hflip_prob=0.5,
+    vflip_prob=0.5, brightness=0.2, contrast=0.2, saturation=0.1,
+    jitter_prob=0.8, min_visible=0.25,
+    description=(
+        "Colour fundus photographs (RetinaMNIST): flips both ways (a "
+        "left-right flip maps a right eye to a plausible left eye; the "
+        "vascular arcades are near-symmetric about the horizontal meridian) "
+        "and mild near-square crops >= 60% that keep the circular field of "
+        "view round and the optic disc and macula in view; brightness/"
+        "contrast 0.2 (illumination varies between cameras and pupils) and "
+        "mild saturation 0.1. Avoids hue and grayscale (colour is "
+        "diagnostic: red lesions, yellow exudates, pale disc), arbitrary-"
+        "angle rotation (optional in the literature; kept out for exact, "
+        "interpolation-free views) and blur (microaneurysms are a few "
+        "pixels). min_visible=0.25.")))
+
+POLICIES.add("ct_window", Policy(
+    crop_min_area=0.6, crop_aspect=(4 / 5, 5 / 4),
+    window_center_jitter=0.1, window_width_jitter=0.25, min_visible=0.25,
+    description=(
+        "CT slices (OrganAMNIST/C/S): a random display window, centre ~ "
+        "U[0.5 +- 0.1] and width ~ U[1 +- 0.25] of the stored range, mapped "
+        "as clip((x - centre) / width + 0.5, 0, 1): radiologists re-window "
+        "the same Hounsfield data, so the label must survive it (on 8-bit "
+        "data a narrower window saturates, a wider one lowers contrast; no "
+        "HU outside the stored window can be recovered). Mild crops >= 60%. "
+        "Avoids colour ops (CT is gray), vertical flips and rot90 (axial "
+        "slices have a canonical anterior-up), and by default horizontal "
+        "flips too: the OrganMNIST labels are lateral (kidney-, lung-, "
+        "femur-left/right), so flip invariance would erase them; set "
+        "augment.overrides.hflip_prob=0.5 for non-lateral tasks. "
+        "min_visible=0.25.")))
+
+POLICIES.add("dermatology", Policy(
+    crop_min_area=0.5, hflip_prob=0.5, vflip_prob=0.5, rot90=True,
+    brightness=0.1, contrast=0.1, saturation=0.1, jitter_prob=0.8,
+    min_visible=0.25,
+    description=(
+        "Dermoscopy (DermaMNIST): a skin lesion has no canonical "
+        "orientation, so rot90 and both flips; crops keep >= 50% so the "
+        "lesion and its border stay in view (Perez et al., ISIC workshop "
+        "2018, found geometric + mild colour augmentation best); small "
+        "brightness/contrast/saturation (lighting and camera vary). Avoids "
+        "hue and grayscale (colour is diagnostic: blue-white veil, "
+        "regression, vascular red) and blur (pigment network and dots are "
+        "fine structures). min_visible=0.25: hiding more can hide the "
+        "whole lesion.")))
+
 
 def get(name: str = DEFAULT, **overrides) -> Policy:
   """The named preset with fields replaced, e.g. `get('simclr', hue=0.)`."""
@@ -140,6 +277,36 @@ def get(name: str = DEFAULT, **overrides) -> Policy:
 
 def names() -> list[str]:
   return POLICIES.names()
+
+
+def _set_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+  """A config's overrides block without its unset (None) placeholders."""
+  return {k: v for k, v in (overrides or {}).items() if v is not None}
+
+
+def resolve(name: str = DEFAULT,
+            overrides: Mapping[str, Any] | None = None) -> Policy:
+  """`get` for a config block: `resolve(c.augment.policy, c.augment.overrides)`."""
+  return get(name, **_set_overrides(overrides))
+
+
+def describe(name: str = DEFAULT,
+             overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """The resolved policy as JSON-ready data, so results can record it.
+
+  {'policy': 'xray_safe', 'label': 'xray_safe[hflip_prob=0.0]',
+   'overrides': {set overrides}, 'fields': {every Policy field}}; `label`
+  is the bare name when nothing is overridden.
+  """
+  set_overrides = _set_overrides(overrides)
+  policy = get(name, **set_overrides)
+  fields = {f.name: getattr(policy, f.name) for f in dataclasses.fields(policy)}
+  fields = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+  label = name
+  if set_overrides:
+    label += "[" + ",".join(f"{k}={fields[k]}" for k in sorted(set_overrides)) + "]"
+  return {"policy": name, "label": label, "overrides": {
+      k: fields[k] for k in sorted(set_overrides)}, "fields": fields}
 
 
 # ---------------------------------------------------------------- scaling --
@@ -330,6 +497,46 @@ def random_grayscale(image: Array, rng: Array, *, prob: float) -> Array:
   return jnp.where(jax.random.bernoulli(rng, prob), gray, image)
 
 
+def hed_jitter(image: Array, scale: Array, shift: Array) -> Array:
+  """Scales and shifts the stain concentrations of one RGB image.
+
+  Colour deconvolution (Ruifrok & Johnston 2001): the optical density
+  -ln(max(x, eps)) times inv(rgb_from_hed) gives per-pixel haematoxylin,
+  eosin and DAB; each becomes `stain * scale + shift` ([3] each) and goes
+  back through rgb_from_hed and exp(-od) (Tellez et al. 2018, 2019). Like
+  skimage's rgb2hed/hed2rgb in OD units, without their clip of negative
+  stains, so scale 1 and shift 0 is the identity (black comes back as eps).
+  """
+  od = -jnp.log(jnp.maximum(image, _OD_EPS))
+  stains = _mix_channels(od, _HED_FROM_RGB.T.astype(np.float32))
+  od = _mix_channels(stains * scale + shift, _RGB_FROM_HED.T.astype(np.float32))
+  return jnp.clip(jnp.exp(-od), 0.0, 1.0)
+
+
+def random_hed_jitter(image: Array, rng: Array, *, sigma: float,
+                      bias: float) -> Array:
+  """Per-stain scale ~ U[1 - sigma, 1 + sigma], shift ~ U[-bias, bias]."""
+  sym = 2 * jax.random.uniform(rng, (2, 3)) - 1
+  return hed_jitter(image, 1 + sigma * sym[0], bias * sym[1])
+
+
+def window(image: Array, center: Array | float, width: Array | float) -> Array:
+  """A display window on [0, 1] intensities: clip((x - c) / w + 0.5, 0, 1).
+
+  (c, w) = (0.5, 1) is the identity; w < 1 narrows the window (more contrast,
+  saturating the tails), c shifts the level, as re-windowing CT in HU.
+  """
+  return jnp.clip((image - center) / width + 0.5, 0.0, 1.0)
+
+
+def random_window(image: Array, rng: Array, *, center_jitter: float,
+                  width_jitter: float) -> Array:
+  """Window centre ~ U[0.5 - a, 0.5 + a], width ~ U[1 - b, 1 + b]."""
+  sym = 2 * jax.random.uniform(rng, (2,)) - 1
+  return window(image, 0.5 + center_jitter * sym[0],
+                1.0 + width_jitter * sym[1])
+
+
 def _blur_rows(x: Array, taps: Array) -> Array:
   """Normalized 1-D convolution along axis 0 (zero-padded, edge-rescaled)."""
   r = (taps.shape[0] - 1) // 2
@@ -387,6 +594,15 @@ def _augment_one(image: Array, rng: Array, *, policy: Policy,
                         vflip_prob=p.vflip_prob)
   if p.rot90:
     image = random_rot90(image, k_rot)
+  # Ops added later take fold-in keys, so the keys above (and the views of
+  # every policy without these ops) stay what they were.
+  if p.window_center_jitter > 0 or p.window_width_jitter > 0:
+    image = random_window(image, jax.random.fold_in(rng, 7),
+                          center_jitter=p.window_center_jitter,
+                          width_jitter=p.window_width_jitter)
+  if rgb and (p.hed_sigma > 0 or p.hed_bias > 0):
+    image = random_hed_jitter(image, jax.random.fold_in(rng, 8),
+                              sigma=p.hed_sigma, bias=p.hed_bias)
   colour = rgb and (p.saturation > 0 or p.hue > 0)
   if p.jitter_prob > 0 and (p.brightness > 0 or p.contrast > 0 or colour):
     image = color_jitter(image, k_jit, prob=p.jitter_prob,

@@ -12,7 +12,7 @@ import matplotlib.image
 import pytest
 
 from configs import benchmark as benchmark_config
-from ssl_jax.jobs import benchmark, common, report
+from ssl_jax.jobs import benchmark, common, finetune, report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = {
@@ -223,3 +223,21 @@ def test_fields_newer_than_a_saved_sweep_bind_only_off_their_default(tmp_path):
   config.pairs.mode = "patient"
   with pytest.raises(ValueError, match="pairs.mode"):
     benchmark.check_resumable(config, str(tmp_path))
+
+
+def test_cells_another_process_finished_meanwhile_are_not_rerun(tmp_path,
+                                                                monkeypatch):
+  store = finetune.CellStore(str(tmp_path))
+  cells = [finetune.Cell("simclr", "linear", 1.0, seed) for seed in (0, 1)]
+  ran = []
+
+  def run_cell(ctx, cell):
+    ran.append(cell.key)
+    store.put(cells[1], {"seed": 1, "by": "a second process"})  # meanwhile
+    return {"seed": cell.seed}
+
+  monkeypatch.setattr(finetune, "run_cell", run_cell)
+  monkeypatch.setattr(finetune, "_summary_line", lambda cell, result: "")
+  out = finetune.run_cells(lambda cell: None, cells, store, progress=False)
+  assert ran == ["simclr|linear|1|0"]
+  assert out["simclr|linear|1|1"]["by"] == "a second process"

@@ -39,7 +39,8 @@ def _images(b=2, size=28, c=3, seed=0):
 
 def test_registry_names_and_unknown_name():
   assert models.names() == [
-      'resnet18', 'resnet50', 'vit_base', 'vit_small', 'vit_tiny']
+      'resnet18', 'resnet18_3d', 'resnet50', 'vit_base', 'vit_small',
+      'vit_tiny', 'vit_tiny_3d']
   with pytest.raises(KeyError, match='resnet18.*vit_tiny'):
     models.get('resnet19')
 

@@ -183,6 +183,7 @@ class Contexts:
     self.config, self.workdir = config, workdir
     self.info, self.mesh, self.data = info, mesh, data
     self.compiled: dict = {}  # one architecture: trainers compile once
+    self.groups = common.patient_groups(config)
     self._cache: dict[tuple[str, int], finetune.Stage2] = {}
 
   def __call__(self, cell: finetune.Cell) -> finetune.Stage2:
@@ -215,7 +216,7 @@ class Contexts:
           workdir=self.workdir, mesh=self.mesh, info=self.info, data=self.data,
           encoder_weights=weights, init_seed=seed,
           log_dir=os.path.join(self.workdir, "logs", method, f"seed{seed}"),
-          compiled=self.compiled)
+          compiled=self.compiled, groups=self.groups)
     return self._cache[(method, seed)]
 
 

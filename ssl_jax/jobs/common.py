@@ -9,6 +9,7 @@ from typing import Any, Iterable
 import ml_collections
 
 import data_pipelines
+from data_pipelines import pairs
 from ssl_jax import augment, models, objectives
 from ssl_jax.train import optim
 
@@ -51,11 +52,12 @@ def check_fit(config: ml_collections.ConfigDict) -> None:
   model_axis = config.get("mesh", {}).get("model_axis_size", 1)
   if model_axis < 1:
     raise ValueError(f"config.mesh.model_axis_size must be >= 1, got {model_axis}")
+  objectives.self_prediction.check_min_visible(config)  # masks vs augment.min_visible
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Fails before anything compiles, naming the field and allowed values."""
-  check_name("data.name", config.data.name, data_pipelines.names())
+  check_dataset_name(config.data.name)
   check_name("model.name", config.model.name, models.names())
   check_name("objective.name", config.objective.name, objectives.names())
   check_name("augment.policy", config.augment.policy, augment.names())
@@ -77,15 +79,85 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{field} must be positive, got "
                        f"{config[section][key]}")
   check_fit(config)
+  check_pairs(config)
+
+
+def pair_consumers(config: ml_collections.ConfigDict) -> list[str]:
+  """The configured objectives that read partner images (`uses_pairs`): the
+  objective itself, or the parts of a combined objective."""
+  names = tuple(config.objective.get("parts", ())) or (config.objective.name,)
+  return [n for n in names if n in objectives.names()
+          and objectives.get(n).uses_pairs]
+
+
+def check_pairs(config: ml_collections.ConfigDict) -> None:
+  """`pairs.mode` is registered, and something reads the pairs it makes."""
+  cfg = config.get("pairs", {})
+  mode = cfg.get("mode", "views")
+  check_name("pairs.mode", mode, pairs.names())
+  if mode != "views" and not pair_consumers(config):
+    users = [n for n in objectives.names() if objectives.get(n).uses_pairs]
+    raise ValueError(
+        f"config.pairs.mode={mode!r} needs an objective that consumes "
+        f"positive pairs, but config.objective.name="
+        f"{config.objective.name!r} does not; use pairs.mode='views' or "
+        f"one of: {', '.join(users)}")
+  for field in ("max_age_gap", "series_max_gap"):
+    if cfg.get(field, 0) < 0:
+      raise ValueError(f"config.pairs.{field} must be >= 0, got {cfg[field]}")
+
+
+def check_dataset_name(name: str) -> None:
+  """A registered dataset, or `<kind>:<spec>` with a known kind."""
+  prefixed = data_pipelines.split_kind(name)
+  if prefixed is None:
+    check_name("data.name", name, data_pipelines.names())
+  elif prefixed[0] not in data_pipelines.KINDS:
+    raise ValueError(f"config.data.name={name!r} has unknown kind "
+                     f"{prefixed[0]!r}; allowed: "
+                     f"{', '.join(data_pipelines.KINDS.names())}")
+
+
+def data_options(config: ml_collections.ConfigDict) -> dict:
+  """config.data.options as a plain dict ({} when absent)."""
+  options = config.data.get("options", None) or {}
+  return options.to_dict() if hasattr(options, "to_dict") else dict(options)
 
 
 def data_info(config: ml_collections.ConfigDict):
-  return data_pipelines.info(config.data.name, config.data.size)
+  return data_pipelines.info(config.data.name, config.data.size,
+                             options=data_options(config))
 
 
 def load_split(config: ml_collections.ConfigDict, split: str):
   return data_pipelines.load(config.data.name, split, size=config.data.size,
-                             data_dir=config.data.data_dir or None)
+                             data_dir=config.data.data_dir or None,
+                             options=data_options(config))
+
+
+def load_metadata(config: ml_collections.ConfigDict, split: str) -> dict:
+  """Per-row metadata aligned with `load_split` ({} for MedMNIST)."""
+  return data_pipelines.metadata(config.data.name, split,
+                                 size=config.data.size,
+                                 data_dir=config.data.data_dir or None,
+                                 options=data_options(config))
+
+
+def patient_groups(config: ml_collections.ConfigDict):
+  """The train split's patient ids, or None when the source has none (then
+  label fractions are drawn per image)."""
+  ids = load_metadata(config, "train").get("patient_id")
+  return None if ids is None else ids
+
+
+def write_data_report(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """data_report.json: images per split, and for sources that read files
+  (CSV) rows read/skipped with reasons and patients per split."""
+  report = data_pipelines.report(config.data.name, size=config.data.size,
+                                 data_dir=config.data.data_dir or None,
+                                 options=data_options(config))
+  data_pipelines.write_data_report(os.path.join(workdir, "data_report.json"),
+                                   report)
 
 
 def write_json_atomic(path: str, payload: Any) -> None:

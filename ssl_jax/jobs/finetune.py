@@ -46,11 +46,11 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from data_pipelines import fractions, input_pipeline
-from ssl_jax import augment, objectives, parallel
+from ssl_jax import objectives, parallel, views
 from ssl_jax.evaluation import inference, metrics, probes
 from ssl_jax.jobs import common, report
 from ssl_jax.registry import Registry
-from ssl_jax.train import checkpoint, loop, optim, step as step_lib
+from ssl_jax.train import checkpoint, init_from, loop, optim, step as step_lib
 from ssl_jax.train import state as state_lib
 from ssl_jax.train.metrics_writer import MetricWriter
 
@@ -89,6 +89,9 @@ class Stage2:
   `peers` are further encoders whose frozen features `combine` concatenates.
   `compiled` holds trainers compiled for this architecture; contexts with
   the same model and data share one dict, so a sweep compiles them once.
+  `groups` are the train split's patient ids when the source has them:
+  label fractions then take whole patients (no patient's images split
+  between the labelled subset and the rest).
   """
   config: ml_collections.ConfigDict      # classifier config (model of the pretrain)
   workdir: str
@@ -100,6 +103,7 @@ class Stage2:
   log_dir: str = ""
   peers: tuple["Stage2", ...] = ()
   compiled: dict = dataclasses.field(default_factory=dict)
+  groups: np.ndarray | None = None
   _features: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
 
   @property
@@ -110,8 +114,10 @@ class Stage2:
     return self.data[split][1]
 
   def subset(self, fraction: float, seed: int) -> np.ndarray:
-    """Train indices of a label fraction: stratified, nested, per seed."""
-    return fractions.label_fraction_indices(self.labels("train"), fraction, seed)
+    """Train indices of a label fraction: stratified, nested, per seed, by
+    patient when `groups` is set."""
+    return fractions.label_fraction_indices(self.labels("train"), fraction,
+                                            seed, groups=self.groups)
 
   def features(self, split: str, layer: str = FINAL) -> np.ndarray:
     """Frozen encoder features of a split at `layer` (all computed once)."""
@@ -124,7 +130,7 @@ class Stage2:
 
       def embed(p, r, x):
         pooled, inner = nnx.merge(graphdef, p, r)(
-            augment.eval_view(x), train=False, return_intermediates=True)
+            views.eval_view(x), train=False, return_intermediates=True)
         return dict(inner, **{FINAL: pooled})
 
       embed = jax.jit(embed)
@@ -306,7 +312,7 @@ class ClassifierTrainer:
         graphdef, self.objective, ctx.config, self.tx, schedule))
     multi_label = ctx.info.multi_label
     self.predict = jax.jit(lambda p, r, x: _to_probs(
-        nnx.merge(graphdef, p, r)(augment.eval_view(x), train=False), multi_label))
+        nnx.merge(graphdef, p, r)(views.eval_view(x), train=False), multi_label))
 
   def _model(self, seed: int) -> nnx.Module:
     return self.objective.build_model(self.config, self.info, nnx.Rngs(seed))
@@ -480,13 +486,18 @@ def run_cells(context_for: Callable[[Cell], Stage2], cells: Sequence[Cell],
   `context_for(cell)` gives the cell's Stage2 (the benchmark builds, and
   pretrains, lazily there). Shows cells done / total with an ETA (from
   the cells run in this process) and prints one line per finished cell.
-  Returns all finished cells by key, in `cells` order.
+  Returns all finished cells by key, in `cells` order. Each cell is looked
+  up again just before it runs, so processes sharing a workdir (e.g. one
+  per seed) skip what another has finished.
   """
   todo = [c for c in cells if store.get(c) is None]
   bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell",
              desc="cells", smoothing=0.0, dynamic_ncols=True,
              disable=not progress or jax.process_index() != 0)
   for cell in todo:
+    if store.get(cell) is not None:  # another process sharing the workdir
+      bar.update(1)
+      continue
     bar.set_postfix_str(cell.key, refresh=True)
     result = run_cell(context_for(cell), cell)
     store.put(cell, result)
@@ -520,9 +531,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   needs_encoder = any(p != "scratch" for p in ft.protocols)
   pre_config, weights = (read_pretrained(ft.pretrained)
                          if ft.pretrained else (None, None))
+  # Transfer without SSL (e.g. ImageNet weights): config.init_from.
+  init_path = "" if ft.pretrained else config.get("init_from", {}).get("path", "")
+  if init_path:
+    weights, init_report = init_from.encoder_weights(config,
+                                                     common.data_info(config))
+    common.write_json_atomic(os.path.join(workdir, "init_from_report.json"),
+                             init_report)
   if needs_encoder and weights is None:
     raise ValueError(f"config.finetune.protocols={tuple(ft.protocols)} need a "
-                     "pretrained encoder: set config.finetune.pretrained")
+                     "pretrained encoder: set config.finetune.pretrained "
+                     "(or config.init_from.path)")
   info = common.data_info(config)
   cfg = stage2_config(config, pre_config, info)
   mesh = parallel.make_mesh(config.mesh.num_devices)
@@ -531,9 +550,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   common.save_config(cfg, workdir)
   ctx = Stage2(config=cfg, workdir=workdir, mesh=mesh, info=info, data=data,
                encoder_weights=weights, init_seed=config.seed,
-               log_dir=os.path.join(workdir, "logs"))
+               log_dir=os.path.join(workdir, "logs"),
+               groups=common.patient_groups(config))
+  if jax.process_index() == 0:
+    common.write_data_report(config, workdir)
 
-  method = pre_config.objective.name if pre_config else "none"
+  method = (pre_config.objective.name if pre_config
+            else "init_from" if init_path else "none")
   cells = [Cell(method, protocol, fraction, seed) for seed in ft.seeds
            for fraction in ft.fractions for protocol in ft.protocols]
   finished = run_cells(lambda cell: ctx, cells,
@@ -542,7 +565,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   results = {
       "dataset": config.data.name, "image_size": cfg.data.size,
       "task": info.task, "model": cfg.model.to_dict(),
-      "pretrained": ft.pretrained or None,
+      "pretrained": ft.pretrained or None, "init_from": init_path or None,
       "pretrain_objective": pre_config.objective.name if pre_config else None,
       "finetune_augment": cfg.augment.policy, "cells": finished}
   common.write_json_atomic(os.path.join(workdir, "results.json"), results)

@@ -12,6 +12,11 @@ Scale and survival (see configs/base.py for the fields):
 - SIGTERM saves a checkpoint and raises `Preempted` (run.py exits 75); a
   rerun continues bit-identically: same state, same rng stream (the step is
   folded into the rng), same data (`skip_batches`).
+
+Positive pairs (`config.pairs`, data_pipelines/pairs.py): a mode other than
+'views' reads the train split's metadata, builds the partner table once and
+the input pipeline adds each row's partner image as `pair_image`; how many
+rows found no partner (and paired with themselves) goes into the summary.
 """
 from __future__ import annotations
 
@@ -25,10 +30,11 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from data_pipelines import pairs
 from ssl_jax import objectives, parallel
 from ssl_jax.jobs import common
 from ssl_jax.objectives.online_probe import with_online_probe
-from ssl_jax.train import checkpoint, loop, optim, step as step_lib
+from ssl_jax.train import checkpoint, init_from, loop, optim, step as step_lib
 from ssl_jax.train import state as state_lib
 from ssl_jax.train.metrics_writer import MetricWriter
 
@@ -59,7 +65,8 @@ def model_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 def build_parts(config: ml_collections.ConfigDict, info, mesh) -> Built:
   """Shape-first: abstract state and shardings, then jitted init and step."""
   objective = objectives.get(config.objective.name)
-  if config.get("online_probe", True):
+  # Unlabelled sources (pools, label_column='') have nothing to probe.
+  if config.get("online_probe", True) and info.num_classes > 0:
     objective = with_online_probe(objective)
   built_config = model_config(config)
   tx, schedule = optim.make_optimizer(config.optim, config.train.batch_size,
@@ -93,6 +100,24 @@ def make_mesh(config: ml_collections.ConfigDict):
                             mesh_cfg.get("model_axis_size", 1))
 
 
+def make_partners(config: ml_collections.ConfigDict,
+                  num_rows: int) -> pairs.PartnerTable | None:
+  """The partner table of `config.pairs` (None for 'views': no partners)."""
+  cfg = config.get("pairs", None) or {"mode": "views"}
+  if cfg["mode"] == "views":
+    return None
+  try:
+    return pairs.build_partners(
+        cfg["mode"], common.load_metadata(config, "train"), num_rows=num_rows,
+        max_age_gap=cfg["max_age_gap"], series_max_gap=cfg["series_max_gap"])
+  except ValueError as e:
+    raise ValueError(f"data {config.data.name!r} train split: {e}") from None
+
+
+def pairing_stats(partners: pairs.PartnerTable | None) -> dict[str, Any]:
+  return {"mode": "views"} if partners is None else partners.stats()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from data_pipelines import input_pipeline  # TF: only where data is read
 
@@ -102,9 +127,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                            times=config.train.get("grad_accum_steps", 1))
   info = common.data_info(config)
   images, labels = common.load_split(config, "train")
+  partners = make_partners(config, len(images))
   lead = jax.process_index() == 0
   if lead:
     common.save_config(config, workdir)
+    common.write_data_report(config, workdir)
+    if partners is not None:
+      print(f"pairs: {partners.stats()}", flush=True)
 
   built = build_parts(config, info, mesh)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -116,12 +145,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             flush=True)
   else:
     state = built.init()
+    if config.get("init_from", {}).get("path"):
+      state, report = init_from.load_into_state(state, config.init_from)
+      if lead:
+        common.write_json_atomic(
+            os.path.join(workdir, "init_from_report.json"), report)
   start = int(jax.device_get(state.step))
 
   batches = input_pipeline.make_iterator(
       images, labels, batch_size=parallel.local_batch_size(config.train.batch_size),
       shuffle=True, repeat=True, seed=config.seed, drop_remainder=True,
-      skip_batches=start)
+      skip_batches=start, partners=partners)
   writer = MetricWriter(workdir, resume_step=start)
   began = time.perf_counter()
   try:
@@ -137,7 +171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.close()
   summary = {"objective": config.objective.name, "model": config.model.name,
              "dataset": config.data.name, "steps": config.train.steps,
-             "resumed_from_step": start,
+             "resumed_from_step": start, "pairs": pairing_stats(partners),
              "seconds": time.perf_counter() - began,
              "final": common.last_metrics(workdir)}
   if lead:

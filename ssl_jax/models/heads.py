@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssl_jax.models.vit import Block, sincos_2d
+from ssl_jax.models.vit import Block, sincos
 
 Array = jax.Array
 
@@ -86,14 +86,17 @@ class MAEDecoder(nnx.Module):
   """
 
   def __init__(self, *, num_patches: int, encoder_dim: int, decoder_dim: int,
-               depth: int, num_heads: int, patch_dim: int, rngs: nnx.Rngs):
-    grid = int(round(num_patches**0.5))
-    if grid * grid != num_patches:
-      raise ValueError(f'num_patches={num_patches} must be a square grid')
+               depth: int, num_heads: int, patch_dim: int, rngs: nnx.Rngs,
+               spatial_dims: int = 2):
+    grid = int(round(num_patches**(1 / spatial_dims)))
+    if grid**spatial_dims != num_patches:
+      shape = 'square' if spatial_dims == 2 else 'cubic'
+      raise ValueError(f'num_patches={num_patches} must be a {shape} grid')
     self.grid_size = grid
+    self.spatial_dims = spatial_dims
     self.num_patches = num_patches
     self.decoder_dim = decoder_dim
-    sincos_2d(grid, grid, decoder_dim)  # Validate decoder_dim % 4 early.
+    self.position_embedding()  # Validate decoder_dim early.
     xavier = nnx.initializers.xavier_uniform()
     self.embed = nnx.Linear(encoder_dim, decoder_dim, kernel_init=xavier,
                             rngs=rngs)
@@ -106,6 +109,10 @@ class MAEDecoder(nnx.Module):
     self.pred = nnx.Linear(decoder_dim, patch_dim, kernel_init=xavier,
                            rngs=rngs)
 
+  def position_embedding(self):
+    """Fixed sin-cos positions [num_patches, decoder_dim] of the grid."""
+    return sincos((self.grid_size,) * self.spatial_dims, self.decoder_dim)
+
   def __call__(self, latent: Array, ids_restore: Array, *,
                train: bool = False) -> Array:
     """latent [B, 1+K, E], ids_restore [B, N] -> pixels [B, N, patch_dim]."""
@@ -117,8 +124,7 @@ class MAEDecoder(nnx.Module):
                             (b, num_masked, self.decoder_dim))
     patches = jnp.concatenate([x[:, 1:], mask], axis=1)
     patches = jnp.take_along_axis(patches, ids_restore[..., None], axis=1)
-    patches = patches + sincos_2d(self.grid_size, self.grid_size,
-                                  self.decoder_dim)
+    patches = patches + self.position_embedding()
     x = jnp.concatenate([x[:, :1], patches], axis=1)  # cls position is zero.
     for block in self.blocks:
       x = block(x)

@@ -4,13 +4,17 @@ Medical benchmarks range from 28 px (MedMNIST) to 224 px and more, so the
 stem is chosen by image size: a 3x3 stride-1 conv without max-pool for small
 images (as in CIFAR-style ResNets used by SimCLR on CIFAR), otherwise the 7x7/2
 conv and 3x3/2 max-pool of the ImageNet ResNet. A width multiplier shrinks the
-model for tests and CPU demos.
+model for tests and CPU demos. `spatial_dims=3` makes every kernel, stride and
+pool cubic (a 3D ResNet, as in Hara et al. 2018, "Can Spatiotemporal 3D CNNs
+Retrace the History of 2D CNNs and ImageNet?") for volumes [B, D, H, W, C];
+the block structure is the same code.
 
 The encoder returns globally pooled features (no classifier), and on request
 the pooled output of every stage, so probes can read earlier layers.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -23,13 +27,67 @@ Array = jax.Array
 _conv_init = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
+class DepthStackedConv3d(nnx.Module):
+  """A bias-free 3D conv computed as one 2D conv over depth slices.
+
+  The k depth-shifted (and depth-strided) copies of the input are stacked on
+  channels, so out[d] = conv2d(concat_i x[d * s + i - p], W reshaped to
+  [k, k, k * C_in, C_out]): the same numbers as the 3D conv, with the same
+  `kernel` param [k, k, k, C_in, C_out] as nnx.Conv (checkpoints are
+  interchangeable). XLA's CPU 3D convolution is 5-10x slower than its 2D one
+  at the narrow widths a CPU can train, hence this form there.
+  """
+
+  def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, *,
+               dtype, rngs: nnx.Rngs):
+    self.kernel = nnx.Param(_conv_init(rngs.params(),
+                                       (kernel,) * 3 + (in_ch, out_ch)))
+    self.stride = stride
+    self.dtype = dtype
+
+  def __call__(self, x: Array) -> Array:
+    k, s = self.kernel.shape[0], self.stride
+    p = k // 2
+    b, d, h, w, c = x.shape
+    out_d = (d + 2 * p - k) // s + 1
+    xp = jnp.pad(x, ((0, 0), (p, p), (0, 0), (0, 0), (0, 0)))
+    stacked = jnp.concatenate(
+        [xp[:, i:i + s * (out_d - 1) + 1:s] for i in range(k)], axis=-1)
+    stacked = stacked.reshape(b * out_d, h, w, k * c).astype(self.dtype)
+    kernel = jnp.transpose(self.kernel[...], (1, 2, 0, 3, 4)).reshape(
+        k, k, k * c, -1).astype(self.dtype)
+    y = jax.lax.conv_general_dilated(
+        stacked, kernel, (s, s), ((p, p), (p, p)),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return y.reshape(b, out_d, *y.shape[1:])
+
+
+CONV3D_IMPLS = ('auto', 'native', 'depth_stacked')
+
+
+def _conv3d_impl(impl: str) -> str:
+  """'auto' = depth_stacked on CPU, native (cuDNN / TPU 3D conv) elsewhere."""
+  if impl not in CONV3D_IMPLS:
+    raise ValueError(f'conv3d_impl must be one of {CONV3D_IMPLS}, got {impl!r}')
+  if impl == 'auto':
+    return 'depth_stacked' if jax.default_backend() == 'cpu' else 'native'
+  return impl
+
+
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int, *, dtype,
-          rngs: nnx.Rngs) -> nnx.Conv:
-  """Bias-free conv with torchvision padding (k // 2), since a BN follows."""
+          rngs: nnx.Rngs, spatial_dims: int = 2,
+          conv3d_impl: str = 'native') -> nnx.Module:
+  """Bias-free conv with torchvision padding (k // 2), since a BN follows.
+
+  Square (2D) or cubic (3D) kernel and stride, by `spatial_dims`.
+  """
   pad = kernel // 2
+  if spatial_dims == 3 and conv3d_impl == 'depth_stacked':
+    return DepthStackedConv3d(in_ch, out_ch, kernel, stride, dtype=dtype,
+                              rngs=rngs)
   return nnx.Conv(
-      in_ch, out_ch, (kernel, kernel), strides=(stride, stride),
-      padding=((pad, pad), (pad, pad)), use_bias=False,
+      in_ch, out_ch, (kernel,) * spatial_dims, strides=(stride,) * spatial_dims,
+      padding=((pad, pad),) * spatial_dims, use_bias=False,
       kernel_init=_conv_init, dtype=dtype, rngs=rngs)
 
 
@@ -50,8 +108,10 @@ class _Shortcut(nnx.Module):
   """1x1 projection + BN when the residual changes shape."""
 
   def __init__(self, in_ch: int, out_ch: int, stride: int, *, dtype,
-               rngs: nnx.Rngs):
-    self.conv = _conv(in_ch, out_ch, 1, stride, dtype=dtype, rngs=rngs)
+               rngs: nnx.Rngs, spatial_dims: int = 2,
+               conv3d_impl: str = 'native'):
+    self.conv = _conv(in_ch, out_ch, 1, stride, dtype=dtype, rngs=rngs,
+                      spatial_dims=spatial_dims, conv3d_impl=conv3d_impl)
     self.bn = _bn(out_ch, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: Array, *, train: bool) -> Array:
@@ -63,14 +123,19 @@ class BasicBlock(nnx.Module):
   expansion = 1
 
   def __init__(self, in_ch: int, width: int, stride: int, *, dtype,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, spatial_dims: int = 2,
+               conv3d_impl: str = 'native'):
     out_ch = width * self.expansion
-    self.conv1 = _conv(in_ch, width, 3, stride, dtype=dtype, rngs=rngs)
+    conv = functools.partial(_conv, dtype=dtype, rngs=rngs,
+                             spatial_dims=spatial_dims,
+                             conv3d_impl=conv3d_impl)
+    self.conv1 = conv(in_ch, width, 3, stride)
     self.bn1 = _bn(width, dtype=dtype, rngs=rngs)
-    self.conv2 = _conv(width, out_ch, 3, 1, dtype=dtype, rngs=rngs)
+    self.conv2 = conv(width, out_ch, 3, 1)
     self.bn2 = _bn(out_ch, dtype=dtype, rngs=rngs, zero=True)
     self.shortcut = (
-        _Shortcut(in_ch, out_ch, stride, dtype=dtype, rngs=rngs)
+        _Shortcut(in_ch, out_ch, stride, dtype=dtype, rngs=rngs,
+                  spatial_dims=spatial_dims, conv3d_impl=conv3d_impl)
         if stride != 1 or in_ch != out_ch else None)
 
   def __call__(self, x: Array, *, train: bool) -> Array:
@@ -86,16 +151,21 @@ class Bottleneck(nnx.Module):
   expansion = 4
 
   def __init__(self, in_ch: int, width: int, stride: int, *, dtype,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, spatial_dims: int = 2,
+               conv3d_impl: str = 'native'):
     out_ch = width * self.expansion
-    self.conv1 = _conv(in_ch, width, 1, 1, dtype=dtype, rngs=rngs)
+    conv = functools.partial(_conv, dtype=dtype, rngs=rngs,
+                             spatial_dims=spatial_dims,
+                             conv3d_impl=conv3d_impl)
+    self.conv1 = conv(in_ch, width, 1, 1)
     self.bn1 = _bn(width, dtype=dtype, rngs=rngs)
-    self.conv2 = _conv(width, width, 3, stride, dtype=dtype, rngs=rngs)
+    self.conv2 = conv(width, width, 3, stride)
     self.bn2 = _bn(width, dtype=dtype, rngs=rngs)
-    self.conv3 = _conv(width, out_ch, 1, 1, dtype=dtype, rngs=rngs)
+    self.conv3 = conv(width, out_ch, 1, 1)
     self.bn3 = _bn(out_ch, dtype=dtype, rngs=rngs, zero=True)
     self.shortcut = (
-        _Shortcut(in_ch, out_ch, stride, dtype=dtype, rngs=rngs)
+        _Shortcut(in_ch, out_ch, stride, dtype=dtype, rngs=rngs,
+                  spatial_dims=spatial_dims, conv3d_impl=conv3d_impl)
         if stride != 1 or in_ch != out_ch else None)
 
   def __call__(self, x: Array, *, train: bool) -> Array:
@@ -119,19 +189,28 @@ class ResNet(nnx.Module):
       image_size: int,
       width_multiplier: float = 1.0,
       small_stem: bool | None = None,
+      spatial_dims: int = 2,
+      conv3d_impl: str = 'auto',
       dtype=jnp.float32,
       rngs: nnx.Rngs,
   ):
     if width_multiplier <= 0:
       raise ValueError(f'width_multiplier must be > 0, got {width_multiplier}')
+    if spatial_dims not in (2, 3):
+      raise ValueError(f'spatial_dims must be 2 (images) or 3 (volumes), '
+                       f'got {spatial_dims}')
     base = max(1, int(round(64 * width_multiplier)))
     self.small_stem = image_size <= 64 if small_stem is None else small_stem
     self.image_size = image_size
+    self.spatial_dims = spatial_dims
     self.stage_sizes = tuple(stage_sizes)
+    impl = _conv3d_impl(conv3d_impl)
+    conv = functools.partial(_conv, dtype=dtype, rngs=rngs,
+                             spatial_dims=spatial_dims, conv3d_impl=impl)
     if self.small_stem:
-      self.stem_conv = _conv(in_channels, base, 3, 1, dtype=dtype, rngs=rngs)
+      self.stem_conv = conv(in_channels, base, 3, 1)
     else:
-      self.stem_conv = _conv(in_channels, base, 7, 2, dtype=dtype, rngs=rngs)
+      self.stem_conv = conv(in_channels, base, 7, 2)
     self.stem_bn = _bn(base, dtype=dtype, rngs=rngs)
 
     stages = []
@@ -141,7 +220,8 @@ class ResNet(nnx.Module):
       blocks = []
       for j in range(n_blocks):
         stride = 2 if i > 0 and j == 0 else 1
-        blocks.append(block(in_ch, width, stride, dtype=dtype, rngs=rngs))
+        blocks.append(block(in_ch, width, stride, dtype=dtype, rngs=rngs,
+                            spatial_dims=spatial_dims, conv3d_impl=impl))
         in_ch = width * block.expansion
       stages.append(nnx.List(blocks))
     self.stages = nnx.List(stages)
@@ -150,7 +230,8 @@ class ResNet(nnx.Module):
   def __call__(self, x: Array, *, train: bool = False,
                return_intermediates: bool = False
                ) -> Array | tuple[Array, dict[str, Array]]:
-    """x: float [B, H, W, C] -> pooled float32 [B, feature_dim]."""
+    """x: float [B, H, W, C] (or [B, D, H, W, C] when spatial_dims=3) ->
+    pooled float32 [B, feature_dim]."""
     maps = self.feature_maps(x, train=train)
     pooled = _gap(maps[-1])
     if not return_intermediates:
@@ -163,7 +244,8 @@ class ResNet(nnx.Module):
     x = nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
     maps = [x]
     if not self.small_stem:
-      x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      nd = self.spatial_dims
+      x = nnx.max_pool(x, (3,) * nd, strides=(2,) * nd, padding=((1, 1),) * nd)
     for stage in self.stages:
       for blk in stage:
         x = blk(x, train=train)
@@ -172,8 +254,8 @@ class ResNet(nnx.Module):
 
 
 def _gap(x: Array) -> Array:
-  """Global average pool over H, W, accumulated in float32."""
-  return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+  """Global average pool over the spatial axes, accumulated in float32."""
+  return jnp.mean(x.astype(jnp.float32), axis=tuple(range(1, x.ndim - 1)))
 
 
 def resnet18(*, in_channels: int, image_size: int, rngs: nnx.Rngs,
@@ -190,3 +272,16 @@ def resnet50(*, in_channels: int, image_size: int, rngs: nnx.Rngs,
   return ResNet(block=Bottleneck, stage_sizes=stage_sizes or (3, 4, 6, 3),
                 in_channels=in_channels, image_size=image_size, rngs=rngs,
                 **overrides)
+
+
+def resnet18_3d(*, in_channels: int, image_size: int, rngs: nnx.Rngs,
+                **overrides) -> ResNet:
+  """3D ResNet-18 for volumes [B, D, H, W, C]: `resnet18` with cubic kernels.
+
+  Same stages and width multiplier; the small stem (3^3, stride 1, no pool)
+  keeps 28^3 MedMNIST volumes at full resolution into stage 1.
+  `conv3d_impl` ('auto' | 'native' | 'depth_stacked') only changes how the
+  3D convs are computed (see DepthStackedConv3d), not the params.
+  """
+  return resnet18(in_channels=in_channels, image_size=image_size, rngs=rngs,
+                  **dict(overrides, spatial_dims=3))

@@ -4,7 +4,10 @@
 Position embeddings are fixed 2D sin-cos, as in MAE (He et al. 2022): they
 need no training, so a masked encoder sees only visible tokens without losing
 their positions. `embed_patches` and `encode_tokens` split the forward pass so
-MAE/SimMIM can drop or replace tokens between them.
+MAE/SimMIM can drop or replace tokens between them. `spatial_dims=3` embeds
+cubic patches of volumes [B, D, H, W, C] with 3D sin-cos positions (as the
+3D MAEs for CT/MRI, e.g. Chen et al. 2023, "Masked Image Modeling Advances
+3D Medical Image Analysis"); the transformer is unchanged.
 """
 from __future__ import annotations
 
@@ -36,24 +39,53 @@ def unpatchify(patches: Array, patch_size: int, height: int, width: int,
       w=width // patch_size, p=patch_size, q=patch_size, c=channels)
 
 
-@functools.lru_cache(maxsize=None)
-def sincos_2d(grid_h: int, grid_w: int, dim: int) -> np.ndarray:
-  """Fixed 2D sin-cos embedding [grid_h * grid_w, dim], row-major.
+def patchify3d(volumes: Array, patch_size: int) -> Array:
+  """[B, D, H, W, C] -> [B, N, p*p*p*C], cubic patches in (d, h, w) order."""
+  return einops.rearrange(
+      volumes, 'b (d p) (h q) (w r) c -> b (d h w) (p q r c)',
+      p=patch_size, q=patch_size, r=patch_size)
 
-  Half the channels encode the row, half the column (MAE, He et al. 2022).
-  A numpy constant, so it is folded into the compiled program, not a param.
+
+def unpatchify3d(patches: Array, patch_size: int, depth: int, height: int,
+                 width: int, channels: int) -> Array:
+  """Inverse of `patchify3d`: [B, N, p*p*p*C] -> [B, D, H, W, C]."""
+  return einops.rearrange(
+      patches, 'b (d h w) (p q r c) -> b (d p) (h q) (w r) c',
+      d=depth // patch_size, h=height // patch_size, w=width // patch_size,
+      p=patch_size, q=patch_size, r=patch_size, c=channels)
+
+
+PATCHIFY = {2: patchify, 3: patchify3d}  # by spatial dims
+
+
+@functools.lru_cache(maxsize=None)
+def sincos(grid: tuple[int, ...], dim: int) -> np.ndarray:
+  """Fixed sin-cos embedding [prod(grid), dim], row-major over `grid`.
+
+  Each of the len(grid) axes gets dim / len(grid) channels, half sin and
+  half cos (MAE, He et al. 2022, generalised to volumes). A numpy constant,
+  so it is folded into the compiled program, not a param.
   """
-  if dim % 4:
-    raise ValueError(f'sin-cos embedding needs dim % 4 == 0, got dim={dim}')
-  omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim // 4))
-  rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing='ij')
+  per_axis = 2 * len(grid)
+  if dim % per_axis:
+    raise ValueError(f'{len(grid)}D sin-cos embedding needs dim % {per_axis} '
+                     f'== 0, got dim={dim}')
+  freqs = dim // per_axis
+  omega = 1.0 / 10000 ** (np.arange(freqs, dtype=np.float64) / freqs)
+  coords = np.meshgrid(*(np.arange(g) for g in grid), indexing='ij')
 
   def embed_1d(pos):
     out = pos.reshape(-1)[:, None] * omega[None]
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
-  return np.concatenate([embed_1d(rows), embed_1d(cols)],
+  return np.concatenate([embed_1d(c) for c in coords],
                         axis=1).astype(np.float32)
+
+
+def sincos_2d(grid_h: int, grid_w: int, dim: int) -> np.ndarray:
+  """Fixed 2D sin-cos embedding [grid_h * grid_w, dim]: half the channels
+  encode the row, half the column (MAE, He et al. 2022)."""
+  return sincos((grid_h, grid_w), dim)
 
 
 class Attention(nnx.Module):
@@ -115,9 +147,13 @@ class VisionTransformer(nnx.Module):
       num_heads: int,
       mlp_dim: int,
       pool: str = 'cls',
+      spatial_dims: int = 2,
       dtype=jnp.float32,
       rngs: nnx.Rngs,
   ):
+    if spatial_dims not in (2, 3):
+      raise ValueError(f'spatial_dims must be 2 (images) or 3 (volumes), '
+                       f'got {spatial_dims}')
     if image_size % patch_size:
       raise ValueError(f'image_size={image_size} must be divisible by '
                        f'patch_size={patch_size}')
@@ -126,17 +162,19 @@ class VisionTransformer(nnx.Module):
     self.image_size = image_size
     self.patch_size = patch_size
     self.grid_size = image_size // patch_size
-    self.num_patches = self.grid_size**2
+    self.spatial_dims = spatial_dims
+    self.num_patches = self.grid_size**spatial_dims
     self.hidden_dim = hidden_dim
     self.feature_dim: int = hidden_dim
     self.depth = depth
     self.pool = pool
-    sincos_2d(self.grid_size, self.grid_size, hidden_dim)  # Validate early.
+    self.position_embedding()  # Validate hidden_dim early.
     # Patch embedding initialised like a Linear on flattened patches (MAE).
     self.patch_embed = nnx.Conv(
-        in_channels, hidden_dim, (patch_size, patch_size),
-        strides=(patch_size, patch_size), padding='VALID',
-        kernel_init=nnx.initializers.xavier_uniform(in_axis=(0, 1, 2)),
+        in_channels, hidden_dim, (patch_size,) * spatial_dims,
+        strides=(patch_size,) * spatial_dims, padding='VALID',
+        kernel_init=nnx.initializers.xavier_uniform(
+            in_axis=tuple(range(spatial_dims + 1))),
         bias_init=_zeros, dtype=dtype, rngs=rngs)
     self.cls_token = nnx.Param(
         nnx.initializers.normal(0.02)(rngs.params(), (1, 1, hidden_dim)))
@@ -149,12 +187,16 @@ class VisionTransformer(nnx.Module):
     step = max(1, depth // 4)
     self.probe_blocks = tuple(range(step, depth + 1, step))
 
+  def position_embedding(self) -> np.ndarray:
+    """The fixed sin-cos positions [N, hidden_dim] of the patch grid."""
+    return sincos((self.grid_size,) * self.spatial_dims, self.hidden_dim)
+
   def embed_patches(self, x: Array) -> Array:
-    """[B, H, W, C] -> [B, N, D]: patch embedding + position embedding."""
+    """[B, H, W, C] (or [B, D, H, W, C]) -> [B, N, D]: patch embedding +
+    position embedding."""
     tokens = self.patch_embed(x)
-    tokens = einops.rearrange(tokens, 'b h w d -> b (h w) d')
-    pos = sincos_2d(self.grid_size, self.grid_size, self.hidden_dim)
-    return tokens + pos.astype(tokens.dtype)
+    tokens = einops.rearrange(tokens, 'b ... d -> b (...) d')
+    return tokens + self.position_embedding().astype(tokens.dtype)
 
   def _encode(self, tokens: Array, collect: bool
               ) -> tuple[Array, dict[str, Array]]:
@@ -181,7 +223,7 @@ class VisionTransformer(nnx.Module):
   def __call__(self, x: Array, *, train: bool = False,
                return_intermediates: bool = False
                ) -> Array | tuple[Array, dict[str, Array]]:
-    """x: float [B, H, W, C] -> pooled float32 [B, hidden_dim]."""
+    """x: float [B, H, W, C] (3D: [B, D, H, W, C]) -> pooled [B, hidden_dim]."""
     del train
     out, intermediates = self._encode(self.embed_patches(x),
                                       collect=return_intermediates)
@@ -217,3 +259,10 @@ def vit_base(*, in_channels: int, image_size: int, rngs: nnx.Rngs,
   """ViT-B: 768 wide, 12 deep, 12 heads, MLP 3072."""
   return _vit(dict(depth=12, hidden_dim=768, num_heads=12), in_channels,
               image_size, rngs, overrides)
+
+
+def vit_tiny_3d(*, in_channels: int, image_size: int, rngs: nnx.Rngs,
+                **overrides) -> VisionTransformer:
+  """ViT-Ti over cubic patches of volumes [B, D, H, W, C] (3D sin-cos)."""
+  return vit_tiny(in_channels=in_channels, image_size=image_size, rngs=rngs,
+                  **dict(overrides, spatial_dims=3))

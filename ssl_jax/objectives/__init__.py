@@ -4,6 +4,7 @@ Files follow the review's categories (contrastive, self-prediction, ...);
 importing this package registers every objective.
 """
 from ssl_jax.objectives import combined, contrastive, generative, innate, self_prediction, supervised  # noqa: F401  (registers)
+from ssl_jax.objectives import volumetric  # noqa: F401  (registers simclr_3d, mae_3d)
 from ssl_jax.objectives.base import OBJECTIVES, Objective
 
 get = OBJECTIVES.get

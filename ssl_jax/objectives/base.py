@@ -61,6 +61,9 @@ class Objective:
   make_loss: Callable[[ml_collections.ConfigDict], LossFn]
   init_extra: Callable[[nnx.Module, ml_collections.ConfigDict], Any] = _no_extra
   update_extra: Callable[..., Any] = _keep_extra
+  # Reads `batch['pair_image']` (a partner image, data_pipelines/pairs.py)
+  # for its second view; `pairs.mode` other than 'views' needs this.
+  uses_pairs: bool = False
 
 
 OBJECTIVES: Registry[Objective] = Registry("objective")

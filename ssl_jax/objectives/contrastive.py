@@ -29,6 +29,12 @@ the teacher in train mode (batch statistics, as the reference codes do) and
 returns its new statistics in `extra`; `update_extra` then moves the teacher
 towards the *new* online params (exact, no one-step lag). The optimizer never
 sees the teacher, and the fine-tune job still reads only `encoder`.
+
+Positive pairs: every method takes its two (global) views from `pair_views`:
+view 1 of `batch['image']`, view 2 of `batch['pair_image']` when the input
+pipeline supplies a partner (same patient, study, series slice or metadata;
+data_pipelines/pairs.py), else of the image itself. DINO and SwAV take
+global crop 2 from the partner and their local crops from the anchor.
 """
 from __future__ import annotations
 
@@ -424,20 +430,39 @@ def build_prototype_net(config: ml_collections.ConfigDict, info: base.DataInfo,
 
 # ----------------------------------------------------------------- views --
 
+def pair_views(policy: augment.Policy, rng: Array, batch: dict[str, Array],
+               out_size: int | None = None) -> tuple[Array, Array]:
+  """The positive pair: a view of `batch['image']` and, with an independent
+  key, a view of `batch['pair_image']` (the image itself when absent).
+
+  Without a partner this is exactly `augment.two_views` (same key split).
+  """
+  images = batch["image"]
+  k1, k2 = jax.random.split(rng)
+  return (augment.apply(policy, k1, images, out_size=out_size),
+          augment.apply(policy, k2, batch.get("pair_image", images),
+                        out_size=out_size))
+
+
 def multi_crop(policy: augment.Policy, rng: Array, images: Array, *,
                global_area: tuple[float, float],
                local_area: tuple[float, float], num_local: int,
-               local_size: int) -> tuple[Array, Array | None]:
+               local_size: int, partners: Array | None = None
+               ) -> tuple[Array, Array | None]:
   """Multi-crop (Caron et al. 2020): 2 global crops at the image size plus
   `num_local` small crops resampled to `local_size`, all in [0, 1].
 
   Returns ([2, N, H, W, C], [num_local, N, s, s, C] or None). Crop areas
-  replace the policy's; its flips and jitter are kept.
+  replace the policy's; its flips and jitter are kept. Global crop 2 comes
+  from `partners` when given; local crops always from `images`.
   """
   global_policy = dataclasses.replace(
       policy, crop_min_area=global_area[0], crop_max_area=global_area[1])
   k_global, k_local = jax.random.split(rng)
-  global_views = jnp.stack(augment.two_views(global_policy, k_global, images))
+  pair = {"image": images}
+  if partners is not None:
+    pair["pair_image"] = partners
+  global_views = jnp.stack(pair_views(global_policy, k_global, pair))
   if num_local == 0:
     return global_views, None
   local_policy = dataclasses.replace(
@@ -468,12 +493,14 @@ def _split_views(x: Array, num_views: int) -> Array:
 
 
 def _multi_crop_views(config: ml_collections.ConfigDict, model: nnx.Module,
-                      policy: augment.Policy, rng: Array, images: Array):
+                      policy: augment.Policy, rng: Array,
+                      batch: dict[str, Array]):
   obj = config.objective
   return multi_crop(
-      policy, rng, images, global_area=tuple(obj.global_crop_area),
+      policy, rng, batch["image"], global_area=tuple(obj.global_crop_area),
       local_area=tuple(obj.local_crop_area), num_local=obj.num_local_crops,
-      local_size=local_crop_size(model.encoder, obj.local_crop_size))
+      local_size=local_crop_size(model.encoder, obj.local_crop_size),
+      partners=batch.get("pair_image"))
 
 
 def _multi_crop_forward(model: nnx.Module, global_views: Array,
@@ -490,9 +517,10 @@ def _multi_crop_forward(model: nnx.Module, global_views: Array,
 
 # ---------------------------------------------------------------- losses --
 
-def _two_view_batch(policy: augment.Policy, rng: Array, images: Array) -> Array:
+def _two_view_batch(policy: augment.Policy, rng: Array,
+                    batch: dict[str, Array]) -> Array:
   """Both views standardised and concatenated [2N, ...]: one forward pass."""
-  v1, v2 = augment.two_views(policy, rng, images)
+  v1, v2 = pair_views(policy, rng, batch)
   return augment.standardize(jnp.concatenate([v1, v2]))
 
 
@@ -502,7 +530,7 @@ def make_simclr_loss(config: ml_collections.ConfigDict) -> base.LossFn:
 
   def loss_fn(model, batch, rng, extra):
     # One forward over both views: BatchNorm sees the full 2N global batch.
-    z1, z2 = jnp.split(model(_two_view_batch(policy, rng, batch["image"]),
+    z1, z2 = jnp.split(model(_two_view_batch(policy, rng, batch),
                              train=True), 2)
     loss, accuracy = nt_xent(z1, z2, temperature)
     return loss, {"contrastive_acc": accuracy}, extra
@@ -532,7 +560,7 @@ def make_moco_v2_loss(config: ml_collections.ConfigDict) -> base.LossFn:
         f"train.batch_size={config.train.batch_size}")
 
   def loss_fn(model, batch, rng, extra):
-    v1, v2 = augment.two_views(policy, rng, batch["image"])
+    v1, v2 = pair_views(policy, rng, batch)
     q = model(augment.standardize(v1), train=True)
     k, teacher = apply_teacher(model, extra["teacher"], augment.standardize(v2))
     k = l2_normalize(k.astype(jnp.float32))
@@ -544,9 +572,9 @@ def make_moco_v2_loss(config: ml_collections.ConfigDict) -> base.LossFn:
   return loss_fn
 
 
-def _siamese_forward(model, extra, policy, rng, images):
+def _siamese_forward(model, extra, policy, rng, batch):
   """(online predictions p1, p2; teacher projections z1, z2; new teacher)."""
-  x = _two_view_batch(policy, rng, images)
+  x = _two_view_batch(policy, rng, batch)
   _, p = model(x, train=True)
   z_teacher, teacher = apply_teacher(model, extra["teacher"], x)
   p1, p2 = jnp.split(p, 2)
@@ -560,7 +588,7 @@ def make_moco_v3_loss(config: ml_collections.ConfigDict) -> base.LossFn:
 
   def loss_fn(model, batch, rng, extra):
     (q1, q2), (k1, k2), teacher = _siamese_forward(
-        model, extra, policy, rng, batch["image"])
+        model, extra, policy, rng, batch)
     loss12, acc12 = moco_v3_loss(q1, k2, temperature)
     loss21, acc21 = moco_v3_loss(q2, k1, temperature)
     metrics = {"contrastive_acc": (acc12 + acc21) / 2}
@@ -574,7 +602,7 @@ def make_byol_loss(config: ml_collections.ConfigDict) -> base.LossFn:
 
   def loss_fn(model, batch, rng, extra):
     (p1, p2), (z1, z2), teacher = _siamese_forward(
-        model, extra, policy, rng, batch["image"])
+        model, extra, policy, rng, batch)
     loss = byol_loss(p1, z2) + byol_loss(p2, z1)  # symmetric, as the paper
     return loss, {}, dict(extra, teacher=teacher)
 
@@ -585,7 +613,7 @@ def make_simsiam_loss(config: ml_collections.ConfigDict) -> base.LossFn:
   policy = base.augment_policy(config)
 
   def loss_fn(model, batch, rng, extra):
-    z, p = model(_two_view_batch(policy, rng, batch["image"]), train=True)
+    z, p = model(_two_view_batch(policy, rng, batch), train=True)
     z1, z2 = jnp.split(z, 2)
     p1, p2 = jnp.split(p, 2)
     loss = (simsiam_loss(p1, z2) + simsiam_loss(p2, z1)) / 2
@@ -609,7 +637,7 @@ def make_dino_loss(config: ml_collections.ConfigDict) -> base.LossFn:
 
   def loss_fn(model, batch, rng, extra):
     global_views, local_views = _multi_crop_views(
-        config, model, policy, rng, batch["image"])
+        config, model, policy, rng, batch)
     student = _multi_crop_forward(model, global_views, local_views)
     teacher_out, teacher = apply_teacher(
         model, extra["teacher"],
@@ -631,7 +659,7 @@ def make_barlow_twins_loss(config: ml_collections.ConfigDict) -> base.LossFn:
   lambd = config.objective.lambd
 
   def loss_fn(model, batch, rng, extra):
-    z1, z2 = jnp.split(model(_two_view_batch(policy, rng, batch["image"]),
+    z1, z2 = jnp.split(model(_two_view_batch(policy, rng, batch),
                              train=True), 2)
     loss, terms = barlow_twins_loss(z1, z2, lambd)
     return loss, terms, extra
@@ -644,7 +672,7 @@ def make_vicreg_loss(config: ml_collections.ConfigDict) -> base.LossFn:
   obj = config.objective
 
   def loss_fn(model, batch, rng, extra):
-    z1, z2 = jnp.split(model(_two_view_batch(policy, rng, batch["image"]),
+    z1, z2 = jnp.split(model(_two_view_batch(policy, rng, batch),
                              train=True), 2)
     loss, terms = vicreg_loss(z1, z2, sim_weight=obj.sim_weight,
                               var_weight=obj.var_weight,
@@ -662,7 +690,7 @@ def make_swav_loss(config: ml_collections.ConfigDict) -> base.LossFn:
 
   def loss_fn(model, batch, rng, extra):
     global_views, local_views = _multi_crop_views(
-        config, model, policy, rng, batch["image"])
+        config, model, policy, rng, batch)
     scores = _multi_crop_forward(model, global_views, local_views)
     codes = jax.vmap(lambda s: sinkhorn(s, obj.sinkhorn_epsilon,
                                         obj.sinkhorn_iterations))(scores[:2])
@@ -677,51 +705,51 @@ def make_swav_loss(config: ml_collections.ConfigDict) -> base.LossFn:
 # -------------------------------------------------------------- registry --
 
 base.register(base.Objective(
-    name="simclr", category="contrastive",
+    name="simclr", category="contrastive", uses_pairs=True,
     paper="Chen et al., ICML 2020 (arXiv:2002.05709)",
     build_model=build_encoder_projector, make_loss=make_simclr_loss))
 
 base.register(base.Objective(
-    name="moco_v2", category="contrastive",
+    name="moco_v2", category="contrastive", uses_pairs=True,
     paper="He et al., CVPR 2020 (arXiv:1911.05722); Chen et al. 2020 "
           "(arXiv:2003.04297)",
     build_model=build_encoder_projector, make_loss=make_moco_v2_loss,
     init_extra=init_moco_v2_extra, update_extra=ema_update_extra))
 
 base.register(base.Objective(
-    name="moco_v3", category="contrastive",
+    name="moco_v3", category="contrastive", uses_pairs=True,
     paper="Chen, Xie & He, ICCV 2021 (arXiv:2104.02057)",
     build_model=build_siamese, make_loss=make_moco_v3_loss,
     init_extra=init_teacher_extra, update_extra=ema_update_extra))
 
 base.register(base.Objective(
-    name="byol", category="contrastive",
+    name="byol", category="contrastive", uses_pairs=True,
     paper="Grill et al., NeurIPS 2020 (arXiv:2006.07733)",
     build_model=build_siamese, make_loss=make_byol_loss,
     init_extra=init_teacher_extra, update_extra=ema_update_extra))
 
 base.register(base.Objective(
-    name="simsiam", category="contrastive",
+    name="simsiam", category="contrastive", uses_pairs=True,
     paper="Chen & He, CVPR 2021 (arXiv:2011.10566)",
     build_model=build_siamese, make_loss=make_simsiam_loss))
 
 base.register(base.Objective(
-    name="dino", category="contrastive",
+    name="dino", category="contrastive", uses_pairs=True,
     paper="Caron et al., ICCV 2021 (arXiv:2104.14294)",
     build_model=build_prototype_net, make_loss=make_dino_loss,
     init_extra=init_dino_extra, update_extra=ema_update_extra))
 
 base.register(base.Objective(
-    name="barlow_twins", category="contrastive",
+    name="barlow_twins", category="contrastive", uses_pairs=True,
     paper="Zbontar et al., ICML 2021 (arXiv:2103.03230)",
     build_model=build_encoder_projector, make_loss=make_barlow_twins_loss))
 
 base.register(base.Objective(
-    name="vicreg", category="contrastive",
+    name="vicreg", category="contrastive", uses_pairs=True,
     paper="Bardes, Ponce & LeCun, ICLR 2022 (arXiv:2105.04906)",
     build_model=build_encoder_projector, make_loss=make_vicreg_loss))
 
 base.register(base.Objective(
-    name="swav", category="contrastive",
+    name="swav", category="contrastive", uses_pairs=True,
     paper="Caron et al., NeurIPS 2020 (arXiv:2006.09882)",
     build_model=build_prototype_net, make_loss=make_swav_loss))

@@ -13,7 +13,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ssl_jax import augment
+from ssl_jax import views
 from ssl_jax.models.heads import LinearHead
 from ssl_jax.objectives.base import Objective
 from ssl_jax.objectives.supervised import classification_loss, is_multi_label
@@ -34,7 +34,7 @@ def with_online_probe(objective: Objective) -> Objective:
     def loss_fn(model, batch, rng, extra):
       ssl_loss, metrics, extra = ssl_loss_fn(model, batch, rng, extra)
       features = jax.lax.stop_gradient(
-          model.encoder(augment.eval_view(batch["image"]), train=False))
+          model.encoder(views.eval_view(batch["image"]), train=False))
       labels = batch["label"]
       multi_label = is_multi_label(labels)
       labelled = (None if multi_label

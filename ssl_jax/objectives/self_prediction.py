@@ -11,10 +11,16 @@ replaced by a learned mask token; a linear decoder; L1 on masked pixels.
 Restoration, Models Genesis (Zhou et al. 2019/2021): pure-JAX corruptions
 (local pixel shuffling, non-linear intensity, in-/out-painting) and a ResNet
 + U-Net decoder trained to restore the original (MSE).
+
+Every mask leaves at least the augment policy's `min_visible` of the view
+visible (augment.Policy): sampling enforces it, `check_min_visible` rejects
+configs that cannot meet it before anything compiles.
 """
 from __future__ import annotations
 
 import functools
+import math
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -32,14 +38,23 @@ from ssl_jax.objectives import base
 Array = jax.Array
 
 
+def min_count(n: int, fraction: float) -> int:
+  """ceil(n * fraction), robust to float noise (0.3 * 10 = 3.0000000000000004)."""
+  return math.ceil(round(n * fraction, 9))
+
+
 def random_masking(rng: Array, batch: int, num_patches: int,
-                   mask_ratio: float) -> tuple[Array, Array, Array]:
+                   mask_ratio: float, min_visible: float = 0.0
+                   ) -> tuple[Array, Array, Array]:
   """Per-example random patch subset, as in MAE.
 
   Returns (ids_keep [B,K], mask [B,N] with 1 = masked, ids_restore [B,N]).
-  K = round(N * (1 - mask_ratio)), at least one visible patch.
+  K = round(N * (1 - mask_ratio)), at least one visible patch and at least
+  ceil(N * min_visible) (the visibility floor: 49 patches at 0.25 keep 13).
   """
-  num_keep = max(1, int(round(num_patches * (1.0 - mask_ratio))))
+  num_keep = min(num_patches, max(
+      1, int(round(num_patches * (1.0 - mask_ratio))),
+      min_count(num_patches, min_visible)))
   noise = jax.random.uniform(rng, (batch, num_patches))
   ids_shuffle = jnp.argsort(noise, axis=1)
   ids_restore = jnp.argsort(ids_shuffle, axis=1)
@@ -50,10 +65,12 @@ def random_masking(rng: Array, batch: int, num_patches: int,
 
 def masked_view(policy, rng: Array, images: Array, num_patches: int,
                 mask_ratio: float) -> tuple[Array, tuple[Array, Array, Array]]:
-  """One standardised augmented view and its random patch mask (MAE, SimMIM)."""
+  """One standardised augmented view and its random patch mask (MAE, SimMIM);
+  the mask keeps `policy.min_visible` of the patches visible."""
   view_rng, mask_rng = jax.random.split(rng)
   x = augment.standardize(augment.apply(policy, view_rng, images))
-  return x, random_masking(mask_rng, x.shape[0], num_patches, mask_ratio)
+  return x, random_masking(mask_rng, x.shape[0], num_patches, mask_ratio,
+                           policy.min_visible)
 
 
 def mae_loss(pred: Array, target: Array, mask: Array,
@@ -298,12 +315,28 @@ def box_mask(height: int, width: int, boxes: Array, active: Array) -> Array:
   return jnp.any(inside & active[:, None, None], axis=0)
 
 
+def capped_box_mask(height: int, width: int, boxes: Array, active: Array,
+                    max_pixels: int) -> Array:
+  """Union [H, W] of the active boxes taken in order, each skipped if it
+  would make the union cover more than `max_pixels` (the visibility floor
+  of in-painting: later boxes give way, the first is kept when it fits)."""
+  union = jnp.zeros((height, width), bool)
+  for k in range(boxes.shape[0]):
+    grown = union | box_mask(height, width, boxes[k:k + 1], active[k:k + 1])
+    union = jnp.where(jnp.sum(grown) <= max_pixels, grown, union)
+  return union
+
+
 def random_boxes(u: Array, height: int, width: int,
-                 size: tuple[float, float]) -> Array:
+                 size: tuple[float, float], min_area: float = 0.0) -> Array:
   """Boxes [K, 4] from uniforms u [K, 4]: sides ~ U{size fractions of the
-  image, rounded}, positions uniform among those inside the image."""
+  image, rounded}, positions uniform among those inside the image. With
+  `min_area`, each side is at least ceil(sqrt(min_area) * side), so every
+  box covers >= min_area of the image (the out-painting floor)."""
   dims = jnp.array([height, width])
   lo = jnp.maximum(1, jnp.round(size[0] * dims))
+  if min_area > 0:
+    lo = jnp.maximum(lo, jnp.ceil(jnp.round(math.sqrt(min_area) * dims, 6)))
   hi = jnp.maximum(lo, jnp.round(size[1] * dims))
   sides = jnp.minimum(lo + jnp.floor(u[:, :2] * (hi - lo + 1)), hi)
   corners = jnp.floor(u[:, 2:] * (dims - sides + 1))
@@ -323,11 +356,17 @@ def outpaint(image: Array, mask: Array, noise: Array) -> Array:
 def random_paint(image: Array, rng: Array, *, prob: float, inpaint_prob: float,
                  box_prob: float, inpaint_boxes: int,
                  inpaint_size: tuple[float, float], outpaint_boxes: int,
-                 outpaint_size: tuple[float, float]) -> Array:
+                 outpaint_size: tuple[float, float],
+                 min_visible: float = 0.0) -> Array:
   """With `prob`, in-painting (given painting, with `inpaint_prob`) or else
   out-painting, noise ~ U[0, 1]. As the reference's `while random() < 0.95`
   loops, box k is drawn only if boxes 0..k-1 were (`box_prob` each); the
-  first out-painting box is always kept, so some of the image survives."""
+  first out-painting box is always kept, so some of the image survives.
+
+  `min_visible` > 0: in-painting boxes that would hide more than
+  1 - min_visible of the image are dropped, and the first out-painting box
+  is grown to cover >= min_visible (same draws otherwise; 0 = reference).
+  """
   h, w, _ = image.shape
   k_draw, k_noise = jax.random.split(rng)
   n_in, n_out = inpaint_boxes, outpaint_boxes
@@ -336,10 +375,16 @@ def random_paint(image: Array, rng: Array, *, prob: float, inpaint_prob: float,
   out_active = jnp.cumprod(jnp.concatenate(
       [jnp.ones(1, bool), u[n_in + 1:n_in + n_out, 4] < box_prob])).astype(bool)
   noise = jax.random.uniform(k_noise, image.shape)
-  in_mask = box_mask(h, w, random_boxes(u[:n_in, :4], h, w, inpaint_size),
-                     in_active)
-  out_mask = box_mask(h, w, random_boxes(u[n_in:n_in + n_out, :4], h, w,
-                                         outpaint_size), out_active)
+  in_boxes = random_boxes(u[:n_in, :4], h, w, inpaint_size)
+  out_boxes = random_boxes(u[n_in:n_in + n_out, :4], h, w, outpaint_size)
+  if min_visible > 0:
+    max_hidden = math.floor(round((1.0 - min_visible) * h * w, 6))
+    in_mask = capped_box_mask(h, w, in_boxes, in_active, max_hidden)
+    out_boxes = out_boxes.at[0].set(random_boxes(
+        u[n_in:n_in + 1, :4], h, w, outpaint_size, min_area=min_visible)[0])
+  else:
+    in_mask = box_mask(h, w, in_boxes, in_active)
+  out_mask = box_mask(h, w, out_boxes, out_active)
   painted = jnp.where(u[-1, 1] < inpaint_prob, inpaint(image, in_mask, noise),
                       outpaint(image, out_mask, noise))
   return jnp.where(u[-1, 0] < prob, painted, image)
@@ -351,7 +396,8 @@ def models_genesis(image: Array, rng: Array, *, shuffle_prob: float,
                    bezier_samples: int, paint_prob: float, inpaint_prob: float,
                    paint_box_prob: float, inpaint_boxes: int,
                    inpaint_size: tuple[float, float], outpaint_boxes: int,
-                   outpaint_size: tuple[float, float]) -> Array:
+                   outpaint_size: tuple[float, float],
+                   min_visible: float = 0.0) -> Array:
   """The corrupted input for one [H, W, C] image in [0, 1]."""
   k_shuffle, k_nonlinear, k_paint = jax.random.split(rng, 3)
   x = random_local_shuffle(image, k_shuffle, prob=shuffle_prob,
@@ -363,7 +409,7 @@ def models_genesis(image: Array, rng: Array, *, shuffle_prob: float,
   return random_paint(x, k_paint, prob=paint_prob, inpaint_prob=inpaint_prob,
                       box_prob=paint_box_prob, inpaint_boxes=inpaint_boxes,
                       inpaint_size=inpaint_size, outpaint_boxes=outpaint_boxes,
-                      outpaint_size=outpaint_size)
+                      outpaint_size=outpaint_size, min_visible=min_visible)
 
 
 def genesis_kwargs(obj: ml_collections.ConfigDict) -> dict:
@@ -412,7 +458,8 @@ def build_restorer(config: ml_collections.ConfigDict, info: base.DataInfo,
 
 def make_restoration_loss(config: ml_collections.ConfigDict) -> base.LossFn:
   policy = base.augment_policy(config)
-  corrupt = functools.partial(models_genesis, **genesis_kwargs(config.objective))
+  corrupt = functools.partial(models_genesis, **genesis_kwargs(config.objective),
+                              min_visible=policy.min_visible)
 
   def loss_fn(model, batch, rng, extra):
     view_rng, corrupt_rng = jax.random.split(rng)
@@ -432,3 +479,64 @@ base.register(base.Objective(
     name="restoration", category="self_prediction",
     paper="Zhou et al., MICCAI 2019 / MedIA 2021 (arXiv:2004.07882), Models Genesis",
     build_model=build_restorer, make_loss=make_restoration_loss))
+
+
+# ------------------------------------------------------- visibility floor --
+# Each masking objective reports, per config field, the smallest fraction of
+# a view its mask can leave visible; sampling caps random unions (in-painting
+# boxes), so only what one mask unit fixes is checked here.
+
+Visible = list[tuple[str, Any, float]]  # (objective field, value, visible)
+
+
+def _mask_ratio_visible(obj: ml_collections.ConfigDict) -> Visible:
+  return [("mask_ratio", obj.mask_ratio, 1.0 - obj.mask_ratio)]
+
+
+def _painting_visible(obj: ml_collections.ConfigDict) -> Visible:
+  """One in-painting box at its largest hides inpaint_size[1]**2; the kept
+  out-painting box at its largest shows outpaint_size[1]**2."""
+  checks = []
+  if obj.paint_prob > 0 and obj.inpaint_prob > 0:
+    checks.append(("inpaint_size", tuple(obj.inpaint_size),
+                   1.0 - obj.inpaint_size[1] ** 2))
+  if obj.paint_prob > 0 and obj.inpaint_prob < 1:
+    checks.append(("outpaint_size", tuple(obj.outpaint_size),
+                   obj.outpaint_size[1] ** 2))
+  return checks
+
+
+VISIBLE_FRACTIONS: dict[str, Callable[[ml_collections.ConfigDict], Visible]] = {
+    "mae": _mask_ratio_visible, "simmim": _mask_ratio_visible,
+    "restoration": _painting_visible}
+
+
+def check_min_visible(config: ml_collections.ConfigDict) -> None:
+  """Fails, naming both fields, when the objective's mask would leave less
+  of a view visible than the augment policy's `min_visible`. Parts of a
+  combined objective are checked with their own sub-config and augment."""
+  obj = config.objective
+  if obj.name == "combined":
+    from ssl_jax.objectives import combined  # noqa: PLC0415 (cycle)
+    for part in obj.parts:
+      has_own = "augment" in obj.get(part, {})
+      _check_one(combined.part_config(config, part), f"objective.{part}",
+                 f"objective.{part}.augment" if has_own else "augment")
+  else:
+    _check_one(config, "objective", "augment")
+
+
+def _check_one(config: ml_collections.ConfigDict, obj_field: str,
+               augment_field: str) -> None:
+  visible_fn = VISIBLE_FRACTIONS.get(config.objective.name)
+  if visible_fn is None:
+    return
+  cfg = config.augment
+  floor = augment.resolve(cfg.policy, cfg.get("overrides")).min_visible
+  for field, value, visible in visible_fn(config.objective):
+    if visible < floor - 1e-9:
+      raise ValueError(
+          f"config.{obj_field}.{field}={value} leaves {visible:.0%} visible, "
+          f"below {augment_field}.min_visible={floor} (policy "
+          f"{cfg.policy!r}); mask less or set "
+          f"{augment_field}.overrides.min_visible")

@@ -10,7 +10,7 @@ from flax import nnx
 import ml_collections
 import optax
 
-from ssl_jax import augment
+from ssl_jax import augment, views
 from ssl_jax.models.heads import Classifier
 from ssl_jax.objectives import base
 
@@ -54,7 +54,7 @@ def make_supervised_loss(config: ml_collections.ConfigDict) -> base.LossFn:
   configured = config.objective.get("multi_label", None)
 
   def loss_fn(model, batch, rng, extra):
-    x = augment.standardize(augment.apply(policy, rng, batch["image"]))
+    x = augment.standardize(views.apply(policy, rng, batch["image"]))
     labels = batch["label"]
     multi_label = is_multi_label(labels) if configured is None else configured
     loss, accuracy = classification_loss(model(x, train=True), labels, multi_label)

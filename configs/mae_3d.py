@@ -1,0 +1,46 @@
+"""MAE on MedMNIST 3D volumes with a 3D ViT (cubic patches), then linear
+probe and end-to-end fine-tuning on the 3D encoder.
+
+Run:  python run.py --config=configs/mae_3d.py --workdir=workdirs/mae_3d
+      python run.py --config=configs/mae_3d.py:nodulemnist3d --workdir=...
+The arg picks the MedMNIST 3D set (default adrenalmnist3d, 28^3 voxels).
+ViT-Tiny over 7^3-voxel patches (4^3 = 64 tokens; a 28 px image has 49 at
+4 px), 75% masking, per-patch normalised voxel
+loss, decoder 96 wide (3D sin-cos needs width % 6 == 0). Sized for a 2-core
+CPU: 100 steps of 32 volumes (~0.9 s/step), AdamW at a fixed 1e-3 peak
+(the paper's 1.5e-4 x batch/256 is for 800 epochs, not 100 steps);
+fine-tuning 60 steps. On an accelerator: --config.train.steps=2000
+--config.train.batch_size=256 --config.finetune.steps=300.
+Measured (AdrenalMNIST3D, seed 0, this config, shared 2-core CPU, 5 min
+11 s, peak RSS 2.4 GB; pretraining 119 s), test AUROC at 100% labels [95% CI]:
+  linear probe (frozen)  0.781 [0.727, 0.831]  ACC 0.742
+  end-to-end fine-tune   0.701 [0.639, 0.758]  ACC 0.768 (= majority class)
+"""
+from configs import base
+
+
+def get_config(arg: str = "adrenalmnist3d"):
+  c = base.get_config()
+  c.job = "pretrain_finetune"
+  c.data.name = arg or "adrenalmnist3d"
+  c.model = dict(name="vit_tiny_3d", patch_size=7)
+  c.objective = dict(name="mae_3d", mask_ratio=0.75, norm_pix_loss=True,
+                     decoder_dim=96, decoder_depth=2, decoder_heads=4)
+  c.augment = base.augment_config("medical_safe")
+  c.augment.volume = dict(flip_probs=(0.0, 0.0, 0.5))
+  c.train.steps = 100
+  c.train.batch_size = 32
+  c.train.log_every = 10
+  c.train.checkpoint_every = 50
+  c.optim = base.optim_config("adamw", 1e-3, weight_decay=0.05,
+                              warmup_steps=10, b1=0.9, b2=0.95)
+  c.finetune.protocols = ("linear", "finetune")
+  c.finetune.fractions = (1.0,)
+  c.finetune.steps = 60
+  c.finetune.batch_size = 32
+  c.finetune.eval_every = 20
+  c.finetune.log_every = 10
+  c.finetune.eval_batch_size = 64
+  c.finetune.optim = base.optim_config("adamw", 5e-4, weight_decay=0.05,
+                                       warmup_steps=10)
+  return c

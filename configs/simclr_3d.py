@@ -1,0 +1,50 @@
+"""SimCLR on MedMNIST 3D volumes with a 3D ResNet-18, then linear probe and
+end-to-end fine-tuning on the 3D encoder (the same loop and jobs as 2D).
+
+Run:  python run.py --config=configs/simclr_3d.py --workdir=workdirs/simclr_3d
+      python run.py --config=configs/simclr_3d.py:nodulemnist3d --workdir=...
+The arg picks the MedMNIST 3D set (default adrenalmnist3d, 28^3 voxels).
+Sized for a 2-core CPU (width 1/8: 8..64 channels; 16^3 views; 100 steps of
+32 volumes, ~1.8 s/step; fine-tuning 60 steps at 28^3). On an accelerator
+scale up: --config.model.width_multiplier=1 --config.objective.view_size=28
+--config.train.steps=2000 --config.train.batch_size=256
+--config.finetune.steps=300.
+Measured (AdrenalMNIST3D, seed 0, this config, shared 2-core CPU, ~11 min:
+pretraining 322 s, final NT-Xent 3.77), test AUROC at 100% labels [95% CI]:
+  linear probe (frozen)  0.625 [0.553, 0.700]  ACC 0.681
+  end-to-end fine-tune   0.631 [0.567, 0.700]  ACC 0.768 (= majority class)
+"""
+from configs import base
+
+
+def get_config(arg: str = "adrenalmnist3d"):
+  c = base.get_config()
+  c.job = "pretrain_finetune"
+  c.data.name = arg or "adrenalmnist3d"
+  # conv3d_impl: 'auto' = depth-stacked 2D convs on CPU (5-10x faster there),
+  # native 3D convs on GPU/TPU; the params are the same either way.
+  c.model = dict(name="resnet18_3d", width_multiplier=0.125, conv3d_impl="auto")
+  # view_size: side of the cubic views; 16 < 28 = random resized crops
+  # resampled down (3D convs cost per voxel); evaluation sees full volumes.
+  c.objective = dict(name="simclr_3d", temperature=0.1, proj_hidden_dim=256,
+                     proj_dim=64, proj_layers=2, view_size=16)
+  # The 2D preset is lifted to volumes (ssl_jax/augment3d.py: crops keep >=
+  # 50% of the volume, W flips, mild intensity jitter and blur); `volume`
+  # sets Policy3D fields on top: flips per axis (D, H, W), never D here.
+  c.augment = base.augment_config("medical_safe")
+  c.augment.volume = dict(flip_probs=(0.0, 0.0, 0.5))
+  c.train.steps = 100
+  c.train.batch_size = 32
+  c.train.log_every = 10
+  c.train.checkpoint_every = 50
+  c.optim = base.optim_config("adamw", 1e-3, weight_decay=1e-4, warmup_steps=10)
+  c.finetune.protocols = ("linear", "finetune")
+  c.finetune.fractions = (1.0,)
+  c.finetune.steps = 60
+  c.finetune.batch_size = 32
+  c.finetune.eval_every = 20
+  c.finetune.log_every = 10
+  c.finetune.eval_batch_size = 64
+  c.finetune.optim = base.optim_config("adamw", 1e-3, weight_decay=1e-4,
+                                       warmup_steps=10)
+  return c

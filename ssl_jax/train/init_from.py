@@ -1,0 +1,544 @@
+"""Start an encoder from existing weights (a natural-image ResNet or ViT, or
+an earlier ssl_jax run) and continue SSL in-domain.
+
+Continuing self-supervised training on the target modality from ImageNet
+weights beats both ImageNet transfer alone and in-domain SSL from scratch
+(Azizi et al. 2021, "Big Self-Supervised Models Advance Medical Image
+Classification"); this module is how a run gets those weights.
+
+Pipeline, each step a small function:
+  read (by format)  -> flat {key: np.ndarray}, keys '/'-separated
+  layout            -> torch tensors transposed to Flax (HWIO, [in, out])
+  select            -> the `params`/`batch_stats`/`rest` collections merged,
+                       the `encoder` subtree taken when there is one
+  rename            -> ordered (regex, replacement) pairs; '' drops a key
+  match             -> against the encoder's nnx.Param and nnx.BatchStat
+                       leaves by path (e.g. 'stages/0/1/conv1/kernel',
+                       'stem_bn/mean'); input channels adapted on the way
+and a report: matched / missing (in model, not in file) / unexpected (in
+file, not in model) / shape_mismatch / adapted / dropped, with counts.
+
+Formats (`init_from.format`, 'auto' picks by extension or directory):
+  npz      flat keys, '/' or '.' separated ('stages.0.1.conv1.kernel');
+  msgpack  `flax.serialization.msgpack_serialize` of a nested dict
+           (a Flax linen `{'params': ..., 'batch_stats': ...}` works);
+  orbax    a directory: an ssl_jax pretraining workdir, its checkpoints/,
+           or any Orbax PyTree checkpoint; only params (+ rest/batch_stats)
+           are used.
+
+Writing a rename list: keys are matched after '.' -> '/', so write regexes
+against '/'-separated source keys; pairs apply in order, each to every key
+(`re.sub`), and a key renamed to '' is dropped (listed under `dropped`).
+`model_keys(encoder)` lists the keys to produce. E.g. a file whose backbone
+sits under 'backbone/' with stages named 'layer_0', ... and a classifier:
+  rename=((r'^backbone/', ''), (r'^layer_', 'stages/'), (r'^classifier/.*', ''))
+Names only: a library whose convs pad differently (Flax linen 'SAME' with
+stride 2, TF) loads by name but computes a slightly different function.
+
+Named presets (`init_from.preset`) for the two most common public layouts,
+PyTorch state dicts saved to npz (`np.savez(f, **{k: v.numpy() for k, v in
+sd.items()})`); both imply layout='torch'. They are tested on synthetic
+state dicts written in those layouts (tests/test_init_from.py), not on
+downloaded weights:
+  torchvision_resnet  torchvision ResNet-18/50 (same padding and v1.5
+                      stride as ours); the fc classifier is dropped;
+  timm_vit            timm ViT with cls-token pooling (same fused qkv
+                      layout); its learned pos_embed is dropped (ours is
+                      fixed 2D sin-cos), so positions differ from those the
+                      weights were trained with: continue SSL before use.
+ImageNet weights expect ImageNet-normalised RGB; our inputs are
+standardised grayscale, one more reason to continue SSL in-domain.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from ssl_jax.registry import Registry
+
+Flat = dict[str, np.ndarray]
+Rename = Sequence[tuple[str, str]]
+
+# Variable collections merged by `select`; other top-level keys are ignored.
+COLLECTIONS = ("params", "batch_stats", "rest")
+SHOW = 10  # keys of each kind printed by `print_report`
+
+
+# ------------------------------------------------------------------ readers
+READERS: Registry[Callable[[str], Flat]] = Registry("init_from format")
+EXTENSIONS = {".npz": "npz", ".msgpack": "msgpack", ".mpk": "msgpack",
+              ".flax": "msgpack"}
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+  """Nested mapping -> {'a/b/c': leaf}."""
+  out = {}
+  for key, value in tree.items():
+    path = f"{prefix}/{key}" if prefix else str(key)
+    if isinstance(value, Mapping):
+      out.update(flatten(value, path))
+    else:
+      out[path] = value
+  return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict:
+  """{'a/b/c': leaf} -> nested dicts (for `save`)."""
+  out: dict = {}
+  for key, value in flat.items():
+    *parents, last = key.split("/")
+    node = out
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = value
+  return out
+
+
+def _host(flat: Mapping[str, Any]) -> Flat:
+  return {k: np.asarray(v) for k, v in flat.items()}
+
+
+@READERS.register("npz")
+def read_npz(path: str) -> Flat:
+  with np.load(path, allow_pickle=False) as f:
+    return {k.replace(".", "/"): np.asarray(f[k]) for k in f.files}
+
+
+@READERS.register("msgpack")
+def read_msgpack(path: str) -> Flat:
+  from flax import serialization
+  with open(path, "rb") as f:
+    tree = serialization.msgpack_restore(f.read())
+  if not isinstance(tree, Mapping):
+    raise ValueError(f"{path}: msgpack holds a {type(tree).__name__}; "
+                     "expected a nested dict of arrays")
+  return _host({k.replace(".", "/"): v for k, v in flatten(tree).items()})
+
+
+@READERS.register("orbax")
+def read_orbax(path: str) -> Flat:
+  """An ssl_jax workdir, a CheckpointManager root (latest step) or one
+  Orbax PyTree checkpoint directory."""
+  import orbax.checkpoint as ocp
+  root = os.path.abspath(path)
+  if os.path.isdir(os.path.join(root, "checkpoints")):
+    root = os.path.join(root, "checkpoints")
+  if os.path.isdir(os.path.join(root, "default")):  # one step of a manager
+    root = os.path.join(root, "default")
+  steps = [d for d in os.listdir(root)
+           if d.isdigit() and os.path.isdir(os.path.join(root, d))]
+  if steps:
+    manager = ocp.CheckpointManager(root)
+    tree = manager.restore(manager.latest_step(),
+                           args=ocp.args.StandardRestore())
+    manager.close()
+  elif os.path.exists(os.path.join(root, "_METADATA")):
+    tree = ocp.StandardCheckpointer().restore(root)
+  else:
+    raise FileNotFoundError(
+        f"{root} holds no complete Orbax checkpoint: expected step folders "
+        "(a checkpoints/ directory), a workdir with checkpoints/, or one "
+        "PyTree checkpoint (with _METADATA)")
+  if isinstance(tree, Mapping) and any(c in tree for c in COLLECTIONS):
+    tree = {c: tree[c] for c in COLLECTIONS if c in tree}  # not opt_state
+  return _host(flatten(tree))
+
+
+def detect_format(path: str) -> str:
+  if os.path.isdir(path):
+    return "orbax"
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in EXTENSIONS:
+    raise ValueError(
+        f"init_from.path={path!r}: cannot tell the format from {ext!r}; "
+        f"set init_from.format to one of {', '.join(READERS.names())} "
+        f"(auto knows {', '.join(sorted(EXTENSIONS))} and directories)")
+  return EXTENSIONS[ext]
+
+
+def read(path: str, fmt: str = "auto") -> tuple[Flat, str]:
+  """(flat host arrays, format used); a missing path names the formats."""
+  if not path or not os.path.exists(path):
+    raise FileNotFoundError(
+        f"init_from.path={path!r} does not exist; expected a .npz or "
+        ".msgpack file or an Orbax checkpoint directory (formats: "
+        f"{', '.join(READERS.names())})")
+  fmt = detect_format(path) if fmt == "auto" else fmt
+  return READERS.get(fmt)(path), fmt
+
+
+# ------------------------------------------------------- layout and naming
+def torch_to_flax(flat: Flat) -> Flat:
+  """PyTorch `*.weight` tensors to Flax layout: Linear [out, in] -> [in, out];
+  Conv [O, I, *spatial] -> [*spatial, I, O]. Norm weights (1-D) unchanged."""
+  out = {}
+  for key, value in flat.items():
+    if key.endswith("weight") and value.ndim == 2:
+      value = value.T
+    elif key.endswith("weight") and value.ndim >= 3:
+      value = value.transpose(tuple(range(2, value.ndim)) + (1, 0))
+    out[key] = value
+  return out
+
+
+LAYOUTS: Registry[Callable[[Flat], Flat]] = Registry("init_from layout")
+LAYOUTS.add("flax", lambda flat: flat)
+LAYOUTS.add("torch", torch_to_flax)
+
+
+def select(flat: Flat) -> tuple[Flat, list[str]]:
+  """Merges the variable collections and takes the `encoder` subtree.
+
+  A Flax variables dict ({'params', 'batch_stats'}) or an ssl_jax state
+  ({'params', 'rest', 'opt_state', ...}) holds params and statistics in
+  separate collections under the same module paths; they are merged (our
+  BatchNorm names its params scale/bias and its statistics mean/var, so
+  nothing collides). An ssl_jax model keeps its backbone under `encoder`
+  next to heads the encoder does not have, so that subtree is taken.
+  Returns (keys, notes on what was done).
+  """
+  notes = []
+  tops = {k.split("/", 1)[0] for k in flat}
+  if tops & set(COLLECTIONS):
+    merged: Flat = {}
+    for key, value in flat.items():
+      top, _, rest = key.partition("/")
+      if top not in COLLECTIONS or not rest:
+        continue
+      if rest in merged:
+        raise ValueError(f"init_from: key {rest!r} is in two collections "
+                         f"of {sorted(tops & set(COLLECTIONS))}")
+      merged[rest] = value
+    notes.append(f"merged collections {sorted(tops & set(COLLECTIONS))}")
+    if tops - set(COLLECTIONS):
+      notes.append(f"ignored top-level {sorted(tops - set(COLLECTIONS))}")
+    flat = merged
+  if any(k.startswith("encoder/") for k in flat):
+    flat = {k[len("encoder/"):]: v for k, v in flat.items()
+            if k.startswith("encoder/")}
+    notes.append("took the 'encoder' subtree")
+  return flat, notes
+
+
+def rename(flat: Flat, pairs: Rename) -> tuple[Flat, list[str]]:
+  """Applies every (regex, replacement) in order to every key; keys that
+  become '' are dropped. Returns (renamed, dropped source keys)."""
+  compiled = []
+  for i, pair in enumerate(pairs):
+    if len(pair) != 2:
+      raise ValueError(f"init_from.rename[{i}]={pair!r}: expected a "
+                       "(regex, replacement) pair")
+    compiled.append((re.compile(pair[0]), pair[1]))
+  out, dropped = {}, []
+  for key, value in flat.items():
+    new = key
+    for pattern, replacement in compiled:
+      new = pattern.sub(replacement, new)
+    if not new:
+      dropped.append(key)
+      continue
+    if new in out:
+      raise ValueError(f"init_from.rename maps two source keys to {new!r} "
+                       f"(one is {key!r})")
+    out[new] = value
+  return out, sorted(dropped)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """A named rename list for a public layout, and the layout it needs."""
+  rename: tuple[tuple[str, str], ...]
+  layout: str
+
+
+PRESETS: Registry[Preset] = Registry("init_from preset")
+PRESETS.add("torchvision_resnet", Preset(layout="torch", rename=(
+    (r"^fc/.*$", ""),                          # the ImageNet classifier
+    (r"^.*/num_batches_tracked$", ""),
+    (r"^conv1/", "stem_conv/"),
+    (r"^bn1/", "stem_bn/"),
+    (r"^layer1/", "stages/0/"), (r"^layer2/", "stages/1/"),
+    (r"^layer3/", "stages/2/"), (r"^layer4/", "stages/3/"),
+    (r"/downsample/0/", "/shortcut/conv/"),
+    (r"/downsample/1/", "/shortcut/bn/"),
+    (r"(conv\d?)/weight$", r"\1/kernel"),
+    (r"(bn\d?)/weight$", r"\1/scale"),
+    (r"/running_mean$", "/mean"),
+    (r"/running_var$", "/var"),
+)))
+PRESETS.add("timm_vit", Preset(layout="torch", rename=(
+    (r"^head/.*$", ""),                        # the ImageNet classifier
+    (r"^pos_embed$", ""),                      # ours: fixed sin-cos
+    (r"^patch_embed/proj/", "patch_embed/"),
+    (r"/mlp/(fc\d)/", r"/\1/"),
+    (r"(norm\d?)/weight$", r"\1/scale"),
+    (r"/weight$", "/kernel"),
+)))
+
+
+# ------------------------------------------------- channels and matching
+def _sum(k):
+  return k.sum(axis=-2, keepdims=True)
+
+
+def _mean(k):
+  return k.mean(axis=-2, keepdims=True)
+
+
+def _first(k):
+  return k[..., :1, :]
+
+
+# How an RGB kernel becomes a 1-channel one. 'sum' (the default, as timm's
+# adapt_input_conv): the gray-model's response to an image g equals the RGB
+# model's response to (g, g, g), so every later layer, and the pretrained
+# BatchNorm statistics, see the activation scale they were trained on.
+# 'mean' gives 1/C of that (BatchNorm in train mode re-normalises it; a
+# ViT's residual stream does not). 'first' keeps the red channel only.
+CHANNEL_MODES: Registry[Callable[[np.ndarray], np.ndarray]] = Registry(
+    "init_from.channels")
+CHANNEL_MODES.add("sum", _sum)
+CHANNEL_MODES.add("mean", _mean)
+CHANNEL_MODES.add("first", _first)
+
+
+def adapt_in_channels(kernel: np.ndarray, channels: int, mode: str
+                      ) -> np.ndarray:
+  """A conv kernel [..., I, O] with I input channels for a `channels`-input
+  model. C -> 1 by `mode`; otherwise (1 -> 3, 3 -> 4, ...) the channels are
+  repeated cyclically and scaled by I / channels, so an image whose channels
+  are all equal still gives the source response (timm's rule)."""
+  src = kernel.shape[-2]
+  if src == channels:
+    return kernel
+  if channels == 1:
+    return CHANNEL_MODES.get(mode)(kernel)
+  reps = -(-channels // src)
+  tiled = np.tile(kernel, (1,) * (kernel.ndim - 2) + (reps, 1))
+  return tiled[..., :channels, :] * (src / channels)
+
+
+def _adaptable(src: tuple, dst: tuple) -> bool:
+  """Conv kernels (rank >= 3) that differ only in input channels."""
+  return (len(src) == len(dst) >= 3 and src[:-2] == dst[:-2]
+          and src[-1] == dst[-1] and src[-2] != dst[-2])
+
+
+def match(target: Mapping[str, Any], source: Flat, *, channels: str = "sum"
+          ) -> tuple[Flat, dict]:
+  """Source arrays for the model's keys, cast to the model's dtypes.
+
+  `target` maps model keys to anything with .shape and .dtype. Returns
+  (loaded: key -> array for every matched or adapted key, report).
+  `channels='none'` turns channel adaptation off (a shape mismatch then).
+  """
+  loaded, mismatch, adapted = {}, {}, {}
+  for key in sorted(set(target) & set(source)):
+    want, src = target[key], source[key]
+    dst_shape, src_shape = tuple(want.shape), tuple(src.shape)
+    if src_shape != dst_shape and channels != "none" and _adaptable(
+        src_shape, dst_shape):
+      src = adapt_in_channels(src, dst_shape[-2], channels)
+      adapted[key] = (f"{src_shape[-2]}->{dst_shape[-2]} input channels "
+                      f"({channels})")
+    if tuple(src.shape) != dst_shape:
+      mismatch[key] = {"file": list(src_shape), "model": list(dst_shape)}
+      continue
+    loaded[key] = np.asarray(src, dtype=want.dtype)
+  missing = sorted(set(target) - set(source))
+  unexpected = sorted(set(source) - set(target))
+  matched = sorted(set(loaded) - set(adapted))
+  report = {
+      "counts": {"model": len(target), "file": len(source),
+                 "matched": len(matched), "adapted": len(adapted),
+                 "missing": len(missing), "unexpected": len(unexpected),
+                 "shape_mismatch": len(mismatch)},
+      "matched": matched, "adapted": adapted, "missing": missing,
+      "unexpected": unexpected, "shape_mismatch": mismatch}
+  return loaded, report
+
+
+def check_strict(report: dict) -> None:
+  bad = {k: report[k] for k in ("missing", "unexpected", "shape_mismatch")
+         if report[k]}
+  if bad:
+    lines = [f"  {k} ({len(v)}): {', '.join(map(str, list(v)[:50]))}"
+             for k, v in bad.items()]
+    raise ValueError(f"init_from.strict: {report.get('path', '')} does not "
+                     "fit the encoder:\n" + "\n".join(lines))
+
+
+def print_report(report: dict, show: int = SHOW) -> None:
+  c = report["counts"]
+  print(f"init_from {report.get('path', '')}: {c['matched']} matched, "
+        f"{c['adapted']} adapted, {c['missing']} missing, {c['unexpected']} "
+        f"unexpected, {c['shape_mismatch']} shape mismatches, "
+        f"{len(report.get('dropped', []))} dropped "
+        f"(model {c['model']} leaves, file {c['file']})", flush=True)
+  for kind in ("adapted", "missing", "unexpected", "shape_mismatch", "dropped"):
+    keys = list(report.get(kind, []))
+    if keys:
+      more = f" ... +{len(keys) - show}" if len(keys) > show else ""
+      print(f"  {kind}: {', '.join(keys[:show])}{more}", flush=True)
+
+
+# ------------------------------------------------------------- the model
+def model_arrays(encoder: nnx.Module) -> dict[str, Any]:
+  """The encoder's loadable leaves by key: nnx.Param and nnx.BatchStat."""
+  state = nnx.state(encoder, nnx.Any(nnx.Param, nnx.BatchStat))
+  return flatten(nnx.to_pure_dict(state))
+
+
+def model_keys(encoder: nnx.Module) -> list[str]:
+  """The keys a rename list must produce, e.g. 'stages/0/0/conv1/kernel'."""
+  return sorted(model_arrays(encoder))
+
+
+def save(path: str, flat: Mapping[str, Any]) -> None:
+  """Writes flat arrays as .npz (keys as given) or .msgpack (nested)."""
+  fmt = detect_format(path)
+  host = _host(flat)
+  if fmt == "npz":
+    np.savez(path, **host)
+  else:
+    from flax import serialization
+    with open(path, "wb") as f:
+      f.write(serialization.msgpack_serialize(unflatten(host)))
+
+
+def check_names(cfg: Mapping) -> None:
+  """Fails before any file is read on an unknown format/preset/layout/mode."""
+  if cfg.get("format", "auto") != "auto":
+    READERS.get(cfg["format"])
+  if cfg.get("preset"):
+    PRESETS.get(cfg["preset"])
+  if cfg.get("layout", "auto") != "auto":
+    LAYOUTS.get(cfg["layout"])
+  if cfg.get("channels", "sum") != "none":
+    CHANNEL_MODES.get(cfg.get("channels", "sum"))
+
+
+def load_source(cfg: Mapping, target: Mapping[str, Any]) -> tuple[Flat, dict]:
+  """Reads `cfg` (the `init_from` config block) and matches it to `target`.
+  Prints the report; `strict` raises on any missing/unexpected/mismatch."""
+  check_names(cfg)
+  preset = PRESETS.get(cfg["preset"]) if cfg.get("preset") else None
+  layout = cfg.get("layout", "auto")
+  if layout == "auto":
+    layout = preset.layout if preset else "flax"
+  flat, fmt = read(cfg["path"], cfg.get("format", "auto"))
+  flat = LAYOUTS.get(layout)({k.replace(".", "/"): v for k, v in flat.items()})
+  flat, notes = select(flat)
+  pairs = tuple(preset.rename if preset else ()) + tuple(
+      tuple(p) for p in cfg.get("rename", ()) or ())
+  flat, dropped = rename(flat, pairs)
+  loaded, report = match(target, flat, channels=cfg.get("channels", "sum"))
+  report = {"path": os.path.abspath(cfg["path"]), "format": fmt,
+            "layout": layout, "preset": cfg.get("preset", ""),
+            "notes": notes, **report, "dropped": dropped}
+  if jax.process_index() == 0:
+    print_report(report)
+  if cfg.get("strict", False):
+    check_strict(report)
+  return loaded, report
+
+
+def load_into_module(encoder: nnx.Module, cfg: Mapping) -> dict:
+  """Loads `cfg.path` into a live encoder in place; returns the report."""
+  arrays = model_arrays(encoder)
+  loaded, report = load_source(cfg, arrays)
+  state = nnx.state(encoder, nnx.Any(nnx.Param, nnx.BatchStat))
+  pure = nnx.to_pure_dict(state)
+  flat = flatten(pure)
+  flat.update({k: jax.numpy.asarray(v) for k, v in loaded.items()})
+  nnx.replace_by_pure_dict(state, _restructure(pure, flat))
+  nnx.update(encoder, state)
+  return report
+
+
+def _restructure(template: Mapping, flat: Mapping[str, Any], prefix: str = ""
+                 ) -> dict:
+  """`flat` back into the nesting (and key types) of `template`."""
+  out = {}
+  for key, value in template.items():
+    path = f"{prefix}/{key}" if prefix else str(key)
+    out[key] = (_restructure(value, flat, path) if isinstance(value, Mapping)
+                else flat[path])
+  return out
+
+
+# ------------------------------------------------------------- the state
+def _path_str(path) -> list[str]:
+  return [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+          for k in path]
+
+
+def _encoder_key(parts: list[str]) -> str | None:
+  """'a/b/c' for a leaf under any (..., 'params'|'rest', 'encoder', a, b, c):
+  the online encoder and every teacher copy of it (BYOL, MoCo, DINO and
+  the combined objective's parts keep teachers as such pure dicts)."""
+  for i in range(1, len(parts) - 1):
+    if parts[i] == "encoder" and parts[i - 1] in ("params", "rest"):
+      return "/".join(parts[i + 1:])
+  return None
+
+
+def _placed(old: jax.Array, new: np.ndarray) -> jax.Array:
+  """`new` with `old`'s sharding, built shard by shard (works multi-host)."""
+  return jax.make_array_from_callback(old.shape, old.sharding,
+                                      lambda index: new[index])
+
+
+def load_into_state(state, cfg: Mapping):
+  """The train state with the encoder (and its EMA teacher copies) loaded
+  from `cfg.path`, every array keeping its sharding. Optimizer state is
+  left as initialised (it does not depend on param values).
+
+  Returns (state, report); report['applied_to'] counts leaves per subtree.
+  """
+  tree = {"params": nnx.to_pure_dict(state.params),
+          "rest": nnx.to_pure_dict(state.rest), "extra": state.extra}
+  target = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    parts = _path_str(path)
+    key = _encoder_key(parts) if parts[0] != "extra" else None
+    if key is not None:
+      target[key] = leaf
+  loaded, report = load_source(cfg, target)
+  applied: dict[str, int] = {}
+
+  def swap(path, leaf):
+    parts = _path_str(path)
+    key = _encoder_key(parts)
+    if key is None or key not in loaded:
+      return leaf
+    where = "/".join(parts[:parts.index("encoder") + 1])
+    applied[where] = applied.get(where, 0) + 1
+    return _placed(leaf, loaded[key])
+
+  tree = jax.tree_util.tree_map_with_path(swap, tree)
+  params = jax.tree.map(lambda x: x, state.params)
+  rest = jax.tree.map(lambda x: x, state.rest)
+  nnx.replace_by_pure_dict(params, tree["params"])
+  nnx.replace_by_pure_dict(rest, tree["rest"])
+  report["applied_to"] = applied
+  return state.replace(params=params, rest=rest, extra=tree["extra"]), report
+
+
+def encoder_weights(config, info) -> tuple[dict, dict]:
+  """The config's encoder (seeded by `config.seed`) with `config.init_from`
+  loaded, as host {'params', 'rest'} pure dicts — the form
+  `jobs.finetune.load_encoder` takes — and the report. Keys the file lacks
+  keep their seeded random init."""
+  from ssl_jax.objectives import base  # local: objectives import train/
+  encoder = base.build_encoder(config, info, nnx.Rngs(config.seed))
+  report = load_into_module(encoder, config.init_from)
+  weights = {"params": nnx.to_pure_dict(nnx.state(encoder, nnx.Param)),
+             "rest": nnx.to_pure_dict(nnx.state(encoder, nnx.Not(nnx.Param)))}
+  return jax.tree.map(np.asarray, weights), report
