@@ -48,7 +48,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from data_pipelines import medical_io, splits
+from data_pipelines import medical_io, source, splits
 from data_pipelines.source import SPLITS, TASKS, DatasetInfo
 
 METADATA_COLUMNS = (
@@ -83,12 +83,7 @@ class CSVOptions:
 
   @classmethod
   def from_mapping(cls, options: Mapping[str, Any] | None) -> "CSVOptions":
-    options = dict(options or {})
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-      raise ValueError(f"csv source: unknown option(s) {', '.join(unknown)}; "
-                       f"allowed: {', '.join(allowed)}")
+    options = source.known_options(cls, options, "csv")
     for key in ("label_columns", "classes", "allow_missing_metadata"):
       if options.get(key) is not None:
         options[key] = tuple(str(v) for v in options[key])

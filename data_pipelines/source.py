@@ -70,3 +70,16 @@ class Source(Protocol):
     """Returns (images uint8 [N,H,W,C] or, for volumes, [N,D,H,W,C];
     labels int32 [N] or [N, L])."""
     ...
+
+
+def known_options(options_type: type, options: Mapping | None,
+                  kind: str) -> dict:
+  """`options` as a dict, after checking every key is a field of the
+  dataclass `options_type` (the fields of a `kind:` source)."""
+  options = dict(options or {})
+  allowed = [f.name for f in dataclasses.fields(options_type)]
+  unknown = sorted(set(options) - set(allowed))
+  if unknown:
+    raise ValueError(f"{kind} source: unknown option(s) {', '.join(unknown)}; "
+                     f"allowed: {', '.join(allowed)}")
+  return options

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from data_pipelines import medical_io
+from data_pipelines import medical_io, source
 from data_pipelines.source import SPLITS, DatasetInfo
 
 
@@ -52,12 +52,7 @@ class TFDSOptions:
 
   @classmethod
   def from_mapping(cls, options: Mapping[str, Any] | None) -> "TFDSOptions":
-    options = dict(options or {})
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-      raise ValueError(f"tfds source: unknown option(s) {', '.join(unknown)}; "
-                       f"allowed: {', '.join(allowed)}")
+    options = source.known_options(cls, options, "tfds")
     if options.get("splits") is not None:
       options["splits"] = dict(options["splits"])
       if sorted(options["splits"]) != sorted(SPLITS):

@@ -111,38 +111,50 @@ class Policy:
   description: str = ""
 
   def __post_init__(self):
-    # Configs may hand over lists or ints; store tuples of floats (hashable).
-    for name in ("crop_aspect", "blur_sigma"):
-      lo, hi = (float(v) for v in getattr(self, name))
-      object.__setattr__(self, name, (lo, hi))
-    if not 0.0 < self.crop_min_area <= self.crop_max_area <= 1.0:
-      raise ValueError("need 0 < crop_min_area <= crop_max_area <= 1, got "
-                       f"{self.crop_min_area}, {self.crop_max_area}")
-    lo, hi = self.crop_aspect
-    if not 0.0 < lo <= 1.0 <= hi:
-      raise ValueError(f"crop_aspect must bracket 1, got {self.crop_aspect}")
-    lo, hi = self.blur_sigma
-    if not 0.0 < lo <= hi:
-      raise ValueError(f"need 0 < blur_sigma[0] <= [1], got {self.blur_sigma}")
-    for name in ("hflip_prob", "vflip_prob", "jitter_prob", "grayscale_prob",
-                 "blur_prob", "solarize_prob"):
-      if not 0.0 <= getattr(self, name) <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-    for name, top in (("brightness", 1.0), ("contrast", 1.0),
-                      ("saturation", 1.0), ("hue", 0.5), ("hed_sigma", 1.0),
-                      ("hed_bias", 1.0), ("window_center_jitter", 0.5),
-                      ("min_visible", 1.0)):
-      if not 0.0 <= getattr(self, name) <= top:
-        raise ValueError(f"{name} must be in [0, {top}], "
-                         f"got {getattr(self, name)}")
-    if not 0.0 <= self.window_width_jitter < 1.0:
-      raise ValueError("window_width_jitter must be in [0, 1) (the width "
-                       f"stays positive), got {self.window_width_jitter}")
+    check_ranges(
+        self, crop=("crop_min_area", "crop_max_area"),
+        probs={n: getattr(self, n) for n in (
+            "hflip_prob", "vflip_prob", "jitter_prob", "grayscale_prob",
+            "blur_prob", "solarize_prob")},
+        bounded=(("brightness", 1.0), ("contrast", 1.0), ("saturation", 1.0),
+                 ("hue", 0.5), ("hed_sigma", 1.0), ("hed_bias", 1.0),
+                 ("window_center_jitter", 0.5), ("min_visible", 1.0)))
     if self.crop_min_area < self.min_visible:
       raise ValueError(
           f"crop_min_area={self.crop_min_area} is below min_visible="
           f"{self.min_visible}: a crop would show less of the image than any "
           "mask may; raise crop_min_area or lower min_visible")
+
+
+def check_ranges(policy, *, crop: tuple[str, str], probs: dict[str, float],
+                 bounded: tuple[tuple[str, float], ...]) -> None:
+  """The checks every view policy (2D `Policy`, 3D `augment3d.Policy3D`)
+  shares: range tuples stored as floats (configs hand over lists), crop
+  fractions ordered in (0, 1], aspect bracketing 1, blur sigmas ordered,
+  probabilities in [0, 1], strengths in [0, top], window width below 1."""
+  for name in ("crop_aspect", "blur_sigma"):
+    lo, hi = (float(v) for v in getattr(policy, name))
+    object.__setattr__(policy, name, (lo, hi))
+  lo_name, hi_name = crop
+  lo, hi = getattr(policy, lo_name), getattr(policy, hi_name)
+  if not 0.0 < lo <= hi <= 1.0:
+    raise ValueError(f"need 0 < {lo_name} <= {hi_name} <= 1, got {lo}, {hi}")
+  lo, hi = policy.crop_aspect
+  if not 0.0 < lo <= 1.0 <= hi:
+    raise ValueError(f"crop_aspect must bracket 1, got {policy.crop_aspect}")
+  lo, hi = policy.blur_sigma
+  if not 0.0 < lo <= hi:
+    raise ValueError(f"need 0 < blur_sigma[0] <= [1], got {policy.blur_sigma}")
+  for name, p in probs.items():
+    if not 0.0 <= p <= 1.0:
+      raise ValueError(f"{name} must be in [0, 1], got {p}")
+  for name, top in bounded:
+    if not 0.0 <= getattr(policy, name) <= top:
+      raise ValueError(f"{name} must be in [0, {top}], "
+                       f"got {getattr(policy, name)}")
+  if not 0.0 <= policy.window_width_jitter < 1.0:
+    raise ValueError("window_width_jitter must be in [0, 1) (the width "
+                     f"stays positive), got {policy.window_width_jitter}")
 
 
 POLICIES: Registry[Policy] = Registry("augmentation policy")

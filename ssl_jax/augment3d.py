@@ -60,39 +60,19 @@ class Policy3D:
   description: str = ""
 
   def __post_init__(self):
-    for name in ("crop_aspect", "blur_sigma"):
-      lo, hi = (float(v) for v in getattr(self, name))
-      object.__setattr__(self, name, (lo, hi))
     object.__setattr__(self, "flip_probs",
                        tuple(float(p) for p in self.flip_probs))
     if len(self.flip_probs) != 3:
       raise ValueError(f"flip_probs needs one probability per axis (D, H, W), "
                        f"got {self.flip_probs}")
-    if not 0.0 < self.crop_min_volume <= self.crop_max_volume <= 1.0:
-      raise ValueError("need 0 < crop_min_volume <= crop_max_volume <= 1, got "
-                       f"{self.crop_min_volume}, {self.crop_max_volume}")
-    lo, hi = self.crop_aspect
-    if not 0.0 < lo <= 1.0 <= hi:
-      raise ValueError(f"crop_aspect must bracket 1, got {self.crop_aspect}")
-    lo, hi = self.blur_sigma
-    if not 0.0 < lo <= hi:
-      raise ValueError(f"need 0 < blur_sigma[0] <= [1], got {self.blur_sigma}")
-    probs = dict(zip(("flip_probs[D]", "flip_probs[H]", "flip_probs[W]"),
-                     self.flip_probs),
-                 jitter_prob=self.jitter_prob, blur_prob=self.blur_prob,
-                 solarize_prob=self.solarize_prob)
-    for name, p in probs.items():
-      if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {p}")
-    for name, top in (("brightness", 1.0), ("contrast", 1.0),
-                      ("window_center_jitter", 0.5), ("min_visible", 1.0)):
-      if not 0.0 <= getattr(self, name) <= top:
-        raise ValueError(f"{name} must be in [0, {top}], "
-                         f"got {getattr(self, name)}")
-    if not 0.0 <= self.window_width_jitter < 1.0:
-      raise ValueError("window_width_jitter must be in [0, 1), got "
-                       f"{self.window_width_jitter}")
-
+    augment.check_ranges(
+        self, crop=("crop_min_volume", "crop_max_volume"),
+        probs=dict(zip(("flip_probs[D]", "flip_probs[H]", "flip_probs[W]"),
+                       self.flip_probs),
+                   jitter_prob=self.jitter_prob, blur_prob=self.blur_prob,
+                   solarize_prob=self.solarize_prob),
+        bounded=(("brightness", 1.0), ("contrast", 1.0),
+                 ("window_center_jitter", 0.5), ("min_visible", 1.0)))
 
 def from_2d(policy: augment.Policy, **overrides) -> Policy3D:
   """The 2D policy's geometric and intensity numbers, applied to volumes.
