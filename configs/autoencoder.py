@@ -6,6 +6,14 @@ The pooled ResNet features are decoded to the image: Linear to 128 x 7 x 7,
 then two (upsample x2, 3x3 conv) stages to 28 px (`decoder_channels`, one
 upsampling per width after the first). MSE against the augmented view in the
 standardised [-1, 1] scale, logged as recon_mse.
+
+Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
+3 seeds: linear probe 0.761 +- 0.033, end-to-end 0.739 +- 0.032 (from scratch:
+0.716 +- 0.016); 87 images/s on the shared 2-core CPU.
+  python run.py --config=configs/benchmark.py:dataset=breastmnist --workdir=DIR \\
+    --config.benchmark.methods="('none','autoencoder')" \\
+    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
 """
 from configs import base
 

@@ -8,6 +8,14 @@ per-dimension batch-normalised embeddings, off-diagonal weight lambda 5.1e-3,
 LARS lr 0.2 x batch/256 for weights, weight decay 1.5e-6. Scaled for 28 px
 and a CPU: projector 1024 wide (lambda ~ 1/D is the paper's rule of thumb
 for other widths; 5.1e-3 stays close enough at 1024).
+
+Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
+3 seeds: linear probe 0.804 +- 0.021, end-to-end 0.803 +- 0.023 (from scratch:
+0.716 +- 0.016); 172 images/s on the shared 2-core CPU.
+  python run.py --config=configs/benchmark.py:dataset=breastmnist --workdir=DIR \\
+    --config.benchmark.methods="('none','barlow_twins')" \\
+    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
 """
 from configs import base
 

@@ -8,6 +8,14 @@ projector and predictor (4096 hidden with BN, 256 out), symmetric
 K = train.steps, LARS lr 0.2 x batch/256, weight decay 1.5e-6. Scaled for
 28 px and a CPU: hidden 512, out 128, tau_base 0.99 instead of 0.996 (the
 paper's value for 1000 epochs; shorter runs need a faster target).
+
+Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
+3 seeds: linear probe 0.753 +- 0.006, end-to-end 0.748 +- 0.032 (from scratch:
+0.716 +- 0.016); 141 images/s on the shared 2-core CPU.
+  python run.py --config=configs/benchmark.py:dataset=breastmnist --workdir=DIR \\
+    --config.benchmark.methods="('none','byol')" \\
+    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
 """
 from configs import base
 

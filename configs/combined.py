@@ -10,6 +10,14 @@ Multi-task self-supervision (Doersch & Zisserman 2017): the loss is
 be combined: --config.objective.parts="('simclr','mae')" needs a sub-config
 per part (a part may carry its own `augment`) and a ViT for MAE.
 AdamW as the rotation config (LARS's trust ratio suits SimCLR alone).
+
+Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
+3 seeds: linear probe 0.813 +- 0.021, end-to-end 0.770 +- 0.003 (from scratch:
+0.716 +- 0.016); 150 images/s on the shared 2-core CPU.
+  python run.py --config=configs/benchmark.py:dataset=breastmnist --workdir=DIR \\
+    --config.benchmark.methods="('none','combined')" \\
+    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
 """
 from configs import base
 

@@ -6,6 +6,14 @@ The view is corrupted by masking noise (each pixel zeroed with p=0.25) and
 additive Gaussian noise (std 0.1 of the [0, 1] range); the decoder (as in
 configs/autoencoder.py) reconstructs the clean view. recon_mse should fall
 well below noisy_mse, the error of returning the corrupted input.
+
+Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
+3 seeds: linear probe 0.756 +- 0.039, end-to-end 0.739 +- 0.016 (from scratch:
+0.716 +- 0.016); 91 images/s on the shared 2-core CPU.
+  python run.py --config=configs/benchmark.py:dataset=breastmnist --workdir=DIR \\
+    --config.benchmark.methods="('none','denoising_autoencoder')" \\
+    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
 """
 from configs import base
 

@@ -16,6 +16,14 @@ in the paper), momentum 0.99. The head's MLP uses ReLU (GELU in the paper).
 With a ViT, local crops are resampled to the model's size (its sin-cos grid
 is fixed), see `contrastive.local_crop_size`. Not done: weight-decay and
 teacher-temperature schedules, freezing the last layer in epoch 1.
+
+Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
+3 seeds: linear probe 0.706 +- 0.025, end-to-end 0.713 +- 0.041 (from scratch:
+0.716 +- 0.016); 82 images/s on the shared 2-core CPU.
+  python run.py --config=configs/benchmark.py:dataset=breastmnist --workdir=DIR \\
+    --config.benchmark.methods="('none','dino')" \\
+    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
 """
 from configs import base
 

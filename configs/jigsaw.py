@@ -10,6 +10,14 @@ seeded pool (the paper uses 1000 at 225 px; 100 suits ~500-image sets); the
 9 tile features, concatenated in order, go through a 2-layer MLP. Nine
 encoder passes per image, hence the smaller batch. Pretext accuracy is
 logged as jigsaw_acc (chance 1 / num_permutations).
+
+Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
+3 seeds: linear probe 0.704 +- 0.024, end-to-end 0.730 +- 0.022 (from scratch:
+0.716 +- 0.016); 76 images/s on the shared 2-core CPU.
+  python run.py --config=configs/benchmark.py:dataset=breastmnist --workdir=DIR \\
+    --config.benchmark.methods="('none','jigsaw')" \\
+    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
 """
 from configs import base
 

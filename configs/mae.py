@@ -5,6 +5,14 @@ Run:  python run.py --config=configs/mae.py --workdir=workdirs/mae
 ViT-Tiny with 4-pixel patches at 28 px (49 patches), 75% masking, per-patch
 normalised pixel loss, AdamW (lr 1.5e-4 x batch/256, wd 0.05, betas 0.9/0.95)
 as in the paper. Mild crops only: masking already removes most of the image.
+
+Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+CPU budget (ViT-Ti/4 (4 blocks, 96 wide), 150 steps x 128), 100% labels, test AUROC over
+3 seeds: linear probe 0.784 +- 0.018, end-to-end 0.680 +- 0.028 (from scratch:
+0.681 +- 0.029); 165 images/s on the shared 2-core CPU.
+  python run.py --config=configs/benchmark.py:dataset=breastmnist,backbone=vit --workdir=DIR \\
+    --config.benchmark.methods="('none','mae')" \\
+    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
 """
 from configs import base
 

@@ -9,6 +9,14 @@ CPU: projector hidden 512; queue 512 keys instead of 65536 (keep it below
 the training-set size: BreastMNIST has 546 images, and a longer queue holds
 stale keys of the query's own image); key-encoder momentum 0.99 instead of
 0.999, since runs are ~2000 steps, not 200 epochs of ImageNet.
+
+Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
+3 seeds: linear probe 0.733 +- 0.043, end-to-end 0.740 +- 0.014 (from scratch:
+0.716 +- 0.016); 307 images/s on the shared 2-core CPU.
+  python run.py --config=configs/benchmark.py:dataset=breastmnist --workdir=DIR \\
+    --config.benchmark.methods="('none','moco_v2')" \\
+    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
 """
 from configs import base
 

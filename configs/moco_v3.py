@@ -11,6 +11,14 @@ out, BN without affine on the outputs), temperature 1.0 (0.2 for ViT), loss
 2 tau x InfoNCE, momentum 0.99 raised to 1 by a cosine, LARS lr 0.3 x
 batch/256 (0.6 in the paper's 100-epoch runs), wd 1.5e-6.
 Scaled for 28 px and a CPU: hidden 1024, out 128.
+
+Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
+3 seeds: linear probe 0.769 +- 0.029, end-to-end 0.780 +- 0.014 (from scratch:
+0.716 +- 0.016); 116 images/s on the shared 2-core CPU.
+  python run.py --config=configs/benchmark.py:dataset=breastmnist --workdir=DIR \\
+    --config.benchmark.methods="('none','moco_v3')" \\
+    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
 """
 from configs import base
 

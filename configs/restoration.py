@@ -13,6 +13,14 @@ image area, as the reference's 10000 in a 64x64x32 cube); in-painting boxes
 1/6-1/3 and out-painting boxes 3/7-4/7 of the side, as the reference.
 Width 1/4 (16..128 channels) and batch 128 fit a 2-core CPU; on an
 accelerator use width 1 and a larger batch.
+
+Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
+3 seeds: linear probe 0.721 +- 0.027, end-to-end 0.735 +- 0.031 (from scratch:
+0.716 +- 0.016); 225 images/s on the shared 2-core CPU.
+  python run.py --config=configs/benchmark.py:dataset=breastmnist --workdir=DIR \\
+    --config.benchmark.methods="('none','restoration')" \\
+    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
 """
 from configs import base
 

@@ -7,6 +7,14 @@ random rotation of 0/90/180/270 degrees per step (`all_rotations=True` feeds
 all four copies, the paper's best setting, at 4x the compute); a 2-layer MLP
 predicts which from the pooled features. The view policy must not rotate.
 Pretext accuracy is logged as rotation_acc (chance 0.25).
+
+Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
+3 seeds: linear probe 0.755 +- 0.023, end-to-end 0.746 +- 0.017 (from scratch:
+0.716 +- 0.016); 333 images/s on the shared 2-core CPU.
+  python run.py --config=configs/benchmark.py:dataset=breastmnist --workdir=DIR \\
+    --config.benchmark.methods="('none','rotation')" \\
+    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
 """
 from configs import base
 

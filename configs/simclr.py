@@ -5,6 +5,14 @@ Run:  python run.py --config=configs/simclr.py --workdir=workdirs/simclr
 The arg picks the MedMNIST set (default breastmnist). LARS with lr 0.3 x
 batch/256 and NT-Xent temperature 0.1 are the paper's small-batch values.
 On an accelerator, scale `train.batch_size` up (4096 in the paper).
+
+Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
+3 seeds: linear probe 0.812 +- 0.041, end-to-end 0.804 +- 0.011 (from scratch:
+0.716 +- 0.016); 161 images/s on the shared 2-core CPU.
+  python run.py --config=configs/benchmark.py:dataset=breastmnist --workdir=DIR \\
+    --config.benchmark.methods="('none','simclr')" \\
+    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
 """
 from configs import base
 

@@ -10,6 +10,14 @@ grid has no useful block size, so one mask unit is one patch. AdamW (lr
 1e-4 x batch/256, wd 0.05, grad clip 5), crops keeping >= 67% of the area,
 as in the paper. For a CPU try-out add --config.model.depth=2
 --config.train.batch_size=64 --config.train.steps=200.
+
+Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+CPU budget (ViT-Ti/4 (4 blocks, 96 wide), 150 steps x 128), 100% labels, test AUROC over
+3 seeds: linear probe 0.757 +- 0.020, end-to-end 0.666 +- 0.007 (from scratch:
+0.681 +- 0.029); 166 images/s on the shared 2-core CPU.
+  python run.py --config=configs/benchmark.py:dataset=breastmnist,backbone=vit --workdir=DIR \\
+    --config.benchmark.methods="('none','simmim')" \\
+    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
 """
 from configs import base
 

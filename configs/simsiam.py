@@ -7,6 +7,14 @@ projector with BN on every layer including the output (2048 wide), a 2-layer
 bottleneck predictor (hidden = out / 4), negative cosine with stop-gradient,
 SGD lr 0.05 x batch/256, weight decay 1e-4, momentum 0.9, no EMA. Scaled for
 28 px and a CPU (the paper's CIFAR variant uses 2048 too): 512 wide, hidden 128.
+
+Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
+3 seeds: linear probe 0.696 +- 0.047, end-to-end 0.726 +- 0.045 (from scratch:
+0.716 +- 0.016); 193 images/s on the shared 2-core CPU.
+  python run.py --config=configs/benchmark.py:dataset=breastmnist --workdir=DIR \\
+    --config.benchmark.methods="('none','simsiam')" \\
+    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
 """
 from configs import base
 

@@ -11,6 +11,14 @@ command line). The fine-tune job reads only the encoder. For a fair low-label
 comparison pretrain on a *different* labelled set (ChestMNIST -> BreastMNIST,
 both grayscale 28 px): pretraining on the target set uses all of its labels,
 so its 1% / 10% cells would not be 1% / 10%.
+
+Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
+3 seeds: linear probe 0.824 +- 0.015, end-to-end 0.817 +- 0.015 (from scratch:
+0.716 +- 0.016); 398 images/s on the shared 2-core CPU.
+  python run.py --config=configs/benchmark.py:dataset=breastmnist --workdir=DIR \\
+    --config.benchmark.methods="('none','supervised')" \\
+    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
 """
 import data_pipelines
 

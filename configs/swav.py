@@ -10,6 +10,14 @@ swapped-prediction temperature 0.1, multi-crop 2 x 224 (14-100% area) + 6 x
 for 28 px and a CPU: hidden 512, 100 prototypes instead of 3000 (about 10x
 the classes of a small set), local crops at 12 px. Not done: the feature
 queue for small batches and freezing prototypes in epoch 1.
+
+Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
+3 seeds: linear probe 0.751 +- 0.008, end-to-end 0.763 +- 0.023 (from scratch:
+0.716 +- 0.016); 115 images/s on the shared 2-core CPU.
+  python run.py --config=configs/benchmark.py:dataset=breastmnist --workdir=DIR \\
+    --config.benchmark.methods="('none','swav')" \\
+    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
 """
 from configs import base
 

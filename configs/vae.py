@@ -7,6 +7,14 @@ reparameterised sample -> decoder (as in configs/autoencoder.py). Loss =
 per-pixel MSE + kl_weight x KL (per example); kl_weight = 2 s^2 / D is the
 exact ELBO for decoder variance s^2 over D = H*W*C values: 1e-3 at 28x28x1
 is s^2 ~ 0.4 in the [-1, 1] scale. recon_mse and kl are logged apart.
+
+Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
+3 seeds: linear probe 0.746 +- 0.018, end-to-end 0.743 +- 0.017 (from scratch:
+0.716 +- 0.016); 143 images/s on the shared 2-core CPU.
+  python run.py --config=configs/benchmark.py:dataset=breastmnist --workdir=DIR \\
+    --config.benchmark.methods="('none','vae')" \\
+    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
 """
 from configs import base
 

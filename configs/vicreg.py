@@ -6,6 +6,14 @@ The arg picks the MedMNIST set (default breastmnist). Paper values: 3-layer
 expander (8192 wide, BN + ReLU on the hidden layers), invariance / variance
 / covariance weights 25 / 25 / 1, std target gamma 1, LARS lr 0.2 x
 batch/256, weight decay 1e-6. Scaled for 28 px and a CPU: expander 1024 wide.
+
+Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
+3 seeds: linear probe 0.819 +- 0.011, end-to-end 0.802 +- 0.024 (from scratch:
+0.716 +- 0.016); 159 images/s on the shared 2-core CPU.
+  python run.py --config=configs/benchmark.py:dataset=breastmnist --workdir=DIR \\
+    --config.benchmark.methods="('none','vicreg')" \\
+    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
 """
 from configs import base
 
