@@ -304,3 +304,23 @@ def sample_partners(table: PartnerTable, rows: np.ndarray,
   for i in todo:  # windows crowded by the row's own owner: enumerate
     partners[i] = rng.choice(table.candidates(int(rows[i])))
   return partners
+
+
+def batch_columns(metadata: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Metadata as batch columns a device can hold: numbers stay numbers
+  (age float32, slice_index int32), ids and other strings become int32
+  codes (equal code = equal id), so a loss may use patient / study / series
+  identity, e.g. to mask same-patient negatives. File paths are left out."""
+  out = {}
+  for name, values in metadata.items():
+    values = np.asarray(values)
+    if name == "path":
+      continue
+    if np.issubdtype(values.dtype, np.integer):
+      out[name] = values.astype(np.int32)
+    elif np.issubdtype(values.dtype, np.floating):
+      out[name] = values.astype(np.float32)
+    else:
+      out[name] = np.unique(values.astype(str), return_inverse=True)[1].astype(
+          np.int32).reshape(values.shape)
+  return out

@@ -309,7 +309,9 @@ def test_pretrain_step_on_patient_pairs(monkeypatch):
   images = np.random.default_rng(0).integers(0, 256, (N, 16, 16, 1), np.uint8)
   batch = next(input_pipeline.make_iterator(
       images, np.arange(N) % 2, batch_size=4, shuffle=True, repeat=True,
-      seed=0, drop_remainder=True, partners=partners))
+      seed=0, drop_remainder=True, partners=partners,
+      extra=pairs.batch_columns(META)))  # metadata rides along (the job does)
+  assert set(META) <= set(batch) and batch["patient_id"].dtype == np.int32
   mesh = parallel.make_mesh(1)
   assert not np.array_equal(batch["pair_image"], batch["image"])
   views = {k: v for k, v in batch.items() if k != "pair_image"}
@@ -326,3 +328,14 @@ def test_pretrain_step_on_patient_pairs(monkeypatch):
   paired, views_loss = loss(paired_step, batch), loss(views_step, views)
   assert np.isfinite(paired) and paired != views_loss
   assert loss(paired_step, itself) == views_loss
+
+
+def test_batch_columns_code_ids_and_keep_numbers():
+  cols = pairs.batch_columns(dict(META, path=np.array(["a.png"] * N)))
+  assert "path" not in cols
+  codes = cols["patient_id"]
+  assert codes.dtype == np.int32 and codes.shape == (N,)
+  same = META["patient_id"][:, None] == META["patient_id"][None, :]
+  np.testing.assert_array_equal(codes[:, None] == codes[None, :], same)
+  assert cols["age"].dtype == np.float32 and cols["slice_index"].dtype == np.int32
+  np.testing.assert_array_equal(cols["slice_index"], META["slice_index"])

@@ -13,6 +13,9 @@ Scale and survival (see configs/base.py for the fields):
   rerun continues bit-identically: same state, same rng stream (the step is
   folded into the rng), same data (`skip_batches`).
 
+Metadata (sources with it, e.g. csv:) rides in every batch as numeric
+columns: ids as int32 codes, age, slice_index (pairs.batch_columns).
+
 Positive pairs (`config.pairs`, data_pipelines/pairs.py): a mode other than
 'views' reads the train split's metadata, builds the partner table once and
 the input pipeline adds each row's partner image as `pair_image`; how many
@@ -155,7 +158,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batches = input_pipeline.make_iterator(
       images, labels, batch_size=parallel.local_batch_size(config.train.batch_size),
       shuffle=True, repeat=True, seed=config.seed, drop_remainder=True,
-      skip_batches=start, partners=partners)
+      skip_batches=start, partners=partners,
+      extra=pairs.batch_columns(common.load_metadata(config, "train")))
   writer = MetricWriter(workdir, resume_step=start)
   began = time.perf_counter()
   try:
