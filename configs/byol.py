@@ -13,9 +13,8 @@ Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds: linear probe 0.753 +- 0.006, end-to-end 0.748 +- 0.032 (from scratch:
 0.716 +- 0.016); 141 images/s on the shared 2-core CPU.
-  python run.py --config=configs/benchmark.py:dataset=breastmnist --workdir=DIR \\
-    --config.benchmark.methods="('none','byol')" \\
-    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
+Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
+methods ('none', 'byol')).
 """
 from configs import base
 

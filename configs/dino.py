@@ -21,9 +21,8 @@ Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds: linear probe 0.706 +- 0.025, end-to-end 0.713 +- 0.041 (from scratch:
 0.716 +- 0.016); 82 images/s on the shared 2-core CPU.
-  python run.py --config=configs/benchmark.py:dataset=breastmnist --workdir=DIR \\
-    --config.benchmark.methods="('none','dino')" \\
-    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
+Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
+methods ('none', 'dino')).
 """
 from configs import base
 

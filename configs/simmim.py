@@ -15,9 +15,8 @@ Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
 CPU budget (ViT-Ti/4 (4 blocks, 96 wide), 150 steps x 128), 100% labels, test AUROC over
 3 seeds: linear probe 0.757 +- 0.020, end-to-end 0.666 +- 0.007 (from scratch:
 0.681 +- 0.029); 166 images/s on the shared 2-core CPU.
-  python run.py --config=configs/benchmark.py:dataset=breastmnist,backbone=vit --workdir=DIR \\
-    --config.benchmark.methods="('none','simmim')" \\
-    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
+Reproduce: the zoo command in README "Methods" (dataset=breastmnist,backbone=vit,
+methods ('none', 'simmim')).
 """
 from configs import base
 

@@ -15,9 +15,8 @@ Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds: linear probe 0.751 +- 0.008, end-to-end 0.763 +- 0.023 (from scratch:
 0.716 +- 0.016); 115 images/s on the shared 2-core CPU.
-  python run.py --config=configs/benchmark.py:dataset=breastmnist --workdir=DIR \\
-    --config.benchmark.methods="('none','swav')" \\
-    --config.finetune.protocols="('finetune','linear')" --config.finetune.fractions="(1.0,)"
+Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
+methods ('none', 'swav')).
 """
 from configs import base
 

@@ -146,8 +146,7 @@ def load_metadata(config: ml_collections.ConfigDict, split: str) -> dict:
 def patient_groups(config: ml_collections.ConfigDict):
   """The train split's patient ids, or None when the source has none (then
   label fractions are drawn per image)."""
-  ids = load_metadata(config, "train").get("patient_id")
-  return None if ids is None else ids
+  return load_metadata(config, "train").get("patient_id")
 
 
 def write_data_report(config: ml_collections.ConfigDict, workdir: str) -> None:

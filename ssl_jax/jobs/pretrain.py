@@ -103,15 +103,18 @@ def make_mesh(config: ml_collections.ConfigDict):
                             mesh_cfg.get("model_axis_size", 1))
 
 
-def make_partners(config: ml_collections.ConfigDict,
-                  num_rows: int) -> pairs.PartnerTable | None:
-  """The partner table of `config.pairs` (None for 'views': no partners)."""
+def make_partners(config: ml_collections.ConfigDict, num_rows: int,
+                  metadata: dict | None = None) -> pairs.PartnerTable | None:
+  """The partner table of `config.pairs` (None for 'views': no partners);
+  `metadata` is the train split's (read here when not given)."""
   cfg = config.get("pairs", None) or {"mode": "views"}
   if cfg["mode"] == "views":
     return None
+  if metadata is None:
+    metadata = common.load_metadata(config, "train")
   try:
     return pairs.build_partners(
-        cfg["mode"], common.load_metadata(config, "train"), num_rows=num_rows,
+        cfg["mode"], metadata, num_rows=num_rows,
         max_age_gap=cfg["max_age_gap"], series_max_gap=cfg["series_max_gap"])
   except ValueError as e:
     raise ValueError(f"data {config.data.name!r} train split: {e}") from None
@@ -130,7 +133,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                            times=config.train.get("grad_accum_steps", 1))
   info = common.data_info(config)
   images, labels = common.load_split(config, "train")
-  partners = make_partners(config, len(images))
+  metadata = common.load_metadata(config, "train")  # {} for MedMNIST
+  partners = make_partners(config, len(images), metadata)
   lead = jax.process_index() == 0
   if lead:
     common.save_config(config, workdir)
@@ -159,7 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       images, labels, batch_size=parallel.local_batch_size(config.train.batch_size),
       shuffle=True, repeat=True, seed=config.seed, drop_remainder=True,
       skip_batches=start, partners=partners,
-      extra=pairs.batch_columns(common.load_metadata(config, "train")))
+      extra=pairs.batch_columns(metadata))
   writer = MetricWriter(workdir, resume_step=start)
   began = time.perf_counter()
   try:
