@@ -91,8 +91,11 @@ def get_config() -> ml_collections.ConfigDict:
   # response to a gray image) | mean | first | none.
   c.init_from = dict(path="", format="auto", preset="", rename=(),
                      layout="auto", strict=False, channels="sum")
-  # Fields other than `name` are passed to the backbone factory.
-  c.model = dict(name="resnet18", width_multiplier=1.0)
+  # Fields other than `name` are passed to the backbone factory. ResNets:
+  # conv_impl / norm_impl auto | xla | matmul_1x1 / matmul: how convs and
+  # BatchNorm are computed, same params (ssl_jax/models/layers.py).
+  c.model = dict(name="resnet18", width_multiplier=1.0, conv_impl="auto",
+                 norm_impl="auto")
   c.objective = dict(name="simclr", temperature=0.1, proj_hidden_dim=512,
                      proj_dim=128, proj_layers=2)
   c.augment = augment_config("medical_safe")

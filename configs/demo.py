@@ -16,7 +16,8 @@ def get_config(arg: str = "breastmnist"):
   c = base.get_config()
   c.job = "pretrain_finetune"
   c.data.name = arg or "breastmnist"
-  c.model = dict(name="resnet18", width_multiplier=0.25)
+  c.model = dict(name="resnet18", width_multiplier=0.25, conv_impl="auto",
+                 norm_impl="auto")
   c.objective = dict(name="simclr", temperature=0.2, proj_hidden_dim=256,
                      proj_dim=64, proj_layers=2)
   c.train.steps = 150

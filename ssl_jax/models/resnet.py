@@ -14,18 +14,15 @@ the pooled output of every stage, so probes can read earlier layers.
 """
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ssl_jax.models import layers
+
 Array = jax.Array
-
-# Kaiming normal with fan-out, as torchvision initialises ResNet convs.
-_conv_init = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-
 
 class DepthStackedConv3d(nnx.Module):
   """A bias-free 3D conv computed as one 2D conv over depth slices.
@@ -40,8 +37,8 @@ class DepthStackedConv3d(nnx.Module):
 
   def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, *,
                dtype, rngs: nnx.Rngs):
-    self.kernel = nnx.Param(_conv_init(rngs.params(),
-                                       (kernel,) * 3 + (in_ch, out_ch)))
+    self.kernel = nnx.Param(layers.conv_init(rngs.params(),
+                                             (kernel,) * 3 + (in_ch, out_ch)))
     self.stride = stride
     self.dtype = dtype
 
@@ -76,67 +73,58 @@ def _conv3d_impl(impl: str) -> str:
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int, *, dtype,
           rngs: nnx.Rngs, spatial_dims: int = 2,
-          conv3d_impl: str = 'native') -> nnx.Module:
+          conv3d_impl: str = 'native', conv_impl: str = 'auto', **_
+          ) -> nnx.Module:
   """Bias-free conv with torchvision padding (k // 2), since a BN follows.
 
   Square (2D) or cubic (3D) kernel and stride, by `spatial_dims`.
   """
-  pad = kernel // 2
   if spatial_dims == 3 and conv3d_impl == 'depth_stacked':
     return DepthStackedConv3d(in_ch, out_ch, kernel, stride, dtype=dtype,
                               rngs=rngs)
-  return nnx.Conv(
-      in_ch, out_ch, (kernel,) * spatial_dims, strides=(stride,) * spatial_dims,
-      padding=((pad, pad),) * spatial_dims, use_bias=False,
-      kernel_init=_conv_init, dtype=dtype, rngs=rngs)
+  return layers.Conv(in_ch, out_ch, kernel, stride, spatial_dims=spatial_dims,
+                     impl=conv_impl, dtype=dtype, rngs=rngs)
 
 
-def _bn(features: int, *, dtype, rngs: nnx.Rngs, zero: bool = False
-        ) -> nnx.BatchNorm:
+def _bn(features: int, *, dtype, rngs: nnx.Rngs, zero: bool = False,
+        norm_impl: str = 'auto', **_) -> layers.BatchNorm:
   """BatchNorm with PyTorch-equivalent momentum; `zero` zero-inits the scale.
 
   Zero-initialising the last BN of each residual branch makes every block
   start as the identity (Goyal et al. 2017, "Accurate, Large Minibatch SGD").
   """
-  scale_init = (nnx.initializers.zeros_init() if zero
-                else nnx.initializers.ones_init())
-  return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5,
-                       scale_init=scale_init, dtype=dtype, rngs=rngs)
+  return layers.BatchNorm(features, momentum=0.9, epsilon=1e-5,
+                          zero_scale=zero, impl=norm_impl, dtype=dtype,
+                          rngs=rngs)
 
 
 class _Shortcut(nnx.Module):
   """1x1 projection + BN when the residual changes shape."""
 
-  def __init__(self, in_ch: int, out_ch: int, stride: int, *, dtype,
-               rngs: nnx.Rngs, spatial_dims: int = 2,
-               conv3d_impl: str = 'native'):
-    self.conv = _conv(in_ch, out_ch, 1, stride, dtype=dtype, rngs=rngs,
-                      spatial_dims=spatial_dims, conv3d_impl=conv3d_impl)
-    self.bn = _bn(out_ch, dtype=dtype, rngs=rngs)
+  def __init__(self, in_ch: int, out_ch: int, stride: int, *, ops: dict):
+    self.conv = _conv(in_ch, out_ch, 1, stride, **ops)
+    self.bn = _bn(out_ch, **ops)
 
   def __call__(self, x: Array, *, train: bool) -> Array:
     return self.bn(self.conv(x), use_running_average=not train)
 
 
 class BasicBlock(nnx.Module):
-  """Two 3x3 convs; the ResNet-18/34 block."""
+  """Two 3x3 convs; the ResNet-18/34 block.
+
+  `ops` (dtype, rngs, spatial_dims and the conv / norm implementations) is
+  passed to every conv and BatchNorm of the block.
+  """
   expansion = 1
 
-  def __init__(self, in_ch: int, width: int, stride: int, *, dtype,
-               rngs: nnx.Rngs, spatial_dims: int = 2,
-               conv3d_impl: str = 'native'):
+  def __init__(self, in_ch: int, width: int, stride: int, *, ops: dict):
     out_ch = width * self.expansion
-    conv = functools.partial(_conv, dtype=dtype, rngs=rngs,
-                             spatial_dims=spatial_dims,
-                             conv3d_impl=conv3d_impl)
-    self.conv1 = conv(in_ch, width, 3, stride)
-    self.bn1 = _bn(width, dtype=dtype, rngs=rngs)
-    self.conv2 = conv(width, out_ch, 3, 1)
-    self.bn2 = _bn(out_ch, dtype=dtype, rngs=rngs, zero=True)
-    self.shortcut = (
-        _Shortcut(in_ch, out_ch, stride, dtype=dtype, rngs=rngs,
-                  spatial_dims=spatial_dims, conv3d_impl=conv3d_impl)
-        if stride != 1 or in_ch != out_ch else None)
+    self.conv1 = _conv(in_ch, width, 3, stride, **ops)
+    self.bn1 = _bn(width, **ops)
+    self.conv2 = _conv(width, out_ch, 3, 1, **ops)
+    self.bn2 = _bn(out_ch, zero=True, **ops)
+    self.shortcut = (_Shortcut(in_ch, out_ch, stride, ops=ops)
+                     if stride != 1 or in_ch != out_ch else None)
 
   def __call__(self, x: Array, *, train: bool) -> Array:
     ura = not train
@@ -150,23 +138,16 @@ class Bottleneck(nnx.Module):
   """1x1 -> 3x3 (strided, as in ResNet v1.5) -> 1x1 x4; the ResNet-50 block."""
   expansion = 4
 
-  def __init__(self, in_ch: int, width: int, stride: int, *, dtype,
-               rngs: nnx.Rngs, spatial_dims: int = 2,
-               conv3d_impl: str = 'native'):
+  def __init__(self, in_ch: int, width: int, stride: int, *, ops: dict):
     out_ch = width * self.expansion
-    conv = functools.partial(_conv, dtype=dtype, rngs=rngs,
-                             spatial_dims=spatial_dims,
-                             conv3d_impl=conv3d_impl)
-    self.conv1 = conv(in_ch, width, 1, 1)
-    self.bn1 = _bn(width, dtype=dtype, rngs=rngs)
-    self.conv2 = conv(width, width, 3, stride)
-    self.bn2 = _bn(width, dtype=dtype, rngs=rngs)
-    self.conv3 = conv(width, out_ch, 1, 1)
-    self.bn3 = _bn(out_ch, dtype=dtype, rngs=rngs, zero=True)
-    self.shortcut = (
-        _Shortcut(in_ch, out_ch, stride, dtype=dtype, rngs=rngs,
-                  spatial_dims=spatial_dims, conv3d_impl=conv3d_impl)
-        if stride != 1 or in_ch != out_ch else None)
+    self.conv1 = _conv(in_ch, width, 1, 1, **ops)
+    self.bn1 = _bn(width, **ops)
+    self.conv2 = _conv(width, width, 3, stride, **ops)
+    self.bn2 = _bn(width, **ops)
+    self.conv3 = _conv(width, out_ch, 1, 1, **ops)
+    self.bn3 = _bn(out_ch, zero=True, **ops)
+    self.shortcut = (_Shortcut(in_ch, out_ch, stride, ops=ops)
+                     if stride != 1 or in_ch != out_ch else None)
 
   def __call__(self, x: Array, *, train: bool) -> Array:
     ura = not train
@@ -191,6 +172,8 @@ class ResNet(nnx.Module):
       small_stem: bool | None = None,
       spatial_dims: int = 2,
       conv3d_impl: str = 'auto',
+      conv_impl: str = 'auto',
+      norm_impl: str = 'auto',
       dtype=jnp.float32,
       rngs: nnx.Rngs,
   ):
@@ -204,14 +187,14 @@ class ResNet(nnx.Module):
     self.image_size = image_size
     self.spatial_dims = spatial_dims
     self.stage_sizes = tuple(stage_sizes)
-    impl = _conv3d_impl(conv3d_impl)
-    conv = functools.partial(_conv, dtype=dtype, rngs=rngs,
-                             spatial_dims=spatial_dims, conv3d_impl=impl)
+    ops = dict(dtype=dtype, rngs=rngs, spatial_dims=spatial_dims,
+               conv3d_impl=_conv3d_impl(conv3d_impl), conv_impl=conv_impl,
+               norm_impl=norm_impl)
     if self.small_stem:
-      self.stem_conv = conv(in_channels, base, 3, 1)
+      self.stem_conv = _conv(in_channels, base, 3, 1, **ops)
     else:
-      self.stem_conv = conv(in_channels, base, 7, 2)
-    self.stem_bn = _bn(base, dtype=dtype, rngs=rngs)
+      self.stem_conv = _conv(in_channels, base, 7, 2, **ops)
+    self.stem_bn = _bn(base, **ops)
 
     stages = []
     in_ch = base
@@ -220,8 +203,7 @@ class ResNet(nnx.Module):
       blocks = []
       for j in range(n_blocks):
         stride = 2 if i > 0 and j == 0 else 1
-        blocks.append(block(in_ch, width, stride, dtype=dtype, rngs=rngs,
-                            spatial_dims=spatial_dims, conv3d_impl=impl))
+        blocks.append(block(in_ch, width, stride, ops=ops))
         in_ch = width * block.expansion
       stages.append(nnx.List(blocks))
     self.stages = nnx.List(stages)

@@ -1,0 +1,185 @@
+"""Convolution and BatchNorm whose computation is chosen by backend.
+
+The params are nnx.Conv's and nnx.BatchNorm's (`kernel`; `scale`, `bias`,
+`mean`, `var`), so checkpoints, `init_from` and exports do not depend on the
+choice; only how the numbers are computed changes:
+
+- `norm_impl='matmul'`: the batch statistics and the backward's sums are
+  matrix-vector products (ones @ x). XLA:CPU splits a reduction over
+  B * H * W rows into a slow two-stage reduce-window; a gemv over the same
+  rows runs 2-6x faster there. Same maths, float32 statistics, a
+  hand-written VJP (the standard BatchNorm backward) so autodiff adds no
+  reductions of its own.
+- `conv_impl='tap_matmul'`: the forward and input gradient stay XLA's
+  convolutions; the weight gradient, XLA:CPU's slowest conv (it transposes
+  both operands into a batch-as-feature conv), becomes one matmul per
+  kernel tap: dW[i, j] = shift_ij(x)^T @ dy, contracting over every pixel of
+  the batch.
+- 'auto' picks those on CPU and XLA's own ops (cuDNN, TPU) elsewhere.
+
+bench/conv_ops.py prints the per-op numbers behind these choices.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+CONV_IMPLS = ('auto', 'xla', 'matmul_1x1')
+NORM_IMPLS = ('auto', 'xla', 'matmul')
+
+# Kaiming normal with fan-out, as torchvision initialises ResNet convs.
+conv_init = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def _resolve(impl: str, choices: tuple[str, ...], fast: str, field: str) -> str:
+  if impl not in choices:
+    raise ValueError(f'model.{field} must be one of {choices}, got {impl!r}')
+  if impl == 'auto':
+    return fast if jax.default_backend() == 'cpu' else 'xla'
+  return impl
+
+
+resolve_conv_impl = functools.partial(_resolve, choices=CONV_IMPLS,
+                                      fast='matmul_1x1', field='conv_impl')
+resolve_norm_impl = functools.partial(_resolve, choices=NORM_IMPLS,
+                                      fast='matmul', field='norm_impl')
+
+
+# ---------------------------------------------------------------- convolution
+
+def _xla_conv(x: Array, kernel: Array, stride: int, pad: int) -> Array:
+  nd = x.ndim - 2
+  spec = {1: ('NWC', 'WIO', 'NWC'), 2: ('NHWC', 'HWIO', 'NHWC'),
+          3: ('NDHWC', 'DHWIO', 'NDHWC')}[nd]
+  return jax.lax.conv_general_dilated(
+      x, kernel, (stride,) * nd, ((pad, pad),) * nd, dimension_numbers=spec)
+
+
+class Conv(nnx.Module):
+  """Bias-free conv, padding k // 2 (torchvision's), `kernel` laid out as
+  nnx.Conv's: [k] * spatial_dims + [C_in, C_out]."""
+
+  def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, *,
+               spatial_dims: int = 2, impl: str = 'auto', dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    self.kernel = nnx.Param(conv_init(
+        rngs.params(), (kernel,) * spatial_dims + (in_ch, out_ch)))
+    self.stride = stride
+    self.impl = resolve_conv_impl(impl)
+    self.dtype = dtype
+
+  def __call__(self, x: Array) -> Array:
+    kernel = self.kernel[...].astype(self.dtype)
+    x = x.astype(self.dtype)
+    pad = kernel.shape[0] // 2
+    if self.impl == 'xla':
+      return _xla_conv(x, kernel, self.stride, pad)
+    if kernel.shape[0] == 1:  # 1x1: a strided matmul, no conv machinery
+      x = x[(slice(None),) + (slice(None, None, self.stride),) * (x.ndim - 2)]
+      return jnp.einsum('...c,co->...o', x, kernel.reshape(kernel.shape[-2:]))
+    return _xla_conv(x, kernel, self.stride, pad)
+
+
+# ------------------------------------------------------------------ BatchNorm
+
+def _rows(x: Array) -> Array:
+  return x.reshape(-1, x.shape[-1])
+
+
+def _row_mean(x2: Array) -> Array:
+  """Mean over rows as a gemv (ones / n) @ x, accumulated in float32."""
+  ones = jnp.full((x2.shape[0],), 1.0 / x2.shape[0], x2.dtype)
+  return jnp.dot(ones, x2, preferred_element_type=jnp.float32)
+
+
+def _stats(x: Array) -> tuple[Array, Array]:
+  """Batch mean and biased variance per channel (flax's fast variance)."""
+  x2 = _rows(x)
+  mean = _row_mean(x2)
+  var = jnp.maximum(0.0, _row_mean(x2 * x2) - mean * mean)
+  return mean, var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x: Array, scale: Array, bias: Array, eps: float
+                     ) -> tuple[Array, Array, Array]:
+  """Training-mode BatchNorm over every axis but the last: (y, mean, var).
+
+  mean and var (for the running averages) carry no gradient.
+  """
+  mean, var = _stats(x)
+  rstd = jax.lax.rsqrt(var + eps)
+  y = ((x - mean) * (rstd * scale) + bias).astype(x.dtype)
+  return y, mean, var
+
+
+def _bn_fwd(x, scale, bias, eps):
+  mean, var = _stats(x)
+  rstd = jax.lax.rsqrt(var + eps)
+  y = ((x - mean) * (rstd * scale) + bias).astype(x.dtype)
+  return (y, mean, var), (x, scale, mean, rstd)
+
+
+def _bn_bwd(eps, res, cotangents):
+  del eps
+  x, scale, mean, rstd = res
+  dy = cotangents[0].astype(jnp.float32)
+  xhat = (x - mean) * rstd
+  dy2 = _rows(dy)
+  mean_dy = _row_mean(dy2)
+  mean_dy_xhat = _row_mean(dy2 * _rows(xhat))
+  n = dy2.shape[0]
+  dx = (scale * rstd) * (dy - mean_dy - xhat * mean_dy_xhat)
+  return dx.astype(x.dtype), mean_dy_xhat * n, mean_dy * n
+
+
+batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
+
+
+def batch_norm_reference(x: Array, scale: Array, bias: Array, eps: float
+                         ) -> tuple[Array, Array, Array]:
+  """`batch_norm_train` with jnp reductions and autodiff (flax's maths)."""
+  axes = tuple(range(x.ndim - 1))
+  mean = jnp.mean(x, axes)
+  var = jnp.maximum(0.0, jnp.mean(x * x, axes) - mean * mean)
+  y = (x - mean) * (jax.lax.rsqrt(var + eps) * scale) + bias
+  return y.astype(x.dtype), mean, var
+
+
+class BatchNorm(nnx.Module):
+  """nnx.BatchNorm's params, statistics and maths (momentum, epsilon,
+  biased fast variance, float32 statistics), computed by `impl`."""
+
+  def __init__(self, features: int, *, momentum: float = 0.9,
+               epsilon: float = 1e-5, zero_scale: bool = False,
+               impl: str = 'auto', dtype=jnp.float32, rngs: nnx.Rngs):
+    rngs.params(), rngs.params()  # nnx.BatchNorm's two keys: same model init
+    self.scale = nnx.Param((jnp.zeros if zero_scale else jnp.ones)(
+        (features,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((features,), jnp.float32))
+    self.mean = nnx.BatchStat(jnp.zeros((features,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((features,), jnp.float32))
+    self.momentum = momentum
+    self.epsilon = epsilon
+    self.impl = resolve_norm_impl(impl)
+    self.dtype = dtype
+
+  def __call__(self, x: Array, use_running_average: bool = False) -> Array:
+    x = x.astype(jnp.float32)
+    scale, bias = self.scale[...], self.bias[...]
+    if use_running_average:
+      y = (x - self.mean[...]) * (jax.lax.rsqrt(self.var[...] + self.epsilon)
+                                  * scale) + bias
+      return y.astype(self.dtype)
+    train_fn = (batch_norm_train if self.impl == 'matmul'
+                else batch_norm_reference)
+    y, mean, var = train_fn(x, scale, bias, self.epsilon)
+    m = self.momentum
+    self.mean[...] = m * self.mean[...] + (1 - m) * jax.lax.stop_gradient(mean)
+    self.var[...] = m * self.var[...] + (1 - m) * jax.lax.stop_gradient(var)
+    return y.astype(self.dtype)

@@ -1,0 +1,138 @@
+"""The backend-chosen conv and BatchNorm (ssl_jax/models/layers.py) compute
+the same numbers as XLA's conv and flax's nnx.BatchNorm, with the same
+params, so switching `model.conv_impl` / `model.norm_impl` changes speed,
+not maths or checkpoints."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ssl_jax import runtime
+from ssl_jax.models import layers, resnet
+
+
+def _conv_pair(kernel, stride, c_in=3, c_out=5, spatial_dims=2):
+  fast = layers.Conv(c_in, c_out, kernel, stride, spatial_dims=spatial_dims,
+                     impl='matmul_1x1', rngs=nnx.Rngs(0))
+  ref = layers.Conv(c_in, c_out, kernel, stride, spatial_dims=spatial_dims,
+                    impl='xla', rngs=nnx.Rngs(0))
+  return fast, ref
+
+
+@pytest.mark.parametrize('kernel,stride,size', [
+    (1, 1, 9), (1, 2, 9), (1, 2, 8), (3, 1, 7), (3, 2, 9), (7, 2, 11)])
+def test_conv_forward_and_both_gradients_equal_xla(kernel, stride, size):
+  fast, ref = _conv_pair(kernel, stride)
+  np.testing.assert_array_equal(fast.kernel[...], ref.kernel[...])
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, size, size, 3))
+  y_ref = ref(x)
+  dy = jax.random.normal(jax.random.PRNGKey(2), y_ref.shape)
+
+  def grads(module):
+    graphdef, params = nnx.split(module)
+    def f(x, params):
+      return jnp.vdot(nnx.merge(graphdef, params)(x), dy)
+    dx, dparams = jax.grad(f, argnums=(0, 1))(x, params)
+    return dx, dparams['kernel'][...]
+
+  np.testing.assert_allclose(fast(x), y_ref, rtol=1e-5, atol=1e-5)
+  for got, want in zip(grads(fast), grads(ref)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_1x1_on_volumes_equals_xla():
+  fast, ref = _conv_pair(1, 2, spatial_dims=3)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 5, 5, 3))
+  np.testing.assert_allclose(fast(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_impl_names_are_checked_and_auto_resolves_by_backend():
+  with pytest.raises(ValueError, match='model.conv_impl'):
+    layers.resolve_conv_impl('im2col')
+  with pytest.raises(ValueError, match='model.norm_impl'):
+    layers.resolve_norm_impl('fast')
+  assert jax.default_backend() == 'cpu'
+  assert layers.resolve_conv_impl('auto') == 'matmul_1x1'
+  assert layers.resolve_norm_impl('auto') == 'matmul'
+  assert layers.resolve_norm_impl('xla') == 'xla'
+
+
+@pytest.mark.parametrize('impl', ['matmul', 'xla'])
+def test_batch_norm_matches_flax_in_train_and_eval(impl):
+  """Output, running statistics and gradients equal nnx.BatchNorm's."""
+  ours = layers.BatchNorm(6, momentum=0.9, epsilon=1e-5, impl=impl,
+                          rngs=nnx.Rngs(0))
+  theirs = nnx.BatchNorm(6, momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0))
+  # Non-trivial affine params, so their gradients are checked too.
+  for bn in (ours, theirs):
+    bn.scale[...] = jnp.linspace(0.5, 2.0, 6)
+    bn.bias[...] = jnp.linspace(-1.0, 1.0, 6)
+  x = 3.0 + 2.0 * jax.random.normal(jax.random.PRNGKey(0), (4, 5, 5, 6))
+  dy = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+
+  def loss_and_grads(bn):
+    graphdef, params, rest = nnx.split(bn, nnx.Param, ...)
+    def f(x, params):
+      m = nnx.merge(graphdef, params, rest, copy=True)
+      y = m(x, use_running_average=False)
+      return jnp.vdot(y, dy), (y, nnx.state(m, nnx.BatchStat))
+    (_, (y, stats)), g = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(
+        x, params)
+    return y, stats, g
+
+  y1, s1, (dx1, dp1) = loss_and_grads(ours)
+  y2, s2, (dx2, dp2) = loss_and_grads(theirs)
+  np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(s1['mean'][...], s2['mean'][...], rtol=1e-6)
+  np.testing.assert_allclose(s1['var'][...], s2['var'][...], rtol=1e-5)
+  np.testing.assert_allclose(dx1, dx2, rtol=1e-4, atol=1e-5)
+  for k in ('scale', 'bias'):
+    np.testing.assert_allclose(dp1[k][...], dp2[k][...], rtol=1e-4, atol=1e-4)
+  # Eval mode reads the running averages.
+  np.testing.assert_allclose(ours(x, use_running_average=True),
+                             theirs(x, use_running_average=True),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_resnet_impls_share_params_and_agree():
+  """Same init (same rng draws as nnx.Conv / nnx.BatchNorm), same tree, same
+  features and gradients whichever implementation computes them."""
+  def build(conv_impl, norm_impl):
+    return resnet.resnet18(in_channels=1, image_size=16, width_multiplier=0.125,
+                           conv_impl=conv_impl, norm_impl=norm_impl,
+                           rngs=nnx.Rngs(0))
+  fast, ref = build('auto', 'auto'), build('xla', 'xla')
+  fast_state, ref_state = nnx.state(fast), nnx.state(ref)
+  assert jax.tree.structure(fast_state) == jax.tree.structure(ref_state)
+  for a, b in zip(jax.tree.leaves(fast_state), jax.tree.leaves(ref_state)):
+    np.testing.assert_array_equal(a, b)
+  x = jax.random.uniform(jax.random.PRNGKey(3), (4, 16, 16, 1))
+
+  def loss(model):
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    def f(params):
+      return jnp.sum(nnx.merge(graphdef, params, rest, copy=True)(
+          x, train=True) ** 2)
+    return jax.value_and_grad(f)(params)
+
+  (l1, g1), (l2, g2) = loss(fast), loss(ref)
+  np.testing.assert_allclose(l1, l2, rtol=1e-4)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
+
+
+def test_runtime_configure_adds_cpu_flags_and_keeps_the_users(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=dot '
+                     '--xla_force_host_platform_device_count=2')
+  runtime.configure()
+  flags = os.environ['XLA_FLAGS'].split()
+  assert '--xla_cpu_experimental_ynn_fusion_type=dot' in flags
+  assert len([f for f in flags if 'ynn_fusion_type' in f]) == 1
+  monkeypatch.setenv('XLA_FLAGS', '')
+  runtime.configure()
+  runtime.configure()
+  assert os.environ['XLA_FLAGS'].split() == [
+      f'{k}={v}' for k, v in runtime.CPU_XLA_FLAGS.items()]
