@@ -119,9 +119,11 @@ def check_dataset_name(name: str) -> None:
 
 
 def data_options(config: ml_collections.ConfigDict) -> dict:
-  """config.data.options as a plain dict ({} when absent)."""
+  """The set fields of config.data.options as a plain dict ({} when none):
+  every option is declared (configs/base.py), None means unset."""
   options = config.data.get("options", None) or {}
-  return options.to_dict() if hasattr(options, "to_dict") else dict(options)
+  options = options.to_dict() if hasattr(options, "to_dict") else dict(options)
+  return {k: v for k, v in options.items() if v is not None}
 
 
 def data_info(config: ml_collections.ConfigDict):
