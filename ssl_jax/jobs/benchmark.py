@@ -92,9 +92,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.benchmark.methods has {method!r}, which has no "
                        f"configs/{method}.py; use a config name or {NONE!r}")
     if method != NONE:
+      method_cfg = method_config(config, method, 0)
       common.check_name(f"objective.name of configs/{method}.py",
-                        method_config(config, method, 0).objective.name,
-                        objectives.names())
+                        method_cfg.objective.name, objectives.names())
+      try:
+        common.check_encoder(method_cfg)  # the budget's backbone
+      except ValueError as e:
+        raise ValueError(f"config.benchmark.methods has {method!r}: {e}; "
+                         "the sweep's backbone is config.benchmark.budget."
+                         "model (the config arg's backbone=vit for ViTs)"
+                         ) from None
   if "scratch" in protocols:
     raise ValueError("config.finetune.protocols has 'scratch': in the benchmark "
                      f"the from-scratch baseline is method {NONE!r} with "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from typing import Any, Iterable
 
@@ -78,15 +79,66 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config[section][key] <= 0:
       raise ValueError(f"config.{field} must be positive, got "
                        f"{config[section][key]}")
+  optim.check(config.optim, config.train.steps)
+  optim.check(ft.optim, ft.steps, "finetune.optim", "finetune.steps")
+  check_encoder(config)
+  check_objective_fields(config)
   check_fit(config)
   check_pairs(config)
+
+
+def objective_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The configured objective, or the parts of a combined objective."""
+  return tuple(config.objective.get("parts", ())) or (config.objective.name,)
+
+
+def check_encoder(config: ml_collections.ConfigDict) -> None:
+  """Each objective declares the backbone it needs (`Objective.encoder`):
+  refuse a misfit before anything is built or written."""
+  backbone = config.model.name
+  for name in objective_names(config):
+    if name not in objectives.names():
+      continue  # the combined objective names an unknown part itself
+    need = objectives.get(name).encoder
+    if not objectives.base.fits(need, backbone):
+      fitting = [m for m in models.names() if objectives.base.fits(need, m)]
+      kind = {"vit": "a ViT", "3d": "a 3D (volume)",
+              "vit_3d": "a 3D ViT"}[need]
+      raise ValueError(
+          f"{name} needs {kind} encoder; got config.model.name="
+          f"{backbone!r}. Use one of: {', '.join(fitting)} (or start from "
+          f"configs/{name}.py, which sets a fitting model)")
+
+
+def check_objective_fields(config: ml_collections.ConfigDict) -> None:
+  """The objective's loss builder finds every hyperparameter it reads in
+  config.objective (they come from configs/<method>.py): a config of another
+  method with only `objective.name` changed is refused, naming the field."""
+  try:
+    objectives.get(config.objective.name).make_loss(config)
+  except AttributeError as e:
+    raise missing_objective_field(config, e) from None
+
+
+def missing_objective_field(config: ml_collections.ConfigDict,
+                            error: AttributeError) -> ValueError:
+  """The error for a hyperparameter the objective reads but the config
+  lacks (ConfigDict raises AttributeError('<field>'))."""
+  name = config.objective.name
+  found = re.match(r"""^[\\'"]*(\w+)""", str(error))
+  field = found.group(1) if found else str(error)
+  return ValueError(
+      f"config.objective.name={name!r} reads a field {field!r} which this "
+      f"config does not have (config.objective has "
+      f"{', '.join(sorted(config.objective))}; config.model has "
+      f"{', '.join(sorted(config.model))}): start from configs/{name}.py, or "
+      "set the whole block in a config file")
 
 
 def pair_consumers(config: ml_collections.ConfigDict) -> list[str]:
   """The configured objectives that read partner images (`uses_pairs`): the
   objective itself, or the parts of a combined objective."""
-  names = tuple(config.objective.get("parts", ())) or (config.objective.name,)
-  return [n for n in names if n in objectives.names()
+  return [n for n in objective_names(config) if n in objectives.names()
           and objectives.get(n).uses_pairs]
 
 

@@ -81,8 +81,13 @@ def build_parts(config: ml_collections.ConfigDict, info, mesh) -> Built:
                             jax.random.PRNGKey(config.seed + 1))
 
   rules = tuple(config.get("mesh", {}).get("rules", ()) or ())
-  graphdef, abstract, shardings, init = state_lib.shape_first(
-      build_state, mesh, rules)
+  try:
+    graphdef, abstract, shardings, init = state_lib.shape_first(
+        build_state, mesh, rules)
+  except AttributeError as e:  # a hyperparameter of another method's config
+    if "Did you mean" not in str(e) and not str(e).startswith("'"):
+      raise  # not a ConfigDict field lookup
+    raise common.missing_objective_field(config, e) from None
   step_fn = step_lib.make_from_objective(
       graphdef, objective, config, tx, schedule,
       grad_accum_steps=config.train.get("grad_accum_steps", 1),
