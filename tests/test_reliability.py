@@ -1,0 +1,323 @@
+"""Nothing silent, nothing clobbered (issue 13): each fault a new user hit is
+refused or named before it damages anything, with the field and the fix."""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from ssl_jax import objectives
+from ssl_jax.jobs import benchmark, common, pretrain
+from tests.tiny import tiny_config
+
+
+def method_config(method: str, **overrides):
+  config = importlib.import_module(f"configs.{method}").get_config()
+  for key, value in overrides.items():
+    section = config
+    *path, last = key.split(".")
+    for p in path:
+      section = section[p]
+    section[last] = value
+  return config
+
+
+# --- 2. objective and backbone that don't fit --------------------------------
+
+
+@pytest.mark.parametrize("method,overrides,message", [
+    ("demo", {"objective.name": "mae"},
+     r"mae needs a ViT encoder; got config.model.name='resnet18'. Use one of: "
+     r"vit_base, vit_small, vit_tiny \("),
+    ("mae", {"model.name": "resnet18"},
+     r"mae needs a ViT encoder; got config.model.name='resnet18'"),
+    ("simmim", {"model.name": "resnet50"}, r"simmim needs a ViT encoder"),
+    ("mae_3d", {"model.name": "vit_tiny"},
+     r"mae_3d needs a 3D ViT encoder.*Use one of: vit_tiny_3d \("),
+    ("simclr_3d", {"model.name": "resnet18"},
+     r"simclr_3d needs a 3D \(volume\) encoder.*resnet18_3d, vit_tiny_3d"),
+    ("mae", {"objective.name": "simclr"},
+     r"config.objective.name='simclr' reads a field 'temperature' which this "
+     r"config does not have.*start from configs/simclr.py"),
+])
+def test_objective_backbone_misfit_is_refused_before_anything(
+    tmp_path, method, overrides, message):
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match=message):
+    pretrain.train_and_evaluate(method_config(method, **overrides), str(workdir))
+  assert not workdir.exists()  # refused before the workdir was made
+
+
+def test_a_field_only_the_model_builder_reads_is_named(tmp_path):
+  """BYOL's predictor width is read while building, not by make_loss."""
+  config = tiny_config(**{"objective.name": "byol"})
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match=r"reads a field 'pred_hidden_dim'.*"
+                     r"start from configs/byol.py"):
+    pretrain.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()
+
+
+def test_every_objective_fits_its_own_config():
+  for name in objectives.names():
+    spec = importlib.util.find_spec(f"configs.{name}")
+    if spec is None:
+      continue
+    common.check_encoder(method_config(name))
+
+
+def test_benchmark_refuses_a_vit_method_on_the_resnet_budget():
+  from tests.test_benchmark import tiny_benchmark_config  # noqa: PLC0415
+  config = tiny_benchmark_config(**{"benchmark.methods": ("none", "mae")})
+  with pytest.raises(ValueError, match=r"benchmark.methods has 'mae': mae "
+                     r"needs a ViT encoder"):
+    benchmark.validate(config)
+
+
+# --- 4. a rerun with other settings is refused; config.json after restore ---
+
+
+def tiny_pretrain(**overrides):
+  config = tiny_config(**{"job": "pretrain", "model.stage_sizes": (1, 1, 1, 1),
+                          "online_probe": False, "train.steps": 2,
+                          "train.checkpoint_every": 1, "train.log_every": 1,
+                          **overrides})
+  return config
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, medmnist_dir):
+  """A finished 2-step tiny pretraining run (ResNet-18 at width 1/16)."""
+  workdir = tmp_path_factory.mktemp("pre") / "run"
+  config = tiny_pretrain(**{"data.data_dir": str(medmnist_dir)})
+  pretrain.train_and_evaluate(config, str(workdir))
+  return workdir, config
+
+
+def _snapshot(workdir):
+  return {p.relative_to(workdir): p.read_bytes()
+          for p in sorted(workdir.rglob("*")) if p.is_file()}
+
+
+def test_rerun_with_another_width_is_refused_naming_the_field(pretrained):
+  workdir, config = pretrained
+  before = _snapshot(workdir)
+  other = config.copy_and_resolve_references()
+  other.model.width_multiplier = 0.125
+  with pytest.raises(ValueError, match=r"holds a pretraining run with other "
+                     r"settings \(model.width_multiplier: 0.0625 in "
+                     r"config.json, 0.125 now\).*fresh --workdir"):
+    pretrain.train_and_evaluate(other, str(workdir))
+  assert _snapshot(workdir) == before  # nothing written, nothing lost
+
+
+def test_rerun_may_change_display_and_length(pretrained):
+  workdir, config = pretrained
+  same = config.copy_and_resolve_references()
+  same.train.log_every = 5
+  same.train.progress = True
+  same.finetune.steps = 7
+  pretrain.check_same_setup(same, str(workdir))  # no error
+
+
+def test_checkpoint_of_another_shape_is_named_and_config_kept(pretrained, tmp_path):
+  """Without config.json to compare (older runs), the restore itself fails
+  clearly, and config.json is not written for a run that never resumed."""
+  import shutil  # noqa: PLC0415
+  workdir, config = pretrained
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  (copy / "config.json").unlink()
+  other = config.copy_and_resolve_references()
+  other.model.width_multiplier = 0.125
+  with pytest.raises(ValueError, match=r"checkpoints step 2 does not fit this "
+                     r"config .*fresh --workdir"):
+    pretrain.train_and_evaluate(other, str(copy))
+  assert not (copy / "config.json").exists()
+
+
+# --- 5. one process per workdir; no metrics row twice ------------------------
+
+HOLD = """
+import sys, time
+sys.path.insert(0, {root!r})
+from ssl_jax.jobs import workdir
+lock = workdir.Lock({path!r}, "holder test")
+lock.acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def _hold(path):
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+  from tests.tiny import __file__ as tiny_file  # noqa: PLC0415
+  import pathlib  # noqa: PLC0415
+  root = str(pathlib.Path(tiny_file).resolve().parents[1])
+  proc = subprocess.Popen([sys.executable, "-c", HOLD.format(root=root, path=str(path))],
+                          stdout=subprocess.PIPE, text=True)
+  assert proc.stdout.readline().strip() == "held"
+  return proc
+
+
+def test_second_process_is_refused_naming_the_holder(tmp_path):
+  import socket  # noqa: PLC0415
+  from ssl_jax.jobs import workdir  # noqa: PLC0415
+  proc = _hold(tmp_path)
+  try:
+    with pytest.raises(workdir.WorkdirBusy, match=(
+        rf"workdir {tmp_path} is in use by pid {proc.pid} on host "
+        rf"{socket.gethostname()} \(holder test, since .*\).*another --workdir")):
+      workdir.Lock(tmp_path).acquire()
+    assert workdir.is_busy(tmp_path)
+  finally:
+    proc.kill()
+    proc.wait()
+
+
+def test_pretraining_on_a_held_workdir_touches_nothing(tmp_path, medmnist_dir):
+  from ssl_jax.jobs import workdir  # noqa: PLC0415
+  proc = _hold(tmp_path)
+  try:
+    with pytest.raises(workdir.WorkdirBusy, match=f"pid {proc.pid}"):
+      pretrain.train_and_evaluate(
+          tiny_pretrain(**{"data.data_dir": str(medmnist_dir)}), str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
+  finally:
+    proc.kill()
+    proc.wait()
+
+
+def test_lock_of_a_killed_process_is_taken_over(tmp_path, capsys):
+  from ssl_jax.jobs import workdir  # noqa: PLC0415
+  proc = _hold(tmp_path)
+  proc.kill()
+  proc.wait()
+  assert workdir.read_holder(tmp_path)["pid"] == proc.pid  # left behind
+  assert not workdir.is_busy(tmp_path)
+  with workdir.Lock(tmp_path, "second") as lock:
+    assert lock.took_over["pid"] == proc.pid
+    assert workdir.read_holder(tmp_path)["job"] == "second"
+    with workdir.Lock(tmp_path):  # re-entrant in one process
+      pass
+    assert (tmp_path / ".lock").exists()
+  assert not (tmp_path / ".lock").exists()
+  assert f"took over the stale lock of {tmp_path} from pid {proc.pid}" in (
+      capsys.readouterr().out)
+
+
+def test_resume_keeps_each_step_once_even_after_two_writers(tmp_path):
+  import json  # noqa: PLC0415
+  from ssl_jax.train.metrics_writer import MetricWriter  # noqa: PLC0415
+  rows = []
+  for step in range(1, 5):  # two processes once interleaved their rows
+    rows += [{"step": step, "train/loss": 1.0 / step},
+             {"step": step, "train/loss": 2.0 / step}]
+  rows.append({"step": 2, "val/auroc": 0.5})
+  (tmp_path / "metrics.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in rows))
+  MetricWriter(tmp_path, tensorboard=False, resume_step=3).close()
+  got = [json.loads(line) for line in
+         (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert got == [{"step": 1, "train/loss": 2.0}, {"step": 2, "train/loss": 1.0},
+                 {"step": 3, "train/loss": 2.0 / 3}, {"step": 2, "val/auroc": 0.5}]
+
+
+# --- 10. a workdir that cannot be written is named up front -------------------
+
+
+def test_unwritable_workdir_is_named_before_anything(tmp_path):
+  from ssl_jax.jobs import workdir  # noqa: PLC0415
+  (tmp_path / "afile").write_text("x")
+  with pytest.raises(PermissionError, match=rf"workdir {tmp_path}/afile/run is "
+                     r"not writable .*choose a --workdir you can write to"):
+    workdir.check_writable(tmp_path / "afile" / "run")
+  workdir.check_writable(tmp_path / "new" / "run")
+  assert not (tmp_path / "new").exists()  # probing creates nothing
+
+
+def test_read_only_workdir_fails_in_pretraining_with_its_name(medmnist_dir):
+  try:
+    open("/sys/ssl_jax_probe", "w").close()
+    pytest.skip("/sys is writable here: no unwritable directory to try")
+  except OSError:
+    pass
+  with pytest.raises(PermissionError, match=r"workdir /sys/ssl_jax_run is not "
+                     r"writable \((Permission denied|Read-only)"):
+    pretrain.train_and_evaluate(
+        tiny_pretrain(**{"data.data_dir": str(medmnist_dir)}), "/sys/ssl_jax_run")
+
+
+# --- 3. optimizer numbers that train wrongly without failing ------------------
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("optim.lr", -1.0, r"config.optim.lr=-1.0; expected > 0 .*ascends"),
+    ("optim.lr", 0.0, r"config.optim.lr=0.0; expected > 0"),
+    ("optim.weight_decay", -1e-4, r"config.optim.weight_decay=-0.0001; expected >= 0"),
+    ("optim.warmup_steps", 5, r"config.optim.warmup_steps=5; expected <= "
+     r"config.train.steps=4 .*--config.optim.warmup_steps=4 or less"),
+    ("optim.final_lr_fraction", 1.5, r"final_lr_fraction=1.5; expected in \[0, 1\]"),
+    ("optim.grad_clip_norm", -1.0, r"grad_clip_norm=-1.0; expected >= 0"),
+    ("finetune.optim.warmup_steps", 9, r"config.finetune.optim.warmup_steps=9; "
+     r"expected <= config.finetune.steps=4"),
+    ("finetune.optim.lr", -1e-3, r"config.finetune.optim.lr=-0.001"),
+])
+def test_optimizer_fields_are_checked(field, value, message):
+  with pytest.raises(ValueError, match=message):
+    common.validate(tiny_config(**{field: value}))
+
+
+@pytest.mark.parametrize("method,field,value", [
+    ("mae", "optim.b2", 1.0), ("mae", "optim.b1", -0.1),
+    ("simclr", "optim.momentum", 1.2)])
+def test_betas_and_momentum_in_range(method, field, value):
+  config = method_config(method, **{"train.steps": 200})
+  with config.unlocked():
+    config.optim[field.split(".")[1]] = value
+  with pytest.raises(ValueError, match=rf"config.{field}={value}; expected in "
+                     r"\[0, 1\)"):
+    common.validate(config)
+
+
+def test_negative_lr_on_the_command_line_exits_before_training(tmp_path):
+  """The issue's reproduction: run.py --config.optim.lr=-1 used to exit 0."""
+  import os  # noqa: PLC0415
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run(
+      [sys.executable, "run.py", "--config=configs/demo.py",
+       f"--workdir={tmp_path / 'run'}", "--config.optim.lr=-1"],
+      cwd=root, capture_output=True, text=True, timeout=300, check=False)
+  assert out.returncode != 0
+  assert "config.optim.lr=-1.0; expected > 0" in out.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_sweep_waits_for_a_pretraining_another_process_holds(tmp_path, monkeypatch):
+  """Sweeps share a workdir (one process per seed): a (method, seed) another
+  process is pretraining is waited for, then read, not pretrained twice."""
+  import json  # noqa: PLC0415
+  from tests.test_benchmark import tiny_benchmark_config  # noqa: PLC0415
+  pre_dir = tmp_path / "pretrain" / "rotation" / "seed0"
+  proc = _hold(pre_dir)
+  config = tiny_benchmark_config()
+  contexts = benchmark.Contexts.__new__(benchmark.Contexts)
+  contexts.config, contexts.workdir = config, str(tmp_path)
+  ran = []
+  monkeypatch.setattr(pretrain, "train_and_evaluate",
+                      lambda cfg, d: ran.append(d))
+  import threading  # noqa: PLC0415
+
+  def finish():  # the other process writes its summary and exits
+    (pre_dir / "pretrain_summary.json").write_text(json.dumps({"steps": 4}))
+    proc.kill()
+    proc.wait()
+
+  timer = threading.Timer(1.0, finish)
+  timer.start()
+  assert contexts.pretrained_dir("rotation", 0) == str(pre_dir)
+  timer.join()
+  assert ran == []  # finished by the other process: not pretrained again
