@@ -321,3 +321,85 @@ def test_sweep_waits_for_a_pretraining_another_process_holds(tmp_path, monkeypat
   assert contexts.pretrained_dir("rotation", 0) == str(pre_dir)
   timer.join()
   assert ran == []  # finished by the other process: not pretrained again
+
+
+# --- 8. a single-class CSV is named at load -----------------------------------
+
+
+def _csv(tmp_path, labels):
+  import numpy as np  # noqa: PLC0415
+  from PIL import Image  # noqa: PLC0415
+  lines = ["path,label,split"]
+  for i, (label, split) in enumerate(labels):
+    Image.fromarray(np.full((8, 8), 10 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    lines.append(f"{i}.png,{label},{split}")
+  path = tmp_path / "labels.csv"
+  path.write_text("\n".join(lines) + "\n")
+  return str(path)
+
+
+def test_single_class_csv_is_refused_before_pretraining(tmp_path):
+  from ssl_jax.jobs import pipeline  # noqa: PLC0415
+  path = _csv(tmp_path, [("benign", s) for s in ("train",) * 4 + ("val", "test")])
+  config = tiny_config(**{"data.name": f"csv:{path}", "data.size": 8})
+  with pytest.raises(ValueError, match=rf"data 'csv:{path}', split 'train': 4 "
+                     r"rows with 1 class\(es\) \[0\].*>= 2 classes"):
+    pipeline.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_split_with_one_class_is_named(tmp_path):
+  path = _csv(tmp_path, [("a", "train"), ("b", "train"), ("a", "val"),
+                         ("b", "val"), ("a", "test"), ("a", "test")])
+  config = tiny_config(**{"data.name": f"csv:{path}", "data.size": 8})
+  with pytest.raises(ValueError, match=r"split 'test': 2 rows with 1 class"):
+    common.check_classes(config, "binary-class")
+
+
+# --- 9. fine-tuning from a workdir of another width says so -------------------
+
+
+def test_finetune_from_another_width_says_so_and_records_both(
+    pretrained, tmp_path, capsys):
+  from ssl_jax.jobs import finetune  # noqa: PLC0415
+  workdir, config = pretrained
+  ft = config.copy_and_resolve_references()
+  ft.job = "finetune"
+  ft.model.width_multiplier = 0.125  # not what was pretrained
+  ft.finetune.pretrained = str(workdir)
+  ft.finetune.protocols = ("linear",)
+  ft.finetune.fractions = (1.0,)
+  results = finetune.train_and_evaluate(ft, str(tmp_path / "ft"))
+  assert "not as config.model" in capsys.readouterr().out
+  assert results["model"]["width_multiplier"] == 0.0625
+  assert results["config_model"]["width_multiplier"] == 0.125
+
+
+# --- 13. nothing to evaluate; prefixes; skipped rows on the console -----------
+
+
+def test_empty_fractions_are_refused():
+  with pytest.raises(ValueError, match=r"config.finetune.fractions is empty"):
+    common.validate(tiny_config(**{"finetune.fractions": ()}))
+  with pytest.raises(ValueError, match=r"config.finetune.seeds is empty"):
+    common.validate(tiny_config(**{"finetune.seeds": ()}))
+
+
+def test_unknown_dataset_lists_the_prefixes():
+  with pytest.raises(ValueError, match=r"config.data.name='breastmnst' is "
+                     r"unknown; allowed: .*breastmnist.*csv:<file.csv>.*"
+                     r"tfds:<name>.*pool:<a>\+<b>"):
+    common.validate(tiny_config(**{"data.name": "breastmnst"}))
+
+
+def test_skipped_rows_are_counted_on_the_console(tmp_path, capsys):
+  path = _csv(tmp_path, [("a", "train"), ("b", "train"), ("a", "val"),
+                         ("b", "test")])
+  with open(path, "a") as f:
+    f.write("gone.png,a,train\nalso_gone.png,b,val\n")
+  config = tiny_config(**{"data.name": f"csv:{path}", "data.size": 8,
+                          "data.options.on_bad_row": "skip"})
+  common.write_data_report(config, str(tmp_path / "run"))
+  out = capsys.readouterr().out
+  assert (f"data: skipped 2 CSV row(s) (missing_file 2); rows and reasons in "
+          f"{tmp_path}/run/data_report.json") in out

@@ -224,6 +224,7 @@ class Contexts:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validate(config)
+  workdir_lib.check_writable(workdir)
   check_resumable(config, workdir)
   began = time.perf_counter()
   base = budgeted(config, config, config.seed)

@@ -69,6 +69,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   from ssl_jax.jobs.finetune import PROTOCOLS  # noqa: PLC0415 (cycle)
   for protocol in ft.protocols:
     check_name("finetune.protocols", protocol, PROTOCOLS.names())
+  if not tuple(ft.fractions):
+    raise ValueError("config.finetune.fractions is empty: nothing would be "
+                     "trained or evaluated; give at least one label fraction "
+                     "in (0, 1], e.g. --config.finetune.fractions=\"(1.0,)\"")
+  for name in ("protocols", "seeds"):
+    if not tuple(ft[name]):
+      raise ValueError(f"config.finetune.{name} is empty: nothing would be "
+                       "evaluated; give at least one")
   for fraction in ft.fractions:
     if not 0.0 < fraction <= 1.0:
       raise ValueError(f"config.finetune.fractions has {fraction}; each "
@@ -163,7 +171,12 @@ def check_dataset_name(name: str) -> None:
   """A registered dataset, or `<kind>:<spec>` with a known kind."""
   prefixed = data_pipelines.split_kind(name)
   if prefixed is None:
-    check_name("data.name", name, data_pipelines.names())
+    if name not in data_pipelines.names():
+      raise ValueError(
+          f"config.data.name={name!r} is unknown; allowed: "
+          f"{', '.join(data_pipelines.names())}; or your own data with a "
+          "prefix: csv:<file.csv> (images listed in a CSV), tfds:<name> "
+          "(TensorFlow Datasets), pool:<a>+<b> (unlabelled union)")
   elif prefixed[0] not in data_pipelines.KINDS:
     raise ValueError(f"config.data.name={name!r} has unknown kind "
                      f"{prefixed[0]!r}; allowed: "
@@ -204,13 +217,53 @@ def patient_groups(config: ml_collections.ConfigDict):
 
 
 def write_data_report(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """data_report.json: images per split, and for sources that read files
-  (CSV) rows read/skipped with reasons and patients per split."""
+  """data_report.json: images (and labels) per split, and for sources that
+  read files (CSV) rows read/skipped with reasons and patients per split.
+  What was skipped or converted is also said on the console."""
   report = data_pipelines.report(config.data.name, size=config.data.size,
                                  data_dir=config.data.data_dir or None,
                                  options=data_options(config))
-  data_pipelines.write_data_report(os.path.join(workdir, "data_report.json"),
-                                   report)
+  path = os.path.join(workdir, "data_report.json")
+  data_pipelines.write_data_report(path, report)
+  for line in report_lines(report, path):
+    print(line, flush=True)
+
+
+def report_lines(report: dict, path: str) -> list[str]:
+  """The console summary of a data report: skipped rows by reason,
+  conversions and warnings (empty when there is nothing to say)."""
+  lines = []
+  skipped = report.get("skipped", {})
+  if skipped.get("count"):
+    reasons = ", ".join(f"{k} {v}" for k, v in skipped["by_reason"].items())
+    lines.append(f"data: skipped {skipped['count']} CSV row(s) ({reasons}); "
+                 f"rows and reasons in {path}")
+  for conversion, count in (report.get("converted") or {}).items():
+    if count:
+      lines.append(f"data: converted {count} image(s) {conversion} "
+                   f"(counted in {path})")
+  for warning in report.get("warnings", ()):
+    lines.append(f"data: warning: {warning}")
+  return lines
+
+
+def check_classes(config: ml_collections.ConfigDict, task: str) -> None:
+  """Every split of a labelled single-label set has >= 2 classes: training
+  a classifier and AUROC need them. Checked at load, naming the data and
+  the split, not minutes later in evaluation."""
+  if task in ("unlabeled", "multi-label, binary-class"):
+    return
+  import numpy as np  # noqa: PLC0415
+  for split in ("train", "val", "test"):
+    _, labels = load_split(config, split)
+    present = sorted(set(np.asarray(labels).reshape(-1).tolist()) - {-1})
+    if len(present) < 2:
+      raise ValueError(
+          f"data {config.data.name!r}, split {split!r}: "
+          f"{len(labels)} rows with {len(present)} class(es) {present}; "
+          "fine-tuning and AUROC need >= 2 classes in every split. Check the "
+          "label column (options.classes), or the split column / "
+          "split_fractions")
 
 
 def write_json_atomic(path: str, payload: Any) -> None:
