@@ -131,6 +131,10 @@ def get_config() -> ml_collections.ConfigDict:
       compute_dtype="float32",
       prefetch=2,       # batches in flight to the devices ahead of the step
       check_every=1,    # NaN/inf check of loss and grad_norm every N steps
+      # Finite but exploding: stop (as on NaN) when the loss exceeds
+      # loss_factor x max(|first checked loss|, 1), or grad_norm exceeds
+      # max_grad_norm; 0 turns a check off.
+      divergence=dict(loss_factor=1e4, max_grad_norm=0.0),
   )
   # Multi-host: jax.distributed.initialize() before anything touches
   # devices, when coordinator_address ('host:port') is set or initialize=True

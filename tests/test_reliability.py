@@ -403,3 +403,52 @@ def test_skipped_rows_are_counted_on_the_console(tmp_path, capsys):
   out = capsys.readouterr().out
   assert (f"data: skipped 2 CSV row(s) (missing_file 2); rows and reasons in "
           f"{tmp_path}/run/data_report.json") in out
+
+
+# --- 12. a loss that explodes but stays finite stops like NaN -----------------
+
+
+def _run_toy(tmp_path, losses, guard, grad_norms=None, log_every=100):
+  import itertools  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+  from ssl_jax import parallel  # noqa: PLC0415
+  from ssl_jax.train import loop  # noqa: PLC0415
+  from ssl_jax.train.metrics_writer import MetricWriter  # noqa: PLC0415
+  from tests.test_loop_and_optim import _toy_state  # noqa: PLC0415
+  table = jnp.asarray(losses, jnp.float32)
+  norms = jnp.asarray(grad_norms or [1.0] * len(losses), jnp.float32)
+
+  def step_fn(state, batch):
+    return state.replace(step=state.step + 1), {
+        "loss": table[state.step], "grad_norm": norms[state.step]}
+
+  batches = itertools.repeat({"image": np.zeros((2, 1), np.float32)})
+  return loop.run(_toy_state(), step_fn, batches, mesh=parallel.make_mesh(1),
+                  num_steps=len(losses), global_batch_size=2,
+                  writer=MetricWriter(tmp_path, tensorboard=False),
+                  log_every=log_every, progress=False, guard=guard)
+
+
+def test_exploding_finite_loss_stops_with_the_nan_guards_message(tmp_path):
+  from ssl_jax.train import loop  # noqa: PLC0415
+  losses = [2.0, 1.5, 3e3, 1e18, 1e18, 1.0]
+  with pytest.raises(loop.TrainingDiverged, match=(
+      r"diverging loss \(above train.divergence.loss_factor=10000 x its early "
+      r"value 2\) at step 4: \{'loss': 9.99.*e\+17\}. Last good checkpoint: none. "
+      r"Lower the learning rate")):
+    _run_toy(tmp_path, losses, loop.DivergenceGuard(loss_factor=1e4))
+  _run_toy(tmp_path, losses[:3], loop.DivergenceGuard(loss_factor=1e4))  # 3e3 < 2e4
+
+
+def test_grad_norm_limit(tmp_path):
+  from ssl_jax.train import loop  # noqa: PLC0415
+  with pytest.raises(loop.TrainingDiverged, match=r"grad_norm above "
+                     r"train.divergence.max_grad_norm=100\) at step 2"):
+    _run_toy(tmp_path, [1.0] * 4, loop.DivergenceGuard(max_grad_norm=100.0),
+             grad_norms=[1.0, 500.0, 1.0, 1.0])
+
+
+def test_pretraining_is_guarded_by_default():
+  config = tiny_config()
+  assert config.train.divergence.loss_factor == 1e4

@@ -183,6 +183,13 @@ def check_dataset_name(name: str) -> None:
                      f"{', '.join(data_pipelines.KINDS.names())}")
 
 
+def as_dict(value) -> dict:
+  """A ConfigDict (or mapping, or None) as a plain dict."""
+  if value is None:
+    return {}
+  return value.to_dict() if hasattr(value, "to_dict") else dict(value)
+
+
 def data_options(config: ml_collections.ConfigDict) -> dict:
   """The set fields of config.data.options as a plain dict ({} when none):
   every option is declared (configs/base.py), None means unset."""

@@ -234,7 +234,9 @@ def _train(config, workdir, built, mesh, images, labels, metadata, partners,
         log_every=config.train.log_every, checkpointer=ckpt,
         desc=f"pretrain {config.objective.name}", progress=config.train.progress,
         prefetch=config.train.get("prefetch", 2),
-        check_every=config.train.get("check_every", 1))
+        check_every=config.train.get("check_every", 1),
+        guard=loop.DivergenceGuard(**common.as_dict(
+            config.train.get("divergence", {}))))
   finally:
     ckpt.close()
     writer.close()
