@@ -452,3 +452,32 @@ def test_grad_norm_limit(tmp_path):
 def test_pretraining_is_guarded_by_default():
   config = tiny_config()
   assert config.train.divergence.loss_factor == 1e4
+
+
+# --- 11. a full disk names the workdir, the space and the last good step -----
+
+
+def test_full_disk_names_directory_space_and_last_good_checkpoint(tmp_path,
+                                                                  monkeypatch):
+  import errno  # noqa: PLC0415
+  from ssl_jax.train import checkpoint  # noqa: PLC0415
+  from tests.test_scale_preemption import _toy_state  # noqa: PLC0415
+  ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints", every_steps=1)
+  state = _toy_state()
+  ckpt.save(1, state)
+  ckpt.wait()
+
+  def full(*args, **kwargs):
+    raise ValueError("RESOURCE_EXHAUSTED: Error writing to file: No space "
+                     "left on device")  # what TensorStore says via Orbax
+
+  monkeypatch.setattr(ckpt._manager, "save", full)
+  with pytest.raises(OSError, match=(
+      rf"no space left to save step 2 in {tmp_path}/checkpoints: a checkpoint "
+      r"needs about [0-9.]+ MiB, [0-9.]+ MiB are free. Last good checkpoint: "
+      r"step 1 \(intact")) as e:
+    ckpt.save(2, state)
+  assert e.value.errno == errno.ENOSPC
+  monkeypatch.undo()
+  assert ckpt.latest_step() == 1
+  ckpt.close()
