@@ -42,6 +42,18 @@ def augment_config(policy: str = "medical_safe") -> ml_collections.ConfigDict:
   })
 
 
+def data_options() -> ml_collections.ConfigDict:
+  """Every option of every `kind:` source, declared so dotted overrides work
+  (`--config.data.options.on_bad_row=skip`,
+  `--config.data.options.classes="('benign','malignant')"`). None keeps the
+  source's default; a set field the dataset's kind lacks is refused, naming
+  it. Config files set fields: `c.data.options.window = (127.5, 255.0)`."""
+  import data_pipelines  # pylint: disable=g-import-not-at-top
+  return ml_collections.ConfigDict(
+      {field: placeholder(type_)
+       for field, type_ in sorted(data_pipelines.option_types().items())})
+
+
 def dataset_and_backbone(arg: str) -> tuple[str, str]:
   """Splits a config arg 'dataset' or 'dataset,vit' (empty backbone = ResNet)."""
   dataset, _, backbone = (arg or "breastmnist").partition(",")
@@ -69,12 +81,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.job = "pretrain"  # pretrain | finetune | pretrain_finetune
   c.seed = 0
   # data_dir '' -> $SSL_JAX_DATA_DIR -> user cache dir (downloads with md5).
-  # `options`: fields of a prefixed source kind, empty for MedMNIST names:
-  # "csv:<file.csv>" (data_pipelines/folder.py: classes, channels, window,
-  # on_bad_row, split_fractions, split_seed, ...), "tfds:<name>"
-  # (tfds_source.py: image_key, label_key, splits), "pool:<a>+<b>"
-  # (pool.py: unlabelled union for pretraining; set online_probe=False).
-  c.data = dict(name="breastmnist", size=28, data_dir="", options={})
+  # `options`: fields of a prefixed source kind, all None (unset) for
+  # MedMNIST names: "csv:<file.csv>" (data_pipelines/folder.py: classes,
+  # channels, window, on_bad_row, split_fractions, split_seed, ...),
+  # "tfds:<name>" (tfds_source.py: image_key, label_key, splits),
+  # "pool:<a>+<b>" (pool.py: unlabelled union for pretraining; set
+  # online_probe=False). Every field is declared (data_options()).
+  c.data = dict(name="breastmnist", size=28, data_dir="",
+                options=data_options())
   # Positive pairs of the contrastive methods (data_pipelines/pairs.py):
   # 'views' = two augmentations of one image (default); 'patient', 'study',
   # 'series' = the second view comes from another image sharing that id;
@@ -120,6 +134,10 @@ def get_config() -> ml_collections.ConfigDict:
       compute_dtype="float32",
       prefetch=2,       # batches in flight to the devices ahead of the step
       check_every=1,    # NaN/inf check of loss and grad_norm every N steps
+      # Finite but exploding: stop (as on NaN) when the loss exceeds
+      # loss_factor x max(|first checked loss|, 1), or grad_norm exceeds
+      # max_grad_norm; 0 turns a check off.
+      divergence=dict(loss_factor=1e4, max_grad_norm=0.0),
   )
   # Multi-host: jax.distributed.initialize() before anything touches
   # devices, when coordinator_address ('host:port') is set or initialize=True

@@ -29,7 +29,7 @@ def get_config(arg: str = "workdirs/adrenal_csv/labels.csv"):
   c.job = "pretrain_finetune"
   c.data.name = f"csv:{arg}"
   # Voxel values 0..255 map to themselves (export_medmnist.IDENTITY_WINDOW).
-  c.data.options = dict(window=(127.5, 255.0))
+  c.data.options.window = (127.5, 255.0)
   c.pairs.mode = "series"
   c.pairs.series_max_gap = 2
   c.model = dict(name="resnet18", width_multiplier=0.125,

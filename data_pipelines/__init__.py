@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from data_pipelines import medmnist
+from data_pipelines import medmnist, source
 from data_pipelines.source import SPLITS, DatasetInfo, Source
 from ssl_jax.registry import Registry
 
@@ -88,6 +88,24 @@ def _freeze(value: Any) -> Any:
   if isinstance(value, np.ndarray):
     return tuple(value.tolist())
   return value
+
+
+def option_types() -> dict[str, type]:
+  """Every option field of every built-in `kind:` source with its type: the
+  declared fields of `config.data.options` (configs/base.py), so a dotted
+  override such as `--config.data.options.on_bad_row=skip` works. Fields
+  left None keep the source's default; fields of another kind than the
+  dataset's are refused by that source, naming them."""
+  from data_pipelines import folder, pool, tfds_source  # pylint: disable=g-import-not-at-top
+  out: dict[str, type] = {}
+  for kind_types in (source.option_types(folder.CSVOptions),
+                     source.option_types(tfds_source.TFDSOptions),
+                     pool.OPTION_TYPES):
+    for field, type_ in kind_types.items():
+      if out.setdefault(field, type_) is not type_:
+        raise TypeError(f"option {field!r} has two types: {out[field]}, "
+                        f"{type_}")
+  return out
 
 
 def split_kind(name: str) -> tuple[str, str] | None:

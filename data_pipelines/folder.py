@@ -86,7 +86,12 @@ class CSVOptions:
     options = source.known_options(cls, options, "csv")
     for key in ("label_columns", "classes", "allow_missing_metadata"):
       if options.get(key) is not None:
-        options[key] = tuple(str(v) for v in options[key])
+        values = options[key]
+        if isinstance(values, str):
+          values = (values,)
+        # --config.data.options.classes=a,b arrives as ('a,b',): split it.
+        options[key] = tuple(v.strip() for value in values
+                             for v in str(value).split(",") if v.strip())
     for key in ("window", "split_fractions"):
       if options.get(key) is not None:
         options[key] = tuple(float(v) for v in options[key])
@@ -226,9 +231,10 @@ class CSVSource:
     """Raise (on_bad_row='error') or record one bad row."""
     if self.opts.on_bad_row == "error":
       raise ValueError(
-          f"{self._where(number)}: {e} [{reason}]. Fix the row, or set "
-          "options.on_bad_row='skip' to skip such rows (they are listed in "
-          "the data report)") from e
+          f"{self._where(number)}: {e} [{reason}]. Fix the row, or skip "
+          f"such rows with {source.option_flag('on_bad_row', 'skip')} (in a "
+          "config file: c.data.options.on_bad_row = 'skip'); skipped rows "
+          "are counted on the console and listed in data_report.json") from e
     bad.append({"row": number, "reason": reason, "detail": str(e)})
 
   def _root(self) -> pathlib.Path:
@@ -294,7 +300,7 @@ class CSVSource:
         raise ValueError(
             f"{self.csv_path}, row 1 (header): no column {column!r} for "
             f"{role}; columns are {header}. Rename it or set "
-            f"options.{option}")
+            f"{source.option_flag(option, '<column>')}")
 
   def _classes(self, raw_labels: list[str]) -> tuple[str, ...]:
     if self.opts.label_columns is not None:
@@ -343,7 +349,8 @@ class CSVSource:
         if column not in self.opts.allow_missing_metadata:
           raise BadRow("missing_metadata", (
               f"empty {column!r}; the column is present so it is used (list "
-              f"it in options.allow_missing_metadata to allow blanks)"))
+              f"it in {source.option_flag('allow_missing_metadata', column)} to "
+              "allow blanks)"))
         meta[column] = math.nan if column in NUMERIC_METADATA else ""
         continue
       if column in NUMERIC_METADATA:

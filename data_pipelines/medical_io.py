@@ -159,7 +159,7 @@ def read_pil(path: pathlib.Path, opts: ReadOptions) -> list[Slice]:
         if not opts.allow_binary:
           raise ReadError("bad_bit_depth", (
               f"{path.name} is a 1-bit image; binary masks are not images "
-              "(set options.allow_binary=True to read them as 0/255)"))
+              "(set --config.data.options.allow_binary=True to read them as 0/255)"))
         img = img.convert("L")
         mode = "L"
       if mode in _PIL_16BIT:
@@ -230,7 +230,7 @@ def read_dicom(path: pathlib.Path, opts: ReadOptions) -> list[Slice]:
   bits = int(ds.get("BitsAllocated", 0))
   if bits == 1 and not opts.allow_binary:
     raise ReadError("bad_bit_depth", f"{path.name}: 1-bit DICOM (set "
-                    "options.allow_binary=True to read it as 0/255)")
+                    "--config.data.options.allow_binary=True to read it as 0/255)")
   if bits not in (1, 8, 16):
     raise ReadError("bad_bit_depth", f"{path.name}: BitsAllocated={bits}; "
                     "only 8- and 16-bit DICOM are read")

@@ -25,6 +25,8 @@ import numpy as np
 from data_pipelines.source import SPLITS, DatasetInfo, Source
 
 UNLABELED = "unlabeled"
+# The pool's own option (the others go to its members): {member: options}.
+OPTION_TYPES = {"members": dict}
 
 
 class PoolSource:

@@ -72,6 +72,28 @@ class Source(Protocol):
     ...
 
 
+def option_flag(option: str, value: str) -> str:
+  """How a user sets a source option: the command-line form that works
+  (config files: `c.data.options.<option> = ...`)."""
+  return f"--config.data.options.{option}={value}"
+
+
+_ANNOTATION_TYPES = (("tuple", tuple), ("Mapping", dict), ("dict", dict),
+                     ("bool", bool), ("int", int), ("float", float),
+                     ("str", str))
+
+
+def option_types(options_type: type) -> dict[str, type]:
+  """{field: type} of an options dataclass, as ml_collections placeholders
+  need them (the declared config fields of a `kind:` source)."""
+  out = {}
+  for field in dataclasses.fields(options_type):
+    annotation = str(field.type)
+    out[field.name] = next(t for word, t in _ANNOTATION_TYPES
+                           if annotation.startswith(word))
+  return out
+
+
 def known_options(options_type: type, options: Mapping | None,
                   kind: str) -> dict:
   """`options` as a dict, after checking every key is a field of the

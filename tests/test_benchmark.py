@@ -29,6 +29,7 @@ TINY = {
     "finetune.fractions": (0.1, 1.0),
     "finetune.seeds": (0,),
     "finetune.steps": 4,
+    "finetune.optim.warmup_steps": 1,
     "finetune.batch_size": 8,
     "finetune.eval_every": 2,
     "finetune.log_every": 2,

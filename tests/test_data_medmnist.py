@@ -16,12 +16,13 @@ import pytest
 import data_pipelines
 from data_pipelines import medmnist
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared/data/medmnist"
+from tests.conftest import MEDMNIST_DIR as SHARED  # honours SSL_JAX_DATA_DIR
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(
-    not (SHARED / "breastmnist.npz").exists(),
-    reason=f"needs the MedMNIST files in {SHARED}")
+# Every test here reads the real files: skipped with the reason, or failed
+# when SSL_JAX_DATA_DIR / CI says they must be there (conftest.medmnist_dir).
+pytestmark = pytest.mark.usefixtures("medmnist_dir")
 
 
 @pytest.mark.parametrize("split,n", [("train", 546), ("val", 78),

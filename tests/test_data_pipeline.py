@@ -10,7 +10,7 @@ import pytest
 from data_pipelines import input_pipeline
 from data_pipelines import medmnist
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared/data/medmnist"
+from tests.conftest import MEDMNIST_DIR as SHARED  # honours SSL_JAX_DATA_DIR
 
 
 def _toy(n=50):
@@ -32,8 +32,7 @@ def _ids(iterator, k):
   return [b["id"] for b in itertools.islice(iterator, k)]
 
 
-@pytest.mark.skipif(not (SHARED / "breastmnist.npz").exists(),
-                    reason="needs the shared MedMNIST files")
+@pytest.mark.usefixtures("medmnist_dir")  # skip with the reason, or fail in CI
 def test_breastmnist_numpy_batches():
   images, labels = medmnist.load_split("breastmnist", "train",
                                        data_dir=SHARED)

@@ -133,9 +133,12 @@ def test_patient_split_keeps_patients_whole_and_is_seeded(tmp_path):
   assert any(set(other.metadata(s, size=8)["patient_id"]) != seen[s]
              for s in seen)
   report = src.report(size=8)
+  # make_dataset: patient pK holds images K and K + 10, labelled 'cat' when
+  # K is odd; classes sort as cat, dog.
+  cats = sum(2 for p in seen["val"] if int(p[1:]) % 2)
   assert report["splits"]["val"] == {
       "images": 4, "rows": 4, "patients": 2,
-      "label_counts": report["splits"]["val"]["label_counts"]}
+      "label_counts": {"cat": cats, "dog": 4 - cats}}
   assert "patient_id groups" in report["split_by"]
 
 
@@ -349,3 +352,62 @@ def test_pool_of_medmnist_and_csv(tmp_path, medmnist_dir):
   assert list(meta) == ["source"] and len(meta["source"]) == 548
   with pytest.raises(ValueError, match="appears twice"):
     data_pipelines.get("pool:breastmnist+breastmnist")
+
+
+# --- options from the command line (issue 13, item 1) ---------------------
+
+
+def parse_flags(*argv: str) -> ml_collections.ConfigDict:
+  """The config run.py would build from these command-line flags."""
+  from absl import flags  # noqa: PLC0415
+  from ml_collections import config_flags  # noqa: PLC0415
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values,
+                                  lock_config=True)
+  import sys  # noqa: PLC0415
+  saved, sys.argv = sys.argv, ["run.py", *argv]  # config_flags reads sys.argv
+  try:
+    values(sys.argv)
+  finally:
+    sys.argv = saved
+  return values.config
+
+
+def test_every_csv_option_can_be_set_by_a_dotted_override(tmp_path):
+  csv_path = _bad_csv(tmp_path, "nothere.png,cat,p1")
+  config = parse_flags(f"--config=configs/medical_csv.py:{csv_path}",
+                       "--config.data.options.on_bad_row=skip",
+                       "--config.data.options.classes=cat,dog",
+                       "--config.data.options.channels=3")
+  assert common.data_options(config) == {
+      "on_bad_row": "skip", "classes": ("cat,dog",), "channels": 3,
+      "window": (127.5, 255.0)}
+  config.data.size = 8
+  info = common.data_info(config)  # classes 'a,b' from the command line split
+  assert (info.num_classes, info.num_channels) == (2, 3)
+  report = data_pipelines.report(config.data.name, size=8,
+                                 options=common.data_options(config))
+  assert report["skipped"]["by_reason"] == {"missing_file": 1}
+  for field in folder.CSVOptions.__dataclass_fields__:
+    assert field in config.data.options, field
+
+
+def test_medmnist_config_declares_options_but_passes_none():
+  config = parse_flags("--config=configs/demo.py")
+  assert common.data_options(config) == {}
+  common.data_info(config)  # MedMNIST takes no options: none are passed
+  with pytest.raises(ValueError, match="takes no options, got \\['channels'\\]"):
+    common.data_info(parse_flags("--config=configs/demo.py",
+                                 "--config.data.options.channels=1"))
+
+
+def test_bad_row_message_shows_the_override_that_works(tmp_path):
+  csv_path = _bad_csv(tmp_path, "nothere.png,cat,p1")
+  with pytest.raises(ValueError) as e:
+    source(csv_path).load("train", size=8)
+  assert "--config.data.options.on_bad_row=skip" in str(e.value)
+  config = parse_flags(f"--config=configs/medical_csv.py:{csv_path}",
+                       "--config.data.options.on_bad_row=skip")
+  config.data.size = 8
+  images, _ = common.load_split(config, "train")  # the advice works
+  assert len(images) > 0

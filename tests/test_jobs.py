@@ -22,6 +22,7 @@ TINY_FLAGS = [
     "--config.train.steps=4", "--config.train.batch_size=16",
     "--config.train.checkpoint_every=2", "--config.train.progress=False",
     "--config.optim.warmup_steps=1", "--config.finetune.steps=4",
+    "--config.finetune.optim.warmup_steps=1",
     "--config.finetune.batch_size=8", "--config.finetune.eval_every=2",
     "--config.finetune.fractions=(0.1,1.0)",
 ]

@@ -18,6 +18,7 @@ def tiny_config(**overrides):
   c.train.progress = False
   c.optim.warmup_steps = 1
   c.finetune.steps = 4
+  c.finetune.optim.warmup_steps = 1  # warmup must fit in the run
   c.finetune.batch_size = 8
   c.finetune.eval_every = 2
   c.finetune.log_every = 2

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-import json
 import os
 import time
 from typing import Any
@@ -32,6 +31,7 @@ import ml_collections
 from configs import base as base_config
 from ssl_jax import objectives, parallel
 from ssl_jax.jobs import common, finetune, pretrain, report
+from ssl_jax.jobs import workdir as workdir_lib
 
 NONE = "none"        # no pretraining: random init / from scratch
 COMBINE = "combine"  # the protocol that concatenates several encoders
@@ -92,9 +92,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.benchmark.methods has {method!r}, which has no "
                        f"configs/{method}.py; use a config name or {NONE!r}")
     if method != NONE:
+      method_cfg = method_config(config, method, 0)
       common.check_name(f"objective.name of configs/{method}.py",
-                        method_config(config, method, 0).objective.name,
-                        objectives.names())
+                        method_cfg.objective.name, objectives.names())
+      try:
+        common.check_encoder(method_cfg)  # the budget's backbone
+      except ValueError as e:
+        raise ValueError(f"config.benchmark.methods has {method!r}: {e}; "
+                         "the sweep's backbone is config.benchmark.budget."
+                         "model (the config arg's backbone=vit for ViTs)"
+                         ) from None
   if "scratch" in protocols:
     raise ValueError("config.finetune.protocols has 'scratch': in the benchmark "
                      f"the from-scratch baseline is method {NONE!r} with "
@@ -145,17 +152,7 @@ _NOT_BINDING = ("benchmark.methods", "benchmark.combine", "benchmark.progress",
 
 
 def _fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  flat = {}
-
-  def walk(prefix: str, node: Any) -> None:
-    if isinstance(node, dict):
-      for key, value in node.items():
-        walk(f"{prefix}.{key}" if prefix else key, value)
-    elif not any(prefix == k or prefix.startswith(k + ".") for k in _NOT_BINDING):
-      flat[prefix] = node
-
-  walk("", json.loads(config.to_json_best_effort()))
-  return flat
+  return workdir_lib.flatten(config, _NOT_BINDING)
 
 
 def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -164,11 +161,10 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
   saved = common.read_json(path)
   if saved is None:
     return
-  now, before = _fingerprint(config), saved["fingerprint"]
   # A field newer than the saved sweep binds only if it left its default.
-  default = _fingerprint(base_config.get_config())
-  changed = sorted(k for k in set(now) | set(before)
-                   if now.get(k) != before.get(k, default.get(k, before.get(k))))
+  changed = workdir_lib.changed_fields(
+      _fingerprint(config), saved["fingerprint"],
+      _fingerprint(base_config.get_config()))
   if changed:
     raise ValueError(f"{workdir} holds a sweep with other settings ({', '.join(changed[:8])}"
                      f"{' ...' if len(changed) > 8 else ''}); use a fresh "
@@ -198,6 +194,12 @@ class Contexts:
     """Pretrains (or resumes) `method` for `seed` unless finished."""
     pre_dir = os.path.join(self.workdir, "pretrain", method, f"seed{seed}")
     cfg = method_config(self.config, method, seed)
+    if workdir_lib.is_busy(pre_dir):  # another sweep process pretrains it
+      holder = workdir_lib.read_holder(pre_dir) or {}
+      print(f"waiting for pid {holder.get('pid', '?')} on host "
+            f"{holder.get('host', '?')} to finish {pre_dir}", flush=True)
+      while workdir_lib.is_busy(pre_dir):
+        time.sleep(2.0)
     summary = common.read_json(os.path.join(pre_dir, "pretrain_summary.json"))
     if summary is None or summary["steps"] != cfg.train.steps:
       print(f"pretraining {method} (seed {seed}) in {pre_dir}", flush=True)
@@ -222,6 +224,7 @@ class Contexts:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validate(config)
+  workdir_lib.check_writable(workdir)
   check_resumable(config, workdir)
   began = time.perf_counter()
   base = budgeted(config, config, config.seed)

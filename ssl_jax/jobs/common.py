@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from typing import Any, Iterable
 
@@ -68,6 +69,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   from ssl_jax.jobs.finetune import PROTOCOLS  # noqa: PLC0415 (cycle)
   for protocol in ft.protocols:
     check_name("finetune.protocols", protocol, PROTOCOLS.names())
+  if not tuple(ft.fractions):
+    raise ValueError("config.finetune.fractions is empty: nothing would be "
+                     "trained or evaluated; give at least one label fraction "
+                     "in (0, 1], e.g. --config.finetune.fractions=\"(1.0,)\"")
+  for name in ("protocols", "seeds"):
+    if not tuple(ft[name]):
+      raise ValueError(f"config.finetune.{name} is empty: nothing would be "
+                       "evaluated; give at least one")
   for fraction in ft.fractions:
     if not 0.0 < fraction <= 1.0:
       raise ValueError(f"config.finetune.fractions has {fraction}; each "
@@ -78,15 +87,66 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config[section][key] <= 0:
       raise ValueError(f"config.{field} must be positive, got "
                        f"{config[section][key]}")
+  optim.check(config.optim, config.train.steps)
+  optim.check(ft.optim, ft.steps, "finetune.optim", "finetune.steps")
+  check_encoder(config)
+  check_objective_fields(config)
   check_fit(config)
   check_pairs(config)
+
+
+def objective_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The configured objective, or the parts of a combined objective."""
+  return tuple(config.objective.get("parts", ())) or (config.objective.name,)
+
+
+def check_encoder(config: ml_collections.ConfigDict) -> None:
+  """Each objective declares the backbone it needs (`Objective.encoder`):
+  refuse a misfit before anything is built or written."""
+  backbone = config.model.name
+  for name in objective_names(config):
+    if name not in objectives.names():
+      continue  # the combined objective names an unknown part itself
+    need = objectives.get(name).encoder
+    if not objectives.base.fits(need, backbone):
+      fitting = [m for m in models.names() if objectives.base.fits(need, m)]
+      kind = {"vit": "a ViT", "3d": "a 3D (volume)",
+              "vit_3d": "a 3D ViT"}[need]
+      raise ValueError(
+          f"{name} needs {kind} encoder; got config.model.name="
+          f"{backbone!r}. Use one of: {', '.join(fitting)} (or start from "
+          f"configs/{name}.py, which sets a fitting model)")
+
+
+def check_objective_fields(config: ml_collections.ConfigDict) -> None:
+  """The objective's loss builder finds every hyperparameter it reads in
+  config.objective (they come from configs/<method>.py): a config of another
+  method with only `objective.name` changed is refused, naming the field."""
+  try:
+    objectives.get(config.objective.name).make_loss(config)
+  except AttributeError as e:
+    raise missing_objective_field(config, e) from None
+
+
+def missing_objective_field(config: ml_collections.ConfigDict,
+                            error: AttributeError) -> ValueError:
+  """The error for a hyperparameter the objective reads but the config
+  lacks (ConfigDict raises AttributeError('<field>'))."""
+  name = config.objective.name
+  found = re.match(r"""^[\\'"]*(\w+)""", str(error))
+  field = found.group(1) if found else str(error)
+  return ValueError(
+      f"config.objective.name={name!r} reads a field {field!r} which this "
+      f"config does not have (config.objective has "
+      f"{', '.join(sorted(config.objective))}; config.model has "
+      f"{', '.join(sorted(config.model))}): start from configs/{name}.py, or "
+      "set the whole block in a config file")
 
 
 def pair_consumers(config: ml_collections.ConfigDict) -> list[str]:
   """The configured objectives that read partner images (`uses_pairs`): the
   objective itself, or the parts of a combined objective."""
-  names = tuple(config.objective.get("parts", ())) or (config.objective.name,)
-  return [n for n in names if n in objectives.names()
+  return [n for n in objective_names(config) if n in objectives.names()
           and objectives.get(n).uses_pairs]
 
 
@@ -111,17 +171,31 @@ def check_dataset_name(name: str) -> None:
   """A registered dataset, or `<kind>:<spec>` with a known kind."""
   prefixed = data_pipelines.split_kind(name)
   if prefixed is None:
-    check_name("data.name", name, data_pipelines.names())
+    if name not in data_pipelines.names():
+      raise ValueError(
+          f"config.data.name={name!r} is unknown; allowed: "
+          f"{', '.join(data_pipelines.names())}; or your own data with a "
+          "prefix: csv:<file.csv> (images listed in a CSV), tfds:<name> "
+          "(TensorFlow Datasets), pool:<a>+<b> (unlabelled union)")
   elif prefixed[0] not in data_pipelines.KINDS:
     raise ValueError(f"config.data.name={name!r} has unknown kind "
                      f"{prefixed[0]!r}; allowed: "
                      f"{', '.join(data_pipelines.KINDS.names())}")
 
 
+def as_dict(value) -> dict:
+  """A ConfigDict (or mapping, or None) as a plain dict."""
+  if value is None:
+    return {}
+  return value.to_dict() if hasattr(value, "to_dict") else dict(value)
+
+
 def data_options(config: ml_collections.ConfigDict) -> dict:
-  """config.data.options as a plain dict ({} when absent)."""
+  """The set fields of config.data.options as a plain dict ({} when none):
+  every option is declared (configs/base.py), None means unset."""
   options = config.data.get("options", None) or {}
-  return options.to_dict() if hasattr(options, "to_dict") else dict(options)
+  options = options.to_dict() if hasattr(options, "to_dict") else dict(options)
+  return {k: v for k, v in options.items() if v is not None}
 
 
 def data_info(config: ml_collections.ConfigDict):
@@ -150,13 +224,53 @@ def patient_groups(config: ml_collections.ConfigDict):
 
 
 def write_data_report(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """data_report.json: images per split, and for sources that read files
-  (CSV) rows read/skipped with reasons and patients per split."""
+  """data_report.json: images (and labels) per split, and for sources that
+  read files (CSV) rows read/skipped with reasons and patients per split.
+  What was skipped or converted is also said on the console."""
   report = data_pipelines.report(config.data.name, size=config.data.size,
                                  data_dir=config.data.data_dir or None,
                                  options=data_options(config))
-  data_pipelines.write_data_report(os.path.join(workdir, "data_report.json"),
-                                   report)
+  path = os.path.join(workdir, "data_report.json")
+  data_pipelines.write_data_report(path, report)
+  for line in report_lines(report, path):
+    print(line, flush=True)
+
+
+def report_lines(report: dict, path: str) -> list[str]:
+  """The console summary of a data report: skipped rows by reason,
+  conversions and warnings (empty when there is nothing to say)."""
+  lines = []
+  skipped = report.get("skipped", {})
+  if skipped.get("count"):
+    reasons = ", ".join(f"{k} {v}" for k, v in skipped["by_reason"].items())
+    lines.append(f"data: skipped {skipped['count']} CSV row(s) ({reasons}); "
+                 f"rows and reasons in {path}")
+  for conversion, count in (report.get("converted") or {}).items():
+    if count:
+      lines.append(f"data: converted {count} image(s) {conversion} "
+                   f"(counted in {path})")
+  for warning in report.get("warnings", ()):
+    lines.append(f"data: warning: {warning}")
+  return lines
+
+
+def check_classes(config: ml_collections.ConfigDict, task: str) -> None:
+  """Every split of a labelled single-label set has >= 2 classes: training
+  a classifier and AUROC need them. Checked at load, naming the data and
+  the split, not minutes later in evaluation."""
+  if task in ("unlabeled", "multi-label, binary-class"):
+    return
+  import numpy as np  # noqa: PLC0415
+  for split in ("train", "val", "test"):
+    _, labels = load_split(config, split)
+    present = sorted(set(np.asarray(labels).reshape(-1).tolist()) - {-1})
+    if len(present) < 2:
+      raise ValueError(
+          f"data {config.data.name!r}, split {split!r}: "
+          f"{len(labels)} rows with {len(present)} class(es) {present}; "
+          "fine-tuning and AUROC need >= 2 classes in every split. Check the "
+          "label column (options.classes), or the split column / "
+          "split_fractions")
 
 
 def write_json_atomic(path: str, payload: Any) -> None:

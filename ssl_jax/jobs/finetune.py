@@ -49,6 +49,7 @@ from data_pipelines import fractions, input_pipeline
 from ssl_jax import objectives, parallel, views
 from ssl_jax.evaluation import inference, metrics, probes
 from ssl_jax.jobs import common, report
+from ssl_jax.jobs import workdir as workdir_lib
 from ssl_jax.registry import Registry
 from ssl_jax.train import checkpoint, init_from, loop, optim, step as step_lib
 from ssl_jax.train import state as state_lib
@@ -527,6 +528,8 @@ def stage2_config(config: ml_collections.ConfigDict,
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   common.validate(config)
+  if jax.process_index() == 0:
+    workdir_lib.check_writable(workdir)
   ft = config.finetune
   needs_encoder = any(p != "scratch" for p in ft.protocols)
   pre_config, weights = (read_pretrained(ft.pretrained)
@@ -543,7 +546,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      "pretrained encoder: set config.finetune.pretrained "
                      "(or config.init_from.path)")
   info = common.data_info(config)
+  common.check_classes(config, info.task)
   cfg = stage2_config(config, pre_config, info)
+  if pre_config is not None and pre_config.model.to_dict() != config.model.to_dict():
+    print(f"finetune: the encoder is built as in {ft.pretrained}/config.json "
+          f"(model {pre_config.model.to_dict()}), not as config.model "
+          f"({config.model.to_dict()}); results.json records both", flush=True)
   mesh = parallel.make_mesh(config.mesh.num_devices)
   parallel.check_divisible(ft.batch_size, mesh, "finetune.batch_size")
   data = {split: common.load_split(cfg, split) for split in SPLITS}
@@ -565,6 +573,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   results = {
       "dataset": config.data.name, "image_size": cfg.data.size,
       "task": info.task, "model": cfg.model.to_dict(),
+      "config_model": config.model.to_dict(),
       "pretrained": ft.pretrained or None, "init_from": init_path or None,
       "pretrain_objective": pre_config.objective.name if pre_config else None,
       "finetune_augment": cfg.augment.policy, "cells": finished}

@@ -15,6 +15,7 @@ from ssl_jax.jobs import common, finetune, pretrain
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   common.validate(config)
+  common.check_classes(config, common.data_info(config).task)  # before pretraining
   pre_dir = os.path.join(workdir, "pretrain")
   summary = pretrain.train_and_evaluate(config, pre_dir)
   print(f"pretrained {config.objective.name} for {summary['steps']} steps in "

@@ -36,6 +36,7 @@ from flax import nnx
 from data_pipelines import pairs
 from ssl_jax import objectives, parallel
 from ssl_jax.jobs import common
+from ssl_jax.jobs import workdir as workdir_lib
 from ssl_jax.objectives.online_probe import with_online_probe
 from ssl_jax.train import checkpoint, init_from, loop, optim, step as step_lib
 from ssl_jax.train import state as state_lib
@@ -81,8 +82,13 @@ def build_parts(config: ml_collections.ConfigDict, info, mesh) -> Built:
                             jax.random.PRNGKey(config.seed + 1))
 
   rules = tuple(config.get("mesh", {}).get("rules", ()) or ())
-  graphdef, abstract, shardings, init = state_lib.shape_first(
-      build_state, mesh, rules)
+  try:
+    graphdef, abstract, shardings, init = state_lib.shape_first(
+        build_state, mesh, rules)
+  except AttributeError as e:  # a hyperparameter of another method's config
+    if "Did you mean" not in str(e) and not str(e).startswith("'"):
+      raise  # not a ConfigDict field lookup
+    raise common.missing_objective_field(config, e) from None
   step_fn = step_lib.make_from_objective(
       graphdef, objective, config, tx, schedule,
       grad_accum_steps=config.train.get("grad_accum_steps", 1),
@@ -124,29 +130,79 @@ def pairing_stats(partners: pairs.PartnerTable | None) -> dict[str, Any]:
   return {"mode": "views"} if partners is None else partners.stats()
 
 
+# Fields a rerun in the same workdir may change: they do not change what
+# the checkpoint holds or how it trains (display, logging cadence, where the
+# data lives, devices, later stages, a longer or shorter run). Everything
+# else must match config.json, or the rerun is refused.
+NOT_BINDING = ("job", "finetune", "benchmark", "train.steps",
+               "train.progress", "train.log_every", "train.checkpoint_every",
+               "train.prefetch", "train.check_every", "train.divergence",
+               "data.data_dir", "mesh", "distributed")
+
+
+def check_same_setup(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """A workdir holds one pretraining setup: refuse a rerun whose config
+  differs from its config.json, naming the fields, before anything is
+  written (a checkpoint of another shape would otherwise fail in Orbax
+  after config.json was overwritten)."""
+  saved = common.read_json(os.path.join(workdir, "config.json"))
+  if saved is None:
+    return
+  from configs import base as base_config  # noqa: PLC0415  defaults of new fields
+  now = workdir_lib.flatten(config, NOT_BINDING)
+  before = workdir_lib.flatten(saved, NOT_BINDING)
+  changed = workdir_lib.changed_fields(
+      now, before, workdir_lib.flatten(base_config.get_config(), NOT_BINDING))
+  if changed:
+    shown = "; ".join(f"{k}: {before.get(k, '(absent)')!r} in config.json, "
+                      f"{now.get(k, '(absent)')!r} now" for k in changed[:8])
+    raise ValueError(
+        f"{workdir} holds a pretraining run with other settings ({shown}"
+        f"{'; ...' if len(changed) > 8 else ''}). Rerun with its settings to "
+        "resume it, or use a fresh --workdir (nothing was changed in it)")
+
+
+def restore(ckpt: checkpoint.Checkpointer, built: Built, workdir: str):
+  """The latest checkpoint, or a clear error when it has another shape."""
+  step = ckpt.latest_step()
+  try:
+    return ckpt.restore(built.abstract)
+  except (ValueError, TypeError, KeyError) as e:
+    raise ValueError(
+        f"{ckpt.directory} step {step} does not fit this config ({e}); it was "
+        f"written by another setup. Use a fresh --workdir, or rerun with "
+        f"that run's settings ({workdir}/config.json)") from None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from data_pipelines import input_pipeline  # TF: only where data is read
 
   common.validate(config)
+  check_same_setup(config, workdir)
   mesh = make_mesh(config)
   parallel.check_divisible(config.train.batch_size, mesh, "train.batch_size",
                            times=config.train.get("grad_accum_steps", 1))
+  lead = jax.process_index() == 0
+  if lead:
+    workdir_lib.check_writable(workdir)
   info = common.data_info(config)
   images, labels = common.load_split(config, "train")
   metadata = common.load_metadata(config, "train")  # {} for MedMNIST
   partners = make_partners(config, len(images), metadata)
-  lead = jax.process_index() == 0
-  if lead:
-    common.save_config(config, workdir)
-    common.write_data_report(config, workdir)
-    if partners is not None:
-      print(f"pairs: {partners.stats()}", flush=True)
-
   built = build_parts(config, info, mesh)
+  with workdir_lib.Lock(workdir, f"pretrain {config.objective.name}",
+                        enabled=lead):
+    check_same_setup(config, workdir)  # another process may have just written it
+    return _train(config, workdir, built, mesh, images, labels, metadata,
+                  partners, lead, input_pipeline)
+
+
+def _train(config, workdir, built, mesh, images, labels, metadata, partners,
+           lead, input_pipeline) -> dict:
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  every_steps=config.train.checkpoint_every)
   if ckpt.latest_step() is not None:
-    state = ckpt.restore(built.abstract)
+    state = restore(ckpt, built, workdir)
     if lead:
       print(f"resumed from {workdir}/checkpoints step {int(state.step)}",
             flush=True)
@@ -158,6 +214,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         common.write_json_atomic(
             os.path.join(workdir, "init_from_report.json"), report)
   start = int(jax.device_get(state.step))
+  if lead:  # only now: a refused or failed restore leaves config.json as it was
+    common.save_config(config, workdir)
+    common.write_data_report(config, workdir)
+    if partners is not None:
+      print(f"pairs: {partners.stats()}", flush=True)
 
   batches = input_pipeline.make_iterator(
       images, labels, batch_size=parallel.local_batch_size(config.train.batch_size),
@@ -173,7 +234,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         log_every=config.train.log_every, checkpointer=ckpt,
         desc=f"pretrain {config.objective.name}", progress=config.train.progress,
         prefetch=config.train.get("prefetch", 2),
-        check_every=config.train.get("check_every", 1))
+        check_every=config.train.get("check_every", 1),
+        guard=loop.DivergenceGuard(**common.as_dict(
+            config.train.get("divergence", {}))))
   finally:
     ckpt.close()
     writer.close()

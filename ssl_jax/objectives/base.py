@@ -64,12 +64,38 @@ class Objective:
   # Reads `batch['pair_image']` (a partner image, data_pipelines/pairs.py)
   # for its second view; `pairs.mode` other than 'views' needs this.
   uses_pairs: bool = False
+  # The backbone it needs, checked against config.model.name before anything
+  # is built (jobs/common.check_encoder): 'any', 'vit' (patch tokens: MAE,
+  # SimMIM), '3d' (volumes) or 'vit_3d'.
+  encoder: str = "any"
+
+
+ENCODER_NEEDS = ("any", "vit", "3d", "vit_3d")
+
+
+def backbone_kind(name: str) -> set[str]:
+  """What a backbone name says it is: {'vit'} for ViTs, plus '3d' for
+  `*_3d` volume backbones (models/__init__.py's naming)."""
+  return ({"vit"} if name.startswith("vit") else set()) | (
+      {"3d"} if name.endswith("_3d") else set())
+
+
+def fits(need: str, backbone: str) -> bool:
+  """Whether backbone `backbone` gives what an objective's `encoder` needs:
+  'vit' a 2D ViT, 'vit_3d' a 3D ViT, '3d' any 3D backbone."""
+  kind = backbone_kind(backbone)
+  if need == "3d":
+    return "3d" in kind
+  return need == "any" or set(need.split("_")) == kind
 
 
 OBJECTIVES: Registry[Objective] = Registry("objective")
 
 
 def register(objective: Objective) -> Objective:
+  if objective.encoder not in ENCODER_NEEDS:
+    raise ValueError(f"objective {objective.name!r}: encoder="
+                     f"{objective.encoder!r}; allowed: {', '.join(ENCODER_NEEDS)}")
   OBJECTIVES.add(objective.name, objective)
   return objective
 

@@ -133,7 +133,7 @@ def make_mae_loss(config: ml_collections.ConfigDict) -> base.LossFn:
 
 
 base.register(base.Objective(
-    name="mae", category="self_prediction",
+    name="mae", category="self_prediction", encoder="vit",
     paper="He et al., CVPR 2022 (arXiv:2111.06377)",
     build_model=build_mae, make_loss=make_mae_loss))
 
@@ -202,7 +202,7 @@ def make_simmim_loss(config: ml_collections.ConfigDict) -> base.LossFn:
 
 
 base.register(base.Objective(
-    name="simmim", category="self_prediction",
+    name="simmim", category="self_prediction", encoder="vit",
     paper="Xie et al., CVPR 2022 (arXiv:2111.09886)",
     build_model=build_simmim, make_loss=make_simmim_loss))
 

@@ -94,7 +94,7 @@ def make_simclr_3d_loss(config: ml_collections.ConfigDict) -> base.LossFn:
 
 
 base.register(base.Objective(
-    name="simclr_3d", category="contrastive",
+    name="simclr_3d", category="contrastive", encoder="3d",
     paper="Chen et al., ICML 2020 (arXiv:2002.05709), on volumes as in "
           "Taleb et al., NeurIPS 2020 (arXiv:2006.03829)",
     build_model=build_simclr_3d, make_loss=make_simclr_3d_loss))
@@ -144,7 +144,7 @@ def make_mae_3d_loss(config: ml_collections.ConfigDict) -> base.LossFn:
 VISIBLE_FRACTIONS["mae_3d"] = VISIBLE_FRACTIONS["mae"]
 
 base.register(base.Objective(
-    name="mae_3d", category="self_prediction",
+    name="mae_3d", category="self_prediction", encoder="vit_3d",
     paper="He et al., CVPR 2022 (arXiv:2111.06377), on volumes as in "
           "Chen et al., WACV 2023 (arXiv:2204.11716)",
     build_model=build_mae_3d, make_loss=make_mae_3d_loss))

@@ -13,7 +13,10 @@ finalize (rename) the step.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -60,7 +63,30 @@ class Checkpointer:
   def save(self, step: int, state: TrainState) -> None:
     if step in self._manager.all_steps():
       return
-    self._manager.save(step, args=ocp.args.StandardSave(_to_tree(state)))
+    with self._disk_full_named(step):
+      self._manager.save(step, args=ocp.args.StandardSave(_to_tree(state)))
+
+  @contextlib.contextmanager
+  def _disk_full_named(self, step: int):
+    """A full disk (ENOSPC, or Orbax/TensorStore's RESOURCE_EXHAUSTED)
+    becomes an OSError naming the directory, the space needed and free, and
+    the last good checkpoint (a half-written step is never loaded)."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      if not is_disk_full(e):
+        raise
+      good = [s for s in self._manager.all_steps() if s != step]
+      last = max(good) if good else None
+      need = _dir_bytes(os.path.join(self.directory, str(last))) if good else 0
+      free = shutil.disk_usage(self.directory).free
+      raise OSError(errno.ENOSPC, (
+          f"no space left to save step {step} in {self.directory}: a "
+          f"checkpoint needs about {need / 2**20:.1f} MiB, {free / 2**20:.1f} "
+          f"MiB are free. Last good checkpoint: "
+          f"{'step ' + str(last) if last is not None else 'none'} (intact; "
+          f"rerun the same command to resume once space is freed). "
+          f"[{type(e).__name__}: {str(e)[:200]}]")) from None
 
   def restore(self, template: TrainState, step: int | None = None) -> TrainState:
     """The latest (or given) step, placed like the template's arrays.
@@ -75,11 +101,22 @@ class Checkpointer:
     return _from_tree(template, tree)
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with self._disk_full_named(self._manager.latest_step() or 0):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    self.wait()
     self._manager.close()
+
+
+def is_disk_full(error: BaseException) -> bool:
+  return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or any(
+      word in str(error) for word in ("RESOURCE_EXHAUSTED", "No space left"))
+
+
+def _dir_bytes(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(d, f))
+             for d, _, files in os.walk(path) for f in files)
 
 
 def restore_subtree(directory: str | os.PathLike, *keys: str,

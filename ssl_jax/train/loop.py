@@ -43,17 +43,49 @@ class TrainingDiverged(RuntimeError):
   """Raised when the loss (or another logged metric) stops being finite."""
 
 
+def _diverged(what: str, step: int, bad: dict,
+              checkpointer: Checkpointer | None) -> TrainingDiverged:
+  last = checkpointer.latest_step() if checkpointer else None
+  where = (f"step {last} in {checkpointer.directory}" if last is not None
+           else "none")
+  return TrainingDiverged(
+      f"{what} at step {step}: {bad}. Last good checkpoint: "
+      f"{where}. Lower the learning rate, add optim.grad_clip_norm, or "
+      "check the data.")
+
+
 def _check_finite(metrics: dict[str, float], step: int,
                   checkpointer: Checkpointer | None) -> None:
   bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
   if bad:
-    last = checkpointer.latest_step() if checkpointer else None
-    where = (f"step {last} in {checkpointer.directory}" if last is not None
-             else "none")
-    raise TrainingDiverged(
-        f"non-finite metrics at step {step}: {bad}. Last good checkpoint: "
-        f"{where}. Lower the learning rate, add optim.grad_clip_norm, or "
-        "check the data.")
+    raise _diverged("non-finite metrics", step, bad, checkpointer)
+
+
+class DivergenceGuard:
+  """Finite but exploding: `loss` above `loss_factor` x max(|first checked
+  loss|, 1), or `grad_norm` above `max_grad_norm` (0 = that check off)."""
+
+  def __init__(self, loss_factor: float = 0.0, max_grad_norm: float = 0.0):
+    self.loss_factor, self.max_grad_norm = loss_factor, max_grad_norm
+    self.early: float | None = None
+
+  def __call__(self, metrics: dict[str, float], step: int,
+               checkpointer: Checkpointer | None) -> None:
+    _check_finite(metrics, step, checkpointer)
+    loss, grad_norm = metrics.get("loss"), metrics.get("grad_norm")
+    if loss is not None and self.early is None:
+      self.early = loss
+    if loss is not None and self.loss_factor > 0 and (
+        abs(loss) > self.loss_factor * max(abs(self.early), 1.0)):
+      raise _diverged(
+          f"diverging loss (above train.divergence.loss_factor="
+          f"{self.loss_factor:g} x its early value {self.early:.4g})",
+          step, {"loss": loss}, checkpointer)
+    if grad_norm is not None and 0 < self.max_grad_norm < grad_norm:
+      raise _diverged(
+          f"diverging gradients (grad_norm above "
+          f"train.divergence.max_grad_norm={self.max_grad_norm:g})",
+          step, {"grad_norm": grad_norm}, checkpointer)
 
 
 def _to_host(metrics) -> dict[str, float]:
@@ -77,12 +109,15 @@ def run(
     progress: bool = True,
     prefetch: int = 2,
     check_every: int = 1,
+    guard: DivergenceGuard | None = None,
 ) -> TrainState:
   """Runs `step_fn` from `state.step` up to `num_steps`; returns the state.
 
-  Raises `TrainingDiverged` on non-finite metrics and `Preempted` (after
-  saving) on SIGTERM when there is a checkpointer.
+  Raises `TrainingDiverged` on non-finite metrics (or, with a `guard`, an
+  exploding loss or grad norm) and `Preempted` (after saving) on SIGTERM
+  when there is a checkpointer.
   """
+  check = guard or DivergenceGuard()
   start = int(jax.device_get(state.step))
   bar = tqdm(total=num_steps, initial=start, desc=desc, dynamic_ncols=True,
              disable=not progress or jax.process_index() != 0, leave=False)
@@ -94,7 +129,7 @@ def run(
       state, metrics = step_fn(state, next(stream))
       done = step + 1
       if pending is not None:
-        _check_finite(_to_host(pending[1]), pending[0], checkpointer)
+        check(_to_host(pending[1]), pending[0], checkpointer)
         pending = None
       if step == start:  # the first step compiles: time throughput after it
         jax.block_until_ready(metrics)
@@ -106,7 +141,7 @@ def run(
           done % eval_every == 0 or done == num_steps)
       if save or evaluate or done % log_every == 0 or done == num_steps:
         host = _to_host(metrics)
-        _check_finite(host, done, checkpointer)
+        check(host, done, checkpointer)
         now = time.perf_counter()
         if done > timer_step:
           host["images_per_sec"] = ((done - timer_step) * global_batch_size

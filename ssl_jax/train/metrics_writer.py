@@ -54,18 +54,28 @@ class MetricWriter:
 
 def _drop_rows_after(path: str, step: int) -> None:
   """A resumed run repeats the steps after its checkpoint: forget their old
-  rows, so the log reads like one uninterrupted run."""
+  rows, so the log reads like one uninterrupted run. A row logged twice for
+  one step (two processes once wrote to this workdir, before it was locked)
+  is kept once, the last one: no step ever appears twice."""
   if not os.path.exists(path):
     return
   with open(path) as f:
     rows = [line for line in f if line.strip()]
-  kept = [line for line in rows
-          if (row := _parse(line)) is not None and row.get("step", 0) <= step]
+  parsed = [(line, row) for line in rows if (row := _parse(line)) is not None
+            and row.get("step", 0) <= step]
+  last = {_key(row): i for i, (_, row) in enumerate(parsed)}
+  kept = [line for i, (line, row) in enumerate(parsed) if last[_key(row)] == i]
   if len(kept) != len(rows):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
       f.writelines(kept)
     os.replace(tmp, path)
+
+
+def _key(row: dict) -> tuple:
+  """One row per step and kind (train/ and val/ rows share a step)."""
+  return (row.get("step", 0),
+          tuple(sorted({k.split("/")[0] for k in row if k != "step"})))
 
 
 def _parse(line: str) -> dict | None:

@@ -43,6 +43,35 @@ def _sgd(schedule: Schedule, cfg: ml_collections.ConfigDict):
       optax.sgd(schedule, momentum=cfg.get("momentum", 0.9), nesterov=True))
 
 
+def check(cfg: ml_collections.ConfigDict, total_steps: int,
+          field: str = "optim", steps_field: str = "train.steps") -> None:
+  """Refuses numbers that train wrongly without failing (a negative lr is
+  gradient ascent), naming the field: lr > 0, weight_decay >= 0,
+  0 <= warmup_steps <= steps, final_lr_fraction and betas/momentum in
+  [0, 1), grad_clip_norm >= 0."""
+  def fail(key: str, want: str) -> None:
+    raise ValueError(f"config.{field}.{key}={cfg[key]!r}; expected {want}")
+
+  if not cfg.lr > 0:
+    fail("lr", "> 0 (the peak learning rate; a negative one ascends the loss)")
+  if cfg.get("weight_decay", 0.0) < 0:
+    fail("weight_decay", ">= 0")
+  warmup = cfg.get("warmup_steps", 0)
+  if warmup < 0:
+    fail("warmup_steps", ">= 0")
+  if warmup > total_steps:
+    fail("warmup_steps", f"<= config.{steps_field}={total_steps} (warmup "
+         f"longer than the run never reaches the peak lr); set "
+         f"--config.{field}.warmup_steps={total_steps} or less")
+  if not 0.0 <= cfg.get("final_lr_fraction", 0.0) <= 1.0:
+    fail("final_lr_fraction", "in [0, 1]")
+  if cfg.get("grad_clip_norm", 0.0) < 0:
+    fail("grad_clip_norm", ">= 0 (0 = no clipping)")
+  for key in ("b1", "b2", "momentum"):
+    if key in cfg and cfg[key] is not None and not 0.0 <= cfg[key] < 1.0:
+      fail(key, "in [0, 1)")
+
+
 def make_schedule(cfg: ml_collections.ConfigDict, batch_size: int,
                   total_steps: int) -> Schedule:
   """Linear warmup then cosine decay; lr scaled by batch/256 when asked."""
