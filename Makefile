@@ -14,6 +14,13 @@ export SSL_JAX_DATA_DIR ?= $(MEDMNIST_MIRROR)
 endif
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
+# tcmalloc (Debian: libtcmalloc-minimal4) when installed: it keeps freed
+# memory for reuse, where glibc unmaps every large buffer XLA:CPU frees at
+# the end of a step and the next step page-faults it back in (README
+# "Performance"). Without it everything runs the same, only slower.
+TCMALLOC ?= $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4))
+RUN := $(if $(TCMALLOC),env LD_PRELOAD=$(TCMALLOC),)
+
 .PHONY: demo test venv clean
 
 $(BIN)/.installed: requirements.txt
@@ -25,10 +32,10 @@ $(BIN)/.installed: requirements.txt
 venv: $(BIN)/.installed
 
 demo: venv
-	$(BIN)/python run.py --config=$(CONFIG) --workdir=$(WORKDIR)
+	$(RUN) $(BIN)/python run.py --config=$(CONFIG) --workdir=$(WORKDIR)
 
 test: venv
-	$(BIN)/python -m pytest -q tests
+	$(RUN) $(BIN)/python -m pytest -q tests
 
 clean:
 	rm -rf workdirs
