@@ -5,11 +5,11 @@
 For every 3x3 conv shape of a small-stem ResNet-18 at 28 px (width
 `--width`, batch `--batch` = both SimCLR views of a 128 batch by default),
 prints forward, input-gradient and weight-gradient GFLOP/s of each conv
-candidate tried (XLA's conv; patches + matmul, differentiated by JAX; XLA's
+candidate tried (XLA's conv with jaxlib's default options, which hand it to
+YNNPACK, and with ssl_jax's conv-program options, which keep XLA's Eigen
+conv (ssl_jax/runtime.py); patches + matmul, differentiated by JAX; XLA's
 forward with the weight gradient as 9 tap matmuls), then forward+backward
-milliseconds of each BatchNorm implementation on the same activations.
-`SSL_JAX_NO_XLA_FLAGS=1` measures with jaxlib's default XLA:CPU flags
-instead of ssl_jax's (ssl_jax/runtime.py). Implementations are timed
+milliseconds of each BatchNorm implementation on the same activations. Implementations are timed
 interleaved in one process, best of `--repeats`, so a busy machine slows
 them alike. Figures, not a test: compare columns within a row.
 """
@@ -23,7 +23,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ssl_jax.models import layers  # noqa: E402  (sets the XLA:CPU flags)
+from ssl_jax import runtime  # noqa: E402
+from ssl_jax.models import layers  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
@@ -79,15 +80,22 @@ def _tap_dw_bwd(stride, res, dy):
 
 
 tap_dw_conv.defvjp(_tap_dw_fwd, _tap_dw_bwd)
-CANDIDATES = {'xla': xla_conv, 'im2col': im2col_conv, 'tap_dw': tap_dw_conv}
+# name -> (conv, XLA:CPU options): jaxlib's defaults (YNNPACK takes the
+# convs), XLA's Eigen convs (ssl_jax's choice), and two matmul forms.
+CANDIDATES = {'xla_ynnpack': (xla_conv, None),
+              'xla_eigen': (xla_conv, runtime.CONV_CPU_OPTIONS),
+              'im2col': (im2col_conv, runtime.CONV_CPU_OPTIONS),
+              'tap_dw': (tap_dw_conv, runtime.CONV_CPU_OPTIONS)}
 
 
 def conv_fns(impl: str, stride: int):
   """(forward, input-gradient, weight-gradient) jitted for one candidate."""
-  conv = functools.partial(CANDIDATES[impl], stride=stride)
-  fwd = jax.jit(conv)
-  dx = jax.jit(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy))
-  dw = jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy))
+  fn, options = CANDIDATES[impl]
+  conv = functools.partial(fn, stride=stride)
+  jit = functools.partial(jax.jit, compiler_options=options)
+  fwd = jit(conv)
+  dx = jit(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy))
+  dw = jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy))
   return fwd, dx, dw
 
 
@@ -141,7 +149,8 @@ def main():
     for train_fn in (layers.batch_norm_reference, layers.batch_norm_train):
       def loss(x, scale, bias, train_fn=train_fn):
         return jnp.vdot(train_fn(x, scale, bias, 1e-5)[0], x)
-      step = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+      step = jax.jit(jax.grad(loss, argnums=(0, 1, 2)),
+                     compiler_options=runtime.CONV_CPU_OPTIONS)
       cells.append(f'{1e3 * best_seconds(step, (x, scale, bias), args.repeats):.1f}')
     print(f'| {b}x{px}x{px}x{c} | ' + ' | '.join(cells) + ' |', flush=True)
 

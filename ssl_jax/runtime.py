@@ -1,34 +1,37 @@
-"""Process-level settings that must precede JAX's first use of a device.
+"""XLA:CPU compiler options chosen per program, by what the model holds.
 
-`configure()` is called by the entry points (run.py, bench/, tests'
-conftest) before anything touches a device. It only adds XLA:CPU flags and
-leaves GPU/TPU compilation as it is:
+jaxlib 0.10 hands convolutions, among them every weight gradient, to
+YNNPACK by default. On this kind of CPU that path ran 1.5-3x slower than
+XLA's own Eigen convolutions for ResNet shapes (bench/conv_ops.py, README
+"Performance"), while YNNPACK's dots help a ViT. So programs of a model that
+holds a convolution compile with YNNPACK fusions off, and every other
+program keeps jaxlib's defaults. Off CPU nothing changes.
 
-- `--xla_cpu_experimental_ynn_fusion_type=` (empty: no YNNPACK fusions).
-  jaxlib 0.10 hands convolutions, among them every weight gradient, to
-  YNNPACK by default; on this kind of CPU that path ran 1.5-3x slower than
-  XLA's own Eigen convolutions for ResNet shapes (bench/conv_ops.py, README
-  "Performance").
-
-A flag the user already put in XLA_FLAGS wins over ours;
-SSL_JAX_NO_XLA_FLAGS=1 adds none (to measure jaxlib's defaults).
+A flag the user sets in XLA_FLAGS is a process default; the options here
+override it for conv programs only. SSL_JAX_NO_CPU_OPTIONS=1 turns them off
+(to measure jaxlib's defaults).
 """
 from __future__ import annotations
 
 import os
+from typing import Any
 
-CPU_XLA_FLAGS = {
-    "--xla_cpu_experimental_ynn_fusion_type": "",
-}
+import jax
+
+CONV_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+CONV_MODULES = ("Conv", "DepthStackedConv3d")  # class names, nnx's included
 
 
-def configure() -> None:
-  """Adds the CPU flags above to XLA_FLAGS (idempotent, user flags first)."""
-  if os.environ.get("SSL_JAX_NO_XLA_FLAGS") == "1":
-    return
-  flags = os.environ.get("XLA_FLAGS", "")
-  present = {f.split("=", 1)[0] for f in flags.split()}
-  extra = [f"{name}={value}" for name, value in CPU_XLA_FLAGS.items()
-           if name not in present]
-  if extra:
-    os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
+def _has_conv(graphdef) -> bool:
+  nodes = getattr(graphdef, "nodes", ())
+  return any(getattr(getattr(n, "type", None), "__name__", "") in CONV_MODULES
+             for n in nodes)
+
+
+def compiler_options(*graphdefs) -> dict[str, Any] | None:
+  """Options for `jax.jit(..., compiler_options=...)` of a program running
+  the models split into `graphdefs` (nnx.split's first output)."""
+  if (jax.default_backend() != "cpu"
+      or os.environ.get("SSL_JAX_NO_CPU_OPTIONS") == "1"):
+    return None
+  return dict(CONV_CPU_OPTIONS) if any(map(_has_conv, graphdefs)) else None

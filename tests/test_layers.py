@@ -2,8 +2,6 @@
 the same numbers as XLA's conv and flax's nnx.BatchNorm, with the same
 params, so switching `model.conv_impl` / `model.norm_impl` changes speed,
 not maths or checkpoints."""
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -124,15 +122,16 @@ def test_resnet_impls_share_params_and_agree():
     np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
 
 
-def test_runtime_configure_adds_cpu_flags_and_keeps_the_users(monkeypatch):
-  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=dot '
-                     '--xla_force_host_platform_device_count=2')
-  runtime.configure()
-  flags = os.environ['XLA_FLAGS'].split()
-  assert '--xla_cpu_experimental_ynn_fusion_type=dot' in flags
-  assert len([f for f in flags if 'ynn_fusion_type' in f]) == 1
-  monkeypatch.setenv('XLA_FLAGS', '')
-  runtime.configure()
-  runtime.configure()
-  assert os.environ['XLA_FLAGS'].split() == [
-      f'{k}={v}' for k, v in runtime.CPU_XLA_FLAGS.items()]
+def test_conv_models_compile_without_ynnpack_and_others_keep_defaults():
+  """Programs of a model holding a conv get the Eigen-conv option (and it
+  takes effect); a ViT's keep jaxlib's defaults."""
+  conv_graph, _ = nnx.split(resnet.resnet18(
+      in_channels=1, image_size=8, width_multiplier=0.125, rngs=nnx.Rngs(0)))
+  mlp_graph, _ = nnx.split(nnx.Linear(3, 4, rngs=nnx.Rngs(0)))
+  assert runtime.compiler_options(conv_graph) == runtime.CONV_CPU_OPTIONS
+  assert runtime.compiler_options(mlp_graph) is None
+  assert runtime.compiler_options(mlp_graph, conv_graph) is not None
+  x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
+  grad = jax.jit(jax.grad(lambda w: jnp.sum(layers._xla_conv(x, w, 1, 1))),
+                 compiler_options=runtime.compiler_options(conv_graph))
+  assert '__ynn_fusion' not in grad.lower(w).compile().as_text()

@@ -46,7 +46,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from data_pipelines import fractions, input_pipeline
-from ssl_jax import objectives, parallel, views
+from ssl_jax import objectives, parallel, runtime, views
 from ssl_jax.evaluation import inference, metrics, probes
 from ssl_jax.jobs import common, report
 from ssl_jax.jobs import workdir as workdir_lib
@@ -134,7 +134,7 @@ class Stage2:
             views.eval_view(x), train=False, return_intermediates=True)
         return dict(inner, **{FINAL: pooled})
 
-      embed = jax.jit(embed)
+      embed = jax.jit(embed, compiler_options=runtime.compiler_options(graphdef))
       for name in SPLITS:
         self._features[name] = inference.batched_apply(
             embed, self.data[name][0], mesh=self.mesh,
@@ -310,10 +310,12 @@ class ClassifierTrainer:
                                     trainable_labels(model, last_k))
     graphdef, _ = state_lib.create(model, self.tx, {}, jax.random.PRNGKey(0))
     self.step_fn = step_lib.compile_step(step_lib.make_from_objective(
-        graphdef, self.objective, ctx.config, self.tx, schedule))
+        graphdef, self.objective, ctx.config, self.tx, schedule),
+        graphdef=graphdef)
     multi_label = ctx.info.multi_label
     self.predict = jax.jit(lambda p, r, x: _to_probs(
-        nnx.merge(graphdef, p, r)(views.eval_view(x), train=False), multi_label))
+        nnx.merge(graphdef, p, r)(views.eval_view(x), train=False), multi_label),
+        compiler_options=runtime.compiler_options(graphdef))
 
   def _model(self, seed: int) -> nnx.Module:
     return self.objective.build_model(self.config, self.info, nnx.Rngs(seed))

@@ -94,7 +94,7 @@ def build_parts(config: ml_collections.ConfigDict, info, mesh) -> Built:
       grad_accum_steps=config.train.get("grad_accum_steps", 1),
       batch_sharding=parallel.batch_sharded(mesh))
   return Built(graphdef, abstract, shardings, init,
-               step_lib.compile_step(step_fn, shardings))
+               step_lib.compile_step(step_fn, shardings, graphdef=graphdef))
 
 
 def build(config: ml_collections.ConfigDict, info, mesh):

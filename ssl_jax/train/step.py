@@ -33,6 +33,7 @@ from flax import nnx
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from ssl_jax import runtime
 from ssl_jax.objectives.base import LossFn
 from ssl_jax.train.state import TrainState
 
@@ -138,18 +139,22 @@ def make_train_step(
   return step
 
 
-def compile_step(step: StepFn, state_shardings: Any = None) -> StepFn:
+def compile_step(step: StepFn, state_shardings: Any = None, *,
+                 graphdef: nnx.GraphDef | None = None) -> StepFn:
   """jit with the state donated: its buffers are reused for the new state.
 
   With `state_shardings` (a tree like the state, from shape-first init) the
   new state keeps exactly the input's layout, step after step, and metrics
-  come back replicated.
+  come back replicated. `graphdef` (the model's) picks XLA:CPU options by
+  what the model holds (ssl_jax/runtime.py).
   """
+  options = runtime.compiler_options(graphdef)
   if state_shardings is None:
-    return jax.jit(step, donate_argnums=(0,))
+    return jax.jit(step, donate_argnums=(0,), compiler_options=options)
   mesh = jax.tree.leaves(state_shardings)[0].mesh
   return jax.jit(step, donate_argnums=(0,),
-                 out_shardings=(state_shardings, NamedSharding(mesh, P())))
+                 out_shardings=(state_shardings, NamedSharding(mesh, P())),
+                 compiler_options=options)
 
 
 def make_from_objective(graphdef, objective, config, tx, schedule, *,
