@@ -32,6 +32,11 @@ and the problem; with options.on_bad_row="skip" they are skipped instead and
 listed, with reasons, in the data report (`report()` / `write_data_report`).
 Nothing is dropped silently.
 
+Channels: options.channels if set, else those of most files (a tie gives 3,
+which loses nothing). A file of the other kind is converted (RGB ->
+luminance, ITU-R 601-2; grayscale -> replicated to RGB), and the conversions
+are counted, with their rows, in the data report and on the console.
+
 `data_dir` is not used: the CSV says where its files are.
 """
 from __future__ import annotations
@@ -58,6 +63,9 @@ ON_BAD_ROW = ("error", "skip")
 UNLABELED = "unlabeled"
 _EMPTY = ("", "nan", "na", "n/a")  # a missing metadata value
 _NO_LABEL = ("", "nan")
+# The conversion a file of the other kind gets, by the channels chosen.
+CONVERSIONS = {1: "RGB -> grayscale (luminance)",
+               3: "grayscale -> RGB (replicated)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +78,7 @@ class CSVOptions:
   label_columns: tuple[str, ...] | None = None
   classes: tuple[str, ...] | None = None
   task: str | None = None
-  channels: int | None = None  # None: 3 if the first file is colour, else 1
+  channels: int | None = None  # None: those of most files (a tie: 3)
   window: tuple[float, float] | None = None
   on_bad_row: str = "error"
   allow_missing_metadata: tuple[str, ...] = ()
@@ -181,6 +189,7 @@ class CSVSource:
     self._parsed: Parsed | None = None
     self._loaded: dict[int, Loaded] = {}
     self._channels: int | None = self.opts.channels
+    self._file_channels: dict[int, int] | None = None  # CSV row -> 1 or 3
 
   # --- the Source contract -------------------------------------------------
 
@@ -379,9 +388,20 @@ class CSVSource:
     return Row(number, file, self._root() / file, label, meta, split)
 
   def channels(self) -> int:
+    """options.channels, else the channels most files have (a tie: 3, which
+    loses nothing); the other files are converted and counted (`_read`)."""
     if self._channels is None:
-      self._channels = medical_io.peek_channels(self.parsed().rows[0].path)
+      counts = collections.Counter(self.file_channels().values())
+      self._channels = 3 if counts[3] >= counts[1] else 1
     return self._channels
+
+  def file_channels(self) -> dict[int, int]:
+    """Each existing file's own channels (1 or 3), by CSV row number."""
+    if self._file_channels is None:
+      self._file_channels = {
+          r.number: medical_io.peek_channels(r.path)
+          for r in self.parsed().rows if r.path.is_file()}
+    return self._file_channels
 
   def _task(self, parsed: Parsed, multi: bool) -> str:
     if self.opts.task:
@@ -406,12 +426,17 @@ class CSVSource:
                                   allow_binary=self.opts.allow_binary)
     bad = list(parsed.bad)
     images, labels, metas, rows = [], [], [], []
+    converted: dict[str, list[int]] = {}
     for row in parsed.rows:
       try:
         slices = medical_io.read(row.path, opts)
       except medical_io.ReadError as e:
         self._bad(bad, row.number, e, e.reason)
         continue
+      own = self.file_channels().get(row.number, opts.channels)
+      if own != opts.channels:
+        converted.setdefault(CONVERSIONS[opts.channels], []).extend(
+            [row.number] * len(slices))
       for s in slices:
         images.append(s.image)
         labels.append(row.label)
@@ -431,7 +456,7 @@ class CSVSource:
       out.images[name] = images_arr[idx]
       out.labels[name] = labels_arr[idx]
       out.metadata[name] = {c: v[idx] for c, v in meta.items()}
-    out.report = self._report(parsed, bad, out, size)
+    out.report = self._report(parsed, bad, out, size, converted)
     return out
 
   def _splits(self, parsed: Parsed, rows: list[Row],
@@ -462,7 +487,8 @@ class CSVSource:
     return split_of
 
   def _report(self, parsed: Parsed, bad: list[dict[str, Any]],
-              out: Loaded, size: int) -> dict[str, Any]:
+              out: Loaded, size: int, converted: dict[str, list[int]]
+              ) -> dict[str, Any]:
     per_split = {}
     for name in SPLITS:
       meta = out.metadata[name]
@@ -489,6 +515,13 @@ class CSVSource:
         "csv": str(self.csv_path),
         "image_size": size,
         "channels": self.channels(),
+        "channels_from": ("options.channels" if self.opts.channels else
+                          "most files (a tie: 3)"),
+        "files_by_channels": {
+            name: sum(c == n for c in self.file_channels().values())
+            for n, name in ((1, "grayscale"), (3, "colour"))},
+        "converted": {k: len(v) for k, v in converted.items()},
+        "converted_rows": {k: sorted(set(v)) for k, v in converted.items()},
         "window": (list(self.opts.window) if self.opts.window else
                    "per-image min-max for >8-bit images (DICOM: header window "
                    "if present)"),

@@ -245,10 +245,16 @@ def report_lines(report: dict, path: str) -> list[str]:
     reasons = ", ".join(f"{k} {v}" for k, v in skipped["by_reason"].items())
     lines.append(f"data: skipped {skipped['count']} CSV row(s) ({reasons}); "
                  f"rows and reasons in {path}")
+  rows = report.get("converted_rows") or {}
   for conversion, count in (report.get("converted") or {}).items():
     if count:
-      lines.append(f"data: converted {count} image(s) {conversion} "
-                   f"(counted in {path})")
+      shown = rows.get(conversion, [])
+      where = (f"CSV row(s) {', '.join(map(str, shown[:5]))}"
+               f"{', ...' if len(shown) > 5 else ''}; " if shown else "")
+      lines.append(
+          f"data: converted {count} image(s) {conversion} ({where}"
+          f"{report.get('channels')} channel(s) from "
+          f"{report.get('channels_from', 'the source')}; counted in {path})")
   for warning in report.get("warnings", ()):
     lines.append(f"data: warning: {warning}")
   return lines
