@@ -32,6 +32,11 @@ and the problem; with options.on_bad_row="skip" they are skipped instead and
 listed, with reasons, in the data report (`report()` / `write_data_report`).
 Nothing is dropped silently.
 
+Classes found in the labels (no options.classes) are listed with their rows
+on the console at load; names equal up to case and punctuation ('Benign',
+'benign?') and classes with very few rows (< FEW_ROWS and < 1% of the rows)
+are warned about: they are usually typos.
+
 Channels: options.channels if set, else those of most files (a tie gives 3,
 which loses nothing). A file of the other kind is converted (RGB ->
 luminance, ITU-R 601-2; grayscale -> replicated to RGB), and the conversions
@@ -48,6 +53,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import tempfile
 from typing import Any, Mapping
 
@@ -63,6 +69,7 @@ ON_BAD_ROW = ("error", "skip")
 UNLABELED = "unlabeled"
 _EMPTY = ("", "nan", "na", "n/a")  # a missing metadata value
 _NO_LABEL = ("", "nan")
+FEW_ROWS = 10  # a found class with fewer rows (and < 1% of them) is warned about
 # The conversion a file of the other kind gets, by the channels chosen.
 CONVERSIONS = {1: "RGB -> grayscale (luminance)",
                3: "grayscale -> RGB (replicated)"}
@@ -505,6 +512,7 @@ class CSVSource:
         entry["label_counts"] = dict(zip(parsed.classes,
                                          map(int, counts)))
       per_split[name] = entry
+    class_rows = self._class_rows(parsed, out)
     unit = "patient_id" if "patient_id" in out.metadata["train"] else "CSV row"
     split_by = (f"CSV column {self.opts.split_column!r}" if parsed.has_split
                 else f"{unit} groups by fractions "
@@ -526,6 +534,9 @@ class CSVSource:
                    "per-image min-max for >8-bit images (DICOM: header window "
                    "if present)"),
         "classes": list(parsed.classes),
+        "classes_from": self._classes_from(),
+        "class_rows": class_rows,
+        "warnings": self._class_warnings(class_rows),
         "data_rows": parsed.num_data_rows,
         "blank_lines": parsed.blank_lines,
         "rows_used": len(set().union(
@@ -538,6 +549,54 @@ class CSVSource:
         "split_by": split_by,
         "splits": per_split,
     }
+
+
+  def _classes_from(self) -> str:
+    if self.opts.label_columns is not None:
+      return "options.label_columns"
+    if self.opts.classes is not None:
+      return "options.classes"
+    return "the label column" if self._single_label() else "none (unlabelled)"
+
+  def _class_rows(self, parsed: Parsed, out: Loaded) -> dict[str, int]:
+    """CSV rows used per class (multi-label: rows where it is 1)."""
+    if not parsed.classes:
+      return {}
+    seen: set[tuple[int, int]] = set()
+    for name in SPLITS:
+      rows, labels = out.metadata[name]["csv_row"].tolist(), out.labels[name]
+      if labels.ndim == 2:  # multi-label 0/1
+        seen.update((r, k) for r, label in zip(rows, labels.tolist())
+                    for k, v in enumerate(label) if v)
+      else:
+        seen.update(zip(rows, labels.tolist()))
+    counts = collections.Counter(k for _, k in seen)
+    return {c: counts[k] for k, c in enumerate(parsed.classes)}
+
+  def _class_warnings(self, class_rows: dict[str, int]) -> list[str]:
+    """Likely label typos among classes found in the data (no
+    options.classes): names equal up to case and punctuation, and classes
+    with very few rows."""
+    if self._classes_from() != "the label column":
+      return []
+    fix = (f"fix the labels, or list the classes with "
+           f"{source.option_flag('classes', '<a>,<b>')} (other labels then "
+           "are bad rows)")
+    warnings = []
+    groups = collections.defaultdict(list)
+    for name in class_rows:
+      groups[re.sub(r"[\W_]+", "", name.casefold())].append(name)
+    for names in groups.values():
+      if len(names) > 1:
+        shown = ", ".join(f"{n!r} ({class_rows[n]} rows)" for n in names)
+        warnings.append(f"{self.csv_path}: classes {shown} differ only in "
+                        f"case or punctuation: a typo? {fix}")
+    total = sum(class_rows.values())
+    for name, count in class_rows.items():
+      if count < FEW_ROWS and count < 0.01 * total:
+        warnings.append(f"{self.csv_path}: class {name!r} has {count} of "
+                        f"{total} rows: a typo? {fix}")
+    return warnings
 
 
 def _check_split(split: str) -> str:
