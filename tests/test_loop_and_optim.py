@@ -29,6 +29,34 @@ def test_warmup_then_cosine_schedule():
   np.testing.assert_allclose(float(schedule(110)), 0.0, atol=1e-7)
 
 
+def numpy_warmup_cosine(t, *, peak, warmup, total, final):
+  """Linear 0 -> peak over `warmup` steps, then peak -> final along half a
+  cosine over the remaining total - warmup steps, then final."""
+  if t < warmup:
+    return peak * t / warmup
+  progress = min((t - warmup) / (total - warmup), 1.0)
+  return final + (peak - final) * 0.5 * (1 + np.cos(np.pi * progress))
+
+
+@pytest.mark.parametrize("lr,batch,warmup,total,final_fraction", [
+    (0.4, 512, 10, 110, 0.0), (3e-3, 256, 0, 50, 0.1), (1e-2, 128, 7, 40, 0.25)])
+def test_schedule_matches_the_closed_form_at_every_step(
+    lr, batch, warmup, total, final_fraction):
+  schedule = optim.make_schedule(_opt_config(
+      lr=lr, scale_by_batch=True, warmup_steps=warmup,
+      final_lr_fraction=final_fraction), batch, total)
+  peak = lr * batch / 256
+  got = np.array([float(schedule(t)) for t in range(total + 5)])
+  expected = np.array([numpy_warmup_cosine(
+      t, peak=peak, warmup=warmup, total=total, final=peak * final_fraction)
+      for t in range(total + 5)])
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7 * peak)
+  # The decay's size: from the peak down to final_fraction of it.
+  assert got.max() == pytest.approx(peak, rel=1e-6)
+  assert got[-1] == pytest.approx(peak * final_fraction, abs=1e-7 * peak)
+  assert np.all(np.diff(got[warmup:]) <= 1e-9 * peak)  # never rises again
+
+
 @pytest.mark.parametrize("name", ["adamw", "lars", "sgd"])
 def test_weight_decay_skips_biases_and_scales(name):
   params = {"kernel": jnp.ones((3, 3)), "bias": jnp.ones((3,))}
