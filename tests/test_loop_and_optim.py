@@ -100,3 +100,28 @@ def test_resumed_metrics_log_drops_rows_past_the_checkpoint(tmp_path):
   MetricWriter(tmp_path, tensorboard=False, resume_step=4).close()
   rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
   assert len(rows) == 4 and '"step": 4' in rows[-1]
+
+
+def test_bar_shows_the_ssl_and_probe_losses_apart():
+  assert loop.bar_postfix({"loss": 3.0, "ssl_loss": 2.5, "probe_loss": 0.5,
+                           "images_per_sec": 99.6}) == {
+      "ssl_loss": "2.5000", "probe_loss": "0.5000", "img_s": "100"}
+  assert loop.bar_postfix({"loss": 1.25}) == {"loss": "1.2500", "img_s": "0"}
+
+
+def test_a_nested_bar_leaves_no_cursor_codes_in_a_log_file(tmp_path, capfd):
+  """Fine-tuning runs the loop under the cells bar: with stderr a file
+  (not a terminal) the inner bar is off, so no ESC[A lands in the log."""
+  from tqdm.auto import tqdm  # noqa: PLC0415
+  def step_fn(state, batch):
+    return state.replace(step=state.step + 1), {"loss": jnp.float32(1.0)}
+
+  batches = itertools.repeat({"image": np.zeros((2, 1), np.float32)})
+  outer = tqdm(total=1, desc="cells")
+  loop.run(_toy_state(), step_fn, batches, mesh=parallel.make_mesh(1),
+           num_steps=3, global_batch_size=2, log_every=1, progress=True,
+           nested=True, writer=MetricWriter(tmp_path, tensorboard=False))
+  outer.update(1)
+  outer.close()
+  err = capfd.readouterr().err
+  assert "cells" in err and "\x1b[A" not in err
