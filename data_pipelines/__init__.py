@@ -186,11 +186,19 @@ def report(
   source = get(name, options)
   if hasattr(source, "report"):
     return source.report(size=size, data_dir=data_dir)
-  known = dict(source.info(size).num_examples)  # MedMNIST: no data read
-  return {"source": name, "splits": {
-      s: {"images": known.get(s) if s in known else
-          len(source.load(s, size=size, data_dir=data_dir)[1])}
-      for s in SPLITS}}
+  info = source.info(size)
+  splits = {}
+  for s in SPLITS:
+    labels = np.asarray(source.load(s, size=size, data_dir=data_dir)[1])
+    entry: dict[str, Any] = {"images": int(len(labels))}
+    if info.num_classes:  # as the CSV source: rows per class (multi-label: 1s)
+      labels = labels.reshape(len(labels), -1)
+      counts = (labels.sum(0) if info.multi_label else
+                np.bincount(labels[:, 0], minlength=info.num_classes))
+      entry["label_counts"] = {str(k): int(c) for k, c in enumerate(counts)}
+    splits[s] = entry
+  return {"source": name, "classes": [str(k) for k in range(info.num_classes)],
+          "splits": splits}
 
 
 def write_data_report(path: str | os.PathLike,

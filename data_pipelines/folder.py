@@ -32,6 +32,16 @@ and the problem; with options.on_bad_row="skip" they are skipped instead and
 listed, with reasons, in the data report (`report()` / `write_data_report`).
 Nothing is dropped silently.
 
+Classes found in the labels (no options.classes) are listed with their rows
+on the console at load; names equal up to case and punctuation ('Benign',
+'benign?') and classes with very few rows (< FEW_ROWS and < 1% of the rows)
+are warned about: they are usually typos.
+
+Channels: options.channels if set, else those of most files (a tie gives 3,
+which loses nothing). A file of the other kind is converted (RGB ->
+luminance, ITU-R 601-2; grayscale -> replicated to RGB), and the conversions
+are counted, with their rows, in the data report and on the console.
+
 `data_dir` is not used: the CSV says where its files are.
 """
 from __future__ import annotations
@@ -43,6 +53,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import tempfile
 from typing import Any, Mapping
 
@@ -58,6 +69,10 @@ ON_BAD_ROW = ("error", "skip")
 UNLABELED = "unlabeled"
 _EMPTY = ("", "nan", "na", "n/a")  # a missing metadata value
 _NO_LABEL = ("", "nan")
+FEW_ROWS = 10  # a found class with fewer rows (and < 1% of them) is warned about
+# The conversion a file of the other kind gets, by the channels chosen.
+CONVERSIONS = {1: "RGB -> grayscale (luminance)",
+               3: "grayscale -> RGB (replicated)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +85,7 @@ class CSVOptions:
   label_columns: tuple[str, ...] | None = None
   classes: tuple[str, ...] | None = None
   task: str | None = None
-  channels: int | None = None  # None: 3 if the first file is colour, else 1
+  channels: int | None = None  # None: those of most files (a tie: 3)
   window: tuple[float, float] | None = None
   on_bad_row: str = "error"
   allow_missing_metadata: tuple[str, ...] = ()
@@ -181,6 +196,7 @@ class CSVSource:
     self._parsed: Parsed | None = None
     self._loaded: dict[int, Loaded] = {}
     self._channels: int | None = self.opts.channels
+    self._file_channels: dict[int, int] | None = None  # CSV row -> 1 or 3
 
   # --- the Source contract -------------------------------------------------
 
@@ -379,9 +395,20 @@ class CSVSource:
     return Row(number, file, self._root() / file, label, meta, split)
 
   def channels(self) -> int:
+    """options.channels, else the channels most files have (a tie: 3, which
+    loses nothing); the other files are converted and counted (`_read`)."""
     if self._channels is None:
-      self._channels = medical_io.peek_channels(self.parsed().rows[0].path)
+      counts = collections.Counter(self.file_channels().values())
+      self._channels = 3 if counts[3] >= counts[1] else 1
     return self._channels
+
+  def file_channels(self) -> dict[int, int]:
+    """Each existing file's own channels (1 or 3), by CSV row number."""
+    if self._file_channels is None:
+      self._file_channels = {
+          r.number: medical_io.peek_channels(r.path)
+          for r in self.parsed().rows if r.path.is_file()}
+    return self._file_channels
 
   def _task(self, parsed: Parsed, multi: bool) -> str:
     if self.opts.task:
@@ -406,12 +433,17 @@ class CSVSource:
                                   allow_binary=self.opts.allow_binary)
     bad = list(parsed.bad)
     images, labels, metas, rows = [], [], [], []
+    converted: dict[str, list[int]] = {}
     for row in parsed.rows:
       try:
         slices = medical_io.read(row.path, opts)
       except medical_io.ReadError as e:
         self._bad(bad, row.number, e, e.reason)
         continue
+      own = self.file_channels().get(row.number, opts.channels)
+      if own != opts.channels:
+        converted.setdefault(CONVERSIONS[opts.channels], []).extend(
+            [row.number] * len(slices))
       for s in slices:
         images.append(s.image)
         labels.append(row.label)
@@ -431,7 +463,7 @@ class CSVSource:
       out.images[name] = images_arr[idx]
       out.labels[name] = labels_arr[idx]
       out.metadata[name] = {c: v[idx] for c, v in meta.items()}
-    out.report = self._report(parsed, bad, out, size)
+    out.report = self._report(parsed, bad, out, size, converted)
     return out
 
   def _splits(self, parsed: Parsed, rows: list[Row],
@@ -462,7 +494,8 @@ class CSVSource:
     return split_of
 
   def _report(self, parsed: Parsed, bad: list[dict[str, Any]],
-              out: Loaded, size: int) -> dict[str, Any]:
+              out: Loaded, size: int, converted: dict[str, list[int]]
+              ) -> dict[str, Any]:
     per_split = {}
     for name in SPLITS:
       meta = out.metadata[name]
@@ -479,6 +512,7 @@ class CSVSource:
         entry["label_counts"] = dict(zip(parsed.classes,
                                          map(int, counts)))
       per_split[name] = entry
+    class_rows = self._class_rows(parsed, out)
     unit = "patient_id" if "patient_id" in out.metadata["train"] else "CSV row"
     split_by = (f"CSV column {self.opts.split_column!r}" if parsed.has_split
                 else f"{unit} groups by fractions "
@@ -489,10 +523,20 @@ class CSVSource:
         "csv": str(self.csv_path),
         "image_size": size,
         "channels": self.channels(),
+        "channels_from": ("options.channels" if self.opts.channels else
+                          "most files (a tie: 3)"),
+        "files_by_channels": {
+            name: sum(c == n for c in self.file_channels().values())
+            for n, name in ((1, "grayscale"), (3, "colour"))},
+        "converted": {k: len(v) for k, v in converted.items()},
+        "converted_rows": {k: sorted(set(v)) for k, v in converted.items()},
         "window": (list(self.opts.window) if self.opts.window else
                    "per-image min-max for >8-bit images (DICOM: header window "
                    "if present)"),
         "classes": list(parsed.classes),
+        "classes_from": self._classes_from(),
+        "class_rows": class_rows,
+        "warnings": self._class_warnings(class_rows),
         "data_rows": parsed.num_data_rows,
         "blank_lines": parsed.blank_lines,
         "rows_used": len(set().union(
@@ -505,6 +549,54 @@ class CSVSource:
         "split_by": split_by,
         "splits": per_split,
     }
+
+
+  def _classes_from(self) -> str:
+    if self.opts.label_columns is not None:
+      return "options.label_columns"
+    if self.opts.classes is not None:
+      return "options.classes"
+    return "the label column" if self._single_label() else "none (unlabelled)"
+
+  def _class_rows(self, parsed: Parsed, out: Loaded) -> dict[str, int]:
+    """CSV rows used per class (multi-label: rows where it is 1)."""
+    if not parsed.classes:
+      return {}
+    seen: set[tuple[int, int]] = set()
+    for name in SPLITS:
+      rows, labels = out.metadata[name]["csv_row"].tolist(), out.labels[name]
+      if labels.ndim == 2:  # multi-label 0/1
+        seen.update((r, k) for r, label in zip(rows, labels.tolist())
+                    for k, v in enumerate(label) if v)
+      else:
+        seen.update(zip(rows, labels.tolist()))
+    counts = collections.Counter(k for _, k in seen)
+    return {c: counts[k] for k, c in enumerate(parsed.classes)}
+
+  def _class_warnings(self, class_rows: dict[str, int]) -> list[str]:
+    """Likely label typos among classes found in the data (no
+    options.classes): names equal up to case and punctuation, and classes
+    with very few rows."""
+    if self._classes_from() != "the label column":
+      return []
+    fix = (f"fix the labels, or list the classes with "
+           f"{source.option_flag('classes', '<a>,<b>')} (other labels then "
+           "are bad rows)")
+    warnings = []
+    groups = collections.defaultdict(list)
+    for name in class_rows:
+      groups[re.sub(r"[\W_]+", "", name.casefold())].append(name)
+    for names in groups.values():
+      if len(names) > 1:
+        shown = ", ".join(f"{n!r} ({class_rows[n]} rows)" for n in names)
+        warnings.append(f"{self.csv_path}: classes {shown} differ only in "
+                        f"case or punctuation: a typo? {fix}")
+    total = sum(class_rows.values())
+    for name, count in class_rows.items():
+      if count < FEW_ROWS and count < 0.01 * total:
+        warnings.append(f"{self.csv_path}: class {name!r} has {count} of "
+                        f"{total} rows: a typo? {fix}")
+    return warnings
 
 
 def _check_split(split: str) -> str:

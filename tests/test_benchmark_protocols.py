@@ -162,3 +162,36 @@ def test_scores_give_per_label_auroc_and_ci_for_multi_label():
   assert out["test"]["auroc"] == pytest.approx(np.mean(per_label))
   low, high = out["test"]["auroc_ci"]
   assert low < out["test"]["auroc"] < high
+
+
+def _synthetic(ctx, separable: bool):
+  """`ctx` with features where class 1 is shifted by 3 along 4 of 16 dims
+  (separable) or labels independent of the features (not)."""
+  import dataclasses  # noqa: PLC0415
+  rng = np.random.default_rng(5)
+  data, feats = {}, {}
+  for split, n in (("train", 200), ("val", 100), ("test", 100)):
+    y = np.arange(n) % 2
+    x = rng.normal(size=(n, 16)).astype(np.float32)
+    if separable:
+      x[:, :4] += 3.0 * (2 * y[:, None] - 1)
+    else:
+      y = rng.permutation(y)
+    data[split] = (np.zeros((n, 1)), y)
+    feats[split] = {finetune.FINAL: x}
+  return dataclasses.replace(ctx, data=data, _features=feats)
+
+
+@pytest.mark.parametrize("protocol", ["linear", "logreg", "knn"])
+def test_protocols_separate_separable_features(contexts, protocol):
+  """Validity beyond shapes: features a line separates must score AUROC
+  near 1 under every feature protocol, and features without signal near
+  0.5 (the score can fail)."""
+  ctx, _ = contexts
+  good = _synthetic(ctx, separable=True)
+  preds = finetune.PROTOCOLS.get(protocol)(good, np.arange(200), 0)
+  scores = _valid(preds, good)
+  assert scores["test"]["auroc"] > 0.95 and scores["val"]["auroc"] > 0.95, scores
+  noise = _synthetic(ctx, separable=False)
+  scores = _valid(finetune.PROTOCOLS.get(protocol)(noise, np.arange(200), 0), noise)
+  assert 0.3 < scores["test"]["auroc"] < 0.7, scores

@@ -241,6 +241,43 @@ def test_supervised_multi_label_loss_runs_on_multi_hot_labels():
   np.testing.assert_allclose(float(loss), np.log(2.0), rtol=1e-5)
 
 
+def numpy_bce(logits, labels):
+  """Per-label -[y log p + (1 - y) log(1 - p)], p = sigmoid(z), in float64
+  (log p = -log(1 + e^-z), log(1 - p) = -log(1 + e^z), via logaddexp)."""
+  z, y = np.asarray(logits, np.float64), np.asarray(labels, np.float64)
+  return y * np.logaddexp(0.0, -z) + (1 - y) * np.logaddexp(0.0, z)
+
+
+def test_multi_label_bce_matches_numpy_beyond_zero_logits():
+  from ssl_jax.objectives import supervised as sup  # noqa: PLC0415
+  rng = np.random.default_rng(4)
+  logits = rng.normal(scale=3.0, size=(6, 5))
+  logits[0, :2] = [40.0, -40.0]  # saturated: finite, no log(0)
+  labels = rng.integers(0, 2, (6, 5))
+  labels[0, :2] = [0, 1]  # confidently wrong: loss ~ 40 each
+  loss, acc = sup.classification_loss(jnp.asarray(logits, jnp.float32),
+                                      jnp.asarray(labels), True)
+  per_example = numpy_bce(logits, labels).mean(-1)
+  np.testing.assert_allclose(float(loss), per_example.mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(acc), np.mean((logits > 0) == labels),
+                             rtol=1e-6)
+  weights = np.array([1, 0, 1, 1, 0, 1], np.float32)
+  weighted, _ = sup.classification_loss(
+      jnp.asarray(logits, jnp.float32), jnp.asarray(labels), True,
+      jnp.asarray(weights))
+  np.testing.assert_allclose(
+      float(weighted), (per_example * weights).sum() / weights.sum(),
+      rtol=1e-5)
+  # Single-label: softmax cross-entropy -log softmax(z)[y].
+  single = np.array([0, 4, 2, 1, 3, 0])
+  log_p = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
+      -1, keepdims=True)) - logits.max(-1, keepdims=True)
+  ce, _ = sup.classification_loss(jnp.asarray(logits, jnp.float32),
+                                  jnp.asarray(single), False)
+  np.testing.assert_allclose(float(ce), -log_p[np.arange(6), single].mean(),
+                             rtol=1e-5)
+
+
 # --------------------------------------------------- real steps, real data --
 
 def run_steps(config, medmnist_dir, steps=5):

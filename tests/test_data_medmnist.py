@@ -194,3 +194,23 @@ def test_interrupted_download_leaves_no_file(tmp_path, monkeypatch):
   with pytest.raises(medmnist.DownloadError, match="connection dropped"):
     medmnist.fetch("retinamnist", 28, tmp_path)
   assert list(tmp_path.iterdir()) == []
+
+
+def test_data_report_counts_labels_per_split_from_the_npz(tmp_path, capsys):
+  """MedMNIST's data_report.json has label counts per split, as the CSV
+  source's; checked against the original npz, and printed as the class
+  table at load."""
+  from ssl_jax.jobs import common  # noqa: PLC0415
+  from tests.tiny import tiny_config  # noqa: PLC0415
+  report = data_pipelines.report("breastmnist", size=28, data_dir=SHARED)
+  with np.load(pathlib.Path(SHARED) / "breastmnist.npz") as npz:
+    for split in ("train", "val", "test"):
+      counts = np.bincount(npz[f"{split}_labels"].reshape(-1), minlength=2)
+      assert report["splits"][split] == {
+          "images": int(counts.sum()),
+          "label_counts": {"0": int(counts[0]), "1": int(counts[1])}}
+  config = tiny_config(**{"data.data_dir": str(SHARED)})
+  common.write_data_report(config, str(tmp_path))
+  out = capsys.readouterr().out
+  assert "data: 2 classes in breastmnist; labels per split:" in out
+  assert out.splitlines()[2].split()[:2] == ["data:", "0"]

@@ -89,6 +89,88 @@ def test_decoder_output_shape(size, channels, widths):
   assert out.dtype == jnp.float32
 
 
+# --- the reconstruction losses against numpy, with stub models -------------
+# A stub model's output is known in closed form, so each loss is recomputed
+# from the uint8 pixels alone: the input is the standardised view ([0, 1] ->
+# [-1, 1]), the target the clean view, the MSE a mean over every value.
+
+
+def numpy_view(images):
+  """uint8 -> the standardised view of the identity policy, in float64."""
+  return (np.asarray(images, np.float64) / 255.0 - 0.5) / 0.5
+
+
+def stub_config(**objective):
+  from tests.tiny import tiny_config  # noqa: PLC0415
+  config = tiny_config()
+  config.objective = objective
+  config.augment.policy = "none"  # the loss is under test, not the views
+  return config
+
+
+@pytest.fixture(scope="module")
+def pixels():
+  return np.random.default_rng(7).integers(0, 256, (16, 16, 16, 1), np.uint8)
+
+
+def affine(x, *, train):
+  """A stub decoder output: 0.5 x + 0.25 (not the identity, not zero)."""
+  assert train
+  return 0.5 * x + 0.25
+
+
+def test_autoencoder_loss_matches_numpy(pixels):
+  loss_fn = generative.make_autoencoder_loss(stub_config(name="autoencoder"))
+  loss, metrics, _ = loss_fn(affine, {"image": jnp.asarray(pixels)},
+                             jax.random.PRNGKey(0), {})
+  x = numpy_view(pixels)
+  np.testing.assert_allclose(float(loss), np.mean((0.5 * x + 0.25 - x) ** 2),
+                             rtol=1e-5)
+  assert float(metrics["recon_mse"]) == float(loss)
+
+
+def test_denoising_loss_targets_the_clean_view_from_the_noisy_input(pixels):
+  config = stub_config(name="denoising_autoencoder", noise_std=0.3,
+                       mask_prob=0.0)
+  loss_fn = generative.make_denoising_loss(config)
+  batch, rng = {"image": jnp.asarray(pixels)}, jax.random.PRNGKey(0)
+  # A model that outputs zeros scores the clean view's mean square, whatever
+  # the noise: the target is the clean view.
+  zero, _, _ = loss_fn(lambda x, train: jnp.zeros_like(x), batch, rng, {})
+  np.testing.assert_allclose(float(zero), np.mean(numpy_view(pixels) ** 2),
+                             rtol=1e-5)
+  # The identity scores the noise: std 0.3 in [0, 1] is 0.6 in [-1, 1].
+  ident, metrics, _ = loss_fn(lambda x, train: x, batch, rng, {})
+  np.testing.assert_allclose(float(ident), 0.6 ** 2, rtol=0.05)
+  np.testing.assert_allclose(float(metrics["noisy_mse"]), float(ident),
+                             rtol=1e-6)
+  # The affine stub: its error on the clean view plus the scaled noise.
+  got, _, _ = loss_fn(affine, batch, rng, {})
+  x = numpy_view(pixels)
+  expected = np.mean((0.5 * x + 0.25 - x) ** 2) + 0.25 * 0.6 ** 2
+  np.testing.assert_allclose(float(got), expected, rtol=0.05)
+
+
+def test_vae_loss_is_numpy_mse_plus_weighted_mean_kl(pixels):
+  rng = np.random.default_rng(3)
+  mean, logvar = rng.normal(size=(16, 4)), rng.normal(scale=0.5, size=(16, 4))
+
+  def stub(x, z_rng, *, train):
+    assert train and z_rng.shape == (2,)
+    return (affine(x, train=train), jnp.asarray(mean, jnp.float32),
+            jnp.asarray(logvar, jnp.float32))
+
+  config = stub_config(name="vae", kl_weight=0.01, latent_dim=4)
+  loss, metrics, _ = generative.make_vae_loss(config)(
+      stub, {"image": jnp.asarray(pixels)}, jax.random.PRNGKey(0), {})
+  x = numpy_view(pixels)
+  recon = np.mean((0.5 * x + 0.25 - x) ** 2)
+  kl = np.mean(numpy_kl(mean, logvar))
+  np.testing.assert_allclose(float(metrics["recon_mse"]), recon, rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["kl"]), kl, rtol=1e-5)
+  np.testing.assert_allclose(float(loss), recon + 0.01 * kl, rtol=1e-5)
+
+
 SMOKE = {
     "autoencoder": dict(decoder_channels=(16, 8, 4)),
     "denoising_autoencoder": dict(noise_std=0.1, mask_prob=0.25,

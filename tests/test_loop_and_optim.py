@@ -29,6 +29,34 @@ def test_warmup_then_cosine_schedule():
   np.testing.assert_allclose(float(schedule(110)), 0.0, atol=1e-7)
 
 
+def numpy_warmup_cosine(t, *, peak, warmup, total, final):
+  """Linear 0 -> peak over `warmup` steps, then peak -> final along half a
+  cosine over the remaining total - warmup steps, then final."""
+  if t < warmup:
+    return peak * t / warmup
+  progress = min((t - warmup) / (total - warmup), 1.0)
+  return final + (peak - final) * 0.5 * (1 + np.cos(np.pi * progress))
+
+
+@pytest.mark.parametrize("lr,batch,warmup,total,final_fraction", [
+    (0.4, 512, 10, 110, 0.0), (3e-3, 256, 0, 50, 0.1), (1e-2, 128, 7, 40, 0.25)])
+def test_schedule_matches_the_closed_form_at_every_step(
+    lr, batch, warmup, total, final_fraction):
+  schedule = optim.make_schedule(_opt_config(
+      lr=lr, scale_by_batch=True, warmup_steps=warmup,
+      final_lr_fraction=final_fraction), batch, total)
+  peak = lr * batch / 256
+  got = np.array([float(schedule(t)) for t in range(total + 5)])
+  expected = np.array([numpy_warmup_cosine(
+      t, peak=peak, warmup=warmup, total=total, final=peak * final_fraction)
+      for t in range(total + 5)])
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7 * peak)
+  # The decay's size: from the peak down to final_fraction of it.
+  assert got.max() == pytest.approx(peak, rel=1e-6)
+  assert got[-1] == pytest.approx(peak * final_fraction, abs=1e-7 * peak)
+  assert np.all(np.diff(got[warmup:]) <= 1e-9 * peak)  # never rises again
+
+
 @pytest.mark.parametrize("name", ["adamw", "lars", "sgd"])
 def test_weight_decay_skips_biases_and_scales(name):
   params = {"kernel": jnp.ones((3, 3)), "bias": jnp.ones((3,))}
@@ -72,3 +100,28 @@ def test_resumed_metrics_log_drops_rows_past_the_checkpoint(tmp_path):
   MetricWriter(tmp_path, tensorboard=False, resume_step=4).close()
   rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
   assert len(rows) == 4 and '"step": 4' in rows[-1]
+
+
+def test_bar_shows_the_ssl_and_probe_losses_apart():
+  assert loop.bar_postfix({"loss": 3.0, "ssl_loss": 2.5, "probe_loss": 0.5,
+                           "images_per_sec": 99.6}) == {
+      "ssl_loss": "2.5000", "probe_loss": "0.5000", "img_s": "100"}
+  assert loop.bar_postfix({"loss": 1.25}) == {"loss": "1.2500", "img_s": "0"}
+
+
+def test_a_nested_bar_leaves_no_cursor_codes_in_a_log_file(tmp_path, capfd):
+  """Fine-tuning runs the loop under the cells bar: with stderr a file
+  (not a terminal) the inner bar is off, so no ESC[A lands in the log."""
+  from tqdm.auto import tqdm  # noqa: PLC0415
+  def step_fn(state, batch):
+    return state.replace(step=state.step + 1), {"loss": jnp.float32(1.0)}
+
+  batches = itertools.repeat({"image": np.zeros((2, 1), np.float32)})
+  outer = tqdm(total=1, desc="cells")
+  loop.run(_toy_state(), step_fn, batches, mesh=parallel.make_mesh(1),
+           num_steps=3, global_batch_size=2, log_every=1, progress=True,
+           nested=True, writer=MetricWriter(tmp_path, tensorboard=False))
+  outer.update(1)
+  outer.close()
+  err = capfd.readouterr().err
+  assert "cells" in err and "\x1b[A" not in err

@@ -331,7 +331,7 @@ def _csv(tmp_path, labels):
   from PIL import Image  # noqa: PLC0415
   lines = ["path,label,split"]
   for i, (label, split) in enumerate(labels):
-    Image.fromarray(np.full((8, 8), 10 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    Image.fromarray(np.full((8, 8), 10 * i % 256, np.uint8)).save(tmp_path / f"{i}.png")
     lines.append(f"{i}.png,{label},{split}")
   path = tmp_path / "labels.csv"
   path.write_text("\n".join(lines) + "\n")
@@ -481,3 +481,108 @@ def test_full_disk_names_directory_space_and_last_good_checkpoint(tmp_path,
   monkeypatch.undo()
   assert ckpt.latest_step() == 1
   ckpt.close()
+
+
+# --- 6. channels: the option or most files; conversions counted ---------------
+
+
+def _mixed_csv(tmp_path, kinds):
+  """One 6x6 PNG per kind ('rgb' or 'gray'), labels alternating a/b, all in
+  train; returns the CSV path and the arrays written."""
+  import numpy as np  # noqa: PLC0415
+  from PIL import Image  # noqa: PLC0415
+  rng = np.random.default_rng(0)
+  lines, arrays = ["path,label,split"], []
+  for i, kind in enumerate(kinds):
+    shape = (6, 6, 3) if kind == "rgb" else (6, 6)
+    arrays.append(rng.integers(0, 256, shape, dtype=np.uint8))
+    Image.fromarray(arrays[-1]).save(tmp_path / f"{i}.png")
+    lines.append(f"{i}.png,{'ab'[i % 2]},train")
+  path = tmp_path / "labels.csv"
+  path.write_text("\n".join(lines) + "\n")
+  return str(path), arrays
+
+
+def test_a_colour_first_row_does_not_make_a_gray_set_colour(tmp_path, capsys):
+  import numpy as np  # noqa: PLC0415
+  from PIL import Image  # noqa: PLC0415
+  from data_pipelines import folder  # noqa: PLC0415
+  path, arrays = _mixed_csv(tmp_path, ["rgb", "gray", "gray", "gray"])
+  src = folder.CSVSource(path)
+  assert src.info(6).num_channels == 1  # most files are gray
+  images, _ = src.load("train", size=6)
+  assert images.shape == (4, 6, 6, 1)
+  np.testing.assert_array_equal(  # the colour file, converted explicitly
+      images[0, ..., 0], np.asarray(Image.fromarray(arrays[0]).convert("L")))
+  np.testing.assert_array_equal(images[1, ..., 0], arrays[1])
+  report = src.report(6)
+  assert report["converted"] == {"RGB -> grayscale (luminance)": 1}
+  assert report["converted_rows"] == {"RGB -> grayscale (luminance)": [2]}
+  assert report["files_by_channels"] == {"grayscale": 3, "colour": 1}
+  assert report["channels_from"] == "most files (a tie: 3)"
+  config = tiny_config(**{"data.name": f"csv:{path}", "data.size": 6})
+  common.write_data_report(config, str(tmp_path / "run"))
+  assert ("data: converted 1 image(s) RGB -> grayscale (luminance) (CSV "
+          "row(s) 2; 1 channel(s) from most files (a tie: 3); counted in "
+          f"{tmp_path}/run/data_report.json)") in capsys.readouterr().out
+
+
+def test_channels_option_wins_and_gray_to_rgb_is_counted(tmp_path, capsys):
+  import numpy as np  # noqa: PLC0415
+  from data_pipelines import folder  # noqa: PLC0415
+  path, arrays = _mixed_csv(tmp_path, ["gray", "rgb", "gray"])
+  src = folder.CSVSource(path, {"channels": 3})
+  images, _ = src.load("train", size=6)
+  np.testing.assert_array_equal(images[0], np.repeat(arrays[0][..., None], 3, -1))
+  np.testing.assert_array_equal(images[1], arrays[1])
+  report = src.report(6)
+  assert report["channels"] == 3
+  assert report["channels_from"] == "options.channels"
+  assert report["converted"] == {"grayscale -> RGB (replicated)": 2}
+  assert report["converted_rows"] == {"grayscale -> RGB (replicated)": [2, 4]}
+  # Nothing to convert: nothing said.
+  (tmp_path / "gray").mkdir()
+  same, _ = _mixed_csv(tmp_path / "gray", ["gray", "gray"])
+  assert folder.CSVSource(same).report(6)["converted"] == {}
+  assert common.report_lines(folder.CSVSource(same).report(6), "r.json") == []
+
+
+# --- 7. label typos: a class table at load, near-duplicates and rare classes --
+
+
+def test_label_typos_are_warned_and_classes_tabled(tmp_path, capsys):
+  from data_pipelines import folder  # noqa: PLC0415
+  labels = ([("Benign", "train")] * 120 + [("malignant", "train")] * 60
+            + [("benign?", "train")] + [("Benign", "val"), ("malignant", "val"),
+                                        ("Benign", "test"), ("malignant", "test")])
+  path = _csv(tmp_path, labels)
+  report = folder.CSVSource(path).report(8)
+  assert report["classes"] == ["Benign", "benign?", "malignant"]
+  assert report["class_rows"] == {"Benign": 122, "benign?": 1, "malignant": 62}
+  warnings = "\n".join(report["warnings"])
+  assert ("classes 'Benign' (122 rows), 'benign?' (1 rows) differ only in "
+          "case or punctuation: a typo?") in warnings
+  assert "class 'benign?' has 1 of 185 rows: a typo?" in warnings
+  assert "--config.data.options.classes=<a>,<b>" in warnings
+  assert len(report["warnings"]) == 2  # 'malignant' is neither
+  config = tiny_config(**{"data.name": f"csv:{path}", "data.size": 8})
+  common.write_data_report(config, str(tmp_path / "run"))
+  out = capsys.readouterr().out.splitlines()
+  start = out.index(f"data: 3 classes in csv:{path} (from the label column); "
+                    "labels per split:")
+  assert out[start + 1].split() == ["data:", "class", "rows", "train", "val",
+                                    "test"]
+  assert out[start + 2].split() == ["data:", "Benign", "122", "120", "1", "1"]
+  assert out[start + 3].split() == ["data:", "benign?", "1", "1", "0", "0"]
+  assert out[start + 4].split() == ["data:", "malignant", "62", "60", "1", "1"]
+  assert sum(line.startswith("data: warning: ") for line in out) == 2
+
+
+def test_given_classes_or_balanced_labels_warn_nothing(tmp_path):
+  from data_pipelines import folder  # noqa: PLC0415
+  labels = [("a", "train"), ("b", "train"), ("a", "val"), ("b", "test")]
+  assert folder.CSVSource(_csv(tmp_path, labels)).report(8)["warnings"] == []
+  given = folder.CSVSource(_csv(tmp_path, labels),
+                           {"classes": ("a", "b", "c")}).report(8)
+  assert given["warnings"] == [] and given["classes_from"] == "options.classes"
+  assert given["class_rows"] == {"a": 2, "b": 2, "c": 0}

@@ -83,8 +83,12 @@ def test_benchmark_report_writes_markdown_csv_and_plots(tmp_path):
   cells = _cells({(m, p, s): 0.5 + 0.1 * (m == "simclr") + 0.02 * s
                   for m in ("none", "simclr") for p in ("finetune", "linear")
                   for s in (0, 1)})
-  paths = report.write_benchmark_report(str(tmp_path), cells, META)
+  # The last invocation ran seed 1 only: the report names the cells' seeds.
+  paths = report.write_benchmark_report(str(tmp_path), cells,
+                                        dict(META, seeds=[1]))
   text = (tmp_path / "report.md").read_text()
+  assert "Seeds 0, 1 (label subsets" in text
+  assert "| Δ vs scratch | ACC | macro F1 |" in text
   assert "| 10% | 55 | simclr | contrastive | finetune (end-to-end) | 0.610 ± 0.014 |" in text
   assert "| +19.6 ± 0.5 % |" in text  # mean, sd of 0.6/0.5 - 1, 0.62/0.52 - 1
   assert "**ResNet-18 (28) — published** | supervised | end-to-end | 0.901 |" in text

@@ -231,6 +231,31 @@ def test_models_genesis_with_every_probability_zero_is_the_identity():
   np.testing.assert_array_equal(corrupt(image, jax.random.PRNGKey(0)), image)
 
 
+def test_restoration_loss_targets_the_clean_view_and_matches_numpy():
+  """Stub models (zeros, identity, affine) make the loss known from the
+  pixels: the target is the clean standardised view, the input the
+  corrupted one, and `identity_mse` what returning the input scores."""
+  pixels = np.random.default_rng(8).integers(0, 256, (4, 28, 28, 1), np.uint8)
+  clean = (pixels / 255.0 - 0.5) / 0.5
+  batch, rng = {"image": jnp.asarray(pixels)}, jax.random.PRNGKey(0)
+  c = restoration_config()
+  c.augment.policy = "none"
+  loss_fn = objectives.get("restoration").make_loss(c)
+  zero, _, _ = loss_fn(lambda x, train: jnp.zeros_like(x), batch, rng, {})
+  np.testing.assert_allclose(float(zero), np.mean(clean ** 2), rtol=1e-5)
+  ident, metrics, _ = loss_fn(lambda x, train: x, batch, rng, {})
+  assert float(ident) > 0.01  # the input is corrupted
+  np.testing.assert_allclose(float(metrics["identity_mse"]), float(ident),
+                             rtol=1e-6)
+  # With no corruption the input is the clean view: an affine stub's error.
+  c.objective.update(shuffle_prob=0.0, nonlinear_prob=0.0, paint_prob=0.0)
+  loss, metrics, _ = objectives.get("restoration").make_loss(c)(
+      lambda x, train: 0.5 * x + 0.25, batch, rng, {})
+  np.testing.assert_allclose(float(loss), np.mean((0.25 - 0.5 * clean) ** 2),
+                             rtol=1e-5)
+  assert float(metrics["identity_mse"]) == 0.0
+
+
 # ------------------------------------------------------------- U-Net --
 
 @pytest.mark.parametrize("image_size", [28, 72])  # small and ImageNet stems

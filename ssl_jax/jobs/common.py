@@ -232,8 +232,31 @@ def write_data_report(config: ml_collections.ConfigDict, workdir: str) -> None:
                                  options=data_options(config))
   path = os.path.join(workdir, "data_report.json")
   data_pipelines.write_data_report(path, report)
-  for line in report_lines(report, path):
+  for line in class_table(report) + report_lines(report, path):
     print(line, flush=True)
+
+
+def class_table(report: dict) -> list[str]:
+  """The classes at load: name, rows (CSV sources) and labels per split,
+  so a typo'd class ('benign?') is seen before training."""
+  counts = {s: e["label_counts"] for s, e in report.get("splits", {}).items()
+            if e.get("label_counts")}
+  if not counts:
+    return []
+  classes = list(next(iter(counts.values())))
+  rows = report.get("class_rows") or {}
+  columns = (["rows"] if rows else []) + list(counts)
+  width = max(len(str(c)) for c in classes + ["class"])
+  found = f" (from {report['classes_from']})" if "classes_from" in report else ""
+  lines = [f"data: {len(classes)} classes in {report.get('source')}{found}; "
+           "labels per split:",
+           f"data:   {'class':<{width}} " + " ".join(f"{c:>6}" for c in columns)]
+  for name in classes:
+    cells = ([rows.get(name, 0)] if rows else []) + [
+        counts[s].get(name, 0) for s in counts]
+    lines.append(f"data:   {name:<{width}} " +
+                 " ".join(f"{c:>6}" for c in cells))
+  return lines
 
 
 def report_lines(report: dict, path: str) -> list[str]:
@@ -245,10 +268,16 @@ def report_lines(report: dict, path: str) -> list[str]:
     reasons = ", ".join(f"{k} {v}" for k, v in skipped["by_reason"].items())
     lines.append(f"data: skipped {skipped['count']} CSV row(s) ({reasons}); "
                  f"rows and reasons in {path}")
+  rows = report.get("converted_rows") or {}
   for conversion, count in (report.get("converted") or {}).items():
     if count:
-      lines.append(f"data: converted {count} image(s) {conversion} "
-                   f"(counted in {path})")
+      shown = rows.get(conversion, [])
+      where = (f"CSV row(s) {', '.join(map(str, shown[:5]))}"
+               f"{', ...' if len(shown) > 5 else ''}; " if shown else "")
+      lines.append(
+          f"data: converted {count} image(s) {conversion} ({where}"
+          f"{report.get('channels')} channel(s) from "
+          f"{report.get('channels_from', 'the source')}; counted in {path})")
   for warning in report.get("warnings", ()):
     lines.append(f"data: warning: {warning}")
   return lines

@@ -355,7 +355,7 @@ class ClassifierTrainer:
              global_batch_size=ft.batch_size, writer=writer,
              log_every=ft.log_every, eval_fn=select_on_val,
              eval_every=ft.eval_every, desc=name,
-             progress=self.config.train.progress)
+             progress=self.config.train.progress, nested=True)
     writer.close()
     params, rest = best["state"]
     return Predictions({s: self.probs(ctx, params, rest, s) for s in EVAL_SPLITS},

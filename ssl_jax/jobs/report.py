@@ -25,7 +25,7 @@ PROTOCOL_LABELS = {
     "last_k": "SSL + fine-tune of the last k blocks",
     "combine": "combined SSL features + linear probe (frozen)",
 }
-METRICS = (("auroc", "AUROC"), ("accuracy", "ACC"), ("f1", "F1"))
+METRICS = (("auroc", "AUROC"), ("accuracy", "ACC"), ("f1", "macro F1"))
 
 
 def _cell(values: list[float]) -> str:
@@ -240,7 +240,7 @@ def benchmark_markdown(summary: list[dict], meta: dict, references: list,
       f"this invocation {meta.get('this_run_seconds', 0):.0f} s.",
       "",
       "| labels | n train | method | strategy | protocol | test AUROC | "
-      f"{meta['ci_level']:.0%} CI | Δ vs scratch | ACC | F1 |"
+      f"{meta['ci_level']:.0%} CI | Δ vs scratch | ACC | macro F1 |"
       + (" AUROC per class |" if per_class else ""),
       "|---:|---:|---|---|---|---:|---:|---:|---:|---:|" + ("---|" if per_class else ""),
   ]
@@ -301,6 +301,9 @@ def write_benchmark_report(workdir: str, cells: dict[str, dict],
   meta = dict(meta, pretrain=pretrain_stats(workdir))
   rows = benchmark_rows(cells, meta)
   summary = summarise_benchmark(rows)
+  # The seeds the cells hold, not the last invocation's config.finetune.seeds
+  # (a sweep resumed or extended with other seeds reports them all).
+  meta = dict(meta, seeds=sorted({r["seed"] for r in rows}))
   references = published.for_dataset(meta["dataset"], meta["image_size"])
   meta = dict(meta, cells_seconds=sum(c.get("seconds", 0.0) for c in cells.values()))
   title = f"{meta['dataset']} ({meta['image_size']} px)"

@@ -18,6 +18,7 @@ and guards against divergence and preemption; it knows nothing about methods.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Callable, Iterator
 
@@ -92,6 +93,17 @@ def _to_host(metrics) -> dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
+def bar_postfix(host: dict[str, float]) -> dict[str, str]:
+  """The bar's numbers. With an online probe `loss` is the pretext loss
+  plus the probe's, so they are shown apart."""
+  if "ssl_loss" in host and "probe_loss" in host:
+    shown = {"ssl_loss": f"{host['ssl_loss']:.4f}",
+             "probe_loss": f"{host['probe_loss']:.4f}"}
+  else:
+    shown = {"loss": f"{host['loss']:.4f}"}
+  return dict(shown, img_s=f"{host.get('images_per_sec', 0):.0f}")
+
+
 def run(
     state: TrainState,
     step_fn: StepFn,
@@ -110,17 +122,21 @@ def run(
     prefetch: int = 2,
     check_every: int = 1,
     guard: DivergenceGuard | None = None,
+    nested: bool = False,
 ) -> TrainState:
   """Runs `step_fn` from `state.step` up to `num_steps`; returns the state.
 
   Raises `TrainingDiverged` on non-finite metrics (or, with a `guard`, an
   exploding loss or grad norm) and `Preempted` (after saving) on SIGTERM
-  when there is a checkpointer.
+  when there is a checkpointer. `nested`: the bar sits under another (the
+  fine-tuning cells); it is off when stderr is not a terminal, where tqdm's
+  cursor-up codes (ESC[A) would litter the log.
   """
   check = guard or DivergenceGuard()
   start = int(jax.device_get(state.step))
   bar = tqdm(total=num_steps, initial=start, desc=desc, dynamic_ncols=True,
-             disable=not progress or jax.process_index() != 0, leave=False)
+             disable=(not progress or jax.process_index() != 0
+                      or (nested and not sys.stderr.isatty())), leave=False)
   stream = parallel.prefetch_to_device(batches, prefetch, mesh)
   pending = None  # (step, its guarded metrics), checked after the next dispatch
   timer_step, timer = start, time.perf_counter()
@@ -148,8 +164,7 @@ def run(
                                     / (now - timer))
         timer_step, timer = done, now
         writer.write(done, host, prefix="train/")
-        bar.set_postfix(loss=f"{host['loss']:.4f}",
-                        img_s=f"{host.get('images_per_sec', 0):.0f}")
+        bar.set_postfix(bar_postfix(host))
       elif check_every > 0 and done % check_every == 0:
         pending = (done, {k: metrics[k] for k in GUARDED if k in metrics})
       if save:
