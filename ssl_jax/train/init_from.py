@@ -46,6 +46,8 @@ downloaded weights:
                       layout); its learned pos_embed is dropped (ours is
                       fixed 2D sin-cos), so positions differ from those the
                       weights were trained with: continue SSL before use.
+The same tables, read backwards, write an ssl_jax encoder in those layouts
+(`python -m ssl_jax.export`, ssl_jax/export.py).
 ImageNet weights expect ImageNet-normalised RGB; our inputs are
 standardised grayscale, one more reason to continue SSL in-domain.
 """
@@ -187,9 +189,32 @@ def torch_to_flax(flat: Flat) -> Flat:
   return out
 
 
-LAYOUTS: Registry[Callable[[Flat], Flat]] = Registry("init_from layout")
-LAYOUTS.add("flax", lambda flat: flat)
-LAYOUTS.add("torch", torch_to_flax)
+def flax_to_torch(flat: Flat) -> Flat:
+  """The inverse of `torch_to_flax` (for export): Linear [in, out] ->
+  [out, in]; Conv [*spatial, I, O] -> [O, I, *spatial]. Keys in torch naming."""
+  out = {}
+  for key, value in flat.items():
+    if key.endswith("weight") and value.ndim == 2:
+      value = value.T
+    elif key.endswith("weight") and value.ndim >= 3:
+      value = value.transpose((value.ndim - 1, value.ndim - 2)
+                              + tuple(range(value.ndim - 2)))
+    out[key] = value
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """How a file's tensors are laid out: `to_flax` when loading, `from_flax`
+  (its inverse) when exporting."""
+  to_flax: Callable[[Flat], Flat]
+  from_flax: Callable[[Flat], Flat]
+
+
+LAYOUTS: Registry[Layout] = Registry("init_from layout")
+LAYOUTS.add("flax", Layout(to_flax=lambda flat: flat,
+                           from_flax=lambda flat: flat))
+LAYOUTS.add("torch", Layout(to_flax=torch_to_flax, from_flax=flax_to_torch))
 
 
 def select(flat: Flat) -> tuple[Flat, list[str]]:
@@ -250,35 +275,74 @@ def rename(flat: Flat, pairs: Rename) -> tuple[Flat, list[str]]:
   return out, sorted(dropped)
 
 
+# Placeholders a preset's names may use; both sides of a pair share them.
+GROUPS = {"conv": r"conv\d?", "bn": r"bn\d?", "norm": r"norm\d?",
+          "fc": r"fc\d"}
+
+
+def _rule(src: str, dst: str) -> tuple[str, str]:
+  """A (regex, replacement) pair for `rename` from two key fragments:
+  '^' / '$' anchor a fragment, '{conv}' etc. (GROUPS) stand for the same
+  text on both sides, everything else is literal."""
+  pattern, replacement = "", ""
+  for part in re.split(r"(\{\w+\})", src):
+    name = part[1:-1]
+    pattern += (f"(?P<{name}>{GROUPS[name]})" if part[:1] == "{"
+                else re.escape(part).replace(r"\^", "^").replace(r"\$", "$"))
+  for part in re.split(r"(\{\w+\})", dst.strip("^$")):
+    replacement += rf"\g<{part[1:-1]}>" if part[:1] == "{" else part
+  return pattern, replacement
+
+
 @dataclasses.dataclass(frozen=True)
 class Preset:
-  """A named rename list for a public layout, and the layout it needs."""
-  rename: tuple[tuple[str, str], ...]
+  """A public layout, one table for both directions.
+
+  `names` pairs (theirs, ours) key fragments (see `_rule`): loading applies
+  them theirs -> ours in order, after dropping keys matching a `drop` regex
+  (their classifier, ...); exporting applies them ours -> theirs in reverse
+  order (`inverse`), so each direction undoes the other.
+  """
+  names: tuple[tuple[str, str], ...]
   layout: str
+  drop: tuple[str, ...] = ()
+
+  @property
+  def rename(self) -> tuple[tuple[str, str], ...]:
+    """(regex, replacement) pairs, theirs -> ours, for `rename`."""
+    return (tuple((d, "") for d in self.drop)
+            + tuple(_rule(theirs, ours) for theirs, ours in self.names))
+
+  @property
+  def inverse(self) -> tuple[tuple[str, str], ...]:
+    """(regex, replacement) pairs, ours -> theirs, for `rename`."""
+    return tuple(_rule(ours, theirs) for theirs, ours in reversed(self.names))
 
 
 PRESETS: Registry[Preset] = Registry("init_from preset")
-PRESETS.add("torchvision_resnet", Preset(layout="torch", rename=(
-    (r"^fc/.*$", ""),                          # the ImageNet classifier
-    (r"^.*/num_batches_tracked$", ""),
-    (r"^conv1/", "stem_conv/"),
-    (r"^bn1/", "stem_bn/"),
-    (r"^layer1/", "stages/0/"), (r"^layer2/", "stages/1/"),
-    (r"^layer3/", "stages/2/"), (r"^layer4/", "stages/3/"),
-    (r"/downsample/0/", "/shortcut/conv/"),
-    (r"/downsample/1/", "/shortcut/bn/"),
-    (r"(conv\d?)/weight$", r"\1/kernel"),
-    (r"(bn\d?)/weight$", r"\1/scale"),
-    (r"/running_mean$", "/mean"),
-    (r"/running_var$", "/var"),
+PRESETS.add("torchvision_resnet", Preset(layout="torch", drop=(
+    r"^fc/.*$",                                # the ImageNet classifier
+    r"^.*/num_batches_tracked$",
+), names=(
+    ("^conv1/", "^stem_conv/"),
+    ("^bn1/", "^stem_bn/"),
+    ("^layer1/", "^stages/0/"), ("^layer2/", "^stages/1/"),
+    ("^layer3/", "^stages/2/"), ("^layer4/", "^stages/3/"),
+    ("/downsample/0/", "/shortcut/conv/"),
+    ("/downsample/1/", "/shortcut/bn/"),
+    ("{conv}/weight$", "{conv}/kernel$"),
+    ("{bn}/weight$", "{bn}/scale$"),
+    ("/running_mean$", "/mean$"),
+    ("/running_var$", "/var$"),
 )))
-PRESETS.add("timm_vit", Preset(layout="torch", rename=(
-    (r"^head/.*$", ""),                        # the ImageNet classifier
-    (r"^pos_embed$", ""),                      # ours: fixed sin-cos
-    (r"^patch_embed/proj/", "patch_embed/"),
-    (r"/mlp/(fc\d)/", r"/\1/"),
-    (r"(norm\d?)/weight$", r"\1/scale"),
-    (r"/weight$", "/kernel"),
+PRESETS.add("timm_vit", Preset(layout="torch", drop=(
+    r"^head/.*$",                              # the ImageNet classifier
+    r"^pos_embed$",                            # ours: fixed sin-cos
+), names=(
+    ("^patch_embed/proj/", "^patch_embed/"),
+    ("/mlp/{fc}/", "/{fc}/"),
+    ("{norm}/weight$", "{norm}/scale$"),
+    ("/weight$", "/kernel$"),
 )))
 
 
@@ -433,7 +497,7 @@ def load_source(cfg: Mapping, target: Mapping[str, Any]) -> tuple[Flat, dict]:
   if layout == "auto":
     layout = preset.layout if preset else "flax"
   flat, fmt = read(cfg["path"], cfg.get("format", "auto"))
-  flat = LAYOUTS.get(layout)({k.replace(".", "/"): v for k, v in flat.items()})
+  flat = LAYOUTS.get(layout).to_flax({k.replace(".", "/"): v for k, v in flat.items()})
   flat, notes = select(flat)
   pairs = tuple(preset.rename if preset else ()) + tuple(
       tuple(p) for p in cfg.get("rename", ()) or ())
