@@ -184,6 +184,15 @@ def _as_int(value: str) -> int | None:
   return int(f) if f.is_integer() else None
 
 
+def _peek_channels(path) -> int | None:
+  """A file's channels for the majority vote; None for an unreadable file,
+  which the reader reports (or skips) as a bad row with its CSV row."""
+  try:
+    return medical_io.peek_channels(path)
+  except Exception:  # noqa: BLE001  (any decoder's error: not a vote)
+    return None
+
+
 class CSVSource:
   """`csv:<file>`: images listed in a CSV file (see the module doc)."""
 
@@ -405,9 +414,9 @@ class CSVSource:
   def file_channels(self) -> dict[int, int]:
     """Each existing file's own channels (1 or 3), by CSV row number."""
     if self._file_channels is None:
-      self._file_channels = {
-          r.number: medical_io.peek_channels(r.path)
-          for r in self.parsed().rows if r.path.is_file()}
+      peeked = {r.number: _peek_channels(r.path)
+                for r in self.parsed().rows if r.path.is_file()}
+      self._file_channels = {k: v for k, v in peeked.items() if v is not None}
     return self._file_channels
 
   def _task(self, parsed: Parsed, multi: bool) -> str:

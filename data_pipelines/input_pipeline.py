@@ -37,6 +37,9 @@ import numpy as np
 from data_pipelines import pairs as pairs_lib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TF only streams indices here (no TF maths), so its oneDNN kernels buy
+# nothing; off, TF also stops printing its "oneDNN custom operations" notice.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 

@@ -19,13 +19,16 @@ from typing import Any
 import jax
 
 CONV_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-CONV_MODULES = ("Conv", "DepthStackedConv3d")  # class names, nnx's included
+# The ResNet conv layers (ssl_jax/models/layers.py, resnet.py). A ViT's patch
+# embedding (one strided nnx.Conv) does not count: its program is dots.
+CONV_MODULES = ("ssl_jax.models.layers.Conv",
+                "ssl_jax.models.resnet.DepthStackedConv3d")
 
 
 def _has_conv(graphdef) -> bool:
-  nodes = getattr(graphdef, "nodes", ())
-  return any(getattr(getattr(n, "type", None), "__name__", "") in CONV_MODULES
-             for n in nodes)
+  types = (getattr(n, "type", None) for n in getattr(graphdef, "nodes", ()))
+  return any(f"{t.__module__}.{t.__qualname__}" in CONV_MODULES
+             for t in types if isinstance(t, type))
 
 
 def compiler_options(*graphdefs) -> dict[str, Any] | None:

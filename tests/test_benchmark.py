@@ -13,6 +13,7 @@ import pytest
 
 from configs import benchmark as benchmark_config
 from ssl_jax.jobs import benchmark, common, finetune, report
+from tests.tiny import apply_overrides
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = {
@@ -45,14 +46,8 @@ def _flag(value) -> str:
 
 
 def tiny_benchmark_config(**overrides):
-  c = benchmark_config.get_config("dataset=breastmnist")
-  for key, value in dict(TINY, **overrides).items():
-    section = c
-    *path, last = key.split(".")
-    for p in path:
-      section = section[p]
-    section[last] = value
-  return c
+  return apply_overrides(benchmark_config.get_config("dataset=breastmnist"),
+                         dict(TINY, **overrides))
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +134,39 @@ def test_killed_sweep_resumes_with_identical_cells(sweep, tmp_path, medmnist_dir
   for path, content in before.items():
     assert path.read_bytes() == content  # finished cells are never redone
   assert len(list((workdir / "cells").rglob("*.json"))) == 8
+  assert (workdir / "results.csv").read_text() == (full_dir / "results.csv").read_text()
+
+
+def test_sweep_killed_during_pretraining_resumes_through_run_py(
+    sweep, tmp_path, medmnist_dir):
+  """SIGKILL while rotation is pretraining (after its step-2 checkpoint,
+  before its summary); `run.py` again resumes it and ends with the
+  uninterrupted run's CSV."""
+  full_dir, _ = sweep
+  workdir = tmp_path / "killed_pretraining"
+  pretrain_dir = workdir / "pretrain" / "rotation" / "seed0"
+  command = [sys.executable, "run.py",
+             "--config=configs/benchmark.py:dataset=breastmnist",
+             f"--workdir={workdir}"] + [
+                 f"--config.{k}={_flag(v)}" for k, v in TINY.items()]
+  env = dict(os.environ, SSL_JAX_DATA_DIR=str(medmnist_dir), JAX_PLATFORMS="cpu")
+  log = tmp_path / "killed_pretraining.log"
+  with open(log, "w") as out:
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
+    deadline = time.monotonic() + 600
+    while not (pretrain_dir / "checkpoints" / "2").is_dir():
+      assert proc.poll() is None, log.read_text()[-4000:]
+      assert time.monotonic() < deadline, "rotation never checkpointed in 600 s"
+      time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  assert not (pretrain_dir / "pretrain_summary.json").exists(), (
+      "pretraining finished before the kill; the test did not interrupt it")
+  assert not list((workdir / "cells" / "rotation").rglob("*.json"))
+
+  rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=900)
+  assert rerun.returncode == 0, rerun.stderr[-4000:]
   assert (workdir / "results.csv").read_text() == (full_dir / "results.csv").read_text()
 
 

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from ssl_jax import runtime
-from ssl_jax.models import layers, resnet
+from ssl_jax.models import layers, resnet, vit
 
 
 def _conv_pair(kernel, stride, c_in=3, c_out=5, spatial_dims=2):
@@ -128,8 +128,12 @@ def test_conv_models_compile_without_ynnpack_and_others_keep_defaults():
   conv_graph, _ = nnx.split(resnet.resnet18(
       in_channels=1, image_size=8, width_multiplier=0.125, rngs=nnx.Rngs(0)))
   mlp_graph, _ = nnx.split(nnx.Linear(3, 4, rngs=nnx.Rngs(0)))
+  vit_graph, _ = nnx.split(vit.vit_tiny(in_channels=1, image_size=8,
+                                        patch_size=4, depth=1,
+                                        rngs=nnx.Rngs(0)))
   assert runtime.compiler_options(conv_graph) == runtime.CONV_CPU_OPTIONS
   assert runtime.compiler_options(mlp_graph) is None
+  assert runtime.compiler_options(vit_graph) is None  # patch embed: dots
   assert runtime.compiler_options(mlp_graph, conv_graph) is not None
   x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
   grad = jax.jit(jax.grad(lambda w: jnp.sum(layers._xla_conv(x, w, 1, 1))),

@@ -8,18 +8,12 @@ import pytest
 
 from ssl_jax import objectives
 from ssl_jax.jobs import benchmark, common, pretrain
-from tests.tiny import tiny_config
+from tests.tiny import apply_overrides, tiny_config
 
 
 def method_config(method: str, **overrides):
   config = importlib.import_module(f"configs.{method}").get_config()
-  for key, value in overrides.items():
-    section = config
-    *path, last = key.split(".")
-    for p in path:
-      section = section[p]
-    section[last] = value
-  return config
+  return apply_overrides(config, overrides)
 
 
 # --- 2. objective and backbone that don't fit --------------------------------

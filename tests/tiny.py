@@ -24,13 +24,18 @@ def tiny_config(**overrides):
   c.finetune.log_every = 2
   c.finetune.eval_batch_size = 64
   c.finetune.fractions = (0.1, 1.0)
+  return apply_overrides(c, overrides)
+
+
+def apply_overrides(config, overrides: dict):
+  """Sets dotted fields, as `--config.a.b=v` would: {'a.b': v}."""
   for key, value in overrides.items():
-    section = c
+    section = config
     *path, last = key.split(".")
     for p in path:
       section = section[p]
     section[last] = value
-  return c
+  return config
 
 
 # Heads shrunk to match the tiniest backbone (fields a method lacks are skipped).
