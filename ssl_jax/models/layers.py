@@ -10,14 +10,12 @@ choice; only how the numbers are computed changes:
   rows runs 2-6x faster there. Same maths, float32 statistics, a
   hand-written VJP (the standard BatchNorm backward) so autodiff adds no
   reductions of its own.
-- `conv_impl='tap_matmul'`: the forward and input gradient stay XLA's
-  convolutions; the weight gradient, XLA:CPU's slowest conv (it transposes
-  both operands into a batch-as-feature conv), becomes one matmul per
-  kernel tap: dW[i, j] = shift_ij(x)^T @ dy, contracting over every pixel of
-  the batch.
+- `conv_impl='matmul_1x1'`: 1x1 convs (ResNet shortcuts, bottlenecks) are
+  (strided) matmuls; larger kernels stay XLA's convolutions, which measured
+  faster here than patches + matmul or per-tap matmul weight gradients
+  (bench/conv_ops.py); their programs compile with XLA's Eigen convs
+  (ssl_jax/runtime.py).
 - 'auto' picks those on CPU and XLA's own ops (cuDNN, TPU) elsewhere.
-
-bench/conv_ops.py prints the per-op numbers behind these choices.
 """
 from __future__ import annotations
 
@@ -112,10 +110,7 @@ def batch_norm_train(x: Array, scale: Array, bias: Array, eps: float
 
   mean and var (for the running averages) carry no gradient.
   """
-  mean, var = _stats(x)
-  rstd = jax.lax.rsqrt(var + eps)
-  y = ((x - mean) * (rstd * scale) + bias).astype(x.dtype)
-  return y, mean, var
+  return _bn_fwd(x, scale, bias, eps)[0]
 
 
 def _bn_fwd(x, scale, bias, eps):
