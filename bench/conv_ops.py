@@ -50,7 +50,7 @@ def _taps(x, stride: int, out_size: int) -> list:
 
 
 def xla_conv(x, w, stride):
-  return layers._xla_conv(x, w, stride, 1)  # noqa: SLF001
+  return layers.xla_conv(x, w, stride, 1)
 
 
 def im2col_conv(x, w, stride):
@@ -127,7 +127,7 @@ def main():
   for b, px, ci, co, s in resnet18_convs(args.width, args.batch):
     x = jax.random.normal(key, (b, px, px, ci))
     w = jax.random.normal(key, (3, 3, ci, co)) * 0.1
-    dy = jnp.ones_like(layers._xla_conv(x, w, s, 1))  # noqa: SLF001
+    dy = jnp.ones_like(layers.xla_conv(x, w, s, 1))
     gflop = 2 * dy.size * 9 * ci / 1e9
     cells = []
     for impl in impls:

@@ -38,3 +38,8 @@ def compiler_options(*graphdefs) -> dict[str, Any] | None:
       or os.environ.get("SSL_JAX_NO_CPU_OPTIONS") == "1"):
     return None
   return dict(CONV_CPU_OPTIONS) if any(map(_has_conv, graphdefs)) else None
+
+
+def jit(fn, graphdef, **kwargs):
+  """`jax.jit(fn, **kwargs)` compiled with the options for `graphdef`."""
+  return jax.jit(fn, compiler_options=compiler_options(graphdef), **kwargs)

@@ -136,6 +136,6 @@ def test_conv_models_compile_without_ynnpack_and_others_keep_defaults():
   assert runtime.compiler_options(vit_graph) is None  # patch embed: dots
   assert runtime.compiler_options(mlp_graph, conv_graph) is not None
   x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
-  grad = jax.jit(jax.grad(lambda w: jnp.sum(layers._xla_conv(x, w, 1, 1))),
+  grad = jax.jit(jax.grad(lambda w: jnp.sum(layers.xla_conv(x, w, 1, 1))),
                  compiler_options=runtime.compiler_options(conv_graph))
   assert '__ynn_fusion' not in grad.lower(w).compile().as_text()

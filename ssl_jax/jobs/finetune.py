@@ -134,7 +134,7 @@ class Stage2:
             views.eval_view(x), train=False, return_intermediates=True)
         return dict(inner, **{FINAL: pooled})
 
-      embed = jax.jit(embed, compiler_options=runtime.compiler_options(graphdef))
+      embed = runtime.jit(embed, graphdef)
       for name in SPLITS:
         self._features[name] = inference.batched_apply(
             embed, self.data[name][0], mesh=self.mesh,
@@ -313,9 +313,9 @@ class ClassifierTrainer:
         graphdef, self.objective, ctx.config, self.tx, schedule),
         graphdef=graphdef)
     multi_label = ctx.info.multi_label
-    self.predict = jax.jit(lambda p, r, x: _to_probs(
+    self.predict = runtime.jit(lambda p, r, x: _to_probs(
         nnx.merge(graphdef, p, r)(views.eval_view(x), train=False), multi_label),
-        compiler_options=runtime.compiler_options(graphdef))
+        graphdef)
 
   def _model(self, seed: int) -> nnx.Module:
     return self.objective.build_model(self.config, self.info, nnx.Rngs(seed))

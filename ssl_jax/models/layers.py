@@ -50,7 +50,7 @@ resolve_norm_impl = functools.partial(_resolve, choices=NORM_IMPLS,
 
 # ---------------------------------------------------------------- convolution
 
-def _xla_conv(x: Array, kernel: Array, stride: int, pad: int) -> Array:
+def xla_conv(x: Array, kernel: Array, stride: int, pad: int) -> Array:
   nd = x.ndim - 2
   spec = {1: ('NWC', 'WIO', 'NWC'), 2: ('NHWC', 'HWIO', 'NHWC'),
           3: ('NDHWC', 'DHWIO', 'NDHWC')}[nd]
@@ -76,11 +76,11 @@ class Conv(nnx.Module):
     x = x.astype(self.dtype)
     pad = kernel.shape[0] // 2
     if self.impl == 'xla':
-      return _xla_conv(x, kernel, self.stride, pad)
+      return xla_conv(x, kernel, self.stride, pad)
     if kernel.shape[0] == 1:  # 1x1: a strided matmul, no conv machinery
       x = x[(slice(None),) + (slice(None, None, self.stride),) * (x.ndim - 2)]
       return jnp.einsum('...c,co->...o', x, kernel.reshape(kernel.shape[-2:]))
-    return _xla_conv(x, kernel, self.stride, pad)
+    return xla_conv(x, kernel, self.stride, pad)
 
 
 # ------------------------------------------------------------------ BatchNorm

@@ -53,9 +53,7 @@ class DepthStackedConv3d(nnx.Module):
     stacked = stacked.reshape(b * out_d, h, w, k * c).astype(self.dtype)
     kernel = jnp.transpose(self.kernel[...], (1, 2, 0, 3, 4)).reshape(
         k, k, k * c, -1).astype(self.dtype)
-    y = jax.lax.conv_general_dilated(
-        stacked, kernel, (s, s), ((p, p), (p, p)),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = layers.xla_conv(stacked, kernel, s, p)
     return y.reshape(b, out_d, *y.shape[1:])
 
 

@@ -148,13 +148,11 @@ def compile_step(step: StepFn, state_shardings: Any = None, *,
   come back replicated. `graphdef` (the model's) picks XLA:CPU options by
   what the model holds (ssl_jax/runtime.py).
   """
-  options = runtime.compiler_options(graphdef)
   if state_shardings is None:
-    return jax.jit(step, donate_argnums=(0,), compiler_options=options)
+    return runtime.jit(step, graphdef, donate_argnums=(0,))
   mesh = jax.tree.leaves(state_shardings)[0].mesh
-  return jax.jit(step, donate_argnums=(0,),
-                 out_shardings=(state_shardings, NamedSharding(mesh, P())),
-                 compiler_options=options)
+  return runtime.jit(step, graphdef, donate_argnums=(0,),
+                     out_shardings=(state_shardings, NamedSharding(mesh, P())))
 
 
 def make_from_objective(graphdef, objective, config, tx, schedule, *,
