@@ -65,15 +65,18 @@ def dataset_and_backbone(arg: str) -> tuple[str, str]:
 def optim_config(name: str, lr: float, *, weight_decay: float,
                  scale_by_batch: bool = False, warmup_steps: int = 100,
                  final_lr_fraction: float = 0.0, grad_clip_norm: float = 0.0,
-                 **extra) -> dict:
-  """An optimizer block for ssl_jax/train/optim.py: warmup then cosine to
-  `final_lr_fraction` of the peak; `lr` is scaled by batch/256 when
+                 schedule: str = "cosine", decay_at: tuple = (0.5, 0.75),
+                 decay_factor: float = 0.1, **extra) -> dict:
+  """An optimizer block for ssl_jax/train/optim.py: warmup, then `schedule`
+  cosine (to `final_lr_fraction` of the peak) or step (x `decay_factor` at
+  each fraction of the run in `decay_at`); `lr` is scaled by batch/256 when
   `scale_by_batch`. `extra` holds optimizer-specific fields (b1, b2,
   momentum)."""
   return dict(name=name, lr=lr, weight_decay=weight_decay,
               scale_by_batch=scale_by_batch, warmup_steps=warmup_steps,
               final_lr_fraction=final_lr_fraction,
-              grad_clip_norm=grad_clip_norm, **extra)
+              grad_clip_norm=grad_clip_norm, schedule=schedule,
+              decay_at=decay_at, decay_factor=decay_factor, **extra)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -150,12 +153,18 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Stage 2. `pretrained` names a pretraining workdir; empty inside a
   # pretrain_finetune job (it uses its own), required for job=finetune.
+  # End-to-end runs last `steps` (validation every `eval_every`), or with
+  # `epochs` > 0 that many passes over the labelled subset (at least
+  # `min_steps`; validation every `eval_every_epochs`); the step with the
+  # best val AUROC (ties: lower val loss) is kept. `class_weights`:
+  # none | balanced (loss weights n / (C * count), single-label tasks).
   c.finetune = dict(
       pretrained="",
       protocols=("linear", "knn", "finetune", "scratch"),
       fractions=DEFAULT_FRACTIONS,
       seeds=(0,),
       steps=300, batch_size=64, eval_every=50, log_every=25,
+      epochs=0, eval_every_epochs=1.0, min_steps=100, class_weights="none",
       eval_batch_size=256,
       knn_k=20, knn_temperature=0.07,
       linear_weight_decays=(0.0, 1e-4, 1e-3, 1e-2),

@@ -57,6 +57,31 @@ def test_schedule_matches_the_closed_form_at_every_step(
   assert np.all(np.diff(got[warmup:]) <= 1e-9 * peak)  # never rises again
 
 
+@pytest.mark.parametrize("warmup", [0, 10])
+def test_step_schedule_is_multistep_lr(warmup):
+  """MedMNIST v2's recipe: lr x0.1 at 50 % and 75 % of the run, as
+  PyTorch's MultiStepLR counts steps (the decayed lr from the boundary on)."""
+  schedule = optim.make_schedule(_opt_config(
+      lr=1e-3, warmup_steps=warmup, schedule="step", decay_at=(0.5, 0.75),
+      decay_factor=0.1), 128, 400)
+  got = np.array([float(schedule(t)) for t in range(400)])
+  expected = np.where(np.arange(400) < 200, 1e-3,
+                      np.where(np.arange(400) < 300, 1e-4, 1e-5))
+  if warmup:
+    expected[:warmup] = 1e-3 * np.arange(warmup) / warmup
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("decay_at", (0.75, 0.5), "increasing"), ("decay_at", (0.5, 1.0), "in \\(0, 1\\)"),
+    ("decay_factor", 0.0, "in \\(0, 1\\]"), ("schedule", "linear", "schedule")])
+def test_step_schedule_fields_are_checked(field, value, match):
+  cfg = _opt_config(schedule="step", decay_at=(0.5, 0.75), decay_factor=0.1)
+  cfg[field] = value
+  with pytest.raises(ValueError, match=match):
+    optim.check(cfg, 100)
+
+
 @pytest.mark.parametrize("name", ["adamw", "lars", "sgd"])
 def test_weight_decay_skips_biases_and_scales(name):
   params = {"kernel": jnp.ones((3, 3)), "bias": jnp.ones((3,))}

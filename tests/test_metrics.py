@@ -167,11 +167,37 @@ def test_sensitivity_specificity(seed):
 def test_classification_metrics_keys():
   y, probs = _single_label(0, c=2)
   out = metrics.classification_metrics(y, probs, 'binary-class')
-  assert list(out) == ['auroc', 'accuracy', 'f1', 'sensitivity',
-                       'specificity']
+  assert list(out) == ['auroc', 'accuracy', 'balanced_accuracy', 'f1',
+                       'sensitivity', 'specificity']
   y, probs = _single_label(0)
   assert list(metrics.classification_metrics(y, probs, 'multi-class')) == [
-      'auroc', 'accuracy', 'f1']
+      'auroc', 'accuracy', 'balanced_accuracy', 'f1']
+
+
+@pytest.mark.parametrize('seed', SEEDS)
+def test_balanced_accuracy_and_log_loss_match_sklearn(seed):
+  y, probs = _single_label(seed, ties=False)
+  assert metrics.balanced_accuracy(y, probs, 'multi-class') == pytest.approx(
+      skm.balanced_accuracy_score(y, probs.argmax(-1)), abs=1e-12)
+  assert metrics.log_loss(y, probs, 'multi-class') == pytest.approx(
+      skm.log_loss(y, probs, labels=np.arange(probs.shape[1])), rel=1e-6)
+  y, probs = _single_label(seed, c=2)
+  assert metrics.balanced_accuracy(y, probs, 'binary-class') == pytest.approx(
+      skm.balanced_accuracy_score(y, probs[:, 1] > 0.5), abs=1e-12)
+  assert metrics.log_loss(y, probs[:, 1], 'binary-class') == pytest.approx(
+      skm.log_loss(y, probs[:, 1]), rel=1e-6)
+
+
+def test_balanced_accuracy_exposes_the_majority_class_predictor():
+  y = np.array([0] * 73 + [1] * 27)
+  always_majority = np.tile([0.9, 0.1], (100, 1))
+  assert metrics.accuracy(y, always_majority, 'binary-class') == 0.73
+  assert metrics.balanced_accuracy(y, always_majority, 'binary-class') == 0.5
+  # Multi-label: per label (TPR + TNR) / 2, here one label right, one at chance.
+  y = np.array([[1, 0], [0, 1], [1, 0], [0, 1]])
+  probs = np.array([[0.9, 0.1], [0.1, 0.1], [0.8, 0.2], [0.2, 0.3]])
+  assert metrics.balanced_accuracy(
+      y, probs, 'multi-label, binary-class') == pytest.approx(0.75)
 
 
 def test_single_class_raises_clearly():

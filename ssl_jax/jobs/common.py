@@ -88,11 +88,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{field} must be positive, got "
                        f"{config[section][key]}")
   optim.check(config.optim, config.train.steps)
-  optim.check(ft.optim, ft.steps, "finetune.optim", "finetune.steps")
+  check_stage2_length(ft)
+  if ft.get("epochs", 0):
+    optim.check(ft.optim, ft.min_steps, "finetune.optim", "finetune.min_steps")
+  else:
+    optim.check(ft.optim, ft.steps, "finetune.optim", "finetune.steps")
   check_encoder(config)
   check_objective_fields(config)
   check_fit(config)
   check_pairs(config)
+
+
+def check_stage2_length(ft: ml_collections.ConfigDict) -> None:
+  """Epoch-based stage 2 needs positive epochs, interval and floor."""
+  if ft.get("epochs", 0) < 0:
+    raise ValueError(f"config.finetune.epochs={ft.epochs}; expected >= 0 "
+                     "(0 = run finetune.steps)")
+  if ft.get("epochs", 0):
+    for key in ("eval_every_epochs", "min_steps"):
+      if not ft[key] > 0:
+        raise ValueError(f"config.finetune.{key}={ft[key]}; expected > 0 "
+                         "with finetune.epochs set")
+  if ft.get("class_weights", "none") not in ("none", "balanced"):
+    raise ValueError(f"config.finetune.class_weights={ft.class_weights!r}; "
+                     "allowed: none, balanced")
 
 
 def objective_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:

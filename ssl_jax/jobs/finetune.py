@@ -300,17 +300,20 @@ class ClassifierTrainer:
   initial weights, data subset and seed.
   """
 
-  def __init__(self, ctx: Stage2, last_k: int | None = None):
-    self.config, self.info, self.mesh = ctx.config, ctx.info, ctx.mesh
+  def __init__(self, ctx: Stage2, last_k: int | None = None,
+               steps: int | None = None):
     ft = ctx.config.finetune
+    self.steps = ft.steps if steps is None else steps
+    self.config = _with_class_weights(ctx.config, ctx.labels("train"), ctx.info)
+    self.info, self.mesh = ctx.info, ctx.mesh
     self.objective = objectives.get("supervised")
-    tx, schedule = optim.make_optimizer(ft.optim, ft.batch_size, ft.steps)
+    tx, schedule = optim.make_optimizer(ft.optim, ft.batch_size, self.steps)
     model = self._model(0)
     self.tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
                                     trainable_labels(model, last_k))
     graphdef, _ = state_lib.create(model, self.tx, {}, jax.random.PRNGKey(0))
     self.step_fn = step_lib.compile_step(step_lib.make_from_objective(
-        graphdef, self.objective, ctx.config, self.tx, schedule),
+        graphdef, self.objective, self.config, self.tx, schedule),
         graphdef=graphdef)
     multi_label = ctx.info.multi_label
     self.predict = runtime.jit(lambda p, r, x: _to_probs(
@@ -338,28 +341,82 @@ class ClassifierTrainer:
         images[train_idx], labels[train_idx],
         batch_size=parallel.local_batch_size(ft.batch_size), shuffle=True,
         repeat=True, seed=seed, drop_remainder=True)
-    best: dict[str, Any] = {"auroc": -np.inf}
+    best: dict[str, Any] = {"key": (-np.inf, -np.inf)}
 
     def select_on_val(step: int, state) -> dict[str, float]:
-      scores = metrics.classification_metrics(
-          ctx.labels("val"), self.probs(ctx, state.params, state.rest, "val"),
-          ctx.task)
-      if scores["auroc"] > best["auroc"]:
-        best.update(auroc=scores["auroc"], step=step,
+      probs = self.probs(ctx, state.params, state.rest, "val")
+      scores = metrics.classification_metrics(ctx.labels("val"), probs, ctx.task)
+      scores["loss"] = metrics.log_loss(ctx.labels("val"), probs, ctx.task)
+      key = (scores["auroc"], -scores["loss"])  # AUROC, ties by lower loss
+      if key > best["key"]:
+        best.update(key=key, step=step, auroc=scores["auroc"],
+                    loss=scores["loss"],
                     state=jax.device_get((state.params, state.rest)))
       return scores
 
     writer = MetricWriter(os.path.join(ctx.log_dir or ctx.workdir, name),
                           tensorboard=False)
-    loop.run(state, self.step_fn, batches, mesh=self.mesh, num_steps=ft.steps,
+    loop.run(state, self.step_fn, batches, mesh=self.mesh, num_steps=self.steps,
              global_batch_size=ft.batch_size, writer=writer,
-             log_every=ft.log_every, eval_fn=select_on_val,
-             eval_every=ft.eval_every, desc=name,
-             progress=self.config.train.progress, nested=True)
+             log_every=min(ft.log_every, self.steps),
+             eval_fn=select_on_val,
+             eval_every=eval_interval(ft, len(train_idx), self.steps),
+             desc=name, progress=self.config.train.progress, nested=True)
     writer.close()
     params, rest = best["state"]
-    return Predictions({s: self.probs(ctx, params, rest, s) for s in EVAL_SPLITS},
-                       {"selected_step": best["step"]})
+    return Predictions(
+        {s: self.probs(ctx, params, rest, s) for s in EVAL_SPLITS},
+        {"selected_step": best["step"], "steps": self.steps,
+         "selected_epoch": best["step"] * ft.batch_size / len(train_idx),
+         "selected_val_auroc": best["auroc"], "selected_val_loss": best["loss"]})
+
+
+def run_length(ft: ml_collections.ConfigDict, n_train: int) -> int:
+  """Stage-2 steps for `n_train` labelled images: `finetune.steps`, or with
+  `finetune.epochs` > 0, that many passes over them (at least
+  `finetune.min_steps`, so a 1 % subset still trains)."""
+  if not ft.get("epochs", 0):
+    return ft.steps
+  return max(int(np.ceil(ft.epochs * n_train / ft.batch_size)), ft.min_steps)
+
+
+def eval_interval(ft: ml_collections.ConfigDict, n_train: int,
+                  steps: int) -> int:
+  """Steps between validation passes: `finetune.eval_every`, or with
+  `finetune.epochs` > 0, every `finetune.eval_every_epochs` epochs."""
+  if not ft.get("epochs", 0):
+    return min(ft.eval_every, steps)
+  every = int(round(ft.eval_every_epochs * n_train / ft.batch_size))
+  return int(np.clip(every, 1, steps))
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> tuple:
+  """n / (C * count_c) per class (sklearn's 'balanced'): every class weighs
+  as much in the loss as if the classes were equally frequent."""
+  counts = np.bincount(np.asarray(labels).reshape(-1).astype(np.int64),
+                       minlength=num_classes).astype(np.float64)
+  weights = counts.sum() / (num_classes * np.maximum(counts, 1.0))
+  return tuple(float(w) for w in weights)
+
+
+def _with_class_weights(config: ml_collections.ConfigDict, labels: np.ndarray,
+                        info) -> ml_collections.ConfigDict:
+  """`finetune.class_weights='balanced'` -> the supervised objective's
+  per-class loss weights, from the train split's counts (label subsets are
+  stratified, so every fraction keeps these proportions)."""
+  mode = config.finetune.get("class_weights", "none")
+  if mode == "none":
+    return config
+  if mode != "balanced":
+    raise ValueError(f"config.finetune.class_weights={mode!r}; allowed: "
+                     "none, balanced")
+  if info.multi_label:
+    raise ValueError("config.finetune.class_weights='balanced' needs a "
+                     "single-label task; this dataset is multi-label")
+  config = config.copy_and_resolve_references()
+  config.objective.class_weights = balanced_class_weights(labels,
+                                                          info.num_classes)
+  return config
 
 
 def _to_probs(logits: jax.Array, multi_label: bool) -> jax.Array:
@@ -367,32 +424,39 @@ def _to_probs(logits: jax.Array, multi_label: bool) -> jax.Array:
   return jax.nn.sigmoid(logits) if multi_label else jax.nn.softmax(logits)
 
 
-def _trainer(ctx: Stage2, last_k: int | None = None) -> ClassifierTrainer:
+def _trainer(ctx: Stage2, n_train: int,
+             last_k: int | None = None) -> ClassifierTrainer:
+  """The compiled trainer for this architecture, trainable set and run
+  length (epoch-based runs differ in length by label fraction)."""
+  steps = run_length(ctx.config.finetune, n_train)
   key = ("trainer", json.dumps(ctx.config.model.to_dict(), sort_keys=True,
-                               default=str), last_k)
+                               default=str), last_k, steps)
   if key not in ctx.compiled:
-    ctx.compiled[key] = ClassifierTrainer(ctx, last_k)
+    ctx.compiled[key] = ClassifierTrainer(ctx, last_k, steps)
   return ctx.compiled[key]
 
 
 @PROTOCOLS.register("finetune")
 def end_to_end(ctx: Stage2, train_idx: np.ndarray, seed: int) -> Predictions:
-  return _trainer(ctx).run(ctx, train_idx, seed, weights=ctx.encoder_weights,
-                           name=f"finetune_n{len(train_idx)}_s{seed}")
+  return _trainer(ctx, len(train_idx)).run(
+      ctx, train_idx, seed, weights=ctx.encoder_weights,
+      name=f"finetune_n{len(train_idx)}_s{seed}")
 
 
 @PROTOCOLS.register("last_k")
 def last_k_blocks(ctx: Stage2, train_idx: np.ndarray, seed: int) -> Predictions:
   k = ctx.config.finetune.last_k
-  out = _trainer(ctx, k).run(ctx, train_idx, seed, weights=ctx.encoder_weights,
-                             name=f"last{k}_n{len(train_idx)}_s{seed}")
+  out = _trainer(ctx, len(train_idx), k).run(
+      ctx, train_idx, seed, weights=ctx.encoder_weights,
+      name=f"last{k}_n{len(train_idx)}_s{seed}")
   return dataclasses.replace(out, info=dict(out.info, last_k=k))
 
 
 @PROTOCOLS.register("scratch")
 def from_scratch(ctx: Stage2, train_idx: np.ndarray, seed: int) -> Predictions:
-  return _trainer(ctx).run(ctx, train_idx, seed, weights=None,
-                           name=f"scratch_n{len(train_idx)}_s{seed}")
+  return _trainer(ctx, len(train_idx)).run(
+      ctx, train_idx, seed, weights=None,
+      name=f"scratch_n{len(train_idx)}_s{seed}")
 
 
 # --------------------------------------------------------------------- cells
@@ -479,6 +543,7 @@ def _summary_line(cell: Cell, result: dict) -> str:
   return (f"  {cell.method:>12s} {cell.protocol:11s} labels={cell.fraction:>5.0%} "
           f"seed={cell.seed} n={result['n_train']:5d}  test AUROC "
           f"{test['auroc']:.3f}{ci_text} ACC {test['accuracy']:.3f} "
+          f"balanced {test['balanced_accuracy']:.3f} "
           f"({result['seconds']:.0f} s)")
 
 

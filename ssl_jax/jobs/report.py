@@ -25,7 +25,9 @@ PROTOCOL_LABELS = {
     "last_k": "SSL + fine-tune of the last k blocks",
     "combine": "combined SSL features + linear probe (frozen)",
 }
-METRICS = (("auroc", "AUROC"), ("accuracy", "ACC"), ("f1", "macro F1"))
+METRICS = (("auroc", "AUROC"), ("accuracy", "ACC"),
+           ("balanced_accuracy", "balanced ACC"), ("f1", "macro F1"))
+NAN = float("nan")  # a metric cells stored before it existed lack
 
 
 def _cell(values: list[float]) -> str:
@@ -43,7 +45,7 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
     row = {"protocol": protocol, "fraction": fraction,
            "n_train": cells[0]["n_train"], "seeds": len(cells)}
     for key, _ in METRICS:
-      row[key] = [c["test"][key] for c in cells]
+      row[key] = [c["test"].get(key, NAN) for c in cells]
     rows.append(row)
   order = list(PROTOCOL_LABELS)
   rows.sort(key=lambda r: (r["fraction"], order.index(r["protocol"])
@@ -88,7 +90,7 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
 CSV_COLUMNS = (
     "method", "category", "augment_policy", "protocol", "fraction", "seed", "n_train",
     "test_auroc", "test_auroc_ci_low", "test_auroc_ci_high", "test_accuracy",
-    "test_f1", "test_sensitivity", "test_specificity", "val_auroc",
+    "test_balanced_accuracy", "test_f1", "test_sensitivity", "test_specificity", "val_auroc",
     "test_auroc_per_class")
 
 
@@ -145,6 +147,7 @@ def benchmark_rows(cells: dict[str, dict], meta: dict) -> list[dict]:
         "seed": cell["seed"], "n_train": cell["n_train"],
         "test_auroc": test["auroc"], "test_auroc_ci_low": low,
         "test_auroc_ci_high": high, "test_accuracy": test["accuracy"],
+        "test_balanced_accuracy": test.get("balanced_accuracy", NAN),
         "test_f1": test["f1"],
         "test_sensitivity": test.get("sensitivity", ""),
         "test_specificity": test.get("specificity", ""),
@@ -199,6 +202,8 @@ def summarise_benchmark(rows: list[dict]) -> list[dict]:
         "ci": (float(np.nanmean([r["test_auroc_ci_low"] for r in group])),
                float(np.nanmean([r["test_auroc_ci_high"] for r in group]))),
         "accuracy": mean_sd([r["test_accuracy"] for r in group]),
+        "balanced_accuracy": mean_sd([r["test_balanced_accuracy"]
+                                      for r in group]),
         "f1": mean_sd([r["test_f1"] for r in group]),
         "delta": mean_sd(deltas) if deltas and (method, protocol) != SCRATCH else None,
         "auroc_per_class": (np.nanmean(per_class, axis=0).tolist()
@@ -240,9 +245,10 @@ def benchmark_markdown(summary: list[dict], meta: dict, references: list,
       f"this invocation {meta.get('this_run_seconds', 0):.0f} s.",
       "",
       "| labels | n train | method | strategy | protocol | test AUROC | "
-      f"{meta['ci_level']:.0%} CI | Δ vs scratch | ACC | macro F1 |"
-      + (" AUROC per class |" if per_class else ""),
-      "|---:|---:|---|---|---|---:|---:|---:|---:|---:|" + ("---|" if per_class else ""),
+      f"{meta['ci_level']:.0%} CI | Δ vs scratch | ACC | balanced ACC | "
+      "macro F1 |" + (" AUROC per class |" if per_class else ""),
+      "|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|"
+      + ("---|" if per_class else ""),
   ]
   for s in sorted(summary, key=lambda s: s["fraction"]):
     n = s["seeds"]
@@ -254,12 +260,13 @@ def benchmark_markdown(summary: list[dict], meta: dict, references: list,
         f"{CATEGORY_LABELS.get(s['category'], s['category'])} | "
         f"{s['protocol']} ({PROTOCOL_KIND.get(s['protocol'], '?')}) | "
         f"{_pm(s['auroc'], n)} | [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}] | {delta} | "
-        f"{_pm(s['accuracy'], n)} | {_pm(s['f1'], n)} |{extra}")
+        f"{_pm(s['accuracy'], n)} | {_pm(s['balanced_accuracy'], n)} | "
+        f"{_pm(s['f1'], n)} |{extra}")
   for ref in references:
     lines.append(
         f"| {ref.label_fraction:.0%} | all | **{ref.model} — published** | "
         f"supervised | end-to-end | {ref.auroc:.3f} | — | — | "
-        f"{ref.accuracy:.3f} | — |" + (" — |" if per_class else ""))
+        f"{ref.accuracy:.3f} | — | — |" + (" — |" if per_class else ""))
   lines += ["", "## Pretraining", "",
             "| method | strategy | views (augment policy) | images/s | "
             "seconds per run | runs |", "|---|---|---|---:|---:|---:|"]

@@ -18,10 +18,15 @@ Array = jax.Array
 
 
 def classification_loss(logits: Array, labels: Array, multi_label: bool,
-                        weights: Array | None = None) -> tuple[Array, Array]:
+                        weights: Array | None = None,
+                        class_weights: Array | None = None
+                        ) -> tuple[Array, Array]:
   """Softmax cross-entropy (or sigmoid BCE per label); returns (loss, acc).
 
   `weights` [B] (1 = labelled) averages over the labelled examples only.
+  `class_weights` [C] weighs each example by its class and normalises by the
+  summed weights, as PyTorch's CrossEntropyLoss(weight=...); accuracy stays
+  unweighted.
   """
   logits = logits.astype(jnp.float32)
   if multi_label:
@@ -32,6 +37,12 @@ def classification_loss(logits: Array, labels: Array, multi_label: bool,
     per_example = optax.softmax_cross_entropy_with_integer_labels(
         logits, jnp.maximum(labels, 0))
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    if class_weights is not None:
+      by_class = jnp.asarray(class_weights, jnp.float32)[jnp.maximum(labels, 0)]
+      mask = jnp.ones_like(by_class) if weights is None else weights
+      loss = (per_example * by_class * mask).sum() / jnp.maximum(
+          (by_class * mask).sum(), 1e-12)
+      return loss, (correct * mask).sum() / jnp.maximum(mask.sum(), 1.0)
   if weights is None:
     return per_example.mean(), correct.mean()
   total = jnp.maximum(weights.sum(), 1.0)
@@ -52,12 +63,18 @@ def build_classifier(config: ml_collections.ConfigDict, info: base.DataInfo,
 def make_supervised_loss(config: ml_collections.ConfigDict) -> base.LossFn:
   policy = base.augment_policy(config)
   configured = config.objective.get("multi_label", None)
+  class_weights = config.objective.get("class_weights", None)
+  if class_weights is not None and configured:
+    raise ValueError("config.objective.class_weights needs a single-label "
+                     "task; objective.multi_label is True")
 
   def loss_fn(model, batch, rng, extra):
     x = augment.standardize(views.apply(policy, rng, batch["image"]))
     labels = batch["label"]
     multi_label = is_multi_label(labels) if configured is None else configured
-    loss, accuracy = classification_loss(model(x, train=True), labels, multi_label)
+    loss, accuracy = classification_loss(
+        model(x, train=True), labels, multi_label,
+        class_weights=None if multi_label else class_weights)
     return loss, {"train_acc": accuracy}, extra
 
   return loss_fn

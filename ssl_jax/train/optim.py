@@ -1,14 +1,22 @@
-"""Optimizers by name with warmup + cosine schedules; every number in config.
+"""Optimizers and learning-rate schedules by name; every number in config.
 
 LARS (You et al. 2017) is the large-batch SimCLR optimizer; AdamW the ViT/MAE
-default. Weight decay (and LARS trust ratio) skip biases and norm scales, as
-in SimCLR and MAE.
+default (with weight_decay 0 it is Adam). Weight decay (and LARS trust
+ratio) skip biases and norm scales, as in SimCLR and MAE.
+
+Schedules (`optim.schedule`): `cosine` (linear warmup, then cosine to
+`final_lr_fraction` of the peak; the SSL papers' schedule) and `step`
+(linear warmup, then the peak multiplied by `decay_factor` at each fraction
+of the run in `decay_at`: MedMNIST v2's recipe is decay_at=(0.5, 0.75),
+decay_factor=0.1 over 100 epochs). Fractions, not step numbers, so one
+recipe serves every run length and label fraction.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -16,6 +24,8 @@ from ssl_jax.registry import Registry
 
 Schedule = Callable[[int], float]
 OPTIMIZERS: Registry[Callable[..., optax.GradientTransformation]] = Registry("optimizer")
+# (config, peak lr, warmup steps, total steps) -> schedule
+SCHEDULES: Registry[Callable[..., Schedule]] = Registry("learning-rate schedule")
 
 
 def decay_mask(params):
@@ -70,17 +80,54 @@ def check(cfg: ml_collections.ConfigDict, total_steps: int,
   for key in ("b1", "b2", "momentum"):
     if key in cfg and cfg[key] is not None and not 0.0 <= cfg[key] < 1.0:
       fail(key, "in [0, 1)")
+  if cfg.get("schedule", "cosine") not in SCHEDULES:
+    fail("schedule", f"one of {', '.join(SCHEDULES.names())}")
+  if cfg.get("schedule", "cosine") == "step":
+    decay_at = tuple(cfg.get("decay_at", ()))
+    if not decay_at or list(decay_at) != sorted(decay_at) or not all(
+        0.0 < f < 1.0 for f in decay_at):
+      fail("decay_at", "increasing fractions of the run in (0, 1), e.g. "
+           "(0.5, 0.75)")
+    if not 0.0 < cfg.get("decay_factor", 0.1) <= 1.0:
+      fail("decay_factor", "in (0, 1]")
 
 
-def make_schedule(cfg: ml_collections.ConfigDict, batch_size: int,
-                  total_steps: int) -> Schedule:
-  """Linear warmup then cosine decay; lr scaled by batch/256 when asked."""
-  peak = cfg.lr * (batch_size / 256 if cfg.get("scale_by_batch", False) else 1.0)
-  warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+@SCHEDULES.register("cosine")
+def _cosine(cfg: ml_collections.ConfigDict, peak: float, warmup: int,
+            total_steps: int) -> Schedule:
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak, warmup_steps=warmup,
       decay_steps=max(total_steps, warmup + 1),
       end_value=peak * cfg.get("final_lr_fraction", 0.0))
+
+
+@SCHEDULES.register("step")
+def _step(cfg: ml_collections.ConfigDict, peak: float, warmup: int,
+          total_steps: int) -> Schedule:
+  """MultiStepLR: x decay_factor from each boundary step on (counted from
+  the run's start, after any warmup)."""
+  factor = cfg.get("decay_factor", 0.1)
+  boundaries = jnp.asarray([max(int(round(f * total_steps)), warmup)
+                            for f in cfg.decay_at])
+
+  def schedule(count):
+    decays = jnp.sum(count >= boundaries)
+    value = peak * factor ** decays
+    if warmup:
+      value = jnp.where(count < warmup, peak * count / warmup, value)
+    return value
+
+  return schedule
+
+
+def make_schedule(cfg: ml_collections.ConfigDict, batch_size: int,
+                  total_steps: int) -> Schedule:
+  """`cfg.schedule` (default cosine) from its peak lr, scaled by batch/256
+  when asked; warmup is capped below the run length."""
+  peak = cfg.lr * (batch_size / 256 if cfg.get("scale_by_batch", False) else 1.0)
+  warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+  return SCHEDULES.get(cfg.get("schedule", "cosine"))(cfg, peak, warmup,
+                                                      total_steps)
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, batch_size: int,
