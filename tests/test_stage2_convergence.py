@@ -1,0 +1,77 @@
+"""Stage 2 trained to convergence: epoch-based lengths, class-balanced loss
+weights, selection on val AUROC with val loss breaking ties."""
+import json
+import os
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from ssl_jax.jobs import finetune
+from ssl_jax.objectives import supervised
+from tests.tiny import tiny_config
+
+
+def _ft(**kw):
+  return ml_collections.ConfigDict(dict(
+      steps=300, eval_every=50, batch_size=128, epochs=0,
+      eval_every_epochs=1.0, min_steps=100) | kw)
+
+
+def test_run_length_counts_epochs_over_the_labelled_subset():
+  assert finetune.run_length(_ft(), 546) == 300  # epochs=0: fixed steps
+  # MedMNIST recipe on BreastMNIST: 100 epochs of 546 images at batch 128.
+  assert finetune.run_length(_ft(epochs=100), 546) == 427
+  # A 1 % subset (5 images) would get 4 steps; min_steps keeps it training.
+  assert finetune.run_length(_ft(epochs=100), 5) == 100
+  assert finetune.eval_interval(_ft(), 546, 300) == 50
+  assert finetune.eval_interval(_ft(epochs=100), 546, 427) == 4  # every epoch
+  assert finetune.eval_interval(_ft(epochs=100), 5, 100) == 1
+  assert finetune.eval_interval(_ft(epochs=100, eval_every_epochs=5.0),
+                                546, 427) == 21
+
+
+def test_balanced_class_weights_equalise_the_classes():
+  labels = np.array([0] * 147 + [1] * 399)
+  w = finetune.balanced_class_weights(labels, 2)
+  assert w == pytest.approx((546 / (2 * 147), 546 / (2 * 399)))
+  assert w[0] * 147 == pytest.approx(w[1] * 399)
+
+
+def test_class_weighted_loss_matches_numpy():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(12, 3)).astype(np.float32)
+  labels = rng.integers(0, 3, size=12)
+  class_w = np.array([0.5, 2.0, 1.0], np.float32)
+  loss, acc = supervised.classification_loss(
+      jnp.asarray(logits), jnp.asarray(labels), False,
+      class_weights=jnp.asarray(class_w))
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  nll = -log_p[np.arange(12), labels]
+  w = class_w[labels]
+  np.testing.assert_allclose(float(loss), (w * nll).sum() / w.sum(), rtol=1e-5)
+  assert float(acc) == pytest.approx(np.mean(logits.argmax(-1) == labels))
+
+
+def test_epoch_based_scratch_run_records_its_selection(tmp_path, medmnist_dir):
+  config = tiny_config(**{
+      "job": "finetune", "data.data_dir": str(medmnist_dir),
+      "finetune.protocols": ("scratch",), "finetune.fractions": (0.1,),
+      "finetune.epochs": 2, "finetune.min_steps": 3,
+      "finetune.batch_size": 16, "finetune.class_weights": "balanced",
+      "finetune.optim.schedule": "step"})
+  results = finetune.train_and_evaluate(config, str(tmp_path))
+  (cell,) = results["cells"].values()
+  # 10 % of 546 = 55 images, 2 epochs at batch 16 -> 7 steps, checked every
+  # 3 steps (one epoch) and at the end.
+  assert cell["steps"] == 7
+  assert cell["selected_step"] in (3, 6, 7)
+  assert 0.0 <= cell["test"]["balanced_accuracy"] <= 1.0
+  with open(os.path.join(tmp_path, "logs", f"scratch_n{cell['n_train']}_s0",
+                         "metrics.jsonl")) as f:
+    evals = [row for row in map(json.loads, f) if "val/auroc" in row]
+  assert [row["step"] for row in evals] == [3, 6, 7]
+  best = max(evals, key=lambda r: (r["val/auroc"], -r["val/loss"]))
+  assert cell["selected_step"] == best["step"]
+  assert cell["selected_val_auroc"] == pytest.approx(best["val/auroc"])
