@@ -406,9 +406,8 @@ def jax_net_of(config, info):
   """The config's ssl_jax model, abstract (shapes only, nothing computed)."""
   from flax import nnx  # noqa: PLC0415
   from ssl_jax import objectives  # noqa: PLC0415
-  objective = objectives.get(config.objective.name)
-  return nnx.eval_shape(
-      lambda: objective.build_model(config, info, nnx.Rngs(config.seed)))
+  bound = objectives.bind(config, info)
+  return nnx.eval_shape(lambda: bound.build_model(nnx.Rngs(config.seed)))
 
 
 def jax_param_count(net) -> int:

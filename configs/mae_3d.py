@@ -1,5 +1,6 @@
 """MAE on MedMNIST 3D volumes with a 3D ViT (cubic patches), then linear
-probe and end-to-end fine-tuning on the 3D encoder.
+probe and end-to-end fine-tuning on the 3D encoder: the `mae` objective
+itself (cubic patches and 3D positions come from the encoder).
 
 Run:  python run.py --config=configs/mae_3d.py --workdir=workdirs/mae_3d
       python run.py --config=configs/mae_3d.py:nodulemnist3d --workdir=...
@@ -24,7 +25,7 @@ def get_config(arg: str = "adrenalmnist3d"):
   c.job = "pretrain_finetune"
   c.data.name = arg or "adrenalmnist3d"
   c.model = dict(name="vit_tiny_3d", patch_size=7)
-  c.objective = dict(name="mae_3d", mask_ratio=0.75, norm_pix_loss=True,
+  c.objective = dict(name="mae", mask_ratio=0.75, norm_pix_loss=True,
                      decoder_dim=96, decoder_depth=2, decoder_heads=4)
   c.augment = base.augment_config("medical_safe")
   c.augment.volume = dict(flip_probs=(0.0, 0.0, 0.5))

@@ -1,5 +1,6 @@
 """SimCLR on MedMNIST 3D volumes with a 3D ResNet-18, then linear probe and
-end-to-end fine-tuning on the 3D encoder (the same loop and jobs as 2D).
+end-to-end fine-tuning on the 3D encoder: the `simclr` objective itself
+(views and the encoder follow the data's rank), the same loop and jobs.
 
 Run:  python run.py --config=configs/simclr_3d.py --workdir=workdirs/simclr_3d
       python run.py --config=configs/simclr_3d.py:nodulemnist3d --workdir=...
@@ -26,7 +27,7 @@ def get_config(arg: str = "adrenalmnist3d"):
   c.model = dict(name="resnet18_3d", width_multiplier=0.125, conv3d_impl="auto")
   # view_size: side of the cubic views; 16 < 28 = random resized crops
   # resampled down (3D convs cost per voxel); evaluation sees full volumes.
-  c.objective = dict(name="simclr_3d", temperature=0.1, proj_hidden_dim=256,
+  c.objective = dict(name="simclr", temperature=0.1, proj_hidden_dim=256,
                      proj_dim=64, proj_layers=2, view_size=16)
   # The 2D preset is lifted to volumes (ssl_jax/augment3d.py: crops keep >=
   # 50% of the volume, W flips, mild intensity jitter and blur); `volume`

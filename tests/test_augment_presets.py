@@ -9,6 +9,7 @@ import pytest
 
 from configs import base as base_config
 from ssl_jax import augment
+from ssl_jax.jobs import common
 from ssl_jax.objectives import self_prediction as sp
 
 MEDICAL = ("xray_safe", "histology", "fundus", "ct_window", "dermatology")
@@ -258,30 +259,30 @@ def test_default_masking_configs_meet_every_preset(policy):
   for name in ("mae", "simmim", "restoration"):
     c = _config(name)
     c.augment = base_config.augment_config(policy)
-    sp.check_min_visible(c)
+    common.check_objective(c)
 
 
 def test_config_validation_names_both_fields():
-  from ssl_jax.jobs import common
+
   c = _config("mae", mask_ratio=0.9)
   c.augment = base_config.augment_config("xray_safe")
   with pytest.raises(ValueError, match=(
       r"config\.objective\.mask_ratio=0\.9 leaves 10% visible, below "
-      r"augment\.min_visible=0\.25 \(policy 'xray_safe'\)")):
-    common.check_fit(c)
+      r"augment\.min_visible=0\.25; mask less")):
+    common.check_objective(c)
   c.augment.overrides.min_visible = 0.1  # an explicit, recorded choice
-  common.check_fit(c)
+  common.check_objective(c)
   c = _config("restoration", outpaint_size=(0.2, 0.4))
   c.augment = base_config.augment_config("dermatology")
   with pytest.raises(ValueError, match=r"objective\.outpaint_size=\(0\.2, 0\.4\) "
                      r"leaves 16% visible, below augment\.min_visible=0\.25"):
-    sp.check_min_visible(c)
+    common.check_objective(c)
   c = _config("restoration", inpaint_size=(0.5, 0.9))
   c.augment = base_config.augment_config("histology")
   with pytest.raises(ValueError, match=r"objective\.inpaint_size"):
-    sp.check_min_visible(c)
+    common.check_objective(c)
   c.objective.paint_prob = 0.0  # painting off: nothing to check
-  sp.check_min_visible(c)
+  common.check_objective(c)
 
 
 def test_combined_parts_are_checked_with_their_own_augment():
@@ -292,6 +293,6 @@ def test_combined_parts_are_checked_with_their_own_augment():
   c.augment = base_config.augment_config("fundus")
   with pytest.raises(ValueError, match=r"config\.objective\.mae\.mask_ratio="
                      r"0\.9 .* below augment\.min_visible=0\.25"):
-    sp.check_min_visible(c)
+    common.check_objective(c)
   c.objective.mae.augment = base_config.augment_config("medical_safe")
-  sp.check_min_visible(c)
+  common.check_objective(c)

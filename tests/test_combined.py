@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ssl_jax import objectives
+from ssl_jax import augment, objectives
 from ssl_jax.objectives import base, combined
 from ssl_jax.registry import Registry
-from tests.tiny import tiny_config
+from tests.tiny import bind, tiny_config
 
 TINY_VIT = dict(name="vit_tiny", patch_size=7, depth=1, hidden_dim=32,
                 num_heads=2, mlp_dim=64)
@@ -67,8 +67,8 @@ def double(name, seen):
   """A registered-objective test double whose loss depends on rng and
   config, and whose extra counts updates and records the params' shape."""
 
-  def make_loss(config):
-    target = config.objective.target
+  def make_loss(hp, ctx):
+    target = hp.target
 
     def loss_fn(model, batch, rng, extra):
       x = batch["image"].astype(jnp.float32) / 255.0
@@ -79,17 +79,18 @@ def double(name, seen):
 
     return loss_fn
 
-  def init_extra(model, config):
+  def init_extra(model, hp, ctx):
     seen[name] = jax.tree.structure(nnx.state(model, nnx.Param))
     return {"calls": jnp.zeros(()), "updates": jnp.zeros(())}
 
-  def update_extra(extra, params, step, config):
+  def update_extra(extra, params, step, hp, ctx):
     seen[name + "/update"] = jax.tree.structure(params)
     return dict(extra, updates=extra["updates"] + 1)
 
   return base.Objective(
       name=name, category="innate", paper="test double",
-      build_model=lambda config, info, rngs: Probe(FlatEncoder(rngs), rngs),
+      hparams=dict(target=0.0),
+      build_model=lambda hp, ctx, rngs: Probe(FlatEncoder(rngs), rngs),
       make_loss=make_loss, init_extra=init_extra, update_extra=update_extra)
 
 
@@ -111,11 +112,11 @@ def doubles(monkeypatch):
 
 def test_combined_loss_is_the_weighted_sum_of_the_parts_run_alone(doubles):
   config, _ = doubles
-  model = objectives.get("combined").build_model(config, Info, nnx.Rngs(0))
+  model = bind(config, Info, objectives.get("combined")).build_model(nnx.Rngs(0))
   graphdef, params, rest = split(model)
   batch, rng = fake_batch(), jax.random.PRNGKey(3)
-  extra = combined.init_combined_extra(model, config)
-  loss, metrics, new_extra = objectives.get("combined").make_loss(config)(
+  extra = bind(config, Info).init_extra(model)
+  loss, metrics, new_extra = bind(config).make_loss()(
       nnx.merge(graphdef, params, rest, copy=True), batch, rng, extra)
 
   expected = 0.0
@@ -125,8 +126,8 @@ def test_combined_loss_is_the_weighted_sum_of_the_parts_run_alone(doubles):
     alone = config.copy_and_resolve_references()
     alone.objective = dict(config.objective[name].to_dict(), name=name)
     fresh = nnx.merge(graphdef, params, rest, copy=True)
-    part_loss, part_metrics, part_extra = base.OBJECTIVES.get(name).make_loss(
-        alone)(fresh.parts[name], batch, key, extra[name])
+    part_loss, part_metrics, part_extra = bind(alone).make_loss()(
+        fresh.parts[name], batch, key, extra[name])
     expected += weight * float(part_loss)
     np.testing.assert_allclose(metrics[f"{name}/loss"], part_loss, rtol=1e-6)
     np.testing.assert_allclose(metrics[f"{name}/mean_output"],
@@ -139,11 +140,11 @@ def test_combined_loss_is_the_weighted_sum_of_the_parts_run_alone(doubles):
 
 def test_extra_state_is_delegated_per_part_with_part_shaped_params(doubles):
   config, seen = doubles
-  model = objectives.get("combined").build_model(config, Info, nnx.Rngs(0))
-  extra = combined.init_combined_extra(model, config)
+  model = bind(config, Info, objectives.get("combined")).build_model(nnx.Rngs(0))
+  bound = bind(config, Info)
+  extra = bound.init_extra(model)
   _, params, _ = split(model)
-  extra = combined.update_combined_extra(extra, params,
-                                         jnp.zeros((), jnp.int32), config)
+  extra = bound.update_extra(extra, params, jnp.zeros((), jnp.int32))
   for name in ("double_a", "double_b"):
     assert float(extra[name]["updates"]) == 1.0
     # What update_extra sees is shaped like the part model's own params.
@@ -152,7 +153,7 @@ def test_extra_state_is_delegated_per_part_with_part_shaped_params(doubles):
 
 def test_parts_share_one_encoder_stored_where_finetuning_reads_it():
   config = combined_config()
-  model = objectives.get("combined").build_model(config, Info, nnx.Rngs(0))
+  model = bind(config, Info, objectives.get("combined")).build_model(nnx.Rngs(0))
   graphdef, params, rest = split(model)
   assert set(params) == {"encoder", "parts"}
   assert set(params["parts"]["simclr"]) == {"projector"}
@@ -165,37 +166,43 @@ def test_parts_share_one_encoder_stored_where_finetuning_reads_it():
   assert merged.parts["mae"].encoder is merged.encoder
 
 
+def combined_parts(config):
+  b = bind(config, Info)
+  return combined.parts(b.hp, b.ctx)
+
+
 def test_part_names_weights_and_sub_configs_are_checked():
   with pytest.raises(ValueError, match=r"unknown part 'simclrr'; allowed: .*simclr"):
-    combined.parts(combined_config(parts=("simclr", "simclrr")))
+    combined_parts(combined_config(parts=("simclr", "simclrr")))
   with pytest.raises(ValueError, match="unknown part 'combined'"):
-    combined.parts(combined_config(parts=("combined",), weights=(1.0,)))
+    combined_parts(combined_config(parts=("combined",), weights=(1.0,)))
   with pytest.raises(ValueError, match="weights has 1 entries for 2 parts"):
-    combined.parts(combined_config(weights=(1.0,)))
+    combined_parts(combined_config(weights=(1.0,)))
   with pytest.raises(ValueError, match="repeats"):
-    combined.parts(combined_config(parts=("mae", "mae")))
+    combined_parts(combined_config(parts=("mae", "mae")))
   with pytest.raises(ValueError, match="config.objective.simmim is missing"):
-    combined.parts(combined_config(parts=("simclr", "simmim")))
+    combined_parts(combined_config(parts=("simclr", "simmim")))
 
 
 def test_a_part_may_carry_its_own_augmentation_policy():
   config = combined_config()
   config.objective.mae.augment = ml_collections.ConfigDict(
       {"policy": "none", "overrides": {}})
-  by_name = {p.name: p for p in combined.parts(config)}
-  assert by_name["mae"].config.augment.policy == "none"
-  assert by_name["simclr"].config.augment.policy == config.augment.policy
-  assert by_name["mae"].config.objective.name == "mae"
+  by_name = {p.name: p for p in combined_parts(config)}
+  assert by_name["mae"].bound.ctx.policy == augment.get("none")
+  assert by_name["simclr"].bound.ctx.policy == augment.get(config.augment.policy)
+  assert by_name["mae"].bound.objective.name == "mae"
+  assert by_name["mae"].augment_field == "objective.mae.augment"
 
 
 def test_default_config_combines_simclr_and_rotation():
   from configs import combined as combined_cfg
   assert tuple(combined_cfg.get_config().objective.parts) == ("simclr", "rotation")
   config = combined_config(parts=("simclr", "rotation"))
-  model = objectives.get("combined").build_model(config, Info, nnx.Rngs(0))
+  model = bind(config, Info, objectives.get("combined")).build_model(nnx.Rngs(0))
   graphdef, params, rest = split(model)
-  loss_fn = objectives.get("combined").make_loss(config)
-  extra = combined.init_combined_extra(model, config)
+  loss_fn = bind(config, objective=objectives.get("combined")).make_loss()
+  extra = bind(config, Info).init_extra(model)
   # Traced, not run: the parts plug together (a real step is in the smoke test).
   loss, metrics, _ = jax.eval_shape(
       lambda p, r: loss_fn(nnx.merge(graphdef, p, r, copy=True), fake_batch(),
@@ -214,7 +221,7 @@ def test_method_configs_load_validate_and_say_how_to_run(name):
   assert f"--config=configs/{name}.py" in module.__doc__
   assert config.objective.name == name
   if name == "combined":
-    combined.parts(config)  # every configured part resolves
+    combined_parts(config)  # every configured part resolves
 
 
 def test_supervised_config_follows_the_datasets_label_kind():
@@ -232,10 +239,10 @@ def test_supervised_multi_label_loss_runs_on_multi_hot_labels():
   class ChestInfo:
     num_channels, image_size, num_classes, multi_label = 1, 28, 14, True
 
-  model = objectives.get("supervised").build_model(config, ChestInfo, nnx.Rngs(0))
+  model = bind(config, ChestInfo, objectives.get("supervised")).build_model(nnx.Rngs(0))
   batch = fake_batch()
   batch["label"] = jnp.asarray(np.random.default_rng(1).integers(0, 2, (8, 14)))
-  loss, _, _ = objectives.get("supervised").make_loss(config)(
+  loss, _, _ = bind(config, objective=objectives.get("supervised")).make_loss()(
       model, batch, jax.random.PRNGKey(0), {})
   # Sigmoid BCE of zero-initialised logits is log 2 per label.
   np.testing.assert_allclose(float(loss), np.log(2.0), rtol=1e-5)

@@ -190,10 +190,8 @@ def test_teacher_starts_as_copy_keeps_bn_stats_and_follows_new_params():
   import ml_collections
   rngs = nnx.Rngs(0)
   model = C.EncoderProjector(MLPHead(3, 8, 6, rngs=rngs), MLPHead(6, 8, 4, rngs=rngs))
-  config = ml_collections.ConfigDict({
-      "objective": {"momentum": 0.5, "momentum_cosine": False},
-      "train": {"steps": 10}})
-  extra = C.init_teacher_extra(model, config)
+  hp = ml_collections.ConfigDict({"momentum": 0.5, "momentum_cosine": False})
+  extra = C.init_teacher_extra(model, hp, None)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 3)), jnp.float32)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
@@ -209,7 +207,8 @@ def test_teacher_starts_as_copy_keeps_bn_stats_and_follows_new_params():
   assert not np.allclose(teacher["rest"]["encoder"]["norms"][0]["mean"],
                          extra["teacher"]["rest"]["encoder"]["norms"][0]["mean"])
   new_params = jax.tree.map(lambda p: p + 1.0, params)
-  updated = C.ema_update_extra(dict(extra, teacher=teacher), new_params, 0, config)
+  updated = C.ema_update_extra(dict(extra, teacher=teacher), new_params, 0,
+                               hp, None)
   kernel = lambda t: t["params"]["projector"]["layers"][0]["kernel"]  # noqa: E731
   np.testing.assert_allclose(kernel(updated["teacher"]),
                              kernel(extra["teacher"]) + 0.5, rtol=1e-6)

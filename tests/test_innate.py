@@ -12,6 +12,7 @@ import pytest
 
 from ssl_jax import objectives
 from ssl_jax.objectives import innate
+from tests.tiny import bind
 
 
 def _batch(image):
@@ -150,15 +151,15 @@ class _Info:
 def _trace_loss(objective: dict, **overrides):
   """Builds the model and its loss inside jax.eval_shape: shapes, no compile."""
   from flax import nnx
-  from tests.tiny import tiny_config
+  from tests.tiny import bind, tiny_config
   config = tiny_config(objective=objective, **overrides)
   method = objectives.get(objective["name"])
   batch = {"image": jnp.zeros((4, 28, 28, 1), jnp.uint8),
            "label": jnp.zeros((4,), jnp.int32)}
 
   def run():
-    model = method.build_model(config, _Info, nnx.Rngs(0))
-    return method.make_loss(config)(model, batch, jax.random.PRNGKey(0), {})
+    model = bind(config, _Info, method).build_model(nnx.Rngs(0))
+    return bind(config, objective=method).make_loss()(model, batch, jax.random.PRNGKey(0), {})
 
   return jax.eval_shape(run)
 
@@ -172,7 +173,7 @@ def test_rotation_all_four_copies_and_policy_check():
   config = tiny_config(objective=objective)
   config.augment.overrides.rot90 = True  # views that rotate: ambiguous labels
   with pytest.raises(ValueError, match="rot90"):
-    objectives.get("rotation").make_loss(config)
+    bind(config, objective=objectives.get("rotation")).make_loss()
 
 
 def test_vit_backbone_needs_full_size_tiles():

@@ -59,7 +59,8 @@ def test_run_py_pretrains_finetunes_and_prints_the_table(demo_run):
     low, high = cell["test"]["auroc_ci"]
     assert low <= cell["test"]["auroc"] <= high
   table = (workdir / "results.md").read_text()
-  assert "| labels | n train | protocol | AUROC | ACC | macro F1 |" in table
+  assert ("| labels | n train | protocol | AUROC | ACC | balanced ACC | "
+          "macro F1 |") in table
   assert "from scratch" in stdout and "SSL + linear probe" in stdout
   rows = [json.loads(l) for l in (workdir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows][-1] == 4

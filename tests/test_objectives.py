@@ -101,21 +101,21 @@ def test_registry_names_and_unknown_name():
 def test_online_probe_trains_its_head_without_touching_the_encoder():
   from flax import nnx
   from ssl_jax.objectives.online_probe import with_online_probe
-  from tests.tiny import tiny_config
+  from tests.tiny import bind, tiny_config
 
   class Info:
     num_channels, image_size, num_classes, multi_label = 1, 28, 2, False
 
   config = tiny_config(**{"model.stage_sizes": (1, 1, 1, 1)})
   plain, probed = objectives.get("simclr"), with_online_probe(objectives.get("simclr"))
-  model = probed.build_model(config, Info, nnx.Rngs(0))
+  model = bind(config, Info, probed).build_model(nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.integers(0, 255, (8, 28, 28, 1), np.uint8)),
            "label": jnp.asarray(rng.integers(0, 2, (8,)))}
 
   def grads(objective):
-    loss_fn = objective.make_loss(config)
+    loss_fn = bind(config, objective=objective).make_loss()
     def f(p):
       return loss_fn(nnx.merge(graphdef, p, rest, copy=True), batch,
                      jax.random.PRNGKey(1), {})[0]

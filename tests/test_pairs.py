@@ -231,7 +231,7 @@ def test_pair_views_takes_view_two_from_the_partner():
 def test_every_pair_objective_reads_the_partner():
   """Traced only (no compile): each `uses_pairs` loss consumes pair_image."""
   from ssl_jax import objectives
-  from tests.tiny import tiny_method_config
+  from tests.tiny import bind, tiny_method_config
   info = type("Info", (), dict(num_channels=1, image_size=16, num_classes=2,
                                multi_label=False))
   image = jax.ShapeDtypeStruct((4, 16, 16, 1), jnp.uint8)
@@ -243,11 +243,12 @@ def test_every_pair_objective_reads_the_partner():
     config.train.batch_size = 4
     objective = objectives.get(name)
     def build(objective=objective, config=config):
-      return objective.build_model(config, info, nnx.Rngs(0))
+      return bind(config, info, objective).build_model(nnx.Rngs(0))
 
     graphdef, state = nnx.split(nnx.eval_shape(build))
-    extra = jax.eval_shape(lambda: objective.init_extra(build(), config))  # noqa: B023
-    loss_fn = objective.make_loss(config)
+    extra = jax.eval_shape(
+        lambda: bind(config, info, objective).init_extra(build()))  # noqa: B023
+    loss_fn = bind(config, objective=objective).make_loss()
 
     def loss(state, extra, image, pair_image):
       return loss_fn(nnx.merge(graphdef, state),  # noqa: B023

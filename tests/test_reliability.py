@@ -27,12 +27,18 @@ def method_config(method: str, **overrides):
      r"mae needs a ViT encoder; got config.model.name='resnet18'"),
     ("simmim", {"model.name": "resnet50"}, r"simmim needs a ViT encoder"),
     ("mae_3d", {"model.name": "vit_tiny"},
-     r"mae_3d needs a 3D ViT encoder.*Use one of: vit_tiny_3d \("),
+     r"config.model.name='vit_tiny' does not take the 3D volumes of "
+     r"config.data.name='adrenalmnist3d': use a \*_3d backbone"),
     ("simclr_3d", {"model.name": "resnet18"},
-     r"simclr_3d needs a 3D \(volume\) encoder.*resnet18_3d, vit_tiny_3d"),
+     r"config.model.name='resnet18' does not take the 3D volumes"),
+    ("mae_3d", {"data.name": "breastmnist"},
+     r"config.model.name='vit_tiny_3d' does not take the 2D images"),
+    ("simclr_3d", {"objective": {"name": "rotation"}},
+     r"'rotation' trains on 2D images, but config.data.name='adrenalmnist3d' "
+     r"has 3D volumes"),
     ("mae", {"objective.name": "simclr"},
-     r"config.objective.name='simclr' reads a field 'temperature' which this "
-     r"config does not have.*start from configs/simclr.py"),
+     r"config.objective.decoder_depth is not a hyperparameter of 'simclr'; it "
+     r"declares: .*temperature.*start from configs/simclr.py"),
 ])
 def test_objective_backbone_misfit_is_refused_before_anything(
     tmp_path, method, overrides, message):
@@ -42,12 +48,12 @@ def test_objective_backbone_misfit_is_refused_before_anything(
   assert not workdir.exists()  # refused before the workdir was made
 
 
-def test_a_field_only_the_model_builder_reads_is_named(tmp_path):
-  """BYOL's predictor width is read while building, not by make_loss."""
+def test_another_methods_block_is_refused_naming_the_field(tmp_path):
+  """SimCLR's block under BYOL's name: `temperature` is not BYOL's."""
   config = tiny_config(**{"objective.name": "byol"})
   workdir = tmp_path / "run"
-  with pytest.raises(ValueError, match=r"reads a field 'pred_hidden_dim'.*"
-                     r"start from configs/byol.py"):
+  with pytest.raises(ValueError, match=r"config.objective.temperature is not "
+                     r"a hyperparameter of 'byol'.*start from configs/byol.py"):
     pretrain.train_and_evaluate(config, str(workdir))
   assert not workdir.exists()
 

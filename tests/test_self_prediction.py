@@ -12,7 +12,7 @@ from ssl_jax import models, objectives
 from ssl_jax.models.unet import resnet_feature_maps, resnet_map_channels
 from ssl_jax.models.vit import patchify, sincos_2d
 from ssl_jax.objectives import self_prediction as sp
-from tests.tiny import tiny_config
+from tests.tiny import bind, tiny_config
 
 TINY_VIT = dict(name="vit_tiny", patch_size=7, depth=1, hidden_dim=32,
                 num_heads=2, mlp_dim=64)
@@ -56,7 +56,7 @@ def test_simmim_loss_matches_numpy_and_ignores_visible_patches():
 
 
 def test_simmim_replaces_masked_tokens_before_the_encoder():
-  model = objectives.get("simmim").build_model(simmim_config(), Info, nnx.Rngs(0))
+  model = bind(simmim_config(), Info, objectives.get("simmim")).build_model(nnx.Rngs(0))
   enc = model.encoder
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(2, 28, 28, 1)), jnp.float32)
@@ -84,12 +84,14 @@ def test_simmim_replaces_masked_tokens_before_the_encoder():
 
 
 def test_simmim_and_restoration_name_the_backbone_they_need():
+  c = simmim_config()
+  c.model = tiny_resnet_config().model
   with pytest.raises(ValueError, match="SimMIM needs a ViT"):
-    objectives.get("simmim").build_model(tiny_resnet_config(), Info, nnx.Rngs(0))
+    bind(c, Info).build_model(nnx.Rngs(0))
   c = restoration_config()
   c.model = TINY_VIT
   with pytest.raises(ValueError, match="restoration decodes a ResNet"):
-    objectives.get("restoration").build_model(c, Info, nnx.Rngs(0))
+    bind(c, Info, objectives.get("restoration")).build_model(nnx.Rngs(0))
 
 
 # ------------------------------------------- Models Genesis transforms --
@@ -240,7 +242,7 @@ def test_restoration_loss_targets_the_clean_view_and_matches_numpy():
   batch, rng = {"image": jnp.asarray(pixels)}, jax.random.PRNGKey(0)
   c = restoration_config()
   c.augment.policy = "none"
-  loss_fn = objectives.get("restoration").make_loss(c)
+  loss_fn = bind(c, objective=objectives.get("restoration")).make_loss()
   zero, _, _ = loss_fn(lambda x, train: jnp.zeros_like(x), batch, rng, {})
   np.testing.assert_allclose(float(zero), np.mean(clean ** 2), rtol=1e-5)
   ident, metrics, _ = loss_fn(lambda x, train: x, batch, rng, {})
@@ -249,7 +251,7 @@ def test_restoration_loss_targets_the_clean_view_and_matches_numpy():
                              rtol=1e-6)
   # With no corruption the input is the clean view: an affine stub's error.
   c.objective.update(shuffle_prob=0.0, nonlinear_prob=0.0, paint_prob=0.0)
-  loss, metrics, _ = objectives.get("restoration").make_loss(c)(
+  loss, metrics, _ = bind(c, objective=objectives.get("restoration")).make_loss()(
       lambda x, train: 0.5 * x + 0.25, batch, rng, {})
   np.testing.assert_allclose(float(loss), np.mean((0.25 - 0.5 * clean) ** 2),
                              rtol=1e-5)

@@ -1,5 +1,5 @@
 """3D volumes through the 2D pipeline: loading, 3D backbones, cubic patches,
-3D views and their rank dispatch, and real simclr_3d / mae_3d train steps."""
+3D views and their rank dispatch, and real SimCLR / MAE train steps on volumes."""
 import numpy as np
 import pytest
 
@@ -192,30 +192,35 @@ def _config(objective: dict, model: dict, data: str = NAME):
 
 TINY_RESNET = dict(name="resnet18_3d", width_multiplier=1 / 16,
                    stage_sizes=(1, 1, 1, 1))
-SIMCLR = dict(name="simclr_3d", temperature=0.1, proj_hidden_dim=16,
+SIMCLR = dict(name="simclr", temperature=0.1, proj_hidden_dim=16,
               proj_dim=8, proj_layers=2, view_size=8)
+MAE = dict(name="mae", mask_ratio=0.75, norm_pix_loss=True, decoder_dim=12,
+           decoder_depth=1, decoder_heads=2)
 
 
-def test_volume_objectives_name_the_wrong_field():
+def test_volume_runs_name_the_wrong_field():
+  """The 2D objectives run on volumes; the data's rank must fit the
+  objective and the backbone, and every error names the field."""
   from ssl_jax import objectives
-  def build(config, name):  # shapes only: nothing is computed
-    objective = objectives.get(config.objective.name)
-    info = data_pipelines.info(name)
-    return nnx.eval_shape(lambda: objective.build_model(config, info,
-                                                        nnx.Rngs(0)))
 
-  with pytest.raises(ValueError, match="'breastmnist' has 2D images"):
+  def build(config, name):  # shapes only: nothing is computed
+    bound = objectives.bind(config, data_pipelines.info(name))
+    return nnx.eval_shape(lambda: bound.build_model(nnx.Rngs(0)))
+
+  with pytest.raises(ValueError, match="'resnet18_3d' does not take the 2D "
+                     "images of config.data.name='breastmnist'"):
     build(_config(SIMCLR, TINY_RESNET, data="breastmnist"), "breastmnist")
-  with pytest.raises(ValueError, match="'resnet18' is a 2D backbone"):
+  with pytest.raises(ValueError, match="'resnet18' does not take the 3D volumes"):
     build(_config(SIMCLR, dict(TINY_RESNET, name="resnet18")), NAME)
-  mae = dict(name="mae_3d", mask_ratio=0.75, norm_pix_loss=True,
-             decoder_dim=12, decoder_depth=1, decoder_heads=2)
-  with pytest.raises(ValueError, match="mae_3d needs a ViT backbone"):
-    build(_config(mae, TINY_RESNET), NAME)
+  with pytest.raises(ValueError, match="'rotation' trains on 2D images, but "
+                     f"config.data.name='{NAME}' has 3D volumes"):
+    build(_config(dict(name="rotation"), TINY_RESNET), NAME)
+  with pytest.raises(ValueError, match="MAE needs a ViT backbone"):
+    build(_config(MAE, TINY_RESNET), NAME)
   assert build(_config(SIMCLR, TINY_RESNET), NAME).encoder.spatial_dims == 3
-  # The jobs' mask-vs-policy check knows mae_3d too.
+  # The jobs' mask-vs-policy check reads MAE's declaration, on volumes too.
   from ssl_jax.jobs import common
-  c = _config(dict(mae, mask_ratio=0.9), dict(name="vit_tiny_3d", patch_size=7))
+  c = _config(dict(MAE, mask_ratio=0.9), dict(name="vit_tiny_3d", patch_size=7))
   c.augment.policy = "ct_window"  # min_visible 0.25
   with pytest.raises(ValueError, match="mask_ratio=0.9 leaves 10% visible"):
     common.validate(c)
@@ -240,11 +245,8 @@ def test_one_real_simclr_3d_step(medmnist_dir):
 
 def test_one_real_mae_3d_step(medmnist_dir):
   from tests.tiny import compiled_on_fixed_batch
-  config = _config(
-      dict(name="mae_3d", mask_ratio=0.75, norm_pix_loss=True, decoder_dim=12,
-           decoder_depth=1, decoder_heads=2),
-      dict(name="vit_tiny_3d", patch_size=7, depth=1, hidden_dim=12,
-           num_heads=2))
+  config = _config(MAE, dict(name="vit_tiny_3d", patch_size=7, depth=1,
+                             hidden_dim=12, num_heads=2))
   config.online_probe = False
   _, state, step_fn, batch = compiled_on_fixed_batch(
       config, batch_size=8, data_dir=medmnist_dir)

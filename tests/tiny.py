@@ -97,3 +97,20 @@ def fixed_batch_losses(config, num_steps: int, batch_size: int = 16):
     state, metrics = step_fn(state, batch)
     losses.append(float(metrics["loss"]))
   return losses, state
+
+
+class TinyInfo:
+  """BreastMNIST's shape: 1 channel, 28 px, 2 classes (objective builders'
+  DataInfo without opening data)."""
+  num_channels, image_size, num_classes, multi_label, spatial_dims = (
+      1, 28, 2, False, 2)
+
+
+def bind(config, info=TinyInfo, objective=None):
+  """`objective` (default: the config's) bound to the config's objective
+  block and run context for `info`, as objectives.bind does for a job."""
+  from ssl_jax.objectives import base
+  objective = objective or base.lookup(config.objective)
+  return base.Bound(objective,
+                    base.resolve_hparams(objective, config.objective),
+                    base.run_context(config, info))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from typing import Any, Iterable
 
@@ -23,6 +22,9 @@ def check_name(field: str, value: str, allowed: Iterable[str]) -> None:
 
 
 COMPUTE_DTYPES = ("bfloat16", "float32")
+# Where the method configs live (named in hints, never imported here).
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "configs")
 
 
 def vit_patch_size(config: ml_collections.ConfigDict) -> int | None:
@@ -53,13 +55,13 @@ def check_fit(config: ml_collections.ConfigDict) -> None:
   model_axis = config.get("mesh", {}).get("model_axis_size", 1)
   if model_axis < 1:
     raise ValueError(f"config.mesh.model_axis_size must be >= 1, got {model_axis}")
-  objectives.self_prediction.check_min_visible(config)  # masks vs augment.min_visible
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Fails before anything compiles, naming the field and allowed values."""
   check_dataset_name(config.data.name)
   check_name("model.name", config.model.name, models.names())
+  import_objective_module(config)
   check_name("objective.name", config.objective.name, objectives.names())
   check_name("augment.policy", config.augment.policy, augment.names())
   check_name("optim.name", config.optim.name, optim.OPTIMIZERS.names())
@@ -94,7 +96,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   else:
     optim.check(ft.optim, ft.steps, "finetune.optim", "finetune.steps")
   check_encoder(config)
-  check_objective_fields(config)
+  check_objective(config)
   check_fit(config)
   check_pairs(config)
 
@@ -128,38 +130,54 @@ def check_encoder(config: ml_collections.ConfigDict) -> None:
       continue  # the combined objective names an unknown part itself
     need = objectives.get(name).encoder
     if not objectives.base.fits(need, backbone):
-      fitting = [m for m in models.names() if objectives.base.fits(need, m)]
-      kind = {"vit": "a ViT", "3d": "a 3D (volume)",
-              "vit_3d": "a 3D ViT"}[need]
+      same_rank = objectives.base.backbone_kind(backbone) & {"3d"}
+      fitting = [m for m in models.names() if objectives.base.fits(need, m)
+                 and objectives.base.backbone_kind(m) & {"3d"} == same_rank]
+      kind = {"vit": "a ViT"}[need]
       raise ValueError(
           f"{name} needs {kind} encoder; got config.model.name="
           f"{backbone!r}. Use one of: {', '.join(fitting)} (or start from "
           f"configs/{name}.py, which sets a fitting model)")
 
 
-def check_objective_fields(config: ml_collections.ConfigDict) -> None:
-  """The objective's loss builder finds every hyperparameter it reads in
-  config.objective (they come from configs/<method>.py): a config of another
-  method with only `objective.name` changed is refused, naming the field."""
+def import_objective_module(config: ml_collections.ConfigDict) -> None:
+  """An out-of-tree objective (`objective.module`) registers on import."""
+  objectives.base.import_module(config.objective.get("module", ""))
+
+
+def check_objective(config: ml_collections.ConfigDict) -> None:
+  """The objective block sets only hyperparameters the objective declares,
+  its loss builder accepts them, and no mask hides more of a view than the
+  view policy's `min_visible`."""
+  objective = objectives.get(config.objective.name)
   try:
-    objectives.get(config.objective.name).make_loss(config)
-  except AttributeError as e:
-    raise missing_objective_field(config, e) from None
+    hp = objectives.base.resolve_hparams(objective, config.objective)
+  except ValueError as e:
+    hint = (f"; start from configs/{objective.name}.py, or set the whole "
+            "block in a config file" if os.path.exists(os.path.join(
+                CONFIGS_DIR, f"{objective.name}.py")) else "")
+    raise ValueError(f"{e}{hint}") from None
+  info = data_info(config)
+  ctx = objectives.base.run_context(config, info)
+  objectives.base.check_rank(objective, ctx, config.data.name)
+  bound = objectives.Bound(objective, hp, ctx)
+  bound.make_loss()
+  check_min_visible(bound)
 
 
-def missing_objective_field(config: ml_collections.ConfigDict,
-                            error: AttributeError) -> ValueError:
-  """The error for a hyperparameter the objective reads but the config
-  lacks (ConfigDict raises AttributeError('<field>'))."""
-  name = config.objective.name
-  found = re.match(r"""^[\\'"]*(\w+)""", str(error))
-  field = found.group(1) if found else str(error)
-  return ValueError(
-      f"config.objective.name={name!r} reads a field {field!r} which this "
-      f"config does not have (config.objective has "
-      f"{', '.join(sorted(config.objective))}; config.model has "
-      f"{', '.join(sorted(config.model))}): start from configs/{name}.py, or "
-      "set the whole block in a config file")
+def check_min_visible(bound: objectives.Bound, field: str = "objective",
+                      augment_field: str = "augment") -> None:
+  """Fails, naming both fields, when a mask would leave less of a view
+  visible than the policy allows; parts are checked with their own policy."""
+  for part in bound.objective.parts(bound.hp, bound.ctx):
+    check_min_visible(part.bound, f"objective.{part.name}", part.augment_field)
+  floor = bound.ctx.policy.min_visible
+  for key, value, visible in bound.objective.visible(bound.hp):
+    if visible < floor - 1e-9:
+      raise ValueError(
+          f"config.{field}.{key}={value} leaves {visible:.0%} visible, "
+          f"below {augment_field}.min_visible={floor}; mask less or set "
+          f"{augment_field}.overrides.min_visible")
 
 
 def pair_consumers(config: ml_collections.ConfigDict) -> list[str]:

@@ -246,14 +246,6 @@ def knn_probe(ctx: Stage2, train_idx: np.ndarray, seed: int) -> Predictions:
       temperature=ft.knn_temperature) for split in EVAL_SPLITS})
 
 
-# Where each backbone keeps its sequence of blocks (attribute of the
-# encoder), and which of its params come after the last block.
-BLOCKS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "ResNet": ("stages", ()),
-    "VisionTransformer": ("blocks", ("norm",)),
-}
-
-
 def _path_keys(path) -> tuple:
   return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))
                for k in path)
@@ -271,10 +263,11 @@ def trainable_labels(model: nnx.Module, last_k: int | None) -> Callable:
   if last_k is None:
     return lambda params: jax.tree.map(lambda _: "train", params)
   kind = type(model.encoder).__name__
-  if kind not in BLOCKS:
-    raise ValueError(f"last_k does not know the blocks of {kind}; known: "
-                     f"{', '.join(sorted(BLOCKS))}")
-  attr, trailing = BLOCKS[kind]
+  attr = getattr(model.encoder, "block_attr", None)
+  if attr is None:
+    raise ValueError(f"last_k needs an encoder that declares its blocks "
+                     f"(block_attr, after_blocks); {kind} does not")
+  trailing = tuple(model.encoder.after_blocks)
   units = len(getattr(model.encoder, attr))
   if not 0 <= last_k <= units:
     raise ValueError(f"config.finetune.last_k={last_k} must be in [0, {units}] "
@@ -306,22 +299,21 @@ class ClassifierTrainer:
     self.steps = ft.steps if steps is None else steps
     self.config = _with_class_weights(ctx.config, ctx.labels("train"), ctx.info)
     self.info, self.mesh = ctx.info, ctx.mesh
-    self.objective = objectives.get("supervised")
+    self.bound = objectives.bind(self.config, ctx.info)
     tx, schedule = optim.make_optimizer(ft.optim, ft.batch_size, self.steps)
     model = self._model(0)
     self.tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
                                     trainable_labels(model, last_k))
     graphdef, _ = state_lib.create(model, self.tx, {}, jax.random.PRNGKey(0))
     self.step_fn = step_lib.compile_step(step_lib.make_from_objective(
-        graphdef, self.objective, self.config, self.tx, schedule),
-        graphdef=graphdef)
+        graphdef, self.bound, self.tx, schedule), graphdef=graphdef)
     multi_label = ctx.info.multi_label
     self.predict = runtime.jit(lambda p, r, x: _to_probs(
         nnx.merge(graphdef, p, r)(views.eval_view(x), train=False), multi_label),
         graphdef)
 
   def _model(self, seed: int) -> nnx.Module:
-    return self.objective.build_model(self.config, self.info, nnx.Rngs(seed))
+    return self.bound.build_model(nnx.Rngs(seed))
 
   def probs(self, ctx: Stage2, params, rest, split: str) -> np.ndarray:
     return inference.batched_apply(

@@ -68,29 +68,24 @@ def model_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 
 def build_parts(config: ml_collections.ConfigDict, info, mesh) -> Built:
   """Shape-first: abstract state and shardings, then jitted init and step."""
-  objective = objectives.get(config.objective.name)
+  bound = objectives.bind(model_config(config), info)
   # Unlabelled sources (pools, label_column='') have nothing to probe.
   if config.get("online_probe", True) and info.num_classes > 0:
-    objective = with_online_probe(objective)
-  built_config = model_config(config)
+    bound = dataclasses.replace(bound,
+                                objective=with_online_probe(bound.objective))
   tx, schedule = optim.make_optimizer(config.optim, config.train.batch_size,
                                       config.train.steps)
 
   def build_state():
-    model = objective.build_model(built_config, info, nnx.Rngs(config.seed))
-    return state_lib.create(model, tx, objective.init_extra(model, built_config),
+    model = bound.build_model(nnx.Rngs(config.seed))
+    return state_lib.create(model, tx, bound.init_extra(model),
                             jax.random.PRNGKey(config.seed + 1))
 
   rules = tuple(config.get("mesh", {}).get("rules", ()) or ())
-  try:
-    graphdef, abstract, shardings, init = state_lib.shape_first(
-        build_state, mesh, rules)
-  except AttributeError as e:  # a hyperparameter of another method's config
-    if "Did you mean" not in str(e) and not str(e).startswith("'"):
-      raise  # not a ConfigDict field lookup
-    raise common.missing_objective_field(config, e) from None
+  graphdef, abstract, shardings, init = state_lib.shape_first(
+      build_state, mesh, rules)
   step_fn = step_lib.make_from_objective(
-      graphdef, objective, config, tx, schedule,
+      graphdef, bound, tx, schedule,
       grad_accum_steps=config.train.get("grad_accum_steps", 1),
       batch_sharding=parallel.batch_sharded(mesh))
   return Built(graphdef, abstract, shardings, init,

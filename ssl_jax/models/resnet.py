@@ -157,7 +157,14 @@ class Bottleneck(nnx.Module):
 
 
 class ResNet(nnx.Module):
-  """ResNet encoder: stem, 4 stages, global average pool; no classifier."""
+  """ResNet encoder: stem, 4 stages, global average pool; no classifier.
+
+  Declares what it is for objectives and stage 2: `spatial_dims`, no
+  `patch_size` (pools any input size), its sequence of blocks `stages`.
+  """
+  patch_size = None      # no patch grid: inputs of any size pool globally
+  block_attr = 'stages'  # the sequence of units last_k fine-tuning counts
+  after_blocks = ()      # params that follow the last unit
 
   def __init__(
       self,

@@ -134,7 +134,12 @@ class Block(nnx.Module):
 
 
 class VisionTransformer(nnx.Module):
-  """ViT encoder with a cls token; pooled by cls token or patch mean."""
+  """ViT encoder with a cls token; pooled by cls token or patch mean.
+
+  Declares `spatial_dims`, `patch_size` and its sequence of blocks.
+  """
+  block_attr = 'blocks'     # the sequence of units last_k fine-tuning counts
+  after_blocks = ('norm',)  # the final norm follows the last block
 
   def __init__(
       self,

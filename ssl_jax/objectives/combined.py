@@ -8,9 +8,10 @@ appearance, context) can add up in one representation.
 
 Config: `objective = dict(name='combined', parts=('simclr', 'rotation'),
 weights=(1.0, 0.5), simclr=dict(...), rotation=dict(...))`. Each part is a
-registered objective, built and run exactly as on its own from a copy of
-the full config whose `objective` is the part's sub-config (and whose
-`augment` is the part's own `augment`, when the sub-config has one).
+registered objective, built and run exactly as on its own: bound to its
+sub-config's hyperparameters (over its declared defaults) and the run's
+context, with the part's own view policy when its sub-config has an
+`augment` block.
 
 The model is a `Combined` container: `encoder` (shared) and `parts`, one
 part model per name whose `encoder` attribute *is* the shared module. NNX
@@ -27,7 +28,6 @@ from typing import Any
 
 import jax
 from flax import nnx
-import ml_collections
 
 from ssl_jax.objectives import base
 
@@ -36,29 +36,17 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class Part:
+  """One part: its weight and its objective bound to its own hyperparameters
+  (and view policy, when its sub-config has an `augment` block)."""
   name: str
   weight: float
-  objective: base.Objective
-  config: ml_collections.ConfigDict
+  bound: base.Bound
+  augment_field: str  # where its view policy comes from, for messages
 
 
-def part_config(config: ml_collections.ConfigDict,
-                name: str) -> ml_collections.ConfigDict:
-  """The full config as the part would see it running alone."""
-  sub = config.objective.get(name)
-  if sub is None:
-    raise ValueError(f"config.objective.{name} is missing: every part in "
-                     "config.objective.parts needs its own sub-config")
-  c = config.copy_and_resolve_references()
-  c.objective = ml_collections.ConfigDict(dict(sub.to_dict(), name=name))
-  if "augment" in sub:
-    c.augment = sub.augment
-  return c
-
-
-def parts(config: ml_collections.ConfigDict) -> list[Part]:
+def parts(hp: base.HParams, ctx: base.RunContext) -> list[Part]:
   """The configured parts, checked: registered, distinct, one weight each."""
-  names, weights = tuple(config.objective.parts), tuple(config.objective.weights)
+  names, weights = tuple(hp.parts), tuple(hp.weights)
   if not names:
     raise ValueError("config.objective.parts is empty")
   if len(weights) != len(names):
@@ -67,13 +55,24 @@ def parts(config: ml_collections.ConfigDict) -> list[Part]:
   if len(set(names)) != len(names):
     raise ValueError(f"config.objective.parts repeats a name: {names}")
   allowed = [n for n in base.OBJECTIVES.names() if n != "combined"]
-  for name in names:
+  out = []
+  for name, weight in zip(names, weights):
     if name not in allowed:
       raise ValueError(f"config.objective.parts has unknown part {name!r}; "
                        f"allowed: {', '.join(allowed)}")
-  return [Part(name, float(weight), base.OBJECTIVES.get(name),
-               part_config(config, name))
-          for name, weight in zip(names, weights)]
+    if name not in hp:
+      raise ValueError(f"config.objective.{name} is missing: every part in "
+                       "config.objective.parts needs its own sub-config")
+    sub = dict(hp[name])
+    own_augment = sub.pop("augment", None)
+    part_ctx = ctx if own_augment is None else dataclasses.replace(
+        ctx, policy=base.view_policy(own_augment, ctx.spatial_dims))
+    objective = base.OBJECTIVES.get(name)
+    out.append(Part(name, float(weight), base.Bound(
+        objective, base.resolve_hparams(objective, sub,
+                                        field=f"objective.{name}"), part_ctx),
+        f"objective.{name}.augment" if own_augment else "augment"))
+  return out
 
 
 class Combined(nnx.Module):
@@ -84,12 +83,12 @@ class Combined(nnx.Module):
     self.parts = nnx.Dict(part_models)
 
 
-def build_combined(config: ml_collections.ConfigDict, info: base.DataInfo,
+def build_combined(hp: base.HParams, ctx: base.RunContext,
                    rngs: nnx.Rngs) -> Combined:
   """Builds every part as usual, then points each at the first's encoder."""
   encoder, models = None, {}
-  for part in parts(config):
-    model = part.objective.build_model(part.config, info, rngs)
+  for part in parts(hp, ctx):
+    model = part.bound.build_model(rngs)
     if encoder is None:
       encoder = model.encoder
     else:
@@ -98,9 +97,8 @@ def build_combined(config: ml_collections.ConfigDict, info: base.DataInfo,
   return Combined(encoder, models)
 
 
-def make_combined_loss(config: ml_collections.ConfigDict) -> base.LossFn:
-  losses = [(p.name, p.weight, p.objective.make_loss(p.config))
-            for p in parts(config)]
+def make_combined_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
+  losses = [(p.name, p.weight, p.bound.make_loss()) for p in parts(hp, ctx)]
 
   def loss_fn(model, batch, rng, extra):
     total, metrics, new_extra = 0.0, {}, {}
@@ -122,23 +120,24 @@ def part_params(params: nnx.State, name: str) -> nnx.State:
   return nnx.State(dict(raw["parts"][name], encoder=raw["encoder"]))
 
 
-def init_combined_extra(model: nnx.Module,
-                        config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return {p.name: p.objective.init_extra(model.parts[p.name], p.config)
-          for p in parts(config)}
+def init_combined_extra(model: nnx.Module, hp: base.HParams,
+                        ctx: base.RunContext) -> dict[str, Any]:
+  return {p.name: p.bound.init_extra(model.parts[p.name])
+          for p in parts(hp, ctx)}
 
 
 def update_combined_extra(extra: dict[str, Any], params: nnx.State,
-                          step: Array, config: ml_collections.ConfigDict
-                          ) -> dict[str, Any]:
-  return {p.name: p.objective.update_extra(
-              extra[p.name], part_params(params, p.name), step, p.config)
-          for p in parts(config)}
+                          step: Array, hp: base.HParams,
+                          ctx: base.RunContext) -> dict[str, Any]:
+  return {p.name: p.bound.update_extra(
+              extra[p.name], part_params(params, p.name), step)
+          for p in parts(hp, ctx)}
 
 
 base.register(base.Objective(
     name="combined", category="combined",
     paper="Doersch & Zisserman, ICCV 2017 (arXiv:1708.07860); weighted sum "
           "of registered objectives on one encoder",
+    hparams=dict(parts=(), weights=()), nests_objectives=True, parts=parts,
     build_model=build_combined, make_loss=make_combined_loss,
     init_extra=init_combined_extra, update_extra=update_combined_extra))

@@ -43,9 +43,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 from flax import nnx
-import ml_collections
 
-from ssl_jax import augment
+from ssl_jax import augment, views
 from ssl_jax.models.heads import MLPHead
 from ssl_jax.objectives import base
 
@@ -309,26 +308,26 @@ def apply_teacher(model: nnx.Module, teacher: dict, x: Array,
   return jax.lax.stop_gradient(x), dict(teacher, rest=rest)
 
 
-def teacher_momentum(step: Array, config: ml_collections.ConfigDict) -> Array:
-  """`objective.momentum`, raised to 1 by the cosine schedule if asked."""
-  obj = config.objective
-  if obj.momentum_cosine:
-    return cosine_momentum(step, obj.momentum, config.train.steps)
-  return jnp.asarray(obj.momentum, jnp.float32)
+def teacher_momentum(step: Array, hp: base.HParams,
+                     ctx: base.RunContext) -> Array:
+  """`momentum`, raised to 1 over the run by the cosine schedule if asked."""
+  if hp.momentum_cosine:
+    return cosine_momentum(step, hp.momentum, ctx.total_steps)
+  return jnp.asarray(hp.momentum, jnp.float32)
 
 
 def ema_update_extra(extra: dict, params: nnx.State, step: Array,
-                     config: ml_collections.ConfigDict) -> dict:
+                     hp: base.HParams, ctx: base.RunContext) -> dict:
   """update_extra of the EMA methods: the teacher follows the NEW params."""
   online = {part: nnx.to_pure_dict(params[part]) for part in TEACHER_PARTS}
   teacher = extra["teacher"]
-  new_params = ema(teacher["params"], online, teacher_momentum(step, config))
+  new_params = ema(teacher["params"], online, teacher_momentum(step, hp, ctx))
   return dict(extra, teacher=dict(teacher, params=new_params))
 
 
 def init_teacher_extra(model: nnx.Module,
-                       config: ml_collections.ConfigDict) -> dict:
-  del config
+                       hp: base.HParams, ctx: base.RunContext) -> dict:
+  del hp, ctx
   return {"teacher": init_teacher(model)}
 
 
@@ -390,41 +389,39 @@ class PrototypeHead(nnx.Module):
     return self.prototypes(l2_normalize(self.mlp(x, train=train)))
 
 
-def _projector(obj: ml_collections.ConfigDict, in_dim: int,
+def _projector(obj: base.HParams, in_dim: int,
                rngs: nnx.Rngs) -> MLPHead:
   return MLPHead(in_dim, obj.proj_hidden_dim, obj.proj_dim,
-                 num_layers=obj.proj_layers, use_bn=obj.get("proj_bn", True),
-                 last_bn=obj.get("proj_last_bn", False), rngs=rngs)
+                 num_layers=obj.proj_layers, use_bn=obj.proj_bn,
+                 last_bn=obj.proj_last_bn, rngs=rngs)
 
 
-def build_encoder_projector(config: ml_collections.ConfigDict,
-                            info: base.DataInfo,
+def build_encoder_projector(hp: base.HParams,
+                            ctx: base.RunContext,
                             rngs: nnx.Rngs) -> EncoderProjector:
   """SimCLR, MoCo v2, Barlow Twins, VICReg: encoder + MLP projector."""
-  encoder = base.build_encoder(config, info, rngs)
-  projector = _projector(config.objective, encoder.feature_dim, rngs)
+  encoder = ctx.encoder(rngs)
+  projector = _projector(hp, encoder.feature_dim, rngs)
   return EncoderProjector(encoder, projector)
 
 
-def build_siamese(config: ml_collections.ConfigDict, info: base.DataInfo,
+def build_siamese(hp: base.HParams, ctx: base.RunContext,
                   rngs: nnx.Rngs) -> SiameseNet:
   """BYOL, SimSiam, MoCo v3: encoder + projector + predictor."""
-  encoder = base.build_encoder(config, info, rngs)
-  obj = config.objective
-  projector = _projector(obj, encoder.feature_dim, rngs)
-  predictor = MLPHead(obj.proj_dim, obj.pred_hidden_dim, obj.proj_dim,
-                      num_layers=obj.pred_layers,
-                      last_bn=obj.get("pred_last_bn", False), rngs=rngs)
+  encoder = ctx.encoder(rngs)
+  projector = _projector(hp, encoder.feature_dim, rngs)
+  predictor = MLPHead(hp.proj_dim, hp.pred_hidden_dim, hp.proj_dim,
+                      num_layers=hp.pred_layers,
+                      last_bn=hp.pred_last_bn, rngs=rngs)
   return SiameseNet(encoder, projector, predictor)
 
 
-def build_prototype_net(config: ml_collections.ConfigDict, info: base.DataInfo,
+def build_prototype_net(hp: base.HParams, ctx: base.RunContext,
                         rngs: nnx.Rngs) -> EncoderProjector:
   """DINO, SwAV: encoder + (MLP -> normalise -> `num_prototypes` outputs)."""
-  encoder = base.build_encoder(config, info, rngs)
-  obj = config.objective
-  head = PrototypeHead(_projector(obj, encoder.feature_dim, rngs),
-                       Prototypes(obj.proj_dim, obj.num_prototypes, rngs=rngs))
+  encoder = ctx.encoder(rngs)
+  head = PrototypeHead(_projector(hp, encoder.feature_dim, rngs),
+                       Prototypes(hp.proj_dim, hp.num_prototypes, rngs=rngs))
   return EncoderProjector(encoder, head)
 
 
@@ -439,8 +436,8 @@ def pair_views(policy: augment.Policy, rng: Array, batch: dict[str, Array],
   """
   images = batch["image"]
   k1, k2 = jax.random.split(rng)
-  return (augment.apply(policy, k1, images, out_size=out_size),
-          augment.apply(policy, k2, batch.get("pair_image", images),
+  return (views.apply(policy, k1, images, out_size=out_size),
+          views.apply(policy, k2, batch.get("pair_image", images),
                         out_size=out_size))
 
 
@@ -468,7 +465,7 @@ def multi_crop(policy: augment.Policy, rng: Array, images: Array, *,
   local_policy = dataclasses.replace(
       policy, crop_min_area=local_area[0], crop_max_area=local_area[1])
   tiled = jnp.tile(images, (num_local, 1, 1, 1))  # view-major, per-image keys
-  local_views = augment.apply(local_policy, k_local, tiled, out_size=local_size)
+  local_views = views.apply(local_policy, k_local, tiled, out_size=local_size)
   return global_views, local_views.reshape(
       (num_local, images.shape[0]) + local_views.shape[1:])
 
@@ -480,7 +477,7 @@ def local_crop_size(encoder: nnx.Module, size: int) -> int:
   fits only its own image size: there local crops (still small regions) are
   resampled to that size.
   """
-  return encoder.image_size if hasattr(encoder, "patch_size") else size
+  return size if encoder.patch_size is None else encoder.image_size
 
 
 def _merge_views(views: Array) -> Array:
@@ -492,10 +489,9 @@ def _split_views(x: Array, num_views: int) -> Array:
   return x.reshape((num_views, -1) + x.shape[1:])
 
 
-def _multi_crop_views(config: ml_collections.ConfigDict, model: nnx.Module,
+def _multi_crop_views(obj: base.HParams, model: nnx.Module,
                       policy: augment.Policy, rng: Array,
                       batch: dict[str, Array]):
-  obj = config.objective
   return multi_crop(
       policy, rng, batch["image"], global_area=tuple(obj.global_crop_area),
       local_area=tuple(obj.local_crop_area), num_local=obj.num_local_crops,
@@ -518,19 +514,20 @@ def _multi_crop_forward(model: nnx.Module, global_views: Array,
 # ---------------------------------------------------------------- losses --
 
 def _two_view_batch(policy: augment.Policy, rng: Array,
-                    batch: dict[str, Array]) -> Array:
+                    batch: dict[str, Array],
+                    out_size: int | None = None) -> Array:
   """Both views standardised and concatenated [2N, ...]: one forward pass."""
-  v1, v2 = pair_views(policy, rng, batch)
+  v1, v2 = pair_views(policy, rng, batch, out_size)
   return augment.standardize(jnp.concatenate([v1, v2]))
 
 
-def make_simclr_loss(config: ml_collections.ConfigDict) -> base.LossFn:
-  policy = base.augment_policy(config)
-  temperature = config.objective.temperature
+def make_simclr_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
+  policy = ctx.policy
+  temperature, view_size = hp.temperature, hp.view_size
 
   def loss_fn(model, batch, rng, extra):
     # One forward over both views: BatchNorm sees the full 2N global batch.
-    z1, z2 = jnp.split(model(_two_view_batch(policy, rng, batch),
+    z1, z2 = jnp.split(model(_two_view_batch(policy, rng, batch, view_size),
                              train=True), 2)
     loss, accuracy = nt_xent(z1, z2, temperature)
     return loss, {"contrastive_acc": accuracy}, extra
@@ -539,25 +536,24 @@ def make_simclr_loss(config: ml_collections.ConfigDict) -> base.LossFn:
 
 
 def init_moco_v2_extra(model: nnx.Module,
-                       config: ml_collections.ConfigDict) -> dict:
+                       hp: base.HParams, ctx: base.RunContext) -> dict:
   """Teacher copy + a queue of random unit keys (as MoCo) + its pointer."""
-  obj = config.objective
-  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5EED)
-  queue = l2_normalize(jax.random.normal(rng, (obj.queue_size, obj.proj_dim)))
+  rng = jax.random.fold_in(jax.random.PRNGKey(ctx.seed), 0x5EED)
+  queue = l2_normalize(jax.random.normal(rng, (hp.queue_size, hp.proj_dim)))
   return {"teacher": init_teacher(model), "queue": queue,
           "queue_ptr": jnp.zeros((), jnp.int32)}
 
 
-def make_moco_v2_loss(config: ml_collections.ConfigDict) -> base.LossFn:
+def make_moco_v2_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
   """Queries from the online net on view 1, keys from the momentum net on
   view 2 (the paper's asymmetric loss); this batch's keys are enqueued after
   the loss is taken, so a query never sees its own key as a negative."""
-  policy = base.augment_policy(config)
-  temperature = config.objective.temperature
-  if config.objective.queue_size < config.train.batch_size:
+  policy = ctx.policy
+  temperature = hp.temperature
+  if hp.queue_size < ctx.global_batch:
     raise ValueError(
-        f"objective.queue_size={config.objective.queue_size} must be >= "
-        f"train.batch_size={config.train.batch_size}")
+        f"objective.queue_size={hp.queue_size} must be >= "
+        f"train.batch_size={ctx.global_batch}")
 
   def loss_fn(model, batch, rng, extra):
     v1, v2 = pair_views(policy, rng, batch)
@@ -582,9 +578,9 @@ def _siamese_forward(model, extra, policy, rng, batch):
   return (p1, p2), (z1, z2), teacher
 
 
-def make_moco_v3_loss(config: ml_collections.ConfigDict) -> base.LossFn:
-  policy = base.augment_policy(config)
-  temperature = config.objective.temperature
+def make_moco_v3_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
+  policy = ctx.policy
+  temperature = hp.temperature
 
   def loss_fn(model, batch, rng, extra):
     (q1, q2), (k1, k2), teacher = _siamese_forward(
@@ -597,8 +593,8 @@ def make_moco_v3_loss(config: ml_collections.ConfigDict) -> base.LossFn:
   return loss_fn
 
 
-def make_byol_loss(config: ml_collections.ConfigDict) -> base.LossFn:
-  policy = base.augment_policy(config)
+def make_byol_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
+  policy = ctx.policy
 
   def loss_fn(model, batch, rng, extra):
     (p1, p2), (z1, z2), teacher = _siamese_forward(
@@ -609,8 +605,8 @@ def make_byol_loss(config: ml_collections.ConfigDict) -> base.LossFn:
   return loss_fn
 
 
-def make_simsiam_loss(config: ml_collections.ConfigDict) -> base.LossFn:
-  policy = base.augment_policy(config)
+def make_simsiam_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
+  policy = ctx.policy
 
   def loss_fn(model, batch, rng, extra):
     z, p = model(_two_view_batch(policy, rng, batch), train=True)
@@ -625,28 +621,28 @@ def make_simsiam_loss(config: ml_collections.ConfigDict) -> base.LossFn:
 
 
 def init_dino_extra(model: nnx.Module,
-                    config: ml_collections.ConfigDict) -> dict:
+                    hp: base.HParams, ctx: base.RunContext) -> dict:
+  del ctx
   return {"teacher": init_teacher(model),
-          "center": jnp.zeros((config.objective.num_prototypes,), jnp.float32)}
+          "center": jnp.zeros((hp.num_prototypes,), jnp.float32)}
 
 
-def make_dino_loss(config: ml_collections.ConfigDict) -> base.LossFn:
+def make_dino_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
   """Student on all crops, teacher on the 2 global crops only."""
-  policy = base.augment_policy(config)
-  obj = config.objective
+  policy = ctx.policy
 
   def loss_fn(model, batch, rng, extra):
     global_views, local_views = _multi_crop_views(
-        config, model, policy, rng, batch)
+        hp, model, policy, rng, batch)
     student = _multi_crop_forward(model, global_views, local_views)
     teacher_out, teacher = apply_teacher(
         model, extra["teacher"],
         augment.standardize(_merge_views(global_views)))
     teacher_out = _split_views(teacher_out, 2)
     loss = dino_loss(student, teacher_out, extra["center"],
-                     obj.student_temp, obj.teacher_temp)
-    center = update_center(extra["center"], teacher_out, obj.center_momentum)
-    probs = jax.nn.softmax((teacher_out - extra["center"]) / obj.teacher_temp)
+                     hp.student_temp, hp.teacher_temp)
+    center = update_center(extra["center"], teacher_out, hp.center_momentum)
+    probs = jax.nn.softmax((teacher_out - extra["center"]) / hp.teacher_temp)
     entropy = -jnp.mean(jnp.sum(probs * jnp.log(probs + 1e-12), axis=-1))
     return (loss, {"teacher_entropy": entropy},
             dict(extra, teacher=teacher, center=center))
@@ -654,9 +650,9 @@ def make_dino_loss(config: ml_collections.ConfigDict) -> base.LossFn:
   return loss_fn
 
 
-def make_barlow_twins_loss(config: ml_collections.ConfigDict) -> base.LossFn:
-  policy = base.augment_policy(config)
-  lambd = config.objective.lambd
+def make_barlow_twins_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
+  policy = ctx.policy
+  lambd = hp.lambd
 
   def loss_fn(model, batch, rng, extra):
     z1, z2 = jnp.split(model(_two_view_batch(policy, rng, batch),
@@ -667,34 +663,32 @@ def make_barlow_twins_loss(config: ml_collections.ConfigDict) -> base.LossFn:
   return loss_fn
 
 
-def make_vicreg_loss(config: ml_collections.ConfigDict) -> base.LossFn:
-  policy = base.augment_policy(config)
-  obj = config.objective
+def make_vicreg_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
+  policy = ctx.policy
 
   def loss_fn(model, batch, rng, extra):
     z1, z2 = jnp.split(model(_two_view_batch(policy, rng, batch),
                              train=True), 2)
-    loss, terms = vicreg_loss(z1, z2, sim_weight=obj.sim_weight,
-                              var_weight=obj.var_weight,
-                              cov_weight=obj.cov_weight, gamma=obj.gamma)
+    loss, terms = vicreg_loss(z1, z2, sim_weight=hp.sim_weight,
+                              var_weight=hp.var_weight,
+                              cov_weight=hp.cov_weight, gamma=hp.gamma)
     return loss, terms, extra
 
   return loss_fn
 
 
-def make_swav_loss(config: ml_collections.ConfigDict) -> base.LossFn:
+def make_swav_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
   """Codes from the global crops' own scores (no gradient), per view as the
   reference code; every crop predicts the codes of the other global crops."""
-  policy = base.augment_policy(config)
-  obj = config.objective
+  policy = ctx.policy
 
   def loss_fn(model, batch, rng, extra):
     global_views, local_views = _multi_crop_views(
-        config, model, policy, rng, batch)
+        hp, model, policy, rng, batch)
     scores = _multi_crop_forward(model, global_views, local_views)
-    codes = jax.vmap(lambda s: sinkhorn(s, obj.sinkhorn_epsilon,
-                                        obj.sinkhorn_iterations))(scores[:2])
-    loss = swav_loss(scores, codes, obj.temperature)
+    codes = jax.vmap(lambda s: sinkhorn(s, hp.sinkhorn_epsilon,
+                                        hp.sinkhorn_iterations))(scores[:2])
+    loss = swav_loss(scores, codes, hp.temperature)
     used = jnp.mean(jnp.any(jax.nn.one_hot(jnp.argmax(codes, -1),
                                            codes.shape[-1]) > 0, axis=(0, 1)))
     return loss, {"prototypes_used": used}, extra
@@ -703,53 +697,96 @@ def make_swav_loss(config: ml_collections.ConfigDict) -> base.LossFn:
 
 
 # -------------------------------------------------------------- registry --
+# Hyperparameters with their defaults, one dict per method; the small-data
+# values the configs/ used (queue, prototypes and heads sized for MedMNIST).
+
+def projector(hidden: int = 512, dim: int = 128, layers: int = 2, *,
+              bn: bool = True, last_bn: bool = False) -> dict:
+  """The MLP projector's fields (`_projector`)."""
+  return dict(proj_hidden_dim=hidden, proj_dim=dim, proj_layers=layers,
+              proj_bn=bn, proj_last_bn=last_bn)
+
+
+def predictor(hidden: int, layers: int = 2, *, last_bn: bool = False) -> dict:
+  return dict(pred_hidden_dim=hidden, pred_layers=layers, pred_last_bn=last_bn)
+
+
+def teacher(momentum: float = 0.99, cosine: bool = True) -> dict:
+  """EMA teacher: momentum, raised to 1 by a cosine over the run if asked."""
+  return dict(momentum=momentum, momentum_cosine=cosine)
+
+
+def crops(global_area: tuple, local_area: tuple, num_local: int = 6,
+          local_size: int = 12) -> dict:
+  """Multi-crop: crop-area ranges, number and side of the local crops."""
+  return dict(global_crop_area=global_area, local_crop_area=local_area,
+              num_local_crops=num_local, local_crop_size=local_size)
+
 
 base.register(base.Objective(
-    name="simclr", category="contrastive", uses_pairs=True,
+    name="simclr", category="contrastive", uses_pairs=True, ranks=(2, 3),
     paper="Chen et al., ICML 2020 (arXiv:2002.05709)",
+    # view_size: side of the views (None: the data's); smaller random resized
+    # crops cut the cost of volumes, the encoder still evaluates full ones.
+    hparams=dict(projector(), temperature=0.1, view_size=None),
     build_model=build_encoder_projector, make_loss=make_simclr_loss))
 
 base.register(base.Objective(
-    name="moco_v2", category="contrastive", uses_pairs=True,
+    name="moco_v2", category="contrastive", uses_pairs=True, ranks=(2, 3),
     paper="He et al., CVPR 2020 (arXiv:1911.05722); Chen et al. 2020 "
           "(arXiv:2003.04297)",
+    hparams=dict(projector(bn=False), **teacher(cosine=False),
+                 temperature=0.2, queue_size=512),
     build_model=build_encoder_projector, make_loss=make_moco_v2_loss,
     init_extra=init_moco_v2_extra, update_extra=ema_update_extra))
 
 base.register(base.Objective(
-    name="moco_v3", category="contrastive", uses_pairs=True,
+    name="moco_v3", category="contrastive", uses_pairs=True, ranks=(2, 3),
     paper="Chen, Xie & He, ICCV 2021 (arXiv:2104.02057)",
+    hparams=dict(projector(1024, 128, 3, last_bn=True),
+                 **predictor(1024, last_bn=True), **teacher(), temperature=1.0),
     build_model=build_siamese, make_loss=make_moco_v3_loss,
     init_extra=init_teacher_extra, update_extra=ema_update_extra))
 
 base.register(base.Objective(
-    name="byol", category="contrastive", uses_pairs=True,
+    name="byol", category="contrastive", uses_pairs=True, ranks=(2, 3),
     paper="Grill et al., NeurIPS 2020 (arXiv:2006.07733)",
+    hparams=dict(projector(), **predictor(512), **teacher()),
     build_model=build_siamese, make_loss=make_byol_loss,
     init_extra=init_teacher_extra, update_extra=ema_update_extra))
 
 base.register(base.Objective(
-    name="simsiam", category="contrastive", uses_pairs=True,
+    name="simsiam", category="contrastive", uses_pairs=True, ranks=(2, 3),
     paper="Chen & He, CVPR 2021 (arXiv:2011.10566)",
+    hparams=dict(projector(512, 512, 3, last_bn=True), **predictor(128)),
     build_model=build_siamese, make_loss=make_simsiam_loss))
 
 base.register(base.Objective(
     name="dino", category="contrastive", uses_pairs=True,
     paper="Caron et al., ICCV 2021 (arXiv:2104.14294)",
+    hparams=dict(projector(512, 128, 3, bn=False), **teacher(),
+                 **crops((0.4, 1.0), (0.05, 0.4)), num_prototypes=1024,
+                 student_temp=0.1, teacher_temp=0.04, center_momentum=0.9),
     build_model=build_prototype_net, make_loss=make_dino_loss,
     init_extra=init_dino_extra, update_extra=ema_update_extra))
 
 base.register(base.Objective(
-    name="barlow_twins", category="contrastive", uses_pairs=True,
+    name="barlow_twins", category="contrastive", uses_pairs=True, ranks=(2, 3),
     paper="Zbontar et al., ICML 2021 (arXiv:2103.03230)",
+    hparams=dict(projector(1024, 1024, 3), lambd=0.0051),
     build_model=build_encoder_projector, make_loss=make_barlow_twins_loss))
 
 base.register(base.Objective(
-    name="vicreg", category="contrastive", uses_pairs=True,
+    name="vicreg", category="contrastive", uses_pairs=True, ranks=(2, 3),
     paper="Bardes, Ponce & LeCun, ICLR 2022 (arXiv:2105.04906)",
+    hparams=dict(projector(1024, 1024, 3), sim_weight=25.0, var_weight=25.0,
+                 cov_weight=1.0, gamma=1.0),
     build_model=build_encoder_projector, make_loss=make_vicreg_loss))
 
 base.register(base.Objective(
     name="swav", category="contrastive", uses_pairs=True,
     paper="Caron et al., NeurIPS 2020 (arXiv:2006.09882)",
+    hparams=dict(projector(), **crops((0.14, 1.0), (0.05, 0.14)),
+                 num_prototypes=100, temperature=0.1, sinkhorn_epsilon=0.05,
+                 sinkhorn_iterations=3),
     build_model=build_prototype_net, make_loss=make_swav_loss))

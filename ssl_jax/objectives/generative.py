@@ -19,9 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-import ml_collections
 
-from ssl_jax import augment
+from ssl_jax import augment, views
 from ssl_jax.models.decoders import ConvDecoder
 from ssl_jax.objectives import base
 
@@ -99,46 +98,46 @@ class VariationalAutoencoder(nnx.Module):
             mean, logvar)
 
 
-def _decoder(config: ml_collections.ConfigDict, info: base.DataInfo,
-             in_dim: int, rngs: nnx.Rngs) -> ConvDecoder:
+def _decoder(hp: base.HParams, info: base.DataInfo, in_dim: int,
+             rngs: nnx.Rngs) -> ConvDecoder:
   return ConvDecoder(in_dim, out_channels=info.num_channels,
                      image_size=info.image_size,
-                     channels=config.objective.decoder_channels, rngs=rngs)
+                     channels=hp.decoder_channels, rngs=rngs)
 
 
-def build_autoencoder(config, info, rngs) -> Autoencoder:
-  encoder = base.build_encoder(config, info, rngs)
-  return Autoencoder(encoder, _decoder(config, info, encoder.feature_dim, rngs))
+def build_autoencoder(hp, ctx, rngs) -> Autoencoder:
+  encoder = ctx.encoder(rngs)
+  return Autoencoder(encoder, _decoder(hp, ctx.info, encoder.feature_dim, rngs))
 
 
-def build_vae(config, info, rngs) -> VariationalAutoencoder:
-  encoder = base.build_encoder(config, info, rngs)
-  latent_dim = config.objective.latent_dim
+def build_vae(hp, ctx, rngs) -> VariationalAutoencoder:
+  encoder = ctx.encoder(rngs)
+  latent_dim = hp.latent_dim
   return VariationalAutoencoder(
-      encoder, latent_dim, _decoder(config, info, latent_dim, rngs), rngs=rngs)
+      encoder, latent_dim, _decoder(hp, ctx.info, latent_dim, rngs), rngs=rngs)
 
 
-def make_autoencoder_loss(config: ml_collections.ConfigDict) -> base.LossFn:
-  policy = base.augment_policy(config)
+def make_autoencoder_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
+  policy = ctx.policy
 
   def loss_fn(model, batch, rng, extra):
-    x = augment.standardize(augment.apply(policy, rng, batch["image"]))
+    x = augment.standardize(views.apply(policy, rng, batch["image"]))
     loss = mse(model(x, train=True), x)
     return loss, {"recon_mse": loss}, extra
 
   return loss_fn
 
 
-def make_denoising_loss(config: ml_collections.ConfigDict) -> base.LossFn:
+def make_denoising_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
   """Vincent et al. 2008. Logs `noisy_mse`, the error of returning the
   corrupted input unchanged: recon_mse below it means real denoising."""
-  policy = base.augment_policy(config)
-  noise_std = config.objective.noise_std
-  mask_prob = config.objective.mask_prob
+  policy = ctx.policy
+  noise_std = hp.noise_std
+  mask_prob = hp.mask_prob
 
   def loss_fn(model, batch, rng, extra):
     view_rng, noise_rng = jax.random.split(rng)
-    clean = augment.apply(policy, view_rng, batch["image"])
+    clean = views.apply(policy, view_rng, batch["image"])
     noisy = augment.standardize(corrupt(noise_rng, clean, noise_std=noise_std,
                                         mask_prob=mask_prob))
     clean = augment.standardize(clean)
@@ -148,7 +147,7 @@ def make_denoising_loss(config: ml_collections.ConfigDict) -> base.LossFn:
   return loss_fn
 
 
-def make_vae_loss(config: ml_collections.ConfigDict) -> base.LossFn:
+def make_vae_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
   """Kingma & Welling 2014: loss = MSE + kl_weight * KL.
 
   MSE is per pixel, KL per example (summed over latent dims). For a Gaussian
@@ -156,12 +155,12 @@ def make_vae_loss(config: ml_collections.ConfigDict) -> base.LossFn:
   is MSE / (2 s^2) + KL / D + const, so kl_weight = 2 s^2 / D is the exact
   ELBO and other values are a beta-VAE (Higgins et al. 2017).
   """
-  policy = base.augment_policy(config)
-  kl_weight = config.objective.kl_weight
+  policy = ctx.policy
+  kl_weight = hp.kl_weight
 
   def loss_fn(model, batch, rng, extra):
     view_rng, z_rng = jax.random.split(rng)
-    x = augment.standardize(augment.apply(policy, view_rng, batch["image"]))
+    x = augment.standardize(views.apply(policy, view_rng, batch["image"]))
     recon, mean, logvar = model(x, z_rng, train=True)
     recon_loss = mse(recon, x)
     kl = jnp.mean(gaussian_kl(mean, logvar))
@@ -174,14 +173,18 @@ def make_vae_loss(config: ml_collections.ConfigDict) -> base.LossFn:
 base.register(base.Objective(
     name="autoencoder", category="generative",
     paper="Hinton & Salakhutdinov, Science 2006 (doi:10.1126/science.1127647)",
+    hparams=dict(decoder_channels=(128, 64, 32)),
     build_model=build_autoencoder, make_loss=make_autoencoder_loss))
 
 base.register(base.Objective(
     name="denoising_autoencoder", category="generative",
     paper="Vincent et al., ICML 2008 (doi:10.1145/1390156.1390294)",
+    hparams=dict(decoder_channels=(128, 64, 32), noise_std=0.1, mask_prob=0.25),
     build_model=build_autoencoder, make_loss=make_denoising_loss))
 
 base.register(base.Objective(
     name="vae", category="generative",
     paper="Kingma & Welling, ICLR 2014 (arXiv:1312.6114)",
+    hparams=dict(decoder_channels=(128, 64, 32), latent_dim=128,
+                 kl_weight=1e-3),
     build_model=build_vae, make_loss=make_vae_loss))

@@ -27,10 +27,9 @@ import einops
 import jax
 import jax.numpy as jnp
 from flax import nnx
-import ml_collections
 import numpy as np
 
-from ssl_jax import augment
+from ssl_jax import augment, views
 from ssl_jax.models.heads import MLPHead
 from ssl_jax.objectives import base
 from ssl_jax.objectives.supervised import classification_loss
@@ -59,27 +58,25 @@ class CropsClassifier(nnx.Module):
 
 def _check_crop_size(encoder: nnx.Module, size: int, field: str) -> None:
   """A ViT has a fixed patch grid: its crops must be the full image size."""
-  if hasattr(encoder, "embed_patches") and size != encoder.image_size:
+  if encoder.patch_size is not None and size != encoder.image_size:
     raise ValueError(
         f"config.objective.{field}={size}: a ViT backbone only accepts "
         f"{encoder.image_size} px inputs; set it to {encoder.image_size} or "
         "use a ResNet")
 
 
-def _build_crops_classifier(config: ml_collections.ConfigDict,
-                            info: base.DataInfo, rngs: nnx.Rngs, *,
-                            num_crops: int, num_classes: int
-                            ) -> CropsClassifier:
-  encoder = base.build_encoder(config, info, rngs)
-  obj = config.objective
-  head = MLPHead(num_crops * encoder.feature_dim, obj.head_hidden_dim,
-                 num_classes, num_layers=obj.head_layers, rngs=rngs)
+def _build_crops_classifier(hp: base.HParams, ctx: base.RunContext,
+                            rngs: nnx.Rngs, *, num_crops: int,
+                            num_classes: int) -> CropsClassifier:
+  encoder = ctx.encoder(rngs)
+  head = MLPHead(num_crops * encoder.feature_dim, hp.head_hidden_dim,
+                 num_classes, num_layers=hp.head_layers, rngs=rngs)
   return CropsClassifier(encoder, head, num_crops)
 
 
 def _view(policy: augment.Policy, rng: Array, images: Array) -> Array:
   """The augmented, standardised full image every pretext task starts from."""
-  return augment.standardize(augment.apply(policy, rng, images))
+  return augment.standardize(views.apply(policy, rng, images))
 
 
 # --------------------------------------------------------------- rotation --
@@ -100,19 +97,19 @@ def rotate(images: Array, k: Array) -> Array:
   return rotations(images)[k, jnp.arange(images.shape[0])]
 
 
-def build_rotation(config, info, rngs) -> CropsClassifier:
-  return _build_crops_classifier(config, info, rngs, num_crops=1,
+def build_rotation(hp, ctx, rngs) -> CropsClassifier:
+  return _build_crops_classifier(hp, ctx, rngs, num_crops=1,
                                  num_classes=NUM_ROTATIONS)
 
 
-def make_rotation_loss(config: ml_collections.ConfigDict) -> base.LossFn:
+def make_rotation_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
   """Gidaris et al. 2018; `all_rotations` feeds all 4 copies (the paper's
   best setting, 4x the compute) instead of one random rotation per image."""
-  policy = base.augment_policy(config)
+  policy = ctx.policy
   if policy.rot90:
     raise ValueError("rotation prediction needs an augment policy without "
                      "rot90: random rotations would make the label ambiguous")
-  all_rotations = config.objective.all_rotations
+  all_rotations = hp.all_rotations
 
   def loss_fn(model, batch, rng, extra):
     view_rng, rot_rng = jax.random.split(rng)
@@ -231,31 +228,30 @@ def _encoder_crops(crops: Array, size: int, normalize: bool) -> Array:
   return x.reshape((b, k) + x.shape[1:])
 
 
-def _jigsaw_perms(config: ml_collections.ConfigDict) -> np.ndarray:
-  obj = config.objective
+def _jigsaw_perms(obj: base.HParams) -> np.ndarray:
   return permutation_set(obj.grid * obj.grid, obj.num_permutations,
                          pool_size=obj.permutation_pool_size,
                          seed=obj.permutation_seed)
 
 
-def build_jigsaw(config, info, rngs) -> CropsClassifier:
-  obj = config.objective
-  model = _build_crops_classifier(config, info, rngs,
+def build_jigsaw(hp, ctx, rngs) -> CropsClassifier:
+  obj = hp
+  model = _build_crops_classifier(hp, ctx, rngs,
                                   num_crops=obj.grid * obj.grid,
                                   num_classes=obj.num_permutations)
   _check_crop_size(model.encoder, obj.tile_size, "tile_size")
   return model
 
 
-def make_jigsaw_loss(config: ml_collections.ConfigDict) -> base.LossFn:
+def make_jigsaw_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
   """Noroozi & Favaro 2016: tiles of a g x g grid, each randomly cropped
   `tile_gap` px smaller than its cell (so edges do not line up, another
   shortcut), shuffled by one of the fixed permutations; predict which."""
-  policy = base.augment_policy(config)
-  obj = config.objective
+  policy = ctx.policy
+  obj = hp
   grid, gap, tile_size = obj.grid, obj.tile_gap, obj.tile_size
   normalize = obj.normalize_tiles
-  perms = jnp.asarray(_jigsaw_perms(config))
+  perms = jnp.asarray(_jigsaw_perms(hp))
 
   def loss_fn(model, batch, rng, extra):
     view_rng, perm_rng, crop_rng = jax.random.split(rng, 3)
@@ -325,23 +321,23 @@ def extract_patches(images: Array, corners: Array, size: int) -> Array:
   return jax.vmap(crop)(images, corners)
 
 
-def build_relative_patch(config, info, rngs) -> CropsClassifier:
-  model = _build_crops_classifier(config, info, rngs, num_crops=2,
+def build_relative_patch(hp, ctx, rngs) -> CropsClassifier:
+  model = _build_crops_classifier(hp, ctx, rngs, num_crops=2,
                                   num_classes=len(NEIGHBOURS))
-  _check_crop_size(model.encoder, config.objective.patch_resize,
+  _check_crop_size(model.encoder, hp.patch_resize,
                    "patch_resize")
   return model
 
 
-def make_relative_patch_loss(config: ml_collections.ConfigDict) -> base.LossFn:
+def make_relative_patch_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
   """Doersch et al. 2015: (centre, neighbour) patches -> which of 8 places.
 
   `normalize_patches` standardises each patch on its own, the jigsaw's guard
   against matching low-level statistics (the paper fought such shortcuts
   with the gap, the jitter and colour dropping).
   """
-  policy = base.augment_policy(config)
-  obj = config.objective
+  policy = ctx.policy
+  obj = hp
   size, gap, jitter = obj.patch_size, obj.gap, obj.jitter
   resize, normalize = obj.patch_resize, obj.normalize_patches
 
@@ -361,17 +357,26 @@ def make_relative_patch_loss(config: ml_collections.ConfigDict) -> base.LossFn:
   return loss_fn
 
 
+# The classification head's fields, shared by the three tasks.
+HEAD = dict(head_hidden_dim=512, head_layers=2)
+
 base.register(base.Objective(
     name="rotation", category="innate",
     paper="Gidaris et al., ICLR 2018 (arXiv:1803.07728)",
+    hparams=dict(HEAD, all_rotations=False),
     build_model=build_rotation, make_loss=make_rotation_loss))
 
 base.register(base.Objective(
     name="jigsaw", category="innate",
     paper="Noroozi & Favaro, ECCV 2016 (arXiv:1603.09246)",
+    hparams=dict(HEAD, grid=3, num_permutations=100, permutation_pool_size=10000,
+                 permutation_seed=0, tile_gap=1, tile_size=16,
+                 normalize_tiles=True),
     build_model=build_jigsaw, make_loss=make_jigsaw_loss))
 
 base.register(base.Objective(
     name="relative_patch", category="innate",
     paper="Doersch et al., ICCV 2015 (arXiv:1505.05192)",
+    hparams=dict(HEAD, patch_size=7, gap=2, jitter=1, patch_resize=16,
+                 normalize_patches=True),
     build_model=build_relative_patch, make_loss=make_relative_patch_loss))

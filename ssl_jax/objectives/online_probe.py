@@ -22,14 +22,14 @@ from ssl_jax.objectives.supervised import classification_loss, is_multi_label
 def with_online_probe(objective: Objective) -> Objective:
   """The same objective; its model gains `online_probe`, its loss the probe's."""
 
-  def build_model(config, info, rngs):
-    model = objective.build_model(config, info, rngs)
+  def build_model(hp, ctx, rngs):
+    model = objective.build_model(hp, ctx, rngs)
     model.online_probe = LinearHead(model.encoder.feature_dim,
-                                    info.num_classes, rngs=rngs)
+                                    ctx.info.num_classes, rngs=rngs)
     return model
 
-  def make_loss(config):
-    ssl_loss_fn = objective.make_loss(config)
+  def make_loss(hp, ctx):
+    ssl_loss_fn = objective.make_loss(hp, ctx)
 
     def loss_fn(model, batch, rng, extra):
       ssl_loss, metrics, extra = ssl_loss_fn(model, batch, rng, extra)

@@ -20,19 +20,17 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
-import ml_collections
 
-from ssl_jax import augment
+from ssl_jax import augment, views
 from ssl_jax.models.heads import MAEDecoder
 from ssl_jax.models.resnet import ResNet
 from ssl_jax.models.unet import (UNetDecoder, resnet_feature_maps,
                                  resnet_map_channels)
-from ssl_jax.models.vit import patchify, sincos_2d
+from ssl_jax.models.vit import PATCHIFY
 from ssl_jax.objectives import base
 
 Array = jax.Array
@@ -68,9 +66,34 @@ def masked_view(policy, rng: Array, images: Array, num_patches: int,
   """One standardised augmented view and its random patch mask (MAE, SimMIM);
   the mask keeps `policy.min_visible` of the patches visible."""
   view_rng, mask_rng = jax.random.split(rng)
-  x = augment.standardize(augment.apply(policy, view_rng, images))
+  x = augment.standardize(views.apply(policy, view_rng, images))
   return x, random_masking(mask_rng, x.shape[0], num_patches, mask_ratio,
                            policy.min_visible)
+
+
+# ------------------------------------------------------- visibility floor --
+# Each masking objective reports (Objective.visible), per hyperparameter,
+# the smallest fraction of a view its mask can leave visible; sampling caps
+# random unions (in-painting boxes), so only what one mask unit fixes is
+# checked (jobs/common.py, against the view policy's min_visible).
+
+
+
+def _mask_ratio_visible(obj: base.HParams) -> base.Visible:
+  return [("mask_ratio", obj.mask_ratio, 1.0 - obj.mask_ratio)]
+
+
+def _painting_visible(obj: base.HParams) -> base.Visible:
+  """One in-painting box at its largest hides inpaint_size[1]**2; the kept
+  out-painting box at its largest shows outpaint_size[1]**2."""
+  checks = []
+  if obj.paint_prob > 0 and obj.inpaint_prob > 0:
+    checks.append(("inpaint_size", tuple(obj.inpaint_size),
+                   1.0 - obj.inpaint_size[1] ** 2))
+  if obj.paint_prob > 0 and obj.inpaint_prob < 1:
+    checks.append(("outpaint_size", tuple(obj.outpaint_size),
+                   obj.outpaint_size[1] ** 2))
+  return checks
 
 
 def mae_loss(pred: Array, target: Array, mask: Array,
@@ -100,26 +123,39 @@ class MaskedAutoencoder(nnx.Module):
     return self.decoder(latent, ids_restore, train=train)
 
 
-def build_mae(config: ml_collections.ConfigDict, info: base.DataInfo,
+def build_mae(hp: base.HParams, ctx: base.RunContext,
               rngs: nnx.Rngs) -> MaskedAutoencoder:
-  encoder = base.build_encoder(config, info, rngs)
-  if not hasattr(encoder, "embed_patches"):
-    raise ValueError(
-        f"config.model.name={config.model.name!r}: MAE needs a ViT backbone "
-        "(vit_tiny, vit_small, vit_base)")
-  obj = config.objective
-  patch_dim = encoder.patch_size ** 2 * info.num_channels
+  """ViT encoder over the visible patches + MAE decoder; images or volumes
+  (cubic patches and 3D sin-cos positions, as the encoder declares)."""
+  encoder = ctx.encoder(rngs)
+  _check_patch_encoder(encoder, ctx, "MAE")
+  patch_dim = encoder.patch_size ** encoder.spatial_dims * ctx.info.num_channels
   decoder = MAEDecoder(
       num_patches=encoder.num_patches, encoder_dim=encoder.hidden_dim,
-      decoder_dim=obj.decoder_dim, depth=obj.decoder_depth,
-      num_heads=obj.decoder_heads, patch_dim=patch_dim, rngs=rngs)
+      decoder_dim=hp.decoder_dim, depth=hp.decoder_depth,
+      num_heads=hp.decoder_heads, patch_dim=patch_dim, rngs=rngs,
+      spatial_dims=encoder.spatial_dims)
   return MaskedAutoencoder(encoder, decoder)
 
 
-def make_mae_loss(config: ml_collections.ConfigDict) -> base.LossFn:
-  policy = base.augment_policy(config)
-  mask_ratio = config.objective.mask_ratio
-  norm_pix = config.objective.norm_pix_loss
+def _check_patch_encoder(encoder: nnx.Module, ctx: base.RunContext,
+                         method: str) -> None:
+  """Masked patch prediction needs an encoder that declares patches."""
+  if getattr(encoder, "patch_size", None) is None:
+    raise ValueError(
+        f"config.model.name={ctx.model['name']!r}: {method} needs a ViT "
+        "backbone (vit_tiny, vit_small, vit_base; vit_tiny_3d for volumes)")
+
+
+def patchify(x: Array, patch_size: int) -> Array:
+  """Images or volumes -> [B, N, patch voxels * C], by the input's rank."""
+  return PATCHIFY[x.ndim - 2](x, patch_size)
+
+
+def make_mae_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
+  policy = ctx.policy
+  mask_ratio = hp.mask_ratio
+  norm_pix = hp.norm_pix_loss
 
   def loss_fn(model, batch, rng, extra):
     x, (ids_keep, mask, ids_restore) = masked_view(
@@ -133,8 +169,11 @@ def make_mae_loss(config: ml_collections.ConfigDict) -> base.LossFn:
 
 
 base.register(base.Objective(
-    name="mae", category="self_prediction", encoder="vit",
+    name="mae", category="self_prediction", encoder="vit", ranks=(2, 3),
     paper="He et al., CVPR 2022 (arXiv:2111.06377)",
+    hparams=dict(mask_ratio=0.75, norm_pix_loss=True, decoder_dim=128,
+                 decoder_depth=2, decoder_heads=4),
+    visible=_mask_ratio_visible,
     build_model=build_mae, make_loss=make_mae_loss))
 
 
@@ -163,7 +202,7 @@ class SimMIM(nnx.Module):
     """
     enc = self.encoder
     tokens = enc.embed_patches(x)
-    pos = sincos_2d(enc.grid_size, enc.grid_size, enc.hidden_dim)
+    pos = enc.position_embedding()
     masked = (self.mask_token[...] + pos).astype(tokens.dtype)
     tokens = jnp.where(mask[..., None] > 0, masked, tokens)
     latent = enc.encode_tokens(tokens, train=train)[:, 1:]  # drop cls
@@ -177,19 +216,17 @@ def simmim_loss(pred: Array, target: Array, mask: Array) -> Array:
   return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def build_simmim(config: ml_collections.ConfigDict, info: base.DataInfo,
+def build_simmim(hp: base.HParams, ctx: base.RunContext,
                  rngs: nnx.Rngs) -> SimMIM:
-  encoder = base.build_encoder(config, info, rngs)
-  if not hasattr(encoder, "embed_patches"):
-    raise ValueError(
-        f"config.model.name={config.model.name!r}: SimMIM needs a ViT backbone "
-        "(vit_tiny, vit_small, vit_base)")
-  return SimMIM(encoder, encoder.patch_size**2 * info.num_channels, rngs=rngs)
+  encoder = ctx.encoder(rngs)
+  _check_patch_encoder(encoder, ctx, "SimMIM")
+  return SimMIM(encoder, encoder.patch_size ** encoder.spatial_dims
+                * ctx.info.num_channels, rngs=rngs)
 
 
-def make_simmim_loss(config: ml_collections.ConfigDict) -> base.LossFn:
-  policy = base.augment_policy(config)
-  mask_ratio = config.objective.mask_ratio
+def make_simmim_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
+  policy = ctx.policy
+  mask_ratio = hp.mask_ratio
 
   def loss_fn(model, batch, rng, extra):
     x, (_, mask, _) = masked_view(
@@ -202,8 +239,9 @@ def make_simmim_loss(config: ml_collections.ConfigDict) -> base.LossFn:
 
 
 base.register(base.Objective(
-    name="simmim", category="self_prediction", encoder="vit",
+    name="simmim", category="self_prediction", encoder="vit", ranks=(2, 3),
     paper="Xie et al., CVPR 2022 (arXiv:2111.09886)",
+    hparams=dict(mask_ratio=0.6), visible=_mask_ratio_visible,
     build_model=build_simmim, make_loss=make_simmim_loss))
 
 
@@ -412,8 +450,8 @@ def models_genesis(image: Array, rng: Array, *, shuffle_prob: float,
                       outpaint_size=outpaint_size, min_visible=min_visible)
 
 
-def genesis_kwargs(obj: ml_collections.ConfigDict) -> dict:
-  """The `models_genesis` numbers from `config.objective` (tuples coerced)."""
+def genesis_kwargs(obj: base.HParams) -> dict:
+  """The `models_genesis` numbers from the hyperparameters (tuples coerced)."""
   return dict(
       shuffle_prob=obj.shuffle_prob, shuffle_blocks=obj.shuffle_blocks,
       shuffle_max_window=obj.shuffle_max_window,
@@ -444,26 +482,26 @@ class Restorer(nnx.Module):
     return self.decoder(maps, x.shape[1:3], train=train)
 
 
-def build_restorer(config: ml_collections.ConfigDict, info: base.DataInfo,
+def build_restorer(hp: base.HParams, ctx: base.RunContext,
                    rngs: nnx.Rngs) -> Restorer:
-  encoder = base.build_encoder(config, info, rngs)
+  encoder = ctx.encoder(rngs)
   if not isinstance(encoder, ResNet):
     raise ValueError(
-        f"config.model.name={config.model.name!r}: restoration decodes a "
+        f"config.model.name={ctx.model['name']!r}: restoration decodes a "
         "ResNet's stage maps; use resnet18 or resnet50")
-  decoder = UNetDecoder(resnet_map_channels(encoder), info.num_channels,
+  decoder = UNetDecoder(resnet_map_channels(encoder), ctx.info.num_channels,
                         rngs=rngs)
   return Restorer(encoder, decoder)
 
 
-def make_restoration_loss(config: ml_collections.ConfigDict) -> base.LossFn:
-  policy = base.augment_policy(config)
-  corrupt = functools.partial(models_genesis, **genesis_kwargs(config.objective),
+def make_restoration_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
+  policy = ctx.policy
+  corrupt = functools.partial(models_genesis, **genesis_kwargs(hp),
                               min_visible=policy.min_visible)
 
   def loss_fn(model, batch, rng, extra):
     view_rng, corrupt_rng = jax.random.split(rng)
-    clean = augment.apply(policy, view_rng, batch["image"])
+    clean = views.apply(policy, view_rng, batch["image"])
     corrupted = jax.vmap(corrupt)(
         clean, jax.random.split(corrupt_rng, clean.shape[0]))
     target, inputs = augment.standardize(clean), augment.standardize(corrupted)
@@ -478,65 +516,12 @@ def make_restoration_loss(config: ml_collections.ConfigDict) -> base.LossFn:
 base.register(base.Objective(
     name="restoration", category="self_prediction",
     paper="Zhou et al., MICCAI 2019 / MedIA 2021 (arXiv:2004.07882), Models Genesis",
+    # Models Genesis' corruption chain (probabilities and sizes of its paper).
+    hparams=dict(shuffle_prob=0.5, shuffle_blocks=200, shuffle_max_window=4,
+                 nonlinear_prob=0.9, nonlinear_invert_prob=0.5,
+                 bezier_samples=100, paint_prob=0.9, inpaint_prob=0.2,
+                 paint_box_prob=0.95, inpaint_boxes=5,
+                 inpaint_size=(1 / 6, 1 / 3), outpaint_boxes=5,
+                 outpaint_size=(3 / 7, 4 / 7)),
+    visible=_painting_visible,
     build_model=build_restorer, make_loss=make_restoration_loss))
-
-
-# ------------------------------------------------------- visibility floor --
-# Each masking objective reports, per config field, the smallest fraction of
-# a view its mask can leave visible; sampling caps random unions (in-painting
-# boxes), so only what one mask unit fixes is checked here.
-
-Visible = list[tuple[str, Any, float]]  # (objective field, value, visible)
-
-
-def _mask_ratio_visible(obj: ml_collections.ConfigDict) -> Visible:
-  return [("mask_ratio", obj.mask_ratio, 1.0 - obj.mask_ratio)]
-
-
-def _painting_visible(obj: ml_collections.ConfigDict) -> Visible:
-  """One in-painting box at its largest hides inpaint_size[1]**2; the kept
-  out-painting box at its largest shows outpaint_size[1]**2."""
-  checks = []
-  if obj.paint_prob > 0 and obj.inpaint_prob > 0:
-    checks.append(("inpaint_size", tuple(obj.inpaint_size),
-                   1.0 - obj.inpaint_size[1] ** 2))
-  if obj.paint_prob > 0 and obj.inpaint_prob < 1:
-    checks.append(("outpaint_size", tuple(obj.outpaint_size),
-                   obj.outpaint_size[1] ** 2))
-  return checks
-
-
-VISIBLE_FRACTIONS: dict[str, Callable[[ml_collections.ConfigDict], Visible]] = {
-    "mae": _mask_ratio_visible, "simmim": _mask_ratio_visible,
-    "restoration": _painting_visible}
-
-
-def check_min_visible(config: ml_collections.ConfigDict) -> None:
-  """Fails, naming both fields, when the objective's mask would leave less
-  of a view visible than the augment policy's `min_visible`. Parts of a
-  combined objective are checked with their own sub-config and augment."""
-  obj = config.objective
-  if obj.name == "combined":
-    from ssl_jax.objectives import combined  # noqa: PLC0415 (cycle)
-    for part in obj.parts:
-      has_own = "augment" in obj.get(part, {})
-      _check_one(combined.part_config(config, part), f"objective.{part}",
-                 f"objective.{part}.augment" if has_own else "augment")
-  else:
-    _check_one(config, "objective", "augment")
-
-
-def _check_one(config: ml_collections.ConfigDict, obj_field: str,
-               augment_field: str) -> None:
-  visible_fn = VISIBLE_FRACTIONS.get(config.objective.name)
-  if visible_fn is None:
-    return
-  cfg = config.augment
-  floor = augment.resolve(cfg.policy, cfg.get("overrides")).min_visible
-  for field, value, visible in visible_fn(config.objective):
-    if visible < floor - 1e-9:
-      raise ValueError(
-          f"config.{obj_field}.{field}={value} leaves {visible:.0%} visible, "
-          f"below {augment_field}.min_visible={floor} (policy "
-          f"{cfg.policy!r}); mask less or set "
-          f"{augment_field}.overrides.min_visible")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-import ml_collections
 import optax
 
 from ssl_jax import augment, views
@@ -54,16 +53,16 @@ def is_multi_label(labels: Array) -> bool:
   return labels.ndim == 2 and labels.shape[-1] > 1
 
 
-def build_classifier(config: ml_collections.ConfigDict, info: base.DataInfo,
+def build_classifier(hp: base.HParams, ctx: base.RunContext,
                      rngs: nnx.Rngs) -> Classifier:
-  return Classifier(base.build_encoder(config, info, rngs), info.num_classes,
+  return Classifier(ctx.encoder(rngs), ctx.info.num_classes,
                     rngs=rngs)
 
 
-def make_supervised_loss(config: ml_collections.ConfigDict) -> base.LossFn:
-  policy = base.augment_policy(config)
-  configured = config.objective.get("multi_label", None)
-  class_weights = config.objective.get("class_weights", None)
+def make_supervised_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
+  policy = ctx.policy
+  configured = hp.multi_label
+  class_weights = hp.class_weights
   if class_weights is not None and configured:
     raise ValueError("config.objective.class_weights needs a single-label "
                      "task; objective.multi_label is True")
@@ -83,4 +82,6 @@ def make_supervised_loss(config: ml_collections.ConfigDict) -> base.LossFn:
 base.register(base.Objective(
     name="supervised", category="supervised",
     paper="cross-entropy on labels (the review's from-scratch / supervised baseline)",
+    # multi_label None: from the labels' shape; class_weights [C] or None.
+    hparams=dict(multi_label=None, class_weights=None), ranks=(2, 3),
     build_model=build_classifier, make_loss=make_supervised_loss))

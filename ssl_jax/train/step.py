@@ -155,13 +155,11 @@ def compile_step(step: StepFn, state_shardings: Any = None, *,
                      out_shardings=(state_shardings, NamedSharding(mesh, P())))
 
 
-def make_from_objective(graphdef, objective, config, tx, schedule, *,
+def make_from_objective(graphdef, bound, tx, schedule, *,
                         grad_accum_steps: int = 1,
                         batch_sharding: NamedSharding | None = None) -> StepFn:
-  """Glue: the registered objective's loss and its extra-state update."""
-  def update_extra(extra, params, step):
-    return objective.update_extra(extra, params, step, config)
-  return make_train_step(graphdef, objective.make_loss(config), tx,
-                         schedule=schedule, update_extra=update_extra,
+  """Glue: a bound objective's (objectives.bind) loss and extra-state update."""
+  return make_train_step(graphdef, bound.make_loss(), tx,
+                         schedule=schedule, update_extra=bound.update_extra,
                          grad_accum_steps=grad_accum_steps,
                          batch_sharding=batch_sharding)
