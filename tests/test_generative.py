@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from ssl_jax import objectives
 from ssl_jax.models.decoders import ConvDecoder
 from ssl_jax.objectives import generative
+from tests.tiny import bind
 from tests.test_innate import fixed_batch, run_steps  # noqa: F401  (fixture)
 
 
@@ -120,7 +120,7 @@ def affine(x, *, train):
 
 
 def test_autoencoder_loss_matches_numpy(pixels):
-  loss_fn = generative.make_autoencoder_loss(stub_config(name="autoencoder"))
+  loss_fn = bind(stub_config(name="autoencoder")).make_loss()
   loss, metrics, _ = loss_fn(affine, {"image": jnp.asarray(pixels)},
                              jax.random.PRNGKey(0), {})
   x = numpy_view(pixels)
@@ -132,7 +132,7 @@ def test_autoencoder_loss_matches_numpy(pixels):
 def test_denoising_loss_targets_the_clean_view_from_the_noisy_input(pixels):
   config = stub_config(name="denoising_autoencoder", noise_std=0.3,
                        mask_prob=0.0)
-  loss_fn = generative.make_denoising_loss(config)
+  loss_fn = bind(config).make_loss()
   batch, rng = {"image": jnp.asarray(pixels)}, jax.random.PRNGKey(0)
   # A model that outputs zeros scores the clean view's mean square, whatever
   # the noise: the target is the clean view.
@@ -161,7 +161,7 @@ def test_vae_loss_is_numpy_mse_plus_weighted_mean_kl(pixels):
             jnp.asarray(logvar, jnp.float32))
 
   config = stub_config(name="vae", kl_weight=0.01, latent_dim=4)
-  loss, metrics, _ = generative.make_vae_loss(config)(
+  loss, metrics, _ = bind(config).make_loss()(
       stub, {"image": jnp.asarray(pixels)}, jax.random.PRNGKey(0), {})
   x = numpy_view(pixels)
   recon = np.mean((0.5 * x + 0.25 - x) ** 2)
@@ -171,27 +171,16 @@ def test_vae_loss_is_numpy_mse_plus_weighted_mean_kl(pixels):
   np.testing.assert_allclose(float(loss), recon + 0.01 * kl, rtol=1e-5)
 
 
-SMOKE = {
-    "autoencoder": dict(decoder_channels=(16, 8, 4)),
-    "denoising_autoencoder": dict(noise_std=0.1, mask_prob=0.25,
-                                  decoder_channels=(16, 8, 4)),
-    "vae": dict(latent_dim=16, kl_weight=1e-3, decoder_channels=(16, 8, 4)),
-}
-
-
-@pytest.mark.parametrize("name", sorted(SMOKE))
-def test_real_steps_lower_the_loss(name, fixed_batch):  # noqa: F811
-  assert objectives.get(name).category == "generative"
-  history = run_steps(dict(SMOKE[name], name=name), fixed_batch, lr=3e-3,
-                      steps=4)
-  losses = [float(m["loss"]) for m in history]
-  assert np.all(np.isfinite(losses)), losses
-  assert losses[-1] < losses[0], losses
-  last = history[-1]
+@pytest.mark.parametrize("name,hp", [
+    ("vae", dict(latent_dim=16, kl_weight=1e-3, decoder_channels=(16, 8, 4))),
+    ("denoising_autoencoder", dict(decoder_channels=(16, 8, 4)))])
+def test_logged_terms_add_up_in_a_real_step(name, hp, fixed_batch):  # noqa: F811
+  """The logged terms are the loss's own parts (training itself is the
+  objective contract's test)."""
+  (last,) = run_steps(dict(hp, name=name), fixed_batch, lr=3e-3, steps=1)
   if name == "vae":
     np.testing.assert_allclose(
         last["loss"], last["recon_mse"] + 1e-3 * last["kl"], rtol=1e-5)
   else:
     np.testing.assert_allclose(last["loss"], last["recon_mse"], rtol=1e-6)
-  if name == "denoising_autoencoder":
     assert float(last["noisy_mse"]) > 0.0

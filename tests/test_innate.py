@@ -179,24 +179,16 @@ def test_rotation_all_four_copies_and_policy_check():
 def test_vit_backbone_needs_full_size_tiles():
   vit = dict(name="vit_tiny", patch_size=4)
   with pytest.raises(ValueError, match="tile_size=16"):
-    _trace_loss(dict(SMOKE["jigsaw"], name="jigsaw", tile_size=16), model=vit)
-  loss, _, _ = _trace_loss(dict(SMOKE["relative_patch"], name="relative_patch",
-                                patch_resize=28), model=vit)
+    _trace_loss(dict(name="jigsaw", num_permutations=10,
+                     permutation_pool_size=500, tile_size=16), model=vit)
+  loss, _, _ = _trace_loss(dict(name="relative_patch", patch_resize=28),
+                           model=vit)
   assert loss.shape == ()
 
 
 # ------------------------------------------------------- real train steps --
-
-SMOKE = {
-    "rotation": dict(all_rotations=False, head_hidden_dim=32, head_layers=2),
-    "jigsaw": dict(grid=3, num_permutations=10, permutation_pool_size=500,
-                   permutation_seed=0, tile_size=8, tile_gap=1,
-                   normalize_tiles=True, head_hidden_dim=32, head_layers=2),
-    "relative_patch": dict(patch_size=7, gap=2, jitter=1, patch_resize=8,
-                           normalize_patches=True, head_hidden_dim=32,
-                           head_layers=2),
-}
-
+# (Every objective trains in tests/test_objective_contract.py; run_steps is
+# the helper the generative tests share.)
 
 @pytest.fixture(scope="module")
 def fixed_batch(medmnist_dir):
@@ -223,14 +215,3 @@ def run_steps(objective: dict, fixed_batch, *, lr: float, steps: int):
     state, metrics = step_fn(state, batch)
     history.append(jax.device_get(metrics))
   return history
-
-
-@pytest.mark.parametrize("name", sorted(SMOKE))
-def test_real_steps_lower_the_loss(name, fixed_batch):
-  assert objectives.get(name).category == "innate"
-  history = run_steps(dict(SMOKE[name], name=name), fixed_batch, lr=3e-3,
-                      steps=4)
-  losses = [float(m["loss"]) for m in history]
-  assert np.all(np.isfinite(losses)), losses
-  assert losses[-1] < losses[0], losses
-  assert 0.0 <= float(history[-1][f"{name}_acc"]) <= 1.0

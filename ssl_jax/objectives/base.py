@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import jax
 from flax import nnx
@@ -120,6 +120,11 @@ class Objective:
   # is built (jobs/common.check_encoder): 'any' or 'vit' (patch tokens: MAE,
   # SimMIM; images or volumes alike).
   encoder: str = "any"
+  # Its gradient over a batch is the mean of its gradients over any split of
+  # it when the views are fixed and the encoder has no batch statistics: no
+  # in-batch negatives, batch moments or random draws (train.grad_accum_steps
+  # then changes nothing; the contract test checks it).
+  accumulates_exactly: bool = False
   # Input ranks it trains on: 2 (images), 3 (volumes, through `views` and
   # the encoder's declared spatial_dims).
   ranks: tuple[int, ...] = (2,)

@@ -84,4 +84,5 @@ base.register(base.Objective(
     paper="cross-entropy on labels (the review's from-scratch / supervised baseline)",
     # multi_label None: from the labels' shape; class_weights [C] or None.
     hparams=dict(multi_label=None, class_weights=None), ranks=(2, 3),
+    accumulates_exactly=True,
     build_model=build_classifier, make_loss=make_supervised_loss))
