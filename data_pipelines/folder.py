@@ -16,7 +16,9 @@ The CSV has a header row and one row per image file:
     options.label_columns=[...]: several 0/1 columns = multi-label; the
     classes are those column names.
 - metadata, optional: patient_id, study_id, series_id, view, laterality,
-  age (years, a number), sex. A column that is present is used, so an
+  age (years, a number), sex, and the acquisition time for longitudinal
+  tasks: days (a number, any origin) or study_date (YYYY-MM-DD, read as days
+  since 1970-01-01). A column that is present is used, so an
   empty/NaN cell in it is a bad row, unless the column is listed in
   options.allow_missing_metadata (then '' or NaN is kept). DICOM headers fill
   the columns the CSV lacks (an absent tag gives '' / NaN).
@@ -49,6 +51,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -63,9 +66,20 @@ from data_pipelines import medical_io, source, splits
 from data_pipelines.source import SPLITS, TASKS, DatasetInfo
 
 METADATA_COLUMNS = (
-    "patient_id", "study_id", "series_id", "view", "laterality", "age", "sex")
-NUMERIC_METADATA = ("age",)
+    "patient_id", "study_id", "series_id", "view", "laterality", "age", "sex",
+    "days", "study_date")
+NUMERIC_METADATA = ("age", "days", "study_date")
 ON_BAD_ROW = ("error", "skip")
+
+
+def _days_since_epoch(value: str) -> float:
+  """'2021-03-04' -> days since 1970-01-01 (a float, as every number here)."""
+  return float((datetime.date.fromisoformat(value.strip())
+                - datetime.date(1970, 1, 1)).days)
+
+
+# How a numeric metadata cell is read, and what the error says it must be.
+NUMBER_PARSERS = {"study_date": (_days_since_epoch, "a date (YYYY-MM-DD)")}
 UNLABELED = "unlabeled"
 _EMPTY = ("", "nan", "na", "n/a")  # a missing metadata value
 _NO_LABEL = ("", "nan")
@@ -379,11 +393,12 @@ class CSVSource:
         meta[column] = math.nan if column in NUMERIC_METADATA else ""
         continue
       if column in NUMERIC_METADATA:
+        parse, want = NUMBER_PARSERS.get(column, (float, "a number"))
         try:
-          meta[column] = float(value)
+          meta[column] = parse(value)
         except ValueError:
-          raise BadRow("bad_metadata", f"{column} {value!r} is not a "
-                       "number") from None
+          raise BadRow("bad_metadata", f"{column} {value!r} is not "
+                       f"{want}") from None
       else:
         meta[column] = value
     return meta

@@ -152,7 +152,8 @@ def make_iterator(
   """Yields {'image': uint8 [b,H,W,C], 'label': int32 [b] or [b,L], **extra}.
 
   Volumes [N, D, H, W, C] pass the same way. With `partners`, batches also
-  hold 'pair_image': images[partner rows] (see the module doc).
+  hold 'pair_image': images[partner rows] (see the module doc), and
+  'pair_<key>' for every `extra` column (the partner's metadata).
 
   `batch_size` is per process. Process i of k reads examples i, i+k, i+2k...
   (as `ds.shard(k, i)`); the defaults come from jax.process_index/count.
@@ -183,8 +184,7 @@ def make_iterator(
       seed=seed, drop_remainder=drop_remainder, skip_batches=skip_batches,
       process_index=process_index, num_threads=num_threads)
   draw = None if partners is None else functools.partial(
-      _partner_images, partners, columns["image"], seed=seed,
-      process_index=process_index)
+      _partner_rows, partners, seed=seed, process_index=process_index)
   return _gather(ds, shard, columns, draw, first=skip_batches)
 
 
@@ -199,11 +199,11 @@ def partner_rng(seed: int, process_index: int,
       [seed % 2**64, process_index, _PAIRS_STREAM, position])
 
 
-def _partner_images(table: pairs_lib.PartnerTable, images: np.ndarray,
-                    rows: np.ndarray, position: int, *, seed: int,
-                    process_index: int) -> np.ndarray:
+def _partner_rows(table: pairs_lib.PartnerTable, rows: np.ndarray,
+                  position: int, *, seed: int, process_index: int
+                  ) -> np.ndarray:
   rng = partner_rng(seed, process_index, position)
-  return images[pairs_lib.sample_partners(table, rows, rng)]
+  return pairs_lib.sample_partners(table, rows, rng)
 
 
 def _gather(
@@ -216,5 +216,9 @@ def _gather(
     rows = shard[slots]
     batch = {key: value[rows] for key, value in columns.items()}
     if draw_partners is not None:
-      batch["pair_image"] = draw_partners(rows, position)
+      # The partner's image and its metadata (pair_days: a longitudinal
+      # task's time between the two), label excluded.
+      partner = draw_partners(rows, position)
+      batch.update({f"pair_{key}": value[partner]
+                    for key, value in columns.items() if key != "label"})
     yield batch

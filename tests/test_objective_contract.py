@@ -55,6 +55,25 @@ def contract_config(name: str, *, model: dict | None = None):
   return config
 
 
+def declared_columns(name: str):
+  """Batch columns the objective declares it reads (Objective.reads), made
+  up: partners are the batch rolled by one, numbers a month apart."""
+  objective = objectives.get(name)
+  reads = objective.reads(objectives.base.resolve_hparams(
+      objective, shrunk_block(name)))
+  if not reads:
+    return None
+
+  def columns(images):
+    n = len(images)
+    out = {"pair_image": np.roll(images, 1, axis=0)}
+    for key in reads:
+      base = 30.0 * np.arange(n, dtype=np.float32)
+      out[key] = np.roll(base, 1) if key.startswith("pair_") else base
+    return out
+  return columns
+
+
 def _leaves(tree):
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
@@ -63,7 +82,8 @@ def _leaves(tree):
 def test_objective_trains_and_checkpoints(name, medmnist_dir, monkeypatch,
                                           tmp_path):
   monkeypatch.setenv("SSL_JAX_DATA_DIR", str(medmnist_dir))
-  _, state, step_fn, batch = compiled_on_fixed_batch(contract_config(name))
+  _, state, step_fn, batch = compiled_on_fixed_batch(
+      contract_config(name), columns=declared_columns(name))
   copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731 (donated)
   start = copy(state)
   for _ in range(4):  # step held at 0: the same views, masks and labels

@@ -65,11 +65,13 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0,
                 "xla_llvm_disable_expensive_passes": True}
 
 
-def compiled_on_fixed_batch(config, *, batch_size: int = 16, data_dir=None):
+def compiled_on_fixed_batch(config, *, batch_size: int = 16, data_dir=None,
+                            columns=None):
   """The real pretraining init and jitted step (compiled with XLA's backend
   optimisations off) and one fixed batch of the first BreastMNIST training
   images: the smoke test every objective gets.
 
+  `columns(images)` adds batch columns (partner images, metadata).
   Returns (graphdef, state, step_fn, batch). The step folds state.step into
   its rng, so resetting state.step replays the same views and masks.
   """
@@ -81,8 +83,9 @@ def compiled_on_fixed_batch(config, *, batch_size: int = 16, data_dir=None):
   info = data_pipelines.info(config.data.name, config.data.size)
   images, labels = data_pipelines.load(config.data.name, "train",
                                        size=config.data.size, data_dir=data_dir)
-  batch = parallel.shard_batch({"image": images[:batch_size],
-                                "label": labels[:batch_size]}, mesh)
+  columns = columns(images[:batch_size]) if columns else {}
+  batch = parallel.shard_batch(dict(columns, image=images[:batch_size],
+                                    label=labels[:batch_size]), mesh)
   built = pretrain.build_parts(config, info, mesh)
   state = built.init.lower().compile(FAST_COMPILE)()
   step_fn = built.step_fn.lower(state, batch).compile(FAST_COMPILE)

@@ -169,6 +169,24 @@ def restore(ckpt: checkpoint.Checkpointer, built: Built, workdir: str):
         f"that run's settings ({workdir}/config.json)") from None
 
 
+def check_batch_columns(config: ml_collections.ConfigDict, metadata: dict,
+                        partners) -> None:
+  """The batch columns the objective reads (`Objective.reads`) exist: the
+  data's metadata, and the partner's (`pair_<column>`) when pairs are drawn."""
+  bound = objectives.bind(config, common.data_info(config))
+  columns = set(pairs.batch_columns(metadata))
+  available = columns | ({f"pair_{c}" for c in columns} if partners else set())
+  missing = [c for c in bound.objective.reads(bound.hp) if c not in available]
+  if missing:
+    raise ValueError(
+        f"config.objective.name={config.objective.name!r} reads the batch "
+        f"columns {missing}, which config.data.name={config.data.name!r} "
+        f"with pairs.mode={config.get('pairs', {}).get('mode', 'views')!r} "
+        "does not give (it has "
+        f"{sorted(available) or 'no metadata'}); pair_<column> needs "
+        "pairs.mode='patient' (or study / series)")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from data_pipelines import input_pipeline  # TF: only where data is read
 
@@ -184,6 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   images, labels = common.load_split(config, "train")
   metadata = common.load_metadata(config, "train")  # {} for MedMNIST
   partners = make_partners(config, len(images), metadata)
+  check_batch_columns(config, metadata, partners)
   built = build_parts(config, info, mesh)
   with workdir_lib.Lock(workdir, f"pretrain {config.objective.name}",
                         enabled=lead):

@@ -95,6 +95,11 @@ def _nothing_masked(hp: HParams) -> Visible:
   return []
 
 
+def _reads_nothing_more(hp: HParams) -> tuple[str, ...]:
+  del hp
+  return ()
+
+
 def _no_parts(hp: HParams, ctx: RunContext) -> list:
   del hp, ctx
   return []
@@ -116,6 +121,10 @@ class Objective:
   # Reads `batch['pair_image']` (a partner image, data_pipelines/pairs.py)
   # for its second view; `pairs.mode` other than 'views' needs this.
   uses_pairs: bool = False
+  # Batch columns it reads besides image / label / pair_image, e.g. a
+  # longitudinal task's ('days', 'pair_days'): checked against the data
+  # before anything compiles.
+  reads: Callable[[HParams], tuple[str, ...]] = _reads_nothing_more
   # The backbone it needs, checked against config.model.name before anything
   # is built (jobs/common.check_encoder): 'any' or 'vit' (patch tokens: MAE,
   # SimMIM; images or volumes alike).
