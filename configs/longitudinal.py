@@ -15,10 +15,7 @@ accuracy >= 0.8 and the interval error halved in 120 tiny steps).
 from configs import base
 
 
-def get_config(arg: str = ""):
-  if not arg:
-    raise ValueError("configs/longitudinal.py needs the CSV: "
-                     "--config=configs/longitudinal.py:/path/scans.csv")
+def get_config(arg: str = "scans.csv"):
   c = base.get_config()
   c.job = "pretrain"
   c.data.name = f"csv:{arg}"
