@@ -134,6 +134,9 @@ class Objective:
   # in-batch negatives, batch moments or random draws (train.grad_accum_steps
   # then changes nothing; the contract test checks it).
   accumulates_exactly: bool = False
+  # A game, not a minimisation (GANs): the loss sums the players' losses and
+  # need not fall as they train.
+  minimax: bool = False
   # Input ranks it trains on: 2 (images), 3 (volumes, through `views` and
   # the encoder's declared spatial_dims).
   ranks: tuple[int, ...] = (2,)
