@@ -12,7 +12,8 @@ import matplotlib.image
 import pytest
 
 from configs import benchmark as benchmark_config
-from ssl_jax.jobs import benchmark, common, finetune, report
+from ssl_jax import files
+from ssl_jax.jobs import benchmark, finetune, report
 from tests.tiny import apply_overrides
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -246,7 +247,7 @@ def test_fields_newer_than_a_saved_sweep_bind_only_off_their_default(tmp_path):
   config = tiny_benchmark_config()
   saved = benchmark._fingerprint(config)
   del saved["pairs.mode"]  # as if the sweep predates the field
-  common.write_json_atomic(str(tmp_path / "benchmark.json"),
+  files.write_json_atomic(str(tmp_path / "benchmark.json"),
                            {"fingerprint": saved})
   benchmark.check_resumable(config, str(tmp_path))  # default value: resumes
   config.pairs.mode = "patient"

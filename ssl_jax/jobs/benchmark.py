@@ -29,7 +29,7 @@ from typing import Any
 import ml_collections
 
 from configs import base as base_config
-from ssl_jax import objectives, parallel
+from ssl_jax import files, objectives, parallel
 from ssl_jax.jobs import common, finetune, pretrain, report
 from ssl_jax.jobs import workdir as workdir_lib
 
@@ -158,7 +158,7 @@ def _fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses to mix cells of different budgets in one workdir."""
   path = os.path.join(workdir, "benchmark.json")
-  saved = common.read_json(path)
+  saved = files.read_json(path)
   if saved is None:
     return
   # A field newer than the saved sweep binds only if it left its default.
@@ -200,7 +200,7 @@ class Contexts:
             f"{holder.get('host', '?')} to finish {pre_dir}", flush=True)
       while workdir_lib.is_busy(pre_dir):
         time.sleep(2.0)
-    summary = common.read_json(os.path.join(pre_dir, "pretrain_summary.json"))
+    summary = files.read_json(os.path.join(pre_dir, "pretrain_summary.json"))
     if summary is None or summary["steps"] != cfg.train.steps:
       print(f"pretraining {method} (seed {seed}) in {pre_dir}", flush=True)
       pretrain.train_and_evaluate(cfg, pre_dir)
@@ -245,7 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "fractions": list(config.finetune.fractions),
       "seeds": list(config.finetune.seeds),
       "fingerprint": _fingerprint(config)}
-  common.write_json_atomic(os.path.join(workdir, "benchmark.json"), meta)
+  files.write_json_atomic(os.path.join(workdir, "benchmark.json"), meta)
 
   contexts = Contexts(config, workdir, info=info, mesh=mesh, data=data)
   cells = sweep_cells(config)

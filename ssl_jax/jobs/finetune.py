@@ -46,7 +46,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from data_pipelines import fractions, input_pipeline
-from ssl_jax import objectives, parallel, runtime, views
+from ssl_jax import files, objectives, parallel, runtime, views
 from ssl_jax.evaluation import inference, metrics, probes
 from ssl_jax.jobs import common, report
 from ssl_jax.jobs import workdir as workdir_lib
@@ -481,7 +481,7 @@ class Cell:
 class CellStore:
   """One JSON file per finished cell under `directory`/<method>/.
 
-  Written by write-then-rename (`common.write_json_atomic`): a file is
+  Written by write-then-rename (`files.write_json_atomic`): a file is
   there whole or not at all, so a SIGKILL mid-write leaves no half cell and
   a rerun recomputes only what has no file. Files are never rewritten.
   """
@@ -493,10 +493,10 @@ class CellStore:
     return os.path.join(self.directory, cell.filename)
 
   def get(self, cell: Cell) -> dict | None:
-    return common.read_json(self.path(cell))
+    return files.read_json(self.path(cell))
 
   def put(self, cell: Cell, result: dict) -> None:
-    common.write_json_atomic(self.path(cell), result)
+    files.write_json_atomic(self.path(cell), result)
 
   def results(self, cells: Iterable[Cell]) -> dict[str, dict]:
     """Finished cells among `cells`, by key, in the given order."""
@@ -606,7 +606,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if init_path:
     weights, init_report = init_from.encoder_weights(config,
                                                      common.data_info(config))
-    common.write_json_atomic(os.path.join(workdir, "init_from_report.json"),
+    files.write_json_atomic(os.path.join(workdir, "init_from_report.json"),
                              init_report)
   if needs_encoder and weights is None:
     raise ValueError(f"config.finetune.protocols={tuple(ft.protocols)} need a "
@@ -644,7 +644,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "pretrained": ft.pretrained or None, "init_from": init_path or None,
       "pretrain_objective": pre_config.objective.name if pre_config else None,
       "finetune_augment": cfg.augment.policy, "cells": finished}
-  common.write_json_atomic(os.path.join(workdir, "results.json"), results)
+  files.write_json_atomic(os.path.join(workdir, "results.json"), results)
   table = report.markdown_table(results)
-  common.write_text_atomic(os.path.join(workdir, "results.md"), table)
+  files.write_text_atomic(os.path.join(workdir, "results.md"), table)
   return results

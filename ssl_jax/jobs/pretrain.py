@@ -34,7 +34,7 @@ import ml_collections
 from flax import nnx
 
 from data_pipelines import pairs
-from ssl_jax import objectives, parallel
+from ssl_jax import files, objectives, parallel
 from ssl_jax.jobs import common
 from ssl_jax.jobs import workdir as workdir_lib
 from ssl_jax.objectives.online_probe import with_online_probe
@@ -145,7 +145,7 @@ def check_same_setup(config: ml_collections.ConfigDict, workdir: str) -> None:
   differs from its config.json, naming the fields, before anything is
   written (a checkpoint of another shape would otherwise fail in Orbax
   after config.json was overwritten)."""
-  saved = common.read_json(os.path.join(workdir, "config.json"))
+  saved = files.read_json(os.path.join(workdir, "config.json"))
   if saved is None:
     return
   from configs import base as base_config  # noqa: PLC0415  defaults of new fields
@@ -211,7 +211,7 @@ def _train(config, workdir, built, mesh, images, labels, metadata, partners,
     if config.get("init_from", {}).get("path"):
       state, report = init_from.load_into_state(state, config.init_from)
       if lead:
-        common.write_json_atomic(
+        files.write_json_atomic(
             os.path.join(workdir, "init_from_report.json"), report)
   start = int(jax.device_get(state.step))
   if lead:  # only now: a refused or failed restore leaves config.json as it was
@@ -246,6 +246,6 @@ def _train(config, workdir, built, mesh, images, labels, metadata, partners,
              "seconds": time.perf_counter() - began,
              "final": common.last_metrics(workdir)}
   if lead:
-    common.write_json_atomic(os.path.join(workdir, "pretrain_summary.json"),
+    files.write_json_atomic(os.path.join(workdir, "pretrain_summary.json"),
                              summary)
   return summary

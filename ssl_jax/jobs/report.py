@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ssl_jax import files
 from ssl_jax.evaluation.metrics import mean_sd
 from ssl_jax.evaluation.taxonomy import CATEGORY_LABELS, PROTOCOL_KIND, SCRATCH
 
@@ -101,16 +102,15 @@ def pretrain_stats(workdir: str) -> dict[str, dict[str, Any]]:
   own files, so a report rebuilt later shows the same numbers."""
   import glob
   import json
-  from ssl_jax.jobs import common
   out = {}
   for method_dir in sorted(glob.glob(os.path.join(workdir, "pretrain", "*"))):
     seconds, rates, policies = [], [], set()
     for run in sorted(glob.glob(os.path.join(method_dir, "seed*"))):
-      summary = common.read_json(os.path.join(run, "pretrain_summary.json"))
+      summary = files.read_json(os.path.join(run, "pretrain_summary.json"))
       if summary is None:
         continue  # unfinished: resumes on the next invocation
       seconds.append(summary["seconds"])
-      policies.add(common.read_json(os.path.join(run, "config.json"))
+      policies.add(files.read_json(os.path.join(run, "config.json"))
                    ["augment"]["policy"])
       with open(os.path.join(run, "metrics.jsonl")) as f:
         rates += [row["train/images_per_sec"] for row in map(json.loads, f)
@@ -303,7 +303,6 @@ def write_benchmark_report(workdir: str, cells: dict[str, dict],
                            meta: dict) -> dict[str, str]:
   """report.md, results.csv and the four PNGs; returns their paths."""
   from ssl_jax.evaluation import plots, published  # matplotlib: only here
-  from ssl_jax.jobs import common
 
   meta = dict(meta, pretrain=pretrain_stats(workdir))
   rows = benchmark_rows(cells, meta)
@@ -319,8 +318,8 @@ def write_benchmark_report(workdir: str, cells: dict[str, dict],
     plots.PLOTS[name](summary, path, title=title, references=references)
   paths = dict(pngs, report=os.path.join(workdir, "report.md"),
                csv=os.path.join(workdir, "results.csv"))
-  common.write_text_atomic(paths["csv"], to_csv(rows))
-  common.write_text_atomic(paths["report"],
+  files.write_text_atomic(paths["csv"], to_csv(rows))
+  files.write_text_atomic(paths["report"],
                            benchmark_markdown(summary, meta, references, pngs))
   return paths
 
@@ -329,7 +328,6 @@ def rewrite_benchmark_report(workdir: str) -> dict[str, str]:
   """Rebuilds report.md, results.csv and the plots from a benchmark
   workdir's cell files (e.g. after changing a plot), without running cells."""
   import json
-  from ssl_jax.jobs import common
   with open(os.path.join(workdir, "benchmark.json")) as f:
     meta = json.load(f)
   cells = {}
@@ -337,7 +335,7 @@ def rewrite_benchmark_report(workdir: str) -> dict[str, str]:
     directory = os.path.join(workdir, "cells", method)
     for name in sorted(os.listdir(directory)):
       if name.endswith(".json"):
-        cell = common.read_json(os.path.join(directory, name))
+        cell = files.read_json(os.path.join(directory, name))
         cells[f"{cell['method']}|{cell['protocol']}|{cell['fraction']:g}|{cell['seed']}"] = cell
   return write_benchmark_report(workdir, cells, meta)
 
