@@ -26,6 +26,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ssl_jax.pytree import path_str
+
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
 # (path regex, partition spec as a tuple of axis names / None), first match wins.
@@ -166,24 +168,6 @@ def replicate(tree, mesh: Mesh):
 
 
 # ------------------------------------------------------- sharding rules --
-
-def path_str(path: tuple) -> str:
-  """'params/encoder/blocks/0/fc1/kernel' for a pytree key path.
-
-  NNX's trailing `.value` is dropped, so a rule reads like the module tree.
-  """
-  parts = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-    else:
-      parts.append(str(key))
-  if parts and parts[-1] == "value":
-    parts.pop()
-  return "/".join(parts)
-
 
 def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh,
              rules: Sequence[Rule]) -> P:

@@ -14,6 +14,7 @@ from ssl_jax import models, parallel
 from ssl_jax.evaluation import metrics, probes
 from ssl_jax.jobs import common, finetune
 from ssl_jax.models.heads import Classifier
+from ssl_jax.pytree import path_keys
 from tests.test_benchmark import tiny_benchmark_config
 
 
@@ -90,7 +91,7 @@ def _labels(model, k):
   params = nnx.state(model, nnx.Param)
   flat = jax.tree_util.tree_flatten_with_path(
       finetune.trainable_labels(model, k)(params))[0]
-  return {finetune._path_keys(p)[:3]: v for p, v in flat}  # pylint: disable=protected-access
+  return {path_keys(p)[:3]: v for p, v in flat}
 
 
 def test_last_k_mask_follows_stage_and_block_names():
@@ -120,7 +121,7 @@ def test_last_k_mask_follows_stage_and_block_names():
       finetune.trainable_labels(resnet, 1))
   updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
   flat = jax.tree_util.tree_flatten_with_path(updates)[0]
-  moved = {finetune._path_keys(p)[:3] for p, u in flat if float(jnp.abs(u).sum()) > 0}  # pylint: disable=protected-access
+  moved = {path_keys(p)[:3] for p, u in flat if float(jnp.abs(u).sum()) > 0}
   assert moved == {k for k, v in _labels(resnet, 1).items() if v == "train"}
 
 

@@ -50,6 +50,7 @@ from ssl_jax import files, objectives, parallel, runtime, views
 from ssl_jax.evaluation import inference, metrics, probes
 from ssl_jax.jobs import common, report
 from ssl_jax.jobs import workdir as workdir_lib
+from ssl_jax.pytree import path_keys
 from ssl_jax.registry import Registry
 from ssl_jax.train import checkpoint, init_from, loop, optim, step as step_lib
 from ssl_jax.train import state as state_lib
@@ -254,11 +255,6 @@ BLOCKS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def _path_keys(path) -> tuple:
-  return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))
-               for k in path)
-
-
 def trainable_labels(model: nnx.Module, last_k: int | None) -> Callable:
   """params -> same-shaped tree of 'train' / 'frozen' for optax.multi_transform.
 
@@ -282,7 +278,7 @@ def trainable_labels(model: nnx.Module, last_k: int | None) -> Callable:
   train_units = set(range(units - last_k, units))
 
   def label(path, _) -> str:
-    keys = _path_keys(path)
+    keys = path_keys(path)
     if keys[0] != "encoder":
       return "train"  # the head
     if keys[1] == attr and keys[2] in train_units:

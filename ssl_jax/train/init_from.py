@@ -62,6 +62,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from ssl_jax.pytree import path_keys
 from ssl_jax.registry import Registry
 
 Flat = dict[str, np.ndarray]
@@ -538,11 +539,6 @@ def _restructure(template: Mapping, flat: Mapping[str, Any], prefix: str = ""
 
 
 # ------------------------------------------------------------- the state
-def _path_str(path) -> list[str]:
-  return [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
-          for k in path]
-
-
 def _encoder_key(parts: list[str]) -> str | None:
   """'a/b/c' for a leaf under any (..., 'params'|'rest', 'encoder', a, b, c):
   the online encoder and every teacher copy of it (BYOL, MoCo, DINO and
@@ -570,7 +566,7 @@ def load_into_state(state, cfg: Mapping):
           "rest": nnx.to_pure_dict(state.rest), "extra": state.extra}
   target = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    parts = _path_str(path)
+    parts = [str(k) for k in path_keys(path)]
     key = _encoder_key(parts) if parts[0] != "extra" else None
     if key is not None:
       target[key] = leaf
@@ -578,7 +574,7 @@ def load_into_state(state, cfg: Mapping):
   applied: dict[str, int] = {}
 
   def swap(path, leaf):
-    parts = _path_str(path)
+    parts = [str(k) for k in path_keys(path)]
     key = _encoder_key(parts)
     if key is None or key not in loaded:
       return leaf
