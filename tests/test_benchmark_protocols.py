@@ -155,8 +155,7 @@ def test_scores_give_per_label_auroc_and_ci_for_multi_label():
   probs = np.clip(y * 0.3 + rng.random((200, 3)) * 0.7, 0, 1)
   ctx = types.SimpleNamespace(
       task=metrics.MULTI_LABEL, labels=lambda split: y,
-      config=types.SimpleNamespace(finetune=finetune.with_defaults(
-          tiny_benchmark_config().finetune)))
+      config=types.SimpleNamespace(finetune=tiny_benchmark_config().finetune))
   out = finetune.score(ctx, finetune.Predictions({"val": probs, "test": probs}), seed=0)
   per_label = out["test"]["auroc_per_class"]
   assert len(per_label) == 3

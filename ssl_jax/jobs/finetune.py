@@ -60,29 +60,6 @@ SPLITS = ("train", "val", "test")
 EVAL_SPLITS = ("val", "test")
 FINAL = "final"  # the layer name of the encoder's pooled output
 
-# Stage-2 fields configs/base.py does not define (yet); a config that sets
-# them wins. configs/benchmark.py sets every one of them explicitly.
-PROTOCOL_DEFAULTS = dict(
-    bootstrap_samples=200,   # resamples of the test set for the AUROC CI
-    ci_level=0.95,
-    logreg_l2s=(1e-4, 1e-3, 1e-2, 1e-1, 1.0),
-    logreg_max_iters=500,
-    logreg_tol=1e-5,         # gradient norm at which L-BFGS has converged
-    logreg_memory=10,
-    last_k=1,                # stages (ResNet) / blocks (ViT) trained by last_k
-    early_layer="stage3",    # encoder intermediate probed by early_layer
-)
-
-
-def with_defaults(ft: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`finetune` with PROTOCOL_DEFAULTS filled in where unset."""
-  ft = ml_collections.ConfigDict(ft.to_dict())
-  for key, value in PROTOCOL_DEFAULTS.items():
-    if key not in ft:
-      ft[key] = value
-  return ft
-
-
 @dataclasses.dataclass
 class Stage2:
   """Everything the protocols share for one encoder (one method and seed).
@@ -576,8 +553,8 @@ def stage2_config(config: ml_collections.ConfigDict,
                   pre_config: ml_collections.ConfigDict | None,
                   info) -> ml_collections.ConfigDict:
   """The classifier's config: the pretrained encoder's architecture, the
-  supervised objective, the fine-tuning augmentation policy, and every
-  protocol field (PROTOCOL_DEFAULTS where the config has none)."""
+  supervised objective and the fine-tuning augmentation policy (protocol
+  fields come from `config.finetune`, declared in configs/base.py)."""
   c = config.copy_and_resolve_references()
   if pre_config is not None:
     c.model = pre_config.model
@@ -585,7 +562,6 @@ def stage2_config(config: ml_collections.ConfigDict,
   c.objective = ml_collections.ConfigDict(
       {"name": "supervised", "multi_label": bool(info.multi_label)})
   c.augment = config.finetune.augment
-  c.finetune = with_defaults(c.finetune)
   return c
 
 
