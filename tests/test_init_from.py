@@ -390,8 +390,8 @@ def test_pretrain_starts_from_init_from_and_writes_the_report(
 
 def test_finetune_weights_from_init_from(source_workdir, monkeypatch):
   """Transfer without SSL: `encoder_weights` gives the {'params', 'rest'}
-  form `finetune.load_encoder` takes, holding the file's encoder."""
-  from ssl_jax.jobs import finetune
+  form `encoder_context.load_encoder` takes, holding the file's encoder."""
+  from ssl_jax.evaluation import encoder_context
   from ssl_jax.objectives import base
   monkeypatch.setattr(base, "build_encoder",
                       lambda config, info, rngs: _resnet(1, seed=12))
@@ -400,5 +400,5 @@ def test_finetune_weights_from_init_from(source_workdir, monkeypatch):
   weights, report = init_from.encoder_weights(config, info=None)
   assert report["counts"]["matched"] == 60
   enc = _resnet(1, seed=13)
-  finetune.load_encoder(enc, weights)
+  encoder_context.load_encoder(enc, weights)
   _assert_equal(init_from.model_arrays(enc), _encoder_of(_saved(source_workdir)))

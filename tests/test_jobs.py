@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from ssl_jax.evaluation import encoder_context, protocols
 from ssl_jax.jobs import common, finetune
 from ssl_jax.objectives import base
 from tests.tiny import tiny_config
@@ -51,7 +52,7 @@ def test_run_py_pretrains_finetunes_and_prints_the_table(demo_run):
       assert 0.0 <= cell[split]["auroc"] <= 1.0
       assert 0.0 <= cell[split]["accuracy"] <= 1.0
   assert {c["n_train"] for c in cells} == {55, 546}  # 10% of 546, stratified
-  # One file per finished cell (finetune.CellStore), each with a test AUROC CI.
+  # One file per finished cell (cells.CellStore), each with a test AUROC CI.
   files = sorted(p.name for p in (workdir / "finetune" / "cells" / "simclr").glob("*.json"))
   assert files == sorted(f"{p}_f{f}_s0.json" for p in ("linear", "knn", "finetune", "scratch")
                          for f in ("0.1", "1"))
@@ -76,7 +77,7 @@ def test_finetune_reads_the_encoder_of_the_pretrain_checkpoint(demo_run):
   info = common.data_info(pre_config)
   encoder = base.build_encoder(pre_config, info, nnx.Rngs(123))
   fresh = jax.tree.leaves(nnx.to_pure_dict(nnx.state(encoder, nnx.Param)))
-  finetune.load_encoder(encoder, weights)
+  encoder_context.load_encoder(encoder, weights)
   loaded = nnx.to_pure_dict(nnx.state(encoder, nnx.Param))
   ckpt = jax.tree.leaves(weights["params"])
   for got, want in zip(jax.tree.leaves(loaded), ckpt, strict=True):
@@ -98,7 +99,7 @@ def test_rerun_skips_finished_cells(demo_run, monkeypatch):
     raise AssertionError("a finished cell was recomputed")
 
   for name in ("linear", "knn", "finetune", "scratch"):
-    monkeypatch.setitem(finetune.PROTOCOLS._entries, name, must_not_run)
+    monkeypatch.setitem(protocols.PROTOCOLS._entries, name, must_not_run)
   finetune.train_and_evaluate(config, str(workdir / "finetune"))
   assert (workdir / "finetune" / "results.json").read_text() == before
 

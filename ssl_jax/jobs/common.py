@@ -11,6 +11,7 @@ import ml_collections
 import data_pipelines
 from data_pipelines import pairs
 from ssl_jax import augment, files, models, objectives
+from ssl_jax.evaluation.protocols import PROTOCOLS
 from ssl_jax.train import optim
 
 
@@ -65,7 +66,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   ft = config.finetune
   check_name("finetune.augment.policy", ft.augment.policy, augment.names())
   check_name("finetune.optim.name", ft.optim.name, optim.OPTIMIZERS.names())
-  from ssl_jax.jobs.finetune import PROTOCOLS  # noqa: PLC0415 (cycle)
   for protocol in ft.protocols:
     check_name("finetune.protocols", protocol, PROTOCOLS.names())
   if not tuple(ft.fractions):

@@ -594,7 +594,7 @@ def load_into_state(state, cfg: Mapping):
 def encoder_weights(config, info) -> tuple[dict, dict]:
   """The config's encoder (seeded by `config.seed`) with `config.init_from`
   loaded, as host {'params', 'rest'} pure dicts — the form
-  `jobs.finetune.load_encoder` takes — and the report. Keys the file lacks
+  `evaluation.encoder_context.load_encoder` takes — and the report. Keys the file lacks
   keep their seeded random init."""
   from ssl_jax.objectives import base  # local: objectives import train/
   encoder = base.build_encoder(config, info, nnx.Rngs(config.seed))

@@ -1,0 +1,214 @@
+"""Encoder + linear head trained end to end (or its last blocks) in stage 2.
+
+The `finetune`, `last_k` and `scratch` protocols all train this classifier
+with the shared step and loop; they differ only in the initial encoder and
+in which parameters the optimizer may move. The run lasts `finetune.steps`,
+or with `finetune.epochs` > 0 that many passes over the labelled subset;
+the step with the best val AUROC (ties: lower val loss) is the one scored.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from ssl_jax import objectives, parallel, runtime, views
+from ssl_jax.evaluation import inference, metrics
+from ssl_jax.evaluation.encoder_context import (EVAL_SPLITS, EncoderContext,
+                                                Predictions, load_encoder)
+from ssl_jax.pytree import path_keys
+from ssl_jax.train import loop, optim, step as step_lib
+from ssl_jax.train import state as state_lib
+from ssl_jax.train.metrics_writer import MetricWriter
+
+# Where each backbone keeps its sequence of blocks (attribute of the
+# encoder), and which of its params come after the last block.
+BLOCKS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "ResNet": ("stages", ()),
+    "VisionTransformer": ("blocks", ("norm",)),
+}
+
+
+def trainable_labels(model: nnx.Module, last_k: int | None) -> Callable:
+  """params -> same-shaped tree of 'train' / 'frozen' for optax.multi_transform.
+
+  None trains everything. Otherwise the head, the last `last_k` units of the
+  encoder (ResNet stages, ViT blocks) and what follows them (ViT's final
+  norm) train; the stem and earlier units stay frozen. BatchNorm statistics
+  of frozen stages still follow the fine-tuning data in train mode, as with
+  PyTorch's requires_grad=False.
+  """
+  if last_k is None:
+    return lambda params: jax.tree.map(lambda _: "train", params)
+  kind = type(model.encoder).__name__
+  if kind not in BLOCKS:
+    raise ValueError(f"last_k does not know the blocks of {kind}; known: "
+                     f"{', '.join(sorted(BLOCKS))}")
+  attr, trailing = BLOCKS[kind]
+  units = len(getattr(model.encoder, attr))
+  if not 0 <= last_k <= units:
+    raise ValueError(f"config.finetune.last_k={last_k} must be in [0, {units}] "
+                     f"for {kind} ({units} {attr})")
+  train_units = set(range(units - last_k, units))
+
+  def label(path, _) -> str:
+    keys = path_keys(path)
+    if keys[0] != "encoder":
+      return "train"  # the head
+    if keys[1] == attr and keys[2] in train_units:
+      return "train"
+    return "train" if keys[1] in trailing and last_k > 0 else "frozen"
+
+  return lambda params: jax.tree_util.tree_map_with_path(label, params)
+
+
+class ClassifierTrainer:
+  """Encoder + linear head trained with the shared step and loop.
+
+  The step and predict functions are compiled once per architecture (and
+  set of trainable params) and reused by every cell; cells differ only in
+  initial weights, data subset and seed.
+  """
+
+  def __init__(self, ctx: EncoderContext, last_k: int | None = None,
+               steps: int | None = None):
+    ft = ctx.config.finetune
+    self.steps = ft.steps if steps is None else steps
+    self.config = with_class_weights(ctx.config, ctx.labels("train"), ctx.info)
+    self.info, self.mesh = ctx.info, ctx.mesh
+    self.objective = objectives.get("supervised")
+    tx, schedule = optim.make_optimizer(ft.optim, ft.batch_size, self.steps)
+    model = self._model(0)
+    self.tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                                    trainable_labels(model, last_k))
+    graphdef, _ = state_lib.create(model, self.tx, {}, jax.random.PRNGKey(0))
+    self.step_fn = step_lib.compile_step(step_lib.make_from_objective(
+        graphdef, self.objective, self.config, self.tx, schedule),
+        graphdef=graphdef)
+    multi_label = ctx.info.multi_label
+    self.predict = runtime.jit(lambda p, r, x: _to_probs(
+        nnx.merge(graphdef, p, r)(views.eval_view(x), train=False), multi_label),
+        graphdef)
+
+  def _model(self, seed: int) -> nnx.Module:
+    return self.objective.build_model(self.config, self.info, nnx.Rngs(seed))
+
+  def probs(self, ctx: EncoderContext, params, rest, split: str) -> np.ndarray:
+    return inference.batched_apply(
+        self.predict, ctx.data[split][0], mesh=self.mesh,
+        batch_size=self.config.finetune.eval_batch_size, args=(params, rest))
+
+  def run(self, ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
+          weights: dict | None, name: str) -> Predictions:
+    from data_pipelines import input_pipeline  # TF: only where data is read
+    ft = self.config.finetune
+    model = self._model(seed)
+    if weights is not None:
+      load_encoder(model.encoder, weights)
+    _, state = state_lib.create(model, self.tx, {}, jax.random.PRNGKey(seed))
+    state = parallel.replicate(state, self.mesh)
+    images, labels = ctx.data["train"]
+    batches = input_pipeline.make_iterator(
+        images[train_idx], labels[train_idx],
+        batch_size=parallel.local_batch_size(ft.batch_size), shuffle=True,
+        repeat=True, seed=seed, drop_remainder=True)
+    best: dict[str, Any] = {"key": (-np.inf, -np.inf)}
+
+    def select_on_val(step: int, state) -> dict[str, float]:
+      probs = self.probs(ctx, state.params, state.rest, "val")
+      scores = metrics.classification_metrics(ctx.labels("val"), probs, ctx.task)
+      scores["loss"] = metrics.log_loss(ctx.labels("val"), probs, ctx.task)
+      key = (scores["auroc"], -scores["loss"])  # AUROC, ties by lower loss
+      if key > best["key"]:
+        best.update(key=key, step=step, auroc=scores["auroc"],
+                    loss=scores["loss"],
+                    state=jax.device_get((state.params, state.rest)))
+      return scores
+
+    writer = MetricWriter(os.path.join(ctx.log_dir or ctx.workdir, name),
+                          tensorboard=False)
+    loop.run(state, self.step_fn, batches, mesh=self.mesh, num_steps=self.steps,
+             global_batch_size=ft.batch_size, writer=writer,
+             log_every=min(ft.log_every, self.steps),
+             eval_fn=select_on_val,
+             eval_every=eval_interval(ft, len(train_idx), self.steps),
+             desc=name, progress=self.config.train.progress, nested=True)
+    writer.close()
+    params, rest = best["state"]
+    return Predictions(
+        {s: self.probs(ctx, params, rest, s) for s in EVAL_SPLITS},
+        {"selected_step": best["step"], "steps": self.steps,
+         "selected_epoch": best["step"] * ft.batch_size / len(train_idx),
+         "selected_val_auroc": best["auroc"], "selected_val_loss": best["loss"]})
+
+
+def trainer_for(ctx: EncoderContext, n_train: int,
+                last_k: int | None = None) -> ClassifierTrainer:
+  """The compiled trainer for this architecture, trainable set and run
+  length (epoch-based runs differ in length by label fraction)."""
+  steps = run_length(ctx.config.finetune, n_train)
+  key = ("trainer", json.dumps(ctx.config.model.to_dict(), sort_keys=True,
+                               default=str), last_k, steps)
+  if key not in ctx.compiled:
+    ctx.compiled[key] = ClassifierTrainer(ctx, last_k, steps)
+  return ctx.compiled[key]
+
+
+def run_length(ft: ml_collections.ConfigDict, n_train: int) -> int:
+  """Stage-2 steps for `n_train` labelled images: `finetune.steps`, or with
+  `finetune.epochs` > 0, that many passes over them (at least
+  `finetune.min_steps`, so a 1 % subset still trains)."""
+  if not ft.get("epochs", 0):
+    return ft.steps
+  return max(int(np.ceil(ft.epochs * n_train / ft.batch_size)), ft.min_steps)
+
+
+def eval_interval(ft: ml_collections.ConfigDict, n_train: int,
+                  steps: int) -> int:
+  """Steps between validation passes: `finetune.eval_every`, or with
+  `finetune.epochs` > 0, every `finetune.eval_every_epochs` epochs."""
+  if not ft.get("epochs", 0):
+    return min(ft.eval_every, steps)
+  every = int(round(ft.eval_every_epochs * n_train / ft.batch_size))
+  return int(np.clip(every, 1, steps))
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> tuple:
+  """n / (C * count_c) per class (sklearn's 'balanced'): every class weighs
+  as much in the loss as if the classes were equally frequent."""
+  counts = np.bincount(np.asarray(labels).reshape(-1).astype(np.int64),
+                       minlength=num_classes).astype(np.float64)
+  weights = counts.sum() / (num_classes * np.maximum(counts, 1.0))
+  return tuple(float(w) for w in weights)
+
+
+def with_class_weights(config: ml_collections.ConfigDict, labels: np.ndarray,
+                       info) -> ml_collections.ConfigDict:
+  """`finetune.class_weights='balanced'` -> the supervised objective's
+  per-class loss weights, from the train split's counts (label subsets are
+  stratified, so every fraction keeps these proportions)."""
+  mode = config.finetune.get("class_weights", "none")
+  if mode == "none":
+    return config
+  if mode != "balanced":
+    raise ValueError(f"config.finetune.class_weights={mode!r}; allowed: "
+                     "none, balanced")
+  if info.multi_label:
+    raise ValueError("config.finetune.class_weights='balanced' needs a "
+                     "single-label task; this dataset is multi-label")
+  config = config.copy_and_resolve_references()
+  config.objective.class_weights = balanced_class_weights(labels,
+                                                          info.num_classes)
+  return config
+
+
+def _to_probs(logits: jax.Array, multi_label: bool) -> jax.Array:
+  logits = logits.astype(jnp.float32)
+  return jax.nn.sigmoid(logits) if multi_label else jax.nn.softmax(logits)
