@@ -199,3 +199,20 @@ def test_protocols_separate_separable_features(contexts, protocol):
   noise = _synthetic(ctx, separable=False)
   scores = _valid(PROTOCOLS.get(protocol)(noise, np.arange(200), 0), noise)
   assert 0.3 < scores["test"]["auroc"] < 0.7, scores
+
+
+def test_each_protocol_registers_its_kind_and_label_once():
+  """Reports and plots read what a protocol trains and its table label from
+  the registry: tables in registration order, plots end-to-end first."""
+  from ssl_jax.evaluation import protocols  # noqa: PLC0415
+  assert list(protocols.labels()) == [
+      "linear", "knn", "finetune", "scratch", "logreg", "early_layer",
+      "last_k", "combine"]
+  assert protocols.kinds() == {
+      "finetune": "end-to-end", "scratch": "end-to-end",
+      "last_k": "partial fine-tune", "linear": "frozen", "knn": "frozen",
+      "logreg": "frozen", "early_layer": "frozen", "combine": "frozen"}
+  assert list(protocols.kinds())[:3] == ["finetune", "scratch", "last_k"]
+  assert protocols.labels()["scratch"] == "from scratch (same net, same budget)"
+  with pytest.raises(ValueError, match="allowed: end-to-end, partial"):
+    protocols.register("svm", kind="frozen features", label="SVM")

@@ -33,8 +33,55 @@ from ssl_jax.evaluation.encoder_context import (EVAL_SPLITS, EncoderContext,
                                                 Predictions)
 from ssl_jax.registry import Registry
 
-Protocol = Callable[[EncoderContext, np.ndarray, int], Predictions]
+ProtocolFn = Callable[[EncoderContext, np.ndarray, int], Predictions]
+
+# What a protocol trains, in the order plots show them: plot (c) contrasts
+# end-to-end fine-tuning with frozen features.
+END_TO_END, PARTIAL, FROZEN = "end-to-end", "partial fine-tune", "frozen"
+KINDS = (END_TO_END, PARTIAL, FROZEN)
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """A registered protocol: its function, what it trains (one of KINDS) and
+  the label tables give it. Called like the function."""
+  fn: ProtocolFn
+  kind: str
+  label: str
+
+  def __call__(self, ctx: EncoderContext, train_idx: np.ndarray,
+               seed: int) -> Predictions:
+    return self.fn(ctx, train_idx, seed)
+
+
 PROTOCOLS: Registry[Protocol] = Registry("fine-tuning protocol")
+
+
+def register(name: str, *, kind: str,
+             label: str) -> Callable[[ProtocolFn], ProtocolFn]:
+  """Decorator: `fn` becomes protocol `name`. Its kind and label are said
+  here, once; reports and plots read them from the registry. Tables list
+  protocols in registration order."""
+  if kind not in KINDS:
+    raise ValueError(f"protocol {name!r} has kind {kind!r}; allowed: "
+                     f"{', '.join(KINDS)}")
+
+  def add(fn: ProtocolFn) -> ProtocolFn:
+    PROTOCOLS.add(name, Protocol(fn, kind, label))
+    return fn
+  return add
+
+
+def labels() -> dict[str, str]:
+  """name -> table label, in registration order (the order of tables)."""
+  return {name: p.label for name, p in PROTOCOLS.items()}
+
+
+def kinds() -> dict[str, str]:
+  """name -> what it trains, ordered by KINDS, then registration (the
+  order of plots)."""
+  entries = sorted(PROTOCOLS.items(), key=lambda e: KINDS.index(e[1].kind))
+  return {name: p.kind for name, p in entries}
 
 
 def _linear_on(ctx: EncoderContext, feats: Callable[[str], np.ndarray],
@@ -48,13 +95,15 @@ def _linear_on(ctx: EncoderContext, feats: Callable[[str], np.ndarray],
                      {"weight_decay": probe.weight_decay, "epoch": probe.epoch})
 
 
-@PROTOCOLS.register("linear")
+@register("linear", kind=FROZEN,
+          label="SSL + linear probe (frozen)")
 def linear_probe(ctx: EncoderContext, train_idx: np.ndarray,
                  seed: int) -> Predictions:
   return _linear_on(ctx, ctx.features, train_idx, seed)
 
 
-@PROTOCOLS.register("knn")
+@register("knn", kind=FROZEN,
+          label="SSL + kNN (frozen)")
 def knn_probe(ctx: EncoderContext, train_idx: np.ndarray,
               seed: int) -> Predictions:
   del seed  # deterministic
@@ -65,7 +114,8 @@ def knn_probe(ctx: EncoderContext, train_idx: np.ndarray,
       temperature=ft.knn_temperature) for split in EVAL_SPLITS})
 
 
-@PROTOCOLS.register("finetune")
+@register("finetune", kind=END_TO_END,
+          label="SSL + end-to-end fine-tune")
 def end_to_end(ctx: EncoderContext, train_idx: np.ndarray,
                seed: int) -> Predictions:
   return classifier.trainer_for(ctx, len(train_idx)).run(
@@ -73,7 +123,8 @@ def end_to_end(ctx: EncoderContext, train_idx: np.ndarray,
       name=f"finetune_n{len(train_idx)}_s{seed}")
 
 
-@PROTOCOLS.register("scratch")
+@register("scratch", kind=END_TO_END,
+          label="from scratch (same net, same budget)")
 def from_scratch(ctx: EncoderContext, train_idx: np.ndarray,
                  seed: int) -> Predictions:
   return classifier.trainer_for(ctx, len(train_idx)).run(
@@ -81,7 +132,8 @@ def from_scratch(ctx: EncoderContext, train_idx: np.ndarray,
       name=f"scratch_n{len(train_idx)}_s{seed}")
 
 
-@PROTOCOLS.register("logreg")
+@register("logreg", kind=FROZEN,
+          label="SSL + logistic regression, L-BFGS (frozen)")
 def logreg_probe(ctx: EncoderContext, train_idx: np.ndarray,
                  seed: int) -> Predictions:
   del seed  # deterministic: full batch from zero
@@ -97,7 +149,8 @@ def logreg_probe(ctx: EncoderContext, train_idx: np.ndarray,
        "converged": probe.converged})
 
 
-@PROTOCOLS.register("early_layer")
+@register("early_layer", kind=FROZEN,
+          label="SSL + linear probe on an earlier layer (frozen)")
 def early_layer_probe(ctx: EncoderContext, train_idx: np.ndarray,
                       seed: int) -> Predictions:
   layer = ctx.config.finetune.early_layer
@@ -105,7 +158,8 @@ def early_layer_probe(ctx: EncoderContext, train_idx: np.ndarray,
   return dataclasses.replace(out, info=dict(out.info, layer=layer))
 
 
-@PROTOCOLS.register("last_k")
+@register("last_k", kind=PARTIAL,
+          label="SSL + fine-tune of the last k blocks")
 def last_k_blocks(ctx: EncoderContext, train_idx: np.ndarray,
                   seed: int) -> Predictions:
   k = ctx.config.finetune.last_k
@@ -115,7 +169,8 @@ def last_k_blocks(ctx: EncoderContext, train_idx: np.ndarray,
   return dataclasses.replace(out, info=dict(out.info, last_k=k))
 
 
-@PROTOCOLS.register("combine")
+@register("combine", kind=FROZEN,
+          label="combined SSL features + linear probe (frozen)")
 def combined_probe(ctx: EncoderContext, train_idx: np.ndarray,
                    seed: int) -> Predictions:
   if not ctx.peers:

@@ -14,18 +14,9 @@ import numpy as np
 
 from ssl_jax import files
 from ssl_jax.evaluation.metrics import mean_sd
-from ssl_jax.evaluation.taxonomy import CATEGORY_LABELS, PROTOCOL_KIND, SCRATCH
+from ssl_jax.evaluation import protocols
+from ssl_jax.evaluation.taxonomy import CATEGORY_LABELS, SCRATCH
 
-PROTOCOL_LABELS = {
-    "linear": "SSL + linear probe (frozen)",
-    "knn": "SSL + kNN (frozen)",
-    "finetune": "SSL + end-to-end fine-tune",
-    "scratch": "from scratch (same net, same budget)",
-    "logreg": "SSL + logistic regression, L-BFGS (frozen)",
-    "early_layer": "SSL + linear probe on an earlier layer (frozen)",
-    "last_k": "SSL + fine-tune of the last k blocks",
-    "combine": "combined SSL features + linear probe (frozen)",
-}
 METRICS = (("auroc", "AUROC"), ("accuracy", "ACC"),
            ("balanced_accuracy", "balanced ACC"), ("f1", "macro F1"))
 NAN = float("nan")  # a metric cells stored before it existed lack
@@ -48,7 +39,7 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
     for key, _ in METRICS:
       row[key] = [c["test"].get(key, NAN) for c in cells]
     rows.append(row)
-  order = list(PROTOCOL_LABELS)
+  order = list(protocols.labels())
   rows.sort(key=lambda r: (r["fraction"], order.index(r["protocol"])
                            if r["protocol"] in order else len(order)))
   return rows
@@ -61,12 +52,13 @@ def markdown_table(results: dict[str, Any]) -> str:
            f"{results['task']}) — test set, "
            f"{'mean ± sd over ' + str(seeds) + ' seeds' if seeds > 1 else '1 seed'}; "
            f"pretraining: {results.get('pretrain_objective') or 'none'}")
+  labels = protocols.labels()
   lines = [title, "",
            "| labels | n train | protocol | " + " | ".join(n for _, n in METRICS) + " |",
            "|---:|---:|---|" + "---:|" * len(METRICS)]
   for r in rows:
     lines.append(f"| {r['fraction']:.0%} | {r['n_train']} | "
-                 f"{PROTOCOL_LABELS.get(r['protocol'], r['protocol'])} | "
+                 f"{labels.get(r['protocol'], r['protocol'])} | "
                  + " | ".join(_cell(r[k]) for k, _ in METRICS) + " |")
   return "\n".join(lines) + "\n"
 
@@ -225,6 +217,7 @@ def benchmark_markdown(summary: list[dict], meta: dict, references: list,
   model = ", ".join(f"{k}={v}" for k, v in budget["model"].items())
   seeds = meta["seeds"]
   per_class = any(s["auroc_per_class"] for s in summary)
+  kind = protocols.kinds()
   lines = [
       f"# Benchmark: {meta['dataset']} ({meta['image_size']} px, {meta['task']})",
       "",
@@ -258,7 +251,7 @@ def benchmark_markdown(summary: list[dict], meta: dict, references: list,
     lines.append(
         f"| {s['fraction']:.0%} | {s['n_train']} | {s['method']} | "
         f"{CATEGORY_LABELS.get(s['category'], s['category'])} | "
-        f"{s['protocol']} ({PROTOCOL_KIND.get(s['protocol'], '?')}) | "
+        f"{s['protocol']} ({kind.get(s['protocol'], '?')}) | "
         f"{_pm(s['auroc'], n)} | [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}] | {delta} | "
         f"{_pm(s['accuracy'], n)} | {_pm(s['balanced_accuracy'], n)} | "
         f"{_pm(s['f1'], n)} |{extra}")
