@@ -1,13 +1,14 @@
 """Pytree key paths as names: one reading of `tree_flatten_with_path` keys.
 
 Sharding rules match regexes against these names, `last_k` picks trainable
-blocks by them and `init_from` finds the encoder by them, so all three must
-read a path the same way: a dict key, an attribute name or a sequence index,
-whichever the key object carries.
+blocks by them and the encoder loader finds the encoder by them, so all
+must read a path the same way: a dict key, an attribute name or a sequence
+index, whichever the key object carries. Nested dicts of arrays (weight
+files, checkpoints) flatten to the same '/'-joined names.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 KEY_FIELDS = ("key", "name", "idx")  # DictKey, GetAttrKey, SequenceKey
 
@@ -34,3 +35,27 @@ def _key(entry: Any) -> Any:
     if hasattr(entry, field):
       return getattr(entry, field)
   return entry
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+  """Nested mapping -> {'a/b/c': leaf}."""
+  out = {}
+  for key, value in tree.items():
+    path = f"{prefix}/{key}" if prefix else str(key)
+    if isinstance(value, Mapping):
+      out.update(flatten(value, path))
+    else:
+      out[path] = value
+  return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict:
+  """{'a/b/c': leaf} -> nested dicts."""
+  out: dict = {}
+  for key, value in flat.items():
+    *parents, last = key.split("/")
+    node = out
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = value
+  return out

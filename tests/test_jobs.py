@@ -7,14 +7,15 @@ import pathlib
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from ssl_jax.evaluation import encoder_context, protocols
+from ssl_jax import pytree
+from ssl_jax.evaluation import protocols
 from ssl_jax.jobs import common, finetune
 from ssl_jax.objectives import base
+from ssl_jax.train import checkpoint, encoder_weights
 from tests.tiny import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -74,19 +75,20 @@ def test_run_py_pretrains_finetunes_and_prints_the_table(demo_run):
 def test_finetune_reads_the_encoder_of_the_pretrain_checkpoint(demo_run):
   workdir, _ = demo_run
   pre_config, weights = finetune.read_pretrained(str(workdir / "pretrain"))
-  assert weights["step"] == 4
+  assert encoder_weights.read(str(workdir / "pretrain"))[1] == 4  # the step
+  tree = checkpoint.restore_subtree(workdir / "pretrain" / "checkpoints",
+                                    "params", "rest")
+  saved = {**pytree.flatten(tree["params"]["encoder"]),
+           **pytree.flatten(tree["rest"]["encoder"])}
+  assert sorted(weights) == sorted(saved) and any("bn1/mean" in k for k in saved)
   info = common.data_info(pre_config)
   encoder = base.build_encoder(pre_config, info, nnx.Rngs(123))
-  fresh = jax.tree.leaves(nnx.to_pure_dict(nnx.state(encoder, nnx.Param)))
-  encoder_context.load_encoder(encoder, weights)
-  loaded = nnx.to_pure_dict(nnx.state(encoder, nnx.Param))
-  ckpt = jax.tree.leaves(weights["params"])
-  for got, want in zip(jax.tree.leaves(loaded), ckpt, strict=True):
-    np.testing.assert_array_equal(np.asarray(got), want)
-  assert any(not np.array_equal(a, b) for a, b in zip(fresh, ckpt))
-  stats = nnx.to_pure_dict(nnx.state(encoder, nnx.BatchStat))
-  for got, want in zip(jax.tree.leaves(stats), jax.tree.leaves(weights["rest"]), strict=True):
-    np.testing.assert_array_equal(np.asarray(got), want)
+  fresh = encoder_weights.of_module(encoder)
+  encoder_weights.into_module(encoder, weights)
+  loaded = encoder_weights.of_module(encoder)
+  for key, want in saved.items():  # params and BatchNorm statistics
+    np.testing.assert_array_equal(loaded[key], np.asarray(want), err_msg=key)
+  assert any(not np.array_equal(fresh[k], np.asarray(v)) for k, v in saved.items())
 
 
 def test_rerun_skips_finished_cells(demo_run, monkeypatch):

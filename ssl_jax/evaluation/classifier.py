@@ -22,8 +22,9 @@ from flax import nnx
 from ssl_jax import objectives, parallel, runtime, views
 from ssl_jax.evaluation import inference, metrics
 from ssl_jax.evaluation.encoder_context import (EVAL_SPLITS, EncoderContext,
-                                                Predictions, load_encoder)
+                                                Predictions)
 from ssl_jax.pytree import path_keys
+from ssl_jax.train import encoder_weights as weights_lib
 from ssl_jax.train import loop, optim, step as step_lib
 from ssl_jax.train import state as state_lib
 from ssl_jax.train.metrics_writer import MetricWriter
@@ -106,12 +107,12 @@ class ClassifierTrainer:
         batch_size=self.config.finetune.eval_batch_size, args=(params, rest))
 
   def run(self, ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
-          weights: dict | None, name: str) -> Predictions:
+          weights: weights_lib.Flat | None, name: str) -> Predictions:
     from data_pipelines import input_pipeline  # TF: only where data is read
     ft = self.config.finetune
     model = self._model(seed)
     if weights is not None:
-      load_encoder(model.encoder, weights)
+      weights_lib.into_module(model.encoder, weights)
     _, state = state_lib.create(model, self.tx, {}, jax.random.PRNGKey(seed))
     state = parallel.replicate(state, self.mesh)
     images, labels = ctx.data["train"]

@@ -16,8 +16,9 @@ import numpy as np
 from flax import nnx
 
 from data_pipelines import fractions
-from ssl_jax import objectives, runtime, views
+from ssl_jax import objectives, parallel, runtime, views
 from ssl_jax.evaluation import inference
+from ssl_jax.train import encoder_weights as weights_lib
 from ssl_jax.train import state as state_lib
 
 SPLITS = ("train", "val", "test")
@@ -29,7 +30,8 @@ FINAL = "final"  # the layer name of the encoder's pooled output
 class EncoderContext:
   """Everything the protocols share for one encoder (one method and seed).
 
-  `encoder_weights=None` means a random-init encoder drawn with `init_seed`.
+  `encoder_weights` are flat host arrays (`train/encoder_weights.py`);
+  None means a random-init encoder drawn with `init_seed`.
   `peers` are further encoders whose frozen features `combine` concatenates.
   `compiled` holds trainers compiled for this architecture; contexts with
   the same model and data share one dict, so a sweep compiles them once.
@@ -42,7 +44,7 @@ class EncoderContext:
   mesh: Any
   info: Any
   data: dict[str, tuple[np.ndarray, np.ndarray]]
-  encoder_weights: dict[str, Any] | None
+  encoder_weights: weights_lib.Flat | None
   init_seed: int = 0
   log_dir: str = ""
   peers: tuple["EncoderContext", ...] = ()
@@ -69,8 +71,9 @@ class EncoderContext:
       encoder = objectives.base.build_encoder(self.config, self.info,
                                               nnx.Rngs(self.init_seed))
       if self.encoder_weights is not None:
-        load_encoder(encoder, self.encoder_weights)
+        weights_lib.into_module(encoder, self.encoder_weights)
       graphdef, params, rest = state_lib.split_model(encoder)
+      params, rest = parallel.replicate((params, rest), self.mesh)
 
       def embed(p, r, x):
         pooled, inner = nnx.merge(graphdef, p, r)(
@@ -96,17 +99,3 @@ class Predictions:
   probs: dict[str, np.ndarray]
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-
-def load_encoder(encoder: nnx.Module, weights: dict[str, Any] | None) -> None:
-  """Copies pretrained encoder params/statistics into `encoder` in place."""
-  if weights is None:
-    raise ValueError("this protocol needs a pretrained encoder; set "
-                     "config.finetune.pretrained to a pretraining workdir")
-  params = nnx.state(encoder, nnx.Param)
-  nnx.replace_by_pure_dict(params, weights["params"])
-  updates = [params]
-  if weights.get("rest"):
-    rest = nnx.state(encoder, nnx.Not(nnx.Param))
-    nnx.replace_by_pure_dict(rest, weights["rest"])
-    updates.append(rest)
-  nnx.update(encoder, *updates)

@@ -17,25 +17,20 @@ import os
 
 import jax
 import ml_collections
-import numpy as np
 
 from ssl_jax import files, parallel
 from ssl_jax.evaluation.cells import Cell, CellStore, run_cells
 from ssl_jax.evaluation.encoder_context import SPLITS, EncoderContext
 from ssl_jax.jobs import common, report
 from ssl_jax.jobs import workdir as workdir_lib
-from ssl_jax.train import checkpoint, init_from
+from ssl_jax.train import encoder_weights, init_from
 
 
-def read_pretrained(pretrained: str) -> tuple[ml_collections.ConfigDict, dict]:
-  """The pretraining config and its checkpoint's encoder subtree."""
+def read_pretrained(pretrained: str
+                    ) -> tuple[ml_collections.ConfigDict, encoder_weights.Flat]:
+  """The pretraining config and its latest checkpoint's encoder."""
   pre_config = common.load_config(pretrained)
-  tree = checkpoint.restore_subtree(os.path.join(pretrained, "checkpoints"),
-                                    "params", "rest")
-  # Host copies: every cell gets fresh device buffers (the step donates them).
-  weights = jax.tree.map(np.asarray, {"params": tree["params"]["encoder"],
-                                      "rest": tree["rest"].get("encoder", {})})
-  weights["step"] = int(tree["step"])
+  weights, _ = encoder_weights.read(pretrained)
   return pre_config, weights
 
 
@@ -66,8 +61,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Transfer without SSL (e.g. ImageNet weights): config.init_from.
   init_path = "" if ft.pretrained else config.get("init_from", {}).get("path", "")
   if init_path:
-    weights, init_report = init_from.encoder_weights(config,
-                                                     common.data_info(config))
+    weights, init_report = init_from.load_encoder_weights(
+        config, common.data_info(config))
     files.write_json_atomic(os.path.join(workdir, "init_from_report.json"),
                             init_report)
   if needs_encoder and weights is None:
