@@ -93,6 +93,19 @@ def make_mesh(num_devices: int | None = None, model_axis_size: int = 1) -> Mesh:
   return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
 
 
+def config_mesh(config: Any) -> Mesh:
+  """The mesh `config.mesh` asks for: `num_devices` (0: all) split into
+  (data, model) with `model_axis_size` devices along `model`."""
+  mesh_cfg = config.get("mesh", {})
+  return make_mesh(mesh_cfg.get("num_devices", 0),
+                   mesh_cfg.get("model_axis_size", 1))
+
+
+def config_rules(config: Any) -> tuple[Rule, ...]:
+  """`config.mesh.rules` as a tuple; none: every state leaf replicated."""
+  return tuple(config.get("mesh", {}).get("rules", ()) or ())
+
+
 def data_axis_size(mesh: Mesh) -> int:
   return mesh.shape[DATA_AXIS] if DATA_AXIS in mesh.shape else mesh.devices.size
 

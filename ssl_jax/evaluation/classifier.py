@@ -73,9 +73,13 @@ def trainable_labels(model: nnx.Module, last_k: int | None) -> Callable:
 class ClassifierTrainer:
   """Encoder + linear head trained with the shared step and loop.
 
-  The step and predict functions are compiled once per architecture (and
-  set of trainable params) and reused by every cell; cells differ only in
-  initial weights, data subset and seed.
+  The state is built as pretraining builds it (`state.shape_first`): born on
+  the mesh in the layout `mesh.rules` give it (replicated by default, split
+  along `model` where a rule says so), then the encoder weights are placed
+  into it leaf by leaf (`encoder_weights.into_state`). The init, step and
+  predict functions are compiled once per architecture (and set of
+  trainable params) and reused by every cell; cells differ only in initial
+  weights, data subset and seed.
   """
 
   def __init__(self, ctx: EncoderContext, last_k: int | None = None,
@@ -86,20 +90,36 @@ class ClassifierTrainer:
     self.info, self.mesh = ctx.info, ctx.mesh
     self.objective = objectives.get("supervised")
     tx, schedule = optim.make_optimizer(ft.optim, ft.batch_size, self.steps)
-    model = self._model(0)
+    shape = nnx.eval_shape(lambda: self._model(0))
     self.tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
-                                    trainable_labels(model, last_k))
-    graphdef, _ = state_lib.create(model, self.tx, {}, jax.random.PRNGKey(0))
+                                    trainable_labels(shape, last_k))
+    graphdef, _, shardings, self._init = state_lib.shape_first(
+        self._state, self.mesh, parallel.config_rules(self.config), args=(0,))
     self.step_fn = step_lib.compile_step(step_lib.make_from_objective(
         graphdef, self.objective, self.config, self.tx, schedule),
-        graphdef=graphdef)
+        shardings, graphdef=graphdef)
     multi_label = ctx.info.multi_label
     self.predict = runtime.jit(lambda p, r, x: _to_probs(
         nnx.merge(graphdef, p, r)(views.eval_view(x), train=False), multi_label),
         graphdef)
 
-  def _model(self, seed: int) -> nnx.Module:
-    return self.objective.build_model(self.config, self.info, nnx.Rngs(seed))
+  def _model(self, seed) -> nnx.Module:
+    return self.objective.build_model(self.config, self.info,
+                                      nnx.Rngs(jax.random.key(seed)))
+
+  def _state(self, seed) -> tuple[nnx.GraphDef, state_lib.TrainState]:
+    """Model and train state drawn from `seed` (traced inside `init`)."""
+    return state_lib.create(self._model(seed), self.tx, {},
+                            jax.random.PRNGKey(seed))
+
+  def init_state(self, seed: int,
+                 weights: weights_lib.Flat | None) -> state_lib.TrainState:
+    """A cell's initial state on the mesh, with `weights` in its encoder
+    (None: the encoder keeps its random init from `seed`)."""
+    state = self._init(seed)
+    if weights is not None:
+      state, _ = weights_lib.into_state(state, weights)
+    return state
 
   def probs(self, ctx: EncoderContext, params, rest, split: str) -> np.ndarray:
     return inference.batched_apply(
@@ -110,11 +130,7 @@ class ClassifierTrainer:
           weights: weights_lib.Flat | None, name: str) -> Predictions:
     from data_pipelines import input_pipeline  # TF: only where data is read
     ft = self.config.finetune
-    model = self._model(seed)
-    if weights is not None:
-      weights_lib.into_module(model.encoder, weights)
-    _, state = state_lib.create(model, self.tx, {}, jax.random.PRNGKey(seed))
-    state = parallel.replicate(state, self.mesh)
+    state = self.init_state(seed, weights)
     images, labels = ctx.data["train"]
     batches = input_pipeline.make_iterator(
         images[train_idx], labels[train_idx],

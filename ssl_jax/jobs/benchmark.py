@@ -231,7 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   began = time.perf_counter()
   base = budgeted(config, config, config.seed)
   info = common.data_info(base)
-  mesh = parallel.make_mesh(config.mesh.num_devices)
+  mesh = parallel.config_mesh(config)
   parallel.check_divisible(config.finetune.batch_size, mesh, "finetune.batch_size")
   data = {split: common.load_split(base, split) for split in SPLITS}
   meta = {

@@ -76,7 +76,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(f"finetune: the encoder is built as in {ft.pretrained}/config.json "
           f"(model {pre_config.model.to_dict()}), not as config.model "
           f"({config.model.to_dict()}); results.json records both", flush=True)
-  mesh = parallel.make_mesh(config.mesh.num_devices)
+  mesh = parallel.config_mesh(config)  # (data, model), as in pretraining
   parallel.check_divisible(ft.batch_size, mesh, "finetune.batch_size")
   data = {split: common.load_split(cfg, split) for split in SPLITS}
   common.save_config(cfg, workdir)

@@ -81,10 +81,9 @@ def build_parts(config: ml_collections.ConfigDict, info, mesh) -> Built:
     return state_lib.create(model, tx, objective.init_extra(model, built_config),
                             jax.random.PRNGKey(config.seed + 1))
 
-  rules = tuple(config.get("mesh", {}).get("rules", ()) or ())
   try:
     graphdef, abstract, shardings, init = state_lib.shape_first(
-        build_state, mesh, rules)
+        build_state, mesh, parallel.config_rules(config))
   except AttributeError as e:  # a hyperparameter of another method's config
     if "Did you mean" not in str(e) and not str(e).startswith("'"):
       raise  # not a ConfigDict field lookup
@@ -101,12 +100,6 @@ def build(config: ml_collections.ConfigDict, info, mesh):
   """(graphdef, initial state on the mesh, jitted step) for the config."""
   built = build_parts(config, info, mesh)
   return built.graphdef, built.init(), built.step_fn
-
-
-def make_mesh(config: ml_collections.ConfigDict):
-  mesh_cfg = config.get("mesh", {})
-  return parallel.make_mesh(mesh_cfg.get("num_devices", 0),
-                            mesh_cfg.get("model_axis_size", 1))
 
 
 def make_partners(config: ml_collections.ConfigDict, num_rows: int,
@@ -179,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   common.validate(config)
   check_same_setup(config, workdir)
-  mesh = make_mesh(config)
+  mesh = parallel.config_mesh(config)
   parallel.check_divisible(config.train.batch_size, mesh, "train.batch_size",
                            times=config.train.get("grad_accum_steps", 1))
   lead = jax.process_index() == 0
