@@ -16,7 +16,8 @@
       The `finetune` protocol of stage 2 on the same tiny ViT, once on a
       (data=2, model=2) mesh with those rules and once on (data=4)
       replicated, from the same encoder weights: the classifier state's
-      layout, whether the weights landed, and the test probabilities.
+      layout, whether the weights landed, and the test probabilities (and
+      those of the `linear` probe on the frozen features).
 """
 import json
 import os
@@ -154,12 +155,14 @@ def stage2(workdir: str) -> dict:
     state = classifier.trainer_for(ctx, len(train_idx)).init_state(0, weights)
     fc1 = _fc1(state)
     probs = PROTOCOLS.get("finetune")(ctx, train_idx, 0).probs["test"]
+    frozen = PROTOCOLS.get("linear")(ctx, train_idx, 0).probs["test"]
     out[name] = {
         "mesh": dict(ctx.mesh.shape), "fc1_spec": str(fc1.sharding.spec),
         "fc1_shard_shape": list(fc1.addressable_shards[0].data.shape),
         "loaded": bool(np.array_equal(_host(fc1),
                                       weights["blocks/0/fc1/kernel"])),
-        "test_probs": probs[:, 1].tolist()}
+        "test_probs": probs[:, 1].tolist(),
+        "linear_test_probs": frozen[:, 1].tolist()}
   return out
 
 

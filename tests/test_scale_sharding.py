@@ -106,8 +106,9 @@ def test_two_processes_match_one_process_on_the_same_global_batch(runs):
 def test_stage2_state_is_born_sharded_by_the_same_rules(medmnist_dir, tmp_path):
   """Fine-tuning builds its state as pretraining does: with model_axis_size=2
   and the MLP rules the classifier's fc1 kernel is born split along `model`,
-  the encoder weights land in it, and predictions match a replicated
-  (data=4) mesh on the same global batches."""
+  the encoder weights land in it, and predictions (fine-tuned, and of the
+  linear probe on frozen features) match a replicated (data=4) mesh on the
+  same global batches."""
   out, = _results([_start(["stage2", str(tmp_path)], _env(medmnist_dir, 4))])
   sharded, replicated = out["sharded"], out["replicated"]
   assert sharded["mesh"] == {"data": 2, "model": 2}
@@ -116,5 +117,5 @@ def test_stage2_state_is_born_sharded_by_the_same_rules(medmnist_dir, tmp_path):
   assert replicated["mesh"] == {"data": 4, "model": 1}
   assert replicated["fc1_spec"] == "P()"
   assert sharded["loaded"] and replicated["loaded"]
-  np.testing.assert_allclose(sharded["test_probs"], replicated["test_probs"],
-                             atol=1e-5)
+  for key in ("test_probs", "linear_test_probs"):
+    np.testing.assert_allclose(sharded[key], replicated[key], atol=1e-5)
