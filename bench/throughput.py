@@ -69,7 +69,7 @@ def measure(config, *, steps: int, warmup: int) -> dict:
   from ssl_jax.jobs import common, pretrain  # noqa: PLC0415
 
   common.check_fit(config)
-  mesh = pretrain.make_mesh(config)
+  mesh = parallel.config_mesh(config)
   accum = config.train.grad_accum_steps
   parallel.check_divisible(config.train.batch_size, mesh, "train.batch_size",
                            times=accum)

@@ -158,6 +158,10 @@ def get_config() -> ml_collections.ConfigDict:
   # `min_steps`; validation every `eval_every_epochs`); the step with the
   # best val AUROC (ties: lower val loss) is kept. `class_weights`:
   # none | balanced (loss weights n / (C * count), single-label tasks).
+  # The protocol fields after `augment` (bootstrap CI, logreg, last_k,
+  # early_layer) were once filled in by the finetune job; config.json files
+  # written then lack them, which is harmless: stage 2 reads them from the
+  # config it runs with, never from a pretraining workdir's config.json.
   c.finetune = dict(
       pretrained="",
       protocols=("linear", "knn", "finetune", "scratch"),
@@ -170,5 +174,13 @@ def get_config() -> ml_collections.ConfigDict:
       linear_weight_decays=(0.0, 1e-4, 1e-3, 1e-2),
       optim=optim_config("adamw", 1e-3, weight_decay=1e-4, warmup_steps=20),
       augment=augment_config("medical_safe"),
+      bootstrap_samples=200,   # test-set resamples for the AUROC CI (0: none)
+      ci_level=0.95,           # coverage of that percentile bootstrap CI
+      logreg_l2s=(1e-4, 1e-3, 1e-2, 1e-1, 1.0),  # `logreg`: L2 swept on val
+      logreg_max_iters=500,    # `logreg`: L-BFGS iteration cap
+      logreg_tol=1e-5,         # `logreg`: gradient norm at convergence
+      logreg_memory=10,        # `logreg`: L-BFGS history length
+      last_k=1,                # `last_k`: ResNet stages / ViT blocks trained
+      early_layer="stage3",    # `early_layer`: ResNet 'stageN', ViT 'blockN'
   )
   return c

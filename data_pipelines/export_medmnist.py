@@ -29,6 +29,7 @@ import numpy as np
 
 import data_pipelines
 from data_pipelines.source import SPLITS
+from ssl_jax import files
 
 IDENTITY_WINDOW = (127.5, 255.0)  # uint8 0..255 -> 0..255 unchanged
 
@@ -70,12 +71,11 @@ def export(name: str, out_dir: str | os.PathLike, *, size: int = 28,
       rows.append({"path": relative, "label": int(label),
                    "patient_id": f"{split}-{i:05d}", "split": split})
   csv_path = out / "labels.csv"
-  tmp = csv_path.with_suffix(".csv.tmp")
-  with open(tmp, "w", newline="") as f:
+  # A killed export never leaves a partial CSV.
+  with files.atomic_open(csv_path, newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-  os.replace(tmp, csv_path)  # a killed export never leaves a partial CSV
   return csv_path
 
 

@@ -52,18 +52,17 @@ import collections
 import csv
 import dataclasses
 import datetime
-import json
 import math
 import os
 import pathlib
 import re
-import tempfile
 from typing import Any, Mapping
 
 import numpy as np
 
 from data_pipelines import medical_io, source, splits
 from data_pipelines.source import SPLITS, TASKS, DatasetInfo
+from ssl_jax import files
 
 METADATA_COLUMNS = (
     "patient_id", "study_id", "series_id", "view", "laterality", "age", "sex",
@@ -665,14 +664,7 @@ def _column(name: str, values: list[Any]) -> np.ndarray:
 def write_data_report(path: str | os.PathLike, report: Mapping[str, Any]
                       ) -> None:
   """The report as indented JSON, written atomically (temp file + rename)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False,
-                                   suffix=".tmp") as f:
-    json.dump(report, f, indent=2, default=_json_default)
-    tmp = f.name
-  os.chmod(tmp, 0o644)
-  os.replace(tmp, path)
+  files.write_json_atomic(path, report, default=_json_default)
 
 
 def _json_default(value: Any) -> Any:

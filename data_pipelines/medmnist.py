@@ -15,13 +15,13 @@ No TensorFlow here: this module only needs numpy.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import http.client
 import logging
 import os
 import pathlib
-import tempfile
 import urllib.request
 from typing import BinaryIO
 
@@ -29,6 +29,7 @@ import numpy as np
 import platformdirs
 
 from data_pipelines.source import SPLITS, DatasetInfo
+from ssl_jax import files
 from ssl_jax.registry import Registry
 
 _log = logging.getLogger(__name__)
@@ -261,47 +262,40 @@ def _download(url_: str, path: pathlib.Path, expected_md5: str) -> None:
   """Streams `url_` to a temp file beside `path`, checks md5, renames.
 
   The final name appears only through an atomic rename of a complete, verified
-  file, so concurrent processes and interrupted runs never see a partial file.
+  (and fsynced) file, so concurrent processes and interrupted runs never see
+  a partial file (`files.atomic_open`).
   """
-  directory = path.parent
-  try:
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".part", dir=directory)
-  except OSError as e:
-    raise DataDirError(
-        f"data dir {directory} is not writable ({e}), so {path.name} cannot "
-        f"be downloaded there. Set {ENV_VAR} (or the config's data_dir) to a "
-        f"writable directory, or put the file there yourself from {url_}"
-    ) from e
-  tmp = pathlib.Path(tmp_name)
-  try:
+  with contextlib.ExitStack() as stack:
+    try:  # the temp file is made on entering: an unwritable dir fails here
+      out = stack.enter_context(files.atomic_open(
+          path, "wb", fsync=True, permissions=None, prefix=f".{path.name}.",
+          suffix=".part"))
+    except OSError as e:
+      raise DataDirError(
+          f"data dir {path.parent} is not writable ({e}), so {path.name} "
+          f"cannot be downloaded there. Set {ENV_VAR} (or the config's "
+          f"data_dir) to a writable directory, or put the file there yourself "
+          f"from {url_}") from e
     _log.info("downloading %s to %s", url_, path)
     digest = hashlib.md5()
-    with os.fdopen(fd, "wb") as out:
-      try:
-        with _open_url(url_) as response:
-          while chunk := response.read(1 << 20):
-            digest.update(chunk)
-            out.write(chunk)
-      except (OSError, http.client.HTTPException) as e:
-        raise DownloadError(
-            f"{path} is missing and downloading it from {url_} failed: {e!r}. "
-            f"If this machine is offline, download the file elsewhere and set "
-            f"{ENV_VAR} (or the config's data_dir) to the directory holding "
-            f"it.") from e
-      out.flush()
-      os.fsync(out.fileno())
+    try:
+      with _open_url(url_) as response:
+        while chunk := response.read(1 << 20):
+          digest.update(chunk)
+          out.write(chunk)
+    except (OSError, http.client.HTTPException) as e:
+      raise DownloadError(
+          f"{path} is missing and downloading it from {url_} failed: {e!r}. "
+          f"If this machine is offline, download the file elsewhere and set "
+          f"{ENV_VAR} (or the config's data_dir) to the directory holding "
+          f"it.") from e
     actual = digest.hexdigest()
-    if actual != expected_md5:
+    if actual != expected_md5:  # raising here removes the temp file
       raise ChecksumError(
           f"downloaded {url_} has md5 {actual}, expected the official "
           f"{expected_md5}; nothing was saved as {path}. Retry, or download "
           f"the file yourself and set {ENV_VAR} to its directory.")
-    os.replace(tmp, path)
-    _verified.add(_verified_key(path))
-  finally:
-    tmp.unlink(missing_ok=True)
+  _verified.add(_verified_key(path))
 
 
 def fetch(

@@ -10,7 +10,7 @@ downsample.0/1, running_mean/var, num_batches_tracked) or timm's ViT naming
 WORKDIR/encoder.npz); torch is imported only for --format=torch.
 
 The encoder is read as the fine-tune job reads it (config.json and the
-latest Orbax checkpoint, `finetune.read_pretrained`), and mapped by
+latest Orbax checkpoint, `encoder_weights.read`), and mapped by
 `init_from`'s presets `torchvision_resnet` / `timm_vit` read backwards (the
 same rename table and `Layout`, see init_from.Preset), so `init_from` with
 that preset loads the file back to the same encoder (tests/test_export.py).
@@ -44,7 +44,7 @@ import numpy as np
 from flax import nnx
 
 from ssl_jax.registry import Registry
-from ssl_jax.train import init_from
+from ssl_jax.train import encoder_weights, init_from
 
 Flat = init_from.Flat
 FORMATS = ("torch", "npz")
@@ -86,7 +86,7 @@ def read_encoder(workdir: str):
   channels its checkpoint holds and image_size = data.size, so no data is
   read; its keys and shapes must be the checkpoint's.
   """
-  from ssl_jax.jobs import common, finetune
+  from ssl_jax.jobs import common
   from ssl_jax.objectives import base
   if not os.path.exists(os.path.join(workdir, "config.json")):
     raise FileNotFoundError(f"{workdir} has no config.json: export reads the "
@@ -100,9 +100,7 @@ def read_encoder(workdir: str):
   if not os.path.isdir(ckpt) or not any(d.isdigit() for d in os.listdir(ckpt)):
     raise FileNotFoundError(f"{workdir} has no checkpoint ({ckpt} holds no "
                             "step): export reads a pretraining workdir")
-  _, weights = finetune.read_pretrained(workdir)
-  flat = {**init_from.flatten(weights["params"]),
-          **init_from.flatten(weights["rest"])}
+  flat, step = encoder_weights.read(workdir)
   stems = [v for k, v in flat.items()
            if k in ("stem_conv/kernel", "patch_embed/kernel")]
   if not stems:
@@ -120,7 +118,7 @@ def read_encoder(workdir: str):
         k for k in set(want) & set(got) if want[k] != got[k])
     raise ValueError(f"{workdir}: the checkpoint's encoder does not fit "
                      f"config.json's model ({name}): {', '.join(bad[:10])}")
-  return config, encoder, flat, weights["step"]
+  return config, encoder, flat, step
 
 
 def to_public(encoder: nnx.Module, flat: Flat) -> tuple[Flat, str]:

@@ -26,6 +26,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ssl_jax.pytree import path_str
+
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
 # (path regex, partition spec as a tuple of axis names / None), first match wins.
@@ -89,6 +91,19 @@ def make_mesh(num_devices: int | None = None, model_axis_size: int = 1) -> Mesh:
                      f"the {len(devices)} devices")
   grid = np.asarray(devices).reshape(-1, model_axis_size)
   return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
+
+
+def config_mesh(config: Any) -> Mesh:
+  """The mesh `config.mesh` asks for: `num_devices` (0: all) split into
+  (data, model) with `model_axis_size` devices along `model`."""
+  mesh_cfg = config.get("mesh", {})
+  return make_mesh(mesh_cfg.get("num_devices", 0),
+                   mesh_cfg.get("model_axis_size", 1))
+
+
+def config_rules(config: Any) -> tuple[Rule, ...]:
+  """`config.mesh.rules` as a tuple; none: every state leaf replicated."""
+  return tuple(config.get("mesh", {}).get("rules", ()) or ())
 
 
 def data_axis_size(mesh: Mesh) -> int:
@@ -166,24 +181,6 @@ def replicate(tree, mesh: Mesh):
 
 
 # ------------------------------------------------------- sharding rules --
-
-def path_str(path: tuple) -> str:
-  """'params/encoder/blocks/0/fc1/kernel' for a pytree key path.
-
-  NNX's trailing `.value` is dropped, so a rule reads like the module tree.
-  """
-  parts = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-    else:
-      parts.append(str(key))
-  if parts and parts[-1] == "value":
-    parts.pop()
-  return "/".join(parts)
-
 
 def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh,
              rules: Sequence[Rule]) -> P:

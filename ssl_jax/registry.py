@@ -41,6 +41,11 @@ class Registry(Generic[T]):
   def names(self) -> list[str]:
     return sorted(self._entries)
 
+  def items(self) -> list[tuple[str, T]]:
+    """(name, object) pairs in registration order, for listings whose order
+    the registering module chose (names() is sorted)."""
+    return list(self._entries.items())
+
   def __contains__(self, name: str) -> bool:
     return name in self._entries
 

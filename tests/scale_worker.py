@@ -12,6 +12,12 @@
       it shape-first and logs one metric row (process 0 writes).
       With SCALE_RULES=1 the mesh is (data=2, model=2) and `mesh.rules`
       shard the ViT MLP kernels along `model`; it reports their layouts.
+  python tests/scale_worker.py stage2 WORKDIR
+      The `finetune` protocol of stage 2 on the same tiny ViT, once on a
+      (data=2, model=2) mesh with those rules and once on (data=4)
+      replicated, from the same encoder weights: the classifier state's
+      layout, whether the weights landed, and the test probabilities (and
+      those of the `linear` probe on the frozen features).
 """
 import json
 import os
@@ -82,7 +88,7 @@ def steps(workdir: str | None) -> dict:
     config = vit_config(**{"mesh.model_axis_size": 2, "mesh.rules": MODEL_RULES})
   else:
     config = vit_config()
-  mesh = pretrain.make_mesh(config)
+  mesh = parallel.config_mesh(config)
   info = data_pipelines.info("breastmnist", 28)
   batch = parallel.shard_batch(_local_slice(_global_batch()), mesh)
   built = pretrain.build_parts(config, info, mesh)
@@ -124,13 +130,52 @@ def _checkpoint_roundtrip(built, state, params, workdir) -> dict:
   return {"restored_equal": bool(same), "restored_step": int(restored.step)}
 
 
+def stage2(workdir: str) -> dict:
+  from flax import nnx  # noqa: PLC0415
+  from ssl_jax.evaluation import classifier  # noqa: PLC0415
+  from ssl_jax.evaluation.encoder_context import SPLITS, EncoderContext  # noqa: PLC0415
+  from ssl_jax.evaluation.protocols import PROTOCOLS  # noqa: PLC0415
+  from ssl_jax.jobs import common, finetune  # noqa: PLC0415
+  from ssl_jax.objectives import base  # noqa: PLC0415
+  from ssl_jax.train import encoder_weights  # noqa: PLC0415
+  out = {}
+  for name, mesh_fields in (
+      ("sharded", {"mesh.model_axis_size": 2, "mesh.rules": MODEL_RULES}),
+      ("replicated", {})):
+    config = vit_config(**mesh_fields)
+    info = common.data_info(config)
+    cfg = finetune.stage2_config(config, None, info)
+    weights = encoder_weights.of_module(
+        base.build_encoder(cfg, info, nnx.Rngs(7)))
+    ctx = EncoderContext(
+        config=cfg, workdir=os.path.join(workdir, name),
+        mesh=parallel.config_mesh(cfg), info=info, encoder_weights=weights,
+        data={s: common.load_split(cfg, s) for s in SPLITS})
+    train_idx = ctx.subset(0.1, 0)
+    state = classifier.trainer_for(ctx, len(train_idx)).init_state(0, weights)
+    fc1 = _fc1(state)
+    probs = PROTOCOLS.get("finetune")(ctx, train_idx, 0).probs["test"]
+    frozen = PROTOCOLS.get("linear")(ctx, train_idx, 0).probs["test"]
+    out[name] = {
+        "mesh": dict(ctx.mesh.shape), "fc1_spec": str(fc1.sharding.spec),
+        "fc1_shard_shape": list(fc1.addressable_shards[0].data.shape),
+        "loaded": bool(np.array_equal(_host(fc1),
+                                      weights["blocks/0/fc1/kernel"])),
+        "test_probs": probs[:, 1].tolist(),
+        "linear_test_probs": frozen[:, 1].tolist()}
+  return out
+
+
 def main():
   mode = sys.argv[1]
   distributed = _distributed_config()
   if distributed:
     parallel.initialize_distributed(distributed)
-  assert mode == "steps", mode
-  result = steps(sys.argv[2] if len(sys.argv) > 2 else None)
+  if mode == "stage2":
+    result = stage2(sys.argv[2])
+  else:
+    assert mode == "steps", mode
+    result = steps(sys.argv[2] if len(sys.argv) > 2 else None)
   print(json.dumps(result), flush=True)
 
 

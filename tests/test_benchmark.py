@@ -12,7 +12,9 @@ import matplotlib.image
 import pytest
 
 from configs import benchmark as benchmark_config
-from ssl_jax.jobs import benchmark, common, finetune, report
+from ssl_jax import files
+from ssl_jax.evaluation import cells as cells_lib
+from ssl_jax.jobs import benchmark, report
 from tests.tiny import apply_overrides
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -246,8 +248,8 @@ def test_fields_newer_than_a_saved_sweep_bind_only_off_their_default(tmp_path):
   config = tiny_benchmark_config()
   saved = benchmark._fingerprint(config)
   del saved["pairs.mode"]  # as if the sweep predates the field
-  common.write_json_atomic(str(tmp_path / "benchmark.json"),
-                           {"fingerprint": saved})
+  files.write_json_atomic(str(tmp_path / "benchmark.json"),
+                          {"fingerprint": saved})
   benchmark.check_resumable(config, str(tmp_path))  # default value: resumes
   config.pairs.mode = "patient"
   with pytest.raises(ValueError, match="pairs.mode"):
@@ -256,8 +258,8 @@ def test_fields_newer_than_a_saved_sweep_bind_only_off_their_default(tmp_path):
 
 def test_cells_another_process_finished_meanwhile_are_not_rerun(tmp_path,
                                                                 monkeypatch):
-  store = finetune.CellStore(str(tmp_path))
-  cells = [finetune.Cell("simclr", "linear", 1.0, seed) for seed in (0, 1)]
+  store = cells_lib.CellStore(str(tmp_path))
+  cells = [cells_lib.Cell("simclr", "linear", 1.0, seed) for seed in (0, 1)]
   ran = []
 
   def run_cell(ctx, cell):
@@ -265,8 +267,8 @@ def test_cells_another_process_finished_meanwhile_are_not_rerun(tmp_path,
     store.put(cells[1], {"seed": 1, "by": "a second process"})  # meanwhile
     return {"seed": cell.seed}
 
-  monkeypatch.setattr(finetune, "run_cell", run_cell)
-  monkeypatch.setattr(finetune, "_summary_line", lambda cell, result: "")
-  out = finetune.run_cells(lambda cell: None, cells, store, progress=False)
+  monkeypatch.setattr(cells_lib, "run_cell", run_cell)
+  monkeypatch.setattr(cells_lib, "summary_line", lambda cell, result: "")
+  out = cells_lib.run_cells(lambda cell: None, cells, store, progress=False)
   assert ran == ["simclr|linear|1|0"]
   assert out["simclr|linear|1|1"]["by"] == "a second process"

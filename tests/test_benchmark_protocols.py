@@ -11,9 +11,14 @@ import pytest
 from flax import nnx
 
 from ssl_jax import models, parallel
-from ssl_jax.evaluation import metrics, probes
+from ssl_jax.evaluation import classifier, metrics, probes
+from ssl_jax.evaluation.cells import score
+from ssl_jax.evaluation.encoder_context import (FINAL, SPLITS, EncoderContext,
+                                                Predictions)
+from ssl_jax.evaluation.protocols import PROTOCOLS
 from ssl_jax.jobs import common, finetune
 from ssl_jax.models.heads import Classifier
+from ssl_jax.pytree import path_keys
 from tests.test_benchmark import tiny_benchmark_config
 
 
@@ -26,17 +31,17 @@ def contexts(medmnist_dir, tmp_path_factory):
   config.model = config.benchmark.budget.model
   info = common.data_info(config)
   cfg = finetune.stage2_config(config, None, info)
-  data = {s: common.load_split(cfg, s) for s in finetune.SPLITS}
+  data = {s: common.load_split(cfg, s) for s in SPLITS}
   mesh = parallel.make_mesh(1)
   workdir = str(tmp_path_factory.mktemp("stage2"))  # cell logs land here
-  make = lambda seed: finetune.Stage2(
+  make = lambda seed: EncoderContext(
       config=cfg, workdir=workdir, mesh=mesh, info=info, data=data,
       encoder_weights=None, init_seed=seed)
   return make(0), make(1)
 
 
-def _valid(preds: finetune.Predictions, ctx) -> dict:
-  scores = finetune.score(ctx, preds, seed=0)
+def _valid(preds: Predictions, ctx) -> dict:
+  scores = score(ctx, preds, seed=0)
   for split in ("val", "test"):
     assert preds.probs[split].shape == (len(ctx.labels(split)), 2)
     assert 0.0 <= scores[split]["auroc"] <= 1.0
@@ -45,7 +50,7 @@ def _valid(preds: finetune.Predictions, ctx) -> dict:
 
 def test_logreg_converges_and_reports_its_choice(contexts, tmp_path):
   ctx, _ = contexts
-  preds = finetune.PROTOCOLS.get("logreg")(ctx, ctx.subset(0.1, 0), 0)
+  preds = PROTOCOLS.get("logreg")(ctx, ctx.subset(0.1, 0), 0)
   _valid(preds, ctx)
   assert preds.info["l2"] in (1e-2, 1.0)
   assert preds.info["converged"] is True and preds.info["iterations"] < 200
@@ -55,7 +60,7 @@ def test_early_layer_probes_an_earlier_stage(contexts):
   ctx, _ = contexts
   assert ctx.features("train", "stage3").shape[1] == 16  # width 1/16: 4*2**2
   assert ctx.features("train").shape[1] == 32
-  preds = finetune.PROTOCOLS.get("early_layer")(ctx, ctx.subset(0.1, 0), 0)
+  preds = PROTOCOLS.get("early_layer")(ctx, ctx.subset(0.1, 0), 0)
   _valid(preds, ctx)
   assert preds.info["layer"] == "stage3"
   with pytest.raises(ValueError, match="allowed: final, stage1, stage2"):
@@ -65,7 +70,7 @@ def test_early_layer_probes_an_earlier_stage(contexts):
 def test_combine_concatenates_the_encoders(contexts, monkeypatch):
   ctx, peer = contexts
   with pytest.raises(ValueError, match="config.benchmark.combine"):
-    finetune.PROTOCOLS.get("combine")(ctx, ctx.subset(0.1, 0), 0)
+    PROTOCOLS.get("combine")(ctx, ctx.subset(0.1, 0), 0)
   seen = {}
   real = probes.fit_linear_probe
 
@@ -74,14 +79,14 @@ def test_combine_concatenates_the_encoders(contexts, monkeypatch):
     return real(train_feats, *args, **kwargs)
 
   monkeypatch.setattr(probes, "fit_linear_probe", spy)
-  combined = finetune.Stage2(**{**vars(ctx), "peers": (peer,)})
-  _valid(finetune.PROTOCOLS.get("combine")(combined, ctx.subset(0.1, 0), 0), ctx)
+  combined = EncoderContext(**{**vars(ctx), "peers": (peer,)})
+  _valid(PROTOCOLS.get("combine")(combined, ctx.subset(0.1, 0), 0), ctx)
   assert seen["dim"] == 32 + 32
 
 
 def test_last_k_trains_only_the_last_stage_and_the_head(contexts):
   ctx, _ = contexts
-  preds = finetune.PROTOCOLS.get("last_k")(ctx, ctx.subset(0.1, 0), 0)
+  preds = PROTOCOLS.get("last_k")(ctx, ctx.subset(0.1, 0), 0)
   _valid(preds, ctx)
   assert preds.info["last_k"] == 1 and preds.info["selected_step"] in (2, 4)
 
@@ -89,8 +94,8 @@ def test_last_k_trains_only_the_last_stage_and_the_head(contexts):
 def _labels(model, k):
   params = nnx.state(model, nnx.Param)
   flat = jax.tree_util.tree_flatten_with_path(
-      finetune.trainable_labels(model, k)(params))[0]
-  return {finetune._path_keys(p)[:3]: v for p, v in flat}  # pylint: disable=protected-access
+      classifier.trainable_labels(model, k)(params))[0]
+  return {path_keys(p)[:3]: v for p, v in flat}
 
 
 def test_last_k_mask_follows_stage_and_block_names():
@@ -110,17 +115,17 @@ def test_last_k_mask_follows_stage_and_block_names():
   assert labels[("encoder", "blocks", 2)] == labels[("encoder", "patch_embed", "kernel")] == "frozen"
   assert set(_labels(vit, 0).values()) == {"train", "frozen"}
   with pytest.raises(ValueError, match=r"last_k=5 must be in \[0, 4\]"):
-    finetune.trainable_labels(vit, 5)
+    classifier.trainable_labels(vit, 5)
 
   # The mask in an optimizer: frozen leaves get exactly zero updates, even
   # with weight decay; trained ones move.
   params = nnx.state(resnet, nnx.Param)
   tx = optax.multi_transform(
       {"train": optax.adamw(1e-2, weight_decay=0.1), "frozen": optax.set_to_zero()},
-      finetune.trainable_labels(resnet, 1))
+      classifier.trainable_labels(resnet, 1))
   updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
   flat = jax.tree_util.tree_flatten_with_path(updates)[0]
-  moved = {finetune._path_keys(p)[:3] for p, u in flat if float(jnp.abs(u).sum()) > 0}  # pylint: disable=protected-access
+  moved = {path_keys(p)[:3] for p, u in flat if float(jnp.abs(u).sum()) > 0}
   assert moved == {k for k, v in _labels(resnet, 1).items() if v == "train"}
 
 
@@ -154,9 +159,8 @@ def test_scores_give_per_label_auroc_and_ci_for_multi_label():
   probs = np.clip(y * 0.3 + rng.random((200, 3)) * 0.7, 0, 1)
   ctx = types.SimpleNamespace(
       task=metrics.MULTI_LABEL, labels=lambda split: y,
-      config=types.SimpleNamespace(finetune=finetune.with_defaults(
-          tiny_benchmark_config().finetune)))
-  out = finetune.score(ctx, finetune.Predictions({"val": probs, "test": probs}), seed=0)
+      config=types.SimpleNamespace(finetune=tiny_benchmark_config().finetune))
+  out = score(ctx, Predictions({"val": probs, "test": probs}), seed=0)
   per_label = out["test"]["auroc_per_class"]
   assert len(per_label) == 3
   assert out["test"]["auroc"] == pytest.approx(np.mean(per_label))
@@ -178,7 +182,7 @@ def _synthetic(ctx, separable: bool):
     else:
       y = rng.permutation(y)
     data[split] = (np.zeros((n, 1)), y)
-    feats[split] = {finetune.FINAL: x}
+    feats[split] = {FINAL: x}
   return dataclasses.replace(ctx, data=data, _features=feats)
 
 
@@ -189,9 +193,26 @@ def test_protocols_separate_separable_features(contexts, protocol):
   0.5 (the score can fail)."""
   ctx, _ = contexts
   good = _synthetic(ctx, separable=True)
-  preds = finetune.PROTOCOLS.get(protocol)(good, np.arange(200), 0)
+  preds = PROTOCOLS.get(protocol)(good, np.arange(200), 0)
   scores = _valid(preds, good)
   assert scores["test"]["auroc"] > 0.95 and scores["val"]["auroc"] > 0.95, scores
   noise = _synthetic(ctx, separable=False)
-  scores = _valid(finetune.PROTOCOLS.get(protocol)(noise, np.arange(200), 0), noise)
+  scores = _valid(PROTOCOLS.get(protocol)(noise, np.arange(200), 0), noise)
   assert 0.3 < scores["test"]["auroc"] < 0.7, scores
+
+
+def test_each_protocol_registers_its_kind_and_label_once():
+  """Reports and plots read what a protocol trains and its table label from
+  the registry: tables in registration order, plots end-to-end first."""
+  from ssl_jax.evaluation import protocols  # noqa: PLC0415
+  assert list(protocols.labels()) == [
+      "linear", "knn", "finetune", "scratch", "logreg", "early_layer",
+      "last_k", "combine"]
+  assert protocols.kinds() == {
+      "finetune": "end-to-end", "scratch": "end-to-end",
+      "last_k": "partial fine-tune", "linear": "frozen", "knn": "frozen",
+      "logreg": "frozen", "early_layer": "frozen", "combine": "frozen"}
+  assert list(protocols.kinds())[:3] == ["finetune", "scratch", "last_k"]
+  assert protocols.labels()["scratch"] == "from scratch (same net, same budget)"
+  with pytest.raises(ValueError, match="allowed: end-to-end, partial"):
+    protocols.register("svm", kind="frozen features", label="SVM")

@@ -389,16 +389,32 @@ def test_pretrain_starts_from_init_from_and_writes_the_report(
 
 
 def test_finetune_weights_from_init_from(source_workdir, monkeypatch):
-  """Transfer without SSL: `encoder_weights` gives the {'params', 'rest'}
-  form `finetune.load_encoder` takes, holding the file's encoder."""
-  from ssl_jax.jobs import finetune
+  """Transfer without SSL: `load_encoder_weights` gives the flat weights
+  stage 2 loads (as `encoder_weights.read` does), holding the file's
+  encoder."""
+  from ssl_jax.train import encoder_weights
   from ssl_jax.objectives import base
   monkeypatch.setattr(base, "build_encoder",
                       lambda config, info, rngs: _resnet(1, seed=12))
   config = tiny_method_config("simclr")
   config.init_from.path = source_workdir
-  weights, report = init_from.encoder_weights(config, info=None)
+  weights, report = init_from.load_encoder_weights(config, info=None)
   assert report["counts"]["matched"] == 60
   enc = _resnet(1, seed=13)
-  finetune.load_encoder(enc, weights)
+  encoder_weights.into_module(enc, weights)
   _assert_equal(init_from.model_arrays(enc), _encoder_of(_saved(source_workdir)))
+
+
+def test_encoder_weights_refuse_what_the_encoder_lacks():
+  """Stage-2 weights go in by key; a key no leaf has, or a leaf of another
+  shape, is an error rather than a silently half-loaded encoder."""
+  from ssl_jax.train import encoder_weights
+  enc = _resnet(1)
+  weights = encoder_weights.of_module(_resnet(1, seed=5))
+  encoder_weights.into_module(enc, weights)
+  _assert_equal(encoder_weights.of_module(enc), weights)
+  with pytest.raises(ValueError, match="fit no leaf.*head/kernel"):
+    encoder_weights.into_module(enc, {**weights, "head/kernel": np.zeros(3)})
+  with pytest.raises(ValueError, match="'stem_conv/kernel' has shape"):
+    encoder_weights.into_module(
+        enc, {**weights, "stem_conv/kernel": np.zeros((1, 1, 1, 4))})

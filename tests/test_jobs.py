@@ -1,18 +1,21 @@
 """run.py end to end on real BreastMNIST with a tiny ResNet-18, and the
 seams between jobs: config checks, checkpoint -> fine-tune, resumable cells."""
+import dataclasses
 import json
 import os
 import pathlib
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
 
+from ssl_jax import pytree
+from ssl_jax.evaluation import protocols
 from ssl_jax.jobs import common, finetune
 from ssl_jax.objectives import base
+from ssl_jax.train import checkpoint, encoder_weights
 from tests.tiny import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -51,7 +54,7 @@ def test_run_py_pretrains_finetunes_and_prints_the_table(demo_run):
       assert 0.0 <= cell[split]["auroc"] <= 1.0
       assert 0.0 <= cell[split]["accuracy"] <= 1.0
   assert {c["n_train"] for c in cells} == {55, 546}  # 10% of 546, stratified
-  # One file per finished cell (finetune.CellStore), each with a test AUROC CI.
+  # One file per finished cell (cells.CellStore), each with a test AUROC CI.
   files = sorted(p.name for p in (workdir / "finetune" / "cells" / "simclr").glob("*.json"))
   assert files == sorted(f"{p}_f{f}_s0.json" for p in ("linear", "knn", "finetune", "scratch")
                          for f in ("0.1", "1"))
@@ -73,19 +76,20 @@ def test_run_py_pretrains_finetunes_and_prints_the_table(demo_run):
 def test_finetune_reads_the_encoder_of_the_pretrain_checkpoint(demo_run):
   workdir, _ = demo_run
   pre_config, weights = finetune.read_pretrained(str(workdir / "pretrain"))
-  assert weights["step"] == 4
+  assert encoder_weights.read(str(workdir / "pretrain"))[1] == 4  # the step
+  tree = checkpoint.restore_subtree(workdir / "pretrain" / "checkpoints",
+                                    "params", "rest")
+  saved = {**pytree.flatten(tree["params"]["encoder"]),
+           **pytree.flatten(tree["rest"]["encoder"])}
+  assert sorted(weights) == sorted(saved) and any("bn1/mean" in k for k in saved)
   info = common.data_info(pre_config)
   encoder = base.build_encoder(pre_config, info, nnx.Rngs(123))
-  fresh = jax.tree.leaves(nnx.to_pure_dict(nnx.state(encoder, nnx.Param)))
-  finetune.load_encoder(encoder, weights)
-  loaded = nnx.to_pure_dict(nnx.state(encoder, nnx.Param))
-  ckpt = jax.tree.leaves(weights["params"])
-  for got, want in zip(jax.tree.leaves(loaded), ckpt, strict=True):
-    np.testing.assert_array_equal(np.asarray(got), want)
-  assert any(not np.array_equal(a, b) for a, b in zip(fresh, ckpt))
-  stats = nnx.to_pure_dict(nnx.state(encoder, nnx.BatchStat))
-  for got, want in zip(jax.tree.leaves(stats), jax.tree.leaves(weights["rest"]), strict=True):
-    np.testing.assert_array_equal(np.asarray(got), want)
+  fresh = encoder_weights.of_module(encoder)
+  encoder_weights.into_module(encoder, weights)
+  loaded = encoder_weights.of_module(encoder)
+  for key, want in saved.items():  # params and BatchNorm statistics
+    np.testing.assert_array_equal(loaded[key], np.asarray(want), err_msg=key)
+  assert any(not np.array_equal(fresh[k], np.asarray(v)) for k, v in saved.items())
 
 
 def test_rerun_skips_finished_cells(demo_run, monkeypatch):
@@ -99,7 +103,9 @@ def test_rerun_skips_finished_cells(demo_run, monkeypatch):
     raise AssertionError("a finished cell was recomputed")
 
   for name in ("linear", "knn", "finetune", "scratch"):
-    monkeypatch.setitem(finetune.PROTOCOLS._entries, name, must_not_run)
+    registered = protocols.PROTOCOLS.get(name)
+    monkeypatch.setitem(protocols.PROTOCOLS._entries, name,
+                        dataclasses.replace(registered, fn=must_not_run))
   finetune.train_and_evaluate(config, str(workdir / "finetune"))
   assert (workdir / "finetune" / "results.json").read_text() == before
 

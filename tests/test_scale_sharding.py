@@ -1,7 +1,8 @@
 """Sharding beyond one device: `model`-axis rules, and multi-host.
 
-One module fixture runs all three processes concurrently; both tests read
-its results.
+One module fixture runs all three processes concurrently; the first two
+tests read its results. Stage 2 under the same rules runs in its own
+process.
 
 Each case runs tests/scale_worker.py in subprocesses, because the device
 count (XLA_FLAGS) and jax.distributed are fixed when JAX starts.
@@ -100,3 +101,21 @@ def test_two_processes_match_one_process_on_the_same_global_batch(runs):
   assert (workdir / "checkpoints" / "3").is_dir()
   rows = (workdir / "metrics.jsonl").read_text().splitlines()
   assert len(rows) == 1
+
+
+def test_stage2_state_is_born_sharded_by_the_same_rules(medmnist_dir, tmp_path):
+  """Fine-tuning builds its state as pretraining does: with model_axis_size=2
+  and the MLP rules the classifier's fc1 kernel is born split along `model`,
+  the encoder weights land in it, and predictions (fine-tuned, and of the
+  linear probe on frozen features) match a replicated (data=4) mesh on the
+  same global batches."""
+  out, = _results([_start(["stage2", str(tmp_path)], _env(medmnist_dir, 4))])
+  sharded, replicated = out["sharded"], out["replicated"]
+  assert sharded["mesh"] == {"data": 2, "model": 2}
+  assert sharded["fc1_spec"] == "P(None, 'model')"
+  assert sharded["fc1_shard_shape"] == [32, 32]  # of [32, 64]
+  assert replicated["mesh"] == {"data": 4, "model": 1}
+  assert replicated["fc1_spec"] == "P()"
+  assert sharded["loaded"] and replicated["loaded"]
+  for key in ("test_probs", "linear_test_probs"):
+    np.testing.assert_allclose(sharded[key], replicated[key], atol=1e-5)

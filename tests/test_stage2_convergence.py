@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from ssl_jax.evaluation import classifier
 from ssl_jax.jobs import finetune
 from ssl_jax.objectives import supervised
 from tests.tiny import tiny_config
@@ -20,21 +21,21 @@ def _ft(**kw):
 
 
 def test_run_length_counts_epochs_over_the_labelled_subset():
-  assert finetune.run_length(_ft(), 546) == 300  # epochs=0: fixed steps
+  assert classifier.run_length(_ft(), 546) == 300  # epochs=0: fixed steps
   # MedMNIST recipe on BreastMNIST: 100 epochs of 546 images at batch 128.
-  assert finetune.run_length(_ft(epochs=100), 546) == 427
+  assert classifier.run_length(_ft(epochs=100), 546) == 427
   # A 1 % subset (5 images) would get 4 steps; min_steps keeps it training.
-  assert finetune.run_length(_ft(epochs=100), 5) == 100
-  assert finetune.eval_interval(_ft(), 546, 300) == 50
-  assert finetune.eval_interval(_ft(epochs=100), 546, 427) == 4  # every epoch
-  assert finetune.eval_interval(_ft(epochs=100), 5, 100) == 1
-  assert finetune.eval_interval(_ft(epochs=100, eval_every_epochs=5.0),
+  assert classifier.run_length(_ft(epochs=100), 5) == 100
+  assert classifier.eval_interval(_ft(), 546, 300) == 50
+  assert classifier.eval_interval(_ft(epochs=100), 546, 427) == 4  # every epoch
+  assert classifier.eval_interval(_ft(epochs=100), 5, 100) == 1
+  assert classifier.eval_interval(_ft(epochs=100, eval_every_epochs=5.0),
                                 546, 427) == 21
 
 
 def test_balanced_class_weights_equalise_the_classes():
   labels = np.array([0] * 147 + [1] * 399)
-  w = finetune.balanced_class_weights(labels, 2)
+  w = classifier.balanced_class_weights(labels, 2)
   assert w == pytest.approx((546 / (2 * 147), 546 / (2 * 399)))
   assert w[0] * 147 == pytest.approx(w[1] * 399)
 

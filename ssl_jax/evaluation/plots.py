@@ -18,8 +18,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
+from ssl_jax.evaluation.protocols import FROZEN, PARTIAL, kinds  # noqa: E402
 from ssl_jax.evaluation.taxonomy import (CATEGORY_LABELS,  # noqa: E402
-                                         CATEGORY_ORDER, PROTOCOL_KIND, SCRATCH)
+                                         CATEGORY_ORDER, SCRATCH)
 
 Row = dict
 DPI = 110
@@ -115,7 +116,8 @@ def relative_to_scratch(summary: list[Row], path: str, *, title: str,
   fraction, one panel per protocol; bars are mean ± sd of paired deltas."""
   del references
   rows = [r for r in summary if r["delta"] is not None]
-  protocols = _ordered([r["protocol"] for r in rows], list(PROTOCOL_KIND))
+  kind = kinds()
+  protocols = _ordered([r["protocol"] for r in rows], list(kind))
   fig, axes = _grid(len(protocols), f"{title}: test AUROC vs from scratch")
   if not rows:
     _empty(axes[0], "no from-scratch baseline in this sweep (method "
@@ -130,7 +132,7 @@ def relative_to_scratch(summary: list[Row], path: str, *, title: str,
           colors=[CATEGORY_COLORS.get(_category(summary, m), "grey")
                   for m in methods])
     ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_title(f"{protocol} ({PROTOCOL_KIND.get(protocol, '?')})")
+    ax.set_title(f"{protocol} ({kind.get(protocol, '?')})")
     ax.set_xlabel("labelled fraction of the training set")
     ax.set_ylabel("Δ test AUROC vs scratch (%)")
     ax.legend(fontsize=7)
@@ -189,11 +191,11 @@ def protocols(summary: list[Row], path: str, *, title: str,
   bar per protocol (hatched = frozen features), one panel per fraction."""
   del references
   fractions = _fractions(summary)
-  names = _ordered([r["protocol"] for r in summary], list(PROTOCOL_KIND))
+  kind = kinds()
+  names = _ordered([r["protocol"] for r in summary], list(kind))
   colors = plt.get_cmap("Set2").colors
-  hatches = ["//" if PROTOCOL_KIND.get(p) == "frozen" else
-             (".." if PROTOCOL_KIND.get(p) == "partial fine-tune" else "")
-             for p in names]
+  hatches = ["//" if kind.get(p) == FROZEN else
+             (".." if kind.get(p) == PARTIAL else "") for p in names]
   fig, axes = _grid(len(fractions), f"{title}: end-to-end vs frozen features",
                     width=6.0)
   methods = _methods(summary)
@@ -206,7 +208,7 @@ def protocols(summary: list[Row], path: str, *, title: str,
     ax.set_xticks(ax.get_xticks(), methods, rotation=30, ha="right", fontsize=8)
     _auroc_axis(ax, at)
     ax.set_title(f"{fraction:.0%} labels")
-  axes[-1].legend([f"{p} ({PROTOCOL_KIND.get(p, '?')})" for p in names],
+  axes[-1].legend([f"{p} ({kind.get(p, '?')})" for p in names],
                   fontsize=7)
   _save(fig, path)
 
@@ -217,7 +219,8 @@ def label_efficiency(summary: list[Row], path: str, *, title: str,
   panel per protocol. Bands: ± sd over seeds when there are several, else
   the test-set bootstrap CI (as every error bar here). Published rows as
   dashed lines."""
-  names = _ordered([r["protocol"] for r in summary], list(PROTOCOL_KIND))
+  kind = kinds()
+  names = _ordered([r["protocol"] for r in summary], list(kind))
   fig, axes = _grid(len(names), f"{title}: label efficiency")
   for ax, protocol in zip(axes, names):
     rows = [r for r in summary if r["protocol"] == protocol]
@@ -237,7 +240,7 @@ def label_efficiency(summary: list[Row], path: str, *, title: str,
     ax.set_xscale("log")
     ax.set_xlabel("labelled fraction of the training set")
     ax.set_ylabel("test AUROC")
-    ax.set_title(f"{protocol} ({PROTOCOL_KIND.get(protocol, '?')})")
+    ax.set_title(f"{protocol} ({kind.get(protocol, '?')})")
     ax.legend(fontsize=7)
   _save(fig, path)
 

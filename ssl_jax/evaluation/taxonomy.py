@@ -1,5 +1,7 @@
 """Names the benchmark's tables and plots share: the review's strategies
-(each Objective's `.category`) and what each stage-2 protocol trains."""
+(each Objective's `.category`) and the from-scratch baseline. What each
+stage-2 protocol trains is said where it is registered
+(`protocols.register(kind=...)`; `protocols.kinds()`)."""
 
 # The review's four strategies, their combination, supervised pretraining,
 # and `none` (random init / from scratch), in the order reports show them.
@@ -10,12 +12,6 @@ CATEGORY_LABELS = {
     "innate": "innate relationship", "generative": "generative",
     "contrastive": "contrastive", "self_prediction": "self-prediction",
     "combined": "combined", "supervised": "supervised pretraining",
-}
-# What each protocol trains: plot (c) contrasts end-to-end with frozen.
-PROTOCOL_KIND = {
-    "finetune": "end-to-end", "scratch": "end-to-end",
-    "last_k": "partial fine-tune", "linear": "frozen", "logreg": "frozen",
-    "knn": "frozen", "early_layer": "frozen", "combine": "frozen",
 }
 # (method, protocol) of the from-scratch baseline: no pretraining, trained
 # end to end with the same network, steps and optimizer.

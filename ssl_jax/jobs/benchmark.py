@@ -10,7 +10,7 @@ Layout of the workdir:
   pretrain/<method>/seed<k>/   one pretraining run per (method, seed), via
                                pretrain.train_and_evaluate (resumes itself)
   cells/<method>/<protocol>_f<fraction>_s<seed>.json
-                               one file per finished cell (finetune.CellStore)
+                               one file per finished cell (evaluation/cells.py)
   logs/<method>/seed<k>/       metrics of end-to-end stage-2 runs
   benchmark.json               the sweep's config and per-method metadata
   report.md, results.csv, *.png  (jobs/report.py, evaluation/plots.py)
@@ -29,7 +29,9 @@ from typing import Any
 import ml_collections
 
 from configs import base as base_config
-from ssl_jax import objectives, parallel
+from ssl_jax import files, objectives, parallel
+from ssl_jax.evaluation.cells import Cell, CellStore, run_cells
+from ssl_jax.evaluation.encoder_context import SPLITS, EncoderContext
 from ssl_jax.jobs import common, finetune, pretrain, report
 from ssl_jax.jobs import workdir as workdir_lib
 
@@ -114,7 +116,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   method_args(config)
 
 
-def sweep_cells(config: ml_collections.ConfigDict) -> list[finetune.Cell]:
+def sweep_cells(config: ml_collections.ConfigDict) -> list[Cell]:
   """Every cell, seed-major so each (method, seed) pretrains when first
   needed and its cells follow; the combination comes after its parts."""
   ft, bench = config.finetune, config.benchmark
@@ -122,10 +124,10 @@ def sweep_cells(config: ml_collections.ConfigDict) -> list[finetune.Cell]:
   cells = []
   for seed in ft.seeds:
     for method in bench.methods:
-      cells += [finetune.Cell(method, p, f, seed)
+      cells += [Cell(method, p, f, seed)
                 for f in ft.fractions for p in per_method]
     if COMBINE in ft.protocols:
-      cells += [finetune.Cell(combination(config), COMBINE, f, seed)
+      cells += [Cell(combination(config), COMBINE, f, seed)
                 for f in ft.fractions]
   return cells
 
@@ -158,7 +160,7 @@ def _fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses to mix cells of different budgets in one workdir."""
   path = os.path.join(workdir, "benchmark.json")
-  saved = common.read_json(path)
+  saved = files.read_json(path)
   if saved is None:
     return
   # A field newer than the saved sweep binds only if it left its default.
@@ -172,7 +174,7 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 class Contexts:
-  """Stage-2 contexts per (method, seed), pretraining on first use."""
+  """Encoder contexts per (method, seed), pretraining on first use."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, *,
                info, mesh, data):
@@ -180,9 +182,9 @@ class Contexts:
     self.info, self.mesh, self.data = info, mesh, data
     self.compiled: dict = {}  # one architecture: trainers compile once
     self.groups = common.patient_groups(config)
-    self._cache: dict[tuple[str, int], finetune.Stage2] = {}
+    self._cache: dict[tuple[str, int], EncoderContext] = {}
 
-  def __call__(self, cell: finetune.Cell) -> finetune.Stage2:
+  def __call__(self, cell: Cell) -> EncoderContext:
     if cell.protocol == COMBINE:
       first, *rest = cell.method.split("+")
       return dataclasses.replace(
@@ -200,20 +202,20 @@ class Contexts:
             f"{holder.get('host', '?')} to finish {pre_dir}", flush=True)
       while workdir_lib.is_busy(pre_dir):
         time.sleep(2.0)
-    summary = common.read_json(os.path.join(pre_dir, "pretrain_summary.json"))
+    summary = files.read_json(os.path.join(pre_dir, "pretrain_summary.json"))
     if summary is None or summary["steps"] != cfg.train.steps:
       print(f"pretraining {method} (seed {seed}) in {pre_dir}", flush=True)
       pretrain.train_and_evaluate(cfg, pre_dir)
     return pre_dir
 
-  def get(self, method: str, seed: int) -> finetune.Stage2:
+  def get(self, method: str, seed: int) -> EncoderContext:
     if (method, seed) not in self._cache:
       base = budgeted(self.config, self.config, seed)
       pre_config, weights = None, None
       if method != NONE:
         pre_config, weights = finetune.read_pretrained(
             self.pretrained_dir(method, seed))
-      self._cache[(method, seed)] = finetune.Stage2(
+      self._cache[(method, seed)] = EncoderContext(
           config=finetune.stage2_config(base, pre_config, self.info),
           workdir=self.workdir, mesh=self.mesh, info=self.info, data=self.data,
           encoder_weights=weights, init_seed=seed,
@@ -229,9 +231,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   began = time.perf_counter()
   base = budgeted(config, config, config.seed)
   info = common.data_info(base)
-  mesh = parallel.make_mesh(config.mesh.num_devices)
+  mesh = parallel.config_mesh(config)
   parallel.check_divisible(config.finetune.batch_size, mesh, "finetune.batch_size")
-  data = {split: common.load_split(base, split) for split in finetune.SPLITS}
+  data = {split: common.load_split(base, split) for split in SPLITS}
   meta = {
       "dataset": config.data.name, "image_size": config.data.size,
       "task": info.task, "budget": config.benchmark.budget.to_dict(),
@@ -245,13 +247,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "fractions": list(config.finetune.fractions),
       "seeds": list(config.finetune.seeds),
       "fingerprint": _fingerprint(config)}
-  common.write_json_atomic(os.path.join(workdir, "benchmark.json"), meta)
+  files.write_json_atomic(os.path.join(workdir, "benchmark.json"), meta)
 
   contexts = Contexts(config, workdir, info=info, mesh=mesh, data=data)
   cells = sweep_cells(config)
-  finished = finetune.run_cells(contexts, cells,
-                                finetune.CellStore(os.path.join(workdir, "cells")),
-                                progress=config.benchmark.progress)
+  finished = run_cells(contexts, cells, CellStore(os.path.join(workdir, "cells")),
+                       progress=config.benchmark.progress)
   meta["this_run_seconds"] = time.perf_counter() - began
   paths = report.write_benchmark_report(workdir, finished, meta)
   print(open(paths["report"]).read())

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from typing import Any, Iterable
+from typing import Iterable
 
 import ml_collections
 
 import data_pipelines
 from data_pipelines import pairs
-from ssl_jax import augment, models, objectives
+from ssl_jax import augment, files, models, objectives
+from ssl_jax.evaluation.protocols import PROTOCOLS
 from ssl_jax.train import optim
 
 
@@ -68,7 +68,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   ft = config.finetune
   check_name("finetune.augment.policy", ft.augment.policy, augment.names())
   check_name("finetune.optim.name", ft.optim.name, optim.OPTIMIZERS.names())
-  from ssl_jax.jobs.finetune import PROTOCOLS  # noqa: PLC0415 (cycle)
   for protocol in ft.protocols:
     check_name("finetune.protocols", protocol, PROTOCOLS.names())
   if not tuple(ft.fractions):
@@ -339,25 +338,10 @@ def check_classes(config: ml_collections.ConfigDict, task: str) -> None:
           "split_fractions")
 
 
-def write_json_atomic(path: str, payload: Any) -> None:
-  write_text_atomic(path, json.dumps(payload, indent=2, default=float))
-
-
-def write_text_atomic(path: str, text: str) -> None:
-  """Write-then-rename: a crash never leaves a half-written file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  with tempfile.NamedTemporaryFile("w", dir=directory, delete=False,
-                                   suffix=".tmp") as f:
-    f.write(text)
-    tmp = f.name
-  os.chmod(tmp, 0o644)  # NamedTemporaryFile makes 0600; results are for sharing
-  os.replace(tmp, path)
-
-
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """The exact config a job ran with, so later jobs can rebuild its model."""
-  write_text_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+  files.write_text_atomic(os.path.join(workdir, "config.json"),
+                          config.to_json_best_effort(indent=2))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -378,11 +362,3 @@ def last_metrics(workdir: str) -> dict[str, float]:
   with open(path) as f:
     lines = [line for line in f if line.strip()]
   return json.loads(lines[-1]) if lines else {}
-
-
-def read_json(path: str) -> Any:
-  """The parsed file, or None when it does not exist yet."""
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)

@@ -10,6 +10,7 @@ import os
 
 import ml_collections
 
+from ssl_jax import files
 from ssl_jax.jobs import common, finetune, pretrain
 
 
@@ -25,6 +26,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ft_config.finetune.pretrained = pre_dir
   results = finetune.train_and_evaluate(ft_config, os.path.join(workdir, "finetune"))
   table = open(os.path.join(workdir, "finetune", "results.md")).read()
-  common.write_text_atomic(os.path.join(workdir, "results.md"), table)
+  files.write_text_atomic(os.path.join(workdir, "results.md"), table)
   print("\n" + table)
   return results

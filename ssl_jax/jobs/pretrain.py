@@ -34,7 +34,7 @@ import ml_collections
 from flax import nnx
 
 from data_pipelines import pairs
-from ssl_jax import objectives, parallel
+from ssl_jax import files, objectives, parallel
 from ssl_jax.jobs import common
 from ssl_jax.jobs import workdir as workdir_lib
 from ssl_jax.objectives.online_probe import with_online_probe
@@ -81,9 +81,8 @@ def build_parts(config: ml_collections.ConfigDict, info, mesh) -> Built:
     return state_lib.create(model, tx, bound.init_extra(model),
                             jax.random.PRNGKey(config.seed + 1))
 
-  rules = tuple(config.get("mesh", {}).get("rules", ()) or ())
   graphdef, abstract, shardings, init = state_lib.shape_first(
-      build_state, mesh, rules)
+      build_state, mesh, parallel.config_rules(config))
   step_fn = step_lib.make_from_objective(
       graphdef, bound, tx, schedule,
       grad_accum_steps=config.train.get("grad_accum_steps", 1),
@@ -96,12 +95,6 @@ def build(config: ml_collections.ConfigDict, info, mesh):
   """(graphdef, initial state on the mesh, jitted step) for the config."""
   built = build_parts(config, info, mesh)
   return built.graphdef, built.init(), built.step_fn
-
-
-def make_mesh(config: ml_collections.ConfigDict):
-  mesh_cfg = config.get("mesh", {})
-  return parallel.make_mesh(mesh_cfg.get("num_devices", 0),
-                            mesh_cfg.get("model_axis_size", 1))
 
 
 def make_partners(config: ml_collections.ConfigDict, num_rows: int,
@@ -140,7 +133,7 @@ def check_same_setup(config: ml_collections.ConfigDict, workdir: str) -> None:
   differs from its config.json, naming the fields, before anything is
   written (a checkpoint of another shape would otherwise fail in Orbax
   after config.json was overwritten)."""
-  saved = common.read_json(os.path.join(workdir, "config.json"))
+  saved = files.read_json(os.path.join(workdir, "config.json"))
   if saved is None:
     return
   from configs import base as base_config  # noqa: PLC0415  defaults of new fields
@@ -192,7 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   common.validate(config)
   check_same_setup(config, workdir)
-  mesh = make_mesh(config)
+  mesh = parallel.config_mesh(config)
   parallel.check_divisible(config.train.batch_size, mesh, "train.batch_size",
                            times=config.train.get("grad_accum_steps", 1))
   lead = jax.process_index() == 0
@@ -225,7 +218,7 @@ def _train(config, workdir, built, mesh, images, labels, metadata, partners,
     if config.get("init_from", {}).get("path"):
       state, report = init_from.load_into_state(state, config.init_from)
       if lead:
-        common.write_json_atomic(
+        files.write_json_atomic(
             os.path.join(workdir, "init_from_report.json"), report)
   start = int(jax.device_get(state.step))
   if lead:  # only now: a refused or failed restore leaves config.json as it was
@@ -260,6 +253,6 @@ def _train(config, workdir, built, mesh, images, labels, metadata, partners,
              "seconds": time.perf_counter() - began,
              "final": common.last_metrics(workdir)}
   if lead:
-    common.write_json_atomic(os.path.join(workdir, "pretrain_summary.json"),
+    files.write_json_atomic(os.path.join(workdir, "pretrain_summary.json"),
                              summary)
   return summary

@@ -12,19 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from ssl_jax import files
 from ssl_jax.evaluation.metrics import mean_sd
-from ssl_jax.evaluation.taxonomy import CATEGORY_LABELS, PROTOCOL_KIND, SCRATCH
+from ssl_jax.evaluation import protocols
+from ssl_jax.evaluation.taxonomy import CATEGORY_LABELS, SCRATCH
 
-PROTOCOL_LABELS = {
-    "linear": "SSL + linear probe (frozen)",
-    "knn": "SSL + kNN (frozen)",
-    "finetune": "SSL + end-to-end fine-tune",
-    "scratch": "from scratch (same net, same budget)",
-    "logreg": "SSL + logistic regression, L-BFGS (frozen)",
-    "early_layer": "SSL + linear probe on an earlier layer (frozen)",
-    "last_k": "SSL + fine-tune of the last k blocks",
-    "combine": "combined SSL features + linear probe (frozen)",
-}
 METRICS = (("auroc", "AUROC"), ("accuracy", "ACC"),
            ("balanced_accuracy", "balanced ACC"), ("f1", "macro F1"))
 NAN = float("nan")  # a metric cells stored before it existed lack
@@ -47,7 +39,7 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
     for key, _ in METRICS:
       row[key] = [c["test"].get(key, NAN) for c in cells]
     rows.append(row)
-  order = list(PROTOCOL_LABELS)
+  order = list(protocols.labels())
   rows.sort(key=lambda r: (r["fraction"], order.index(r["protocol"])
                            if r["protocol"] in order else len(order)))
   return rows
@@ -60,12 +52,13 @@ def markdown_table(results: dict[str, Any]) -> str:
            f"{results['task']}) — test set, "
            f"{'mean ± sd over ' + str(seeds) + ' seeds' if seeds > 1 else '1 seed'}; "
            f"pretraining: {results.get('pretrain_objective') or 'none'}")
+  labels = protocols.labels()
   lines = [title, "",
            "| labels | n train | protocol | " + " | ".join(n for _, n in METRICS) + " |",
            "|---:|---:|---|" + "---:|" * len(METRICS)]
   for r in rows:
     lines.append(f"| {r['fraction']:.0%} | {r['n_train']} | "
-                 f"{PROTOCOL_LABELS.get(r['protocol'], r['protocol'])} | "
+                 f"{labels.get(r['protocol'], r['protocol'])} | "
                  + " | ".join(_cell(r[k]) for k, _ in METRICS) + " |")
   return "\n".join(lines) + "\n"
 
@@ -101,16 +94,15 @@ def pretrain_stats(workdir: str) -> dict[str, dict[str, Any]]:
   own files, so a report rebuilt later shows the same numbers."""
   import glob
   import json
-  from ssl_jax.jobs import common
   out = {}
   for method_dir in sorted(glob.glob(os.path.join(workdir, "pretrain", "*"))):
     seconds, rates, policies = [], [], set()
     for run in sorted(glob.glob(os.path.join(method_dir, "seed*"))):
-      summary = common.read_json(os.path.join(run, "pretrain_summary.json"))
+      summary = files.read_json(os.path.join(run, "pretrain_summary.json"))
       if summary is None:
         continue  # unfinished: resumes on the next invocation
       seconds.append(summary["seconds"])
-      policies.add(common.read_json(os.path.join(run, "config.json"))
+      policies.add(files.read_json(os.path.join(run, "config.json"))
                    ["augment"]["policy"])
       with open(os.path.join(run, "metrics.jsonl")) as f:
         rates += [row["train/images_per_sec"] for row in map(json.loads, f)
@@ -147,7 +139,7 @@ def benchmark_rows(cells: dict[str, dict], meta: dict) -> list[dict]:
         "seed": cell["seed"], "n_train": cell["n_train"],
         "test_auroc": test["auroc"], "test_auroc_ci_low": low,
         "test_auroc_ci_high": high, "test_accuracy": test["accuracy"],
-        "test_balanced_accuracy": test.get("balanced_accuracy", NAN),
+        "test_balanced_accuracy": test.get("balanced_accuracy", ""),
         "test_f1": test["f1"],
         "test_sensitivity": test.get("sensitivity", ""),
         "test_specificity": test.get("specificity", ""),
@@ -202,8 +194,9 @@ def summarise_benchmark(rows: list[dict]) -> list[dict]:
         "ci": (float(np.nanmean([r["test_auroc_ci_low"] for r in group])),
                float(np.nanmean([r["test_auroc_ci_high"] for r in group]))),
         "accuracy": mean_sd([r["test_accuracy"] for r in group]),
-        "balanced_accuracy": mean_sd([r["test_balanced_accuracy"]
-                                      for r in group]),
+        "balanced_accuracy": mean_sd([
+            NAN if r["test_balanced_accuracy"] == "" else
+            r["test_balanced_accuracy"] for r in group]),
         "f1": mean_sd([r["test_f1"] for r in group]),
         "delta": mean_sd(deltas) if deltas and (method, protocol) != SCRATCH else None,
         "auroc_per_class": (np.nanmean(per_class, axis=0).tolist()
@@ -225,6 +218,7 @@ def benchmark_markdown(summary: list[dict], meta: dict, references: list,
   model = ", ".join(f"{k}={v}" for k, v in budget["model"].items())
   seeds = meta["seeds"]
   per_class = any(s["auroc_per_class"] for s in summary)
+  kind = protocols.kinds()
   lines = [
       f"# Benchmark: {meta['dataset']} ({meta['image_size']} px, {meta['task']})",
       "",
@@ -258,7 +252,7 @@ def benchmark_markdown(summary: list[dict], meta: dict, references: list,
     lines.append(
         f"| {s['fraction']:.0%} | {s['n_train']} | {s['method']} | "
         f"{CATEGORY_LABELS.get(s['category'], s['category'])} | "
-        f"{s['protocol']} ({PROTOCOL_KIND.get(s['protocol'], '?')}) | "
+        f"{s['protocol']} ({kind.get(s['protocol'], '?')}) | "
         f"{_pm(s['auroc'], n)} | [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}] | {delta} | "
         f"{_pm(s['accuracy'], n)} | {_pm(s['balanced_accuracy'], n)} | "
         f"{_pm(s['f1'], n)} |{extra}")
@@ -303,7 +297,6 @@ def write_benchmark_report(workdir: str, cells: dict[str, dict],
                            meta: dict) -> dict[str, str]:
   """report.md, results.csv and the four PNGs; returns their paths."""
   from ssl_jax.evaluation import plots, published  # matplotlib: only here
-  from ssl_jax.jobs import common
 
   meta = dict(meta, pretrain=pretrain_stats(workdir))
   rows = benchmark_rows(cells, meta)
@@ -319,8 +312,8 @@ def write_benchmark_report(workdir: str, cells: dict[str, dict],
     plots.PLOTS[name](summary, path, title=title, references=references)
   paths = dict(pngs, report=os.path.join(workdir, "report.md"),
                csv=os.path.join(workdir, "results.csv"))
-  common.write_text_atomic(paths["csv"], to_csv(rows))
-  common.write_text_atomic(paths["report"],
+  files.write_text_atomic(paths["csv"], to_csv(rows))
+  files.write_text_atomic(paths["report"],
                            benchmark_markdown(summary, meta, references, pngs))
   return paths
 
@@ -329,7 +322,6 @@ def rewrite_benchmark_report(workdir: str) -> dict[str, str]:
   """Rebuilds report.md, results.csv and the plots from a benchmark
   workdir's cell files (e.g. after changing a plot), without running cells."""
   import json
-  from ssl_jax.jobs import common
   with open(os.path.join(workdir, "benchmark.json")) as f:
     meta = json.load(f)
   cells = {}
@@ -337,7 +329,7 @@ def rewrite_benchmark_report(workdir: str) -> dict[str, str]:
     directory = os.path.join(workdir, "cells", method)
     for name in sorted(os.listdir(directory)):
       if name.endswith(".json"):
-        cell = common.read_json(os.path.join(directory, name))
+        cell = files.read_json(os.path.join(directory, name))
         cells[f"{cell['method']}|{cell['protocol']}|{cell['fraction']:g}|{cell['seed']}"] = cell
   return write_benchmark_report(workdir, cells, meta)
 

@@ -119,17 +119,34 @@ def _dir_bytes(path: str) -> int:
              for d, _, files in os.walk(path) for f in files)
 
 
-def restore_subtree(directory: str | os.PathLike, *keys: str,
-                    step: int | None = None) -> dict[str, Any]:
-  """Plain numpy dicts of the named top-level entries (e.g. 'params', 'rest')
-  of the latest checkpoint; used by fine-tune jobs to read the encoder."""
+def read_latest(directory: str | os.PathLike,
+                step: int | None = None) -> tuple[dict[str, Any], int]:
+  """(whole tree as saved, step) of a CheckpointManager root's latest (or
+  given) complete step, without a template: how another run's weights are
+  read (stage 2, init_from, export); this module is the only Orbax user."""
   directory = os.path.abspath(directory)
   manager = ocp.CheckpointManager(directory)
   step = manager.latest_step() if step is None else step
   if step is None:
+    manager.close()
     raise FileNotFoundError(f"no complete checkpoint in {directory}")
   tree = manager.restore(step, args=ocp.args.StandardRestore())
   manager.close()
+  return tree, step
+
+
+def read_pytree(directory: str | os.PathLike) -> dict[str, Any]:
+  """One Orbax PyTree checkpoint (a directory with _METADATA, e.g. another
+  library's StandardCheckpointer save), without a template."""
+  return ocp.StandardCheckpointer().restore(os.path.abspath(directory))
+
+
+def restore_subtree(directory: str | os.PathLike, *keys: str,
+                    step: int | None = None) -> dict[str, Any]:
+  """Plain numpy dicts of the named top-level entries (e.g. 'params', 'rest')
+  of the latest checkpoint; used to read another run's encoder."""
+  directory = os.path.abspath(directory)
+  tree, step = read_latest(directory, step)
   missing = [k for k in keys if k not in tree]
   if missing:
     raise KeyError(f"checkpoint {directory} step {step} has no {missing}; "

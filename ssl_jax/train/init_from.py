@@ -17,6 +17,8 @@ Pipeline, each step a small function:
                        'stem_bn/mean'); input channels adapted on the way
 and a report: matched / missing (in model, not in file) / unexpected (in
 file, not in model) / shape_mismatch / adapted / dropped, with counts.
+Matched arrays go in through `encoder_weights.place`, the one way weights
+reach an encoder (stage 2 loads pretrained encoders the same way).
 
 Formats (`init_from.format`, 'auto' picks by extension or directory):
   npz      flat keys, '/' or '.' separated ('stages.0.1.conv1.kernel');
@@ -62,9 +64,11 @@ import jax
 import numpy as np
 from flax import nnx
 
+from ssl_jax.pytree import flatten, unflatten
 from ssl_jax.registry import Registry
+from ssl_jax.train import checkpoint, encoder_weights
 
-Flat = dict[str, np.ndarray]
+Flat = encoder_weights.Flat  # {"stages/0/0/conv1/kernel": array}
 Rename = Sequence[tuple[str, str]]
 
 # Variable collections merged by `select`; other top-level keys are ignored.
@@ -76,30 +80,6 @@ SHOW = 10  # keys of each kind printed by `print_report`
 READERS: Registry[Callable[[str], Flat]] = Registry("init_from format")
 EXTENSIONS = {".npz": "npz", ".msgpack": "msgpack", ".mpk": "msgpack",
               ".flax": "msgpack"}
-
-
-def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-  """Nested mapping -> {'a/b/c': leaf}."""
-  out = {}
-  for key, value in tree.items():
-    path = f"{prefix}/{key}" if prefix else str(key)
-    if isinstance(value, Mapping):
-      out.update(flatten(value, path))
-    else:
-      out[path] = value
-  return out
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict:
-  """{'a/b/c': leaf} -> nested dicts (for `save`)."""
-  out: dict = {}
-  for key, value in flat.items():
-    *parents, last = key.split("/")
-    node = out
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = value
-  return out
 
 
 def _host(flat: Mapping[str, Any]) -> Flat:
@@ -127,7 +107,6 @@ def read_msgpack(path: str) -> Flat:
 def read_orbax(path: str) -> Flat:
   """An ssl_jax workdir, a CheckpointManager root (latest step) or one
   Orbax PyTree checkpoint directory."""
-  import orbax.checkpoint as ocp
   root = os.path.abspath(path)
   if os.path.isdir(os.path.join(root, "checkpoints")):
     root = os.path.join(root, "checkpoints")
@@ -136,12 +115,9 @@ def read_orbax(path: str) -> Flat:
   steps = [d for d in os.listdir(root)
            if d.isdigit() and os.path.isdir(os.path.join(root, d))]
   if steps:
-    manager = ocp.CheckpointManager(root)
-    tree = manager.restore(manager.latest_step(),
-                           args=ocp.args.StandardRestore())
-    manager.close()
+    tree, _ = checkpoint.read_latest(root)
   elif os.path.exists(os.path.join(root, "_METADATA")):
-    tree = ocp.StandardCheckpointer().restore(root)
+    tree = checkpoint.read_pytree(root)
   else:
     raise FileNotFoundError(
         f"{root} holds no complete Orbax checkpoint: expected step folders "
@@ -515,94 +491,31 @@ def load_source(cfg: Mapping, target: Mapping[str, Any]) -> tuple[Flat, dict]:
 
 def load_into_module(encoder: nnx.Module, cfg: Mapping) -> dict:
   """Loads `cfg.path` into a live encoder in place; returns the report."""
-  arrays = model_arrays(encoder)
-  loaded, report = load_source(cfg, arrays)
-  state = nnx.state(encoder, nnx.Any(nnx.Param, nnx.BatchStat))
-  pure = nnx.to_pure_dict(state)
-  flat = flatten(pure)
-  flat.update({k: jax.numpy.asarray(v) for k, v in loaded.items()})
-  nnx.replace_by_pure_dict(state, _restructure(pure, flat))
-  nnx.update(encoder, state)
+  loaded, report = load_source(cfg, model_arrays(encoder))
+  encoder_weights.into_module(encoder, loaded)
   return report
-
-
-def _restructure(template: Mapping, flat: Mapping[str, Any], prefix: str = ""
-                 ) -> dict:
-  """`flat` back into the nesting (and key types) of `template`."""
-  out = {}
-  for key, value in template.items():
-    path = f"{prefix}/{key}" if prefix else str(key)
-    out[key] = (_restructure(value, flat, path) if isinstance(value, Mapping)
-                else flat[path])
-  return out
-
-
-# ------------------------------------------------------------- the state
-def _path_str(path) -> list[str]:
-  return [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
-          for k in path]
-
-
-def _encoder_key(parts: list[str]) -> str | None:
-  """'a/b/c' for a leaf under any (..., 'params'|'rest', 'encoder', a, b, c):
-  the online encoder and every teacher copy of it (BYOL, MoCo, DINO and
-  the combined objective's parts keep teachers as such pure dicts)."""
-  for i in range(1, len(parts) - 1):
-    if parts[i] == "encoder" and parts[i - 1] in ("params", "rest"):
-      return "/".join(parts[i + 1:])
-  return None
-
-
-def _placed(old: jax.Array, new: np.ndarray) -> jax.Array:
-  """`new` with `old`'s sharding, built shard by shard (works multi-host)."""
-  return jax.make_array_from_callback(old.shape, old.sharding,
-                                      lambda index: new[index])
 
 
 def load_into_state(state, cfg: Mapping):
   """The train state with the encoder (and its EMA teacher copies) loaded
-  from `cfg.path`, every array keeping its sharding. Optimizer state is
-  left as initialised (it does not depend on param values).
+  from `cfg.path`, every array keeping its sharding (encoder_weights).
 
   Returns (state, report); report['applied_to'] counts leaves per subtree.
   """
-  tree = {"params": nnx.to_pure_dict(state.params),
-          "rest": nnx.to_pure_dict(state.rest), "extra": state.extra}
-  target = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    parts = _path_str(path)
-    key = _encoder_key(parts) if parts[0] != "extra" else None
-    if key is not None:
-      target[key] = leaf
+  target = encoder_weights.encoder_leaves(
+      {"params": nnx.to_pure_dict(state.params),
+       "rest": nnx.to_pure_dict(state.rest)})
   loaded, report = load_source(cfg, target)
-  applied: dict[str, int] = {}
-
-  def swap(path, leaf):
-    parts = _path_str(path)
-    key = _encoder_key(parts)
-    if key is None or key not in loaded:
-      return leaf
-    where = "/".join(parts[:parts.index("encoder") + 1])
-    applied[where] = applied.get(where, 0) + 1
-    return _placed(leaf, loaded[key])
-
-  tree = jax.tree_util.tree_map_with_path(swap, tree)
-  params = jax.tree.map(lambda x: x, state.params)
-  rest = jax.tree.map(lambda x: x, state.rest)
-  nnx.replace_by_pure_dict(params, tree["params"])
-  nnx.replace_by_pure_dict(rest, tree["rest"])
-  report["applied_to"] = applied
-  return state.replace(params=params, rest=rest, extra=tree["extra"]), report
+  state, report["applied_to"] = encoder_weights.into_state(state, loaded)
+  return state, report
 
 
-def encoder_weights(config, info) -> tuple[dict, dict]:
+def load_encoder_weights(config, info) -> tuple[Flat, dict]:
   """The config's encoder (seeded by `config.seed`) with `config.init_from`
-  loaded, as host {'params', 'rest'} pure dicts — the form
-  `jobs.finetune.load_encoder` takes — and the report. Keys the file lacks
-  keep their seeded random init."""
+  loaded, as flat host weights (what `encoder_weights.read` gives for an
+  ssl_jax workdir), and the report. Keys the file lacks keep their seeded
+  random init."""
   from ssl_jax.objectives import base  # local: objectives import train/
   encoder = base.build_encoder(config, info, nnx.Rngs(config.seed))
   report = load_into_module(encoder, config.init_from)
-  weights = {"params": nnx.to_pure_dict(nnx.state(encoder, nnx.Param)),
-             "rest": nnx.to_pure_dict(nnx.state(encoder, nnx.Not(nnx.Param)))}
-  return jax.tree.map(np.asarray, weights), report
+  return encoder_weights.of_module(encoder), report

@@ -12,6 +12,8 @@ from typing import Mapping
 
 import jax
 
+from ssl_jax import files
+
 
 class MetricWriter:
 
@@ -66,10 +68,8 @@ def _drop_rows_after(path: str, step: int) -> None:
   last = {_key(row): i for i, (_, row) in enumerate(parsed)}
   kept = [line for i, (line, row) in enumerate(parsed) if last[_key(row)] == i]
   if len(kept) != len(rows):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with files.atomic_open(path) as f:
       f.writelines(kept)
-    os.replace(tmp, path)
 
 
 def _key(row: dict) -> tuple:

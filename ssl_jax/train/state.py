@@ -49,31 +49,34 @@ def merge(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
 
 
 def shape_first(
-    build: Callable[[], tuple[nnx.GraphDef, TrainState]],
+    build: Callable[..., tuple[nnx.GraphDef, TrainState]],
     mesh: Mesh,
     rules: Sequence[parallel.Rule] = (),
-) -> tuple[nnx.GraphDef, TrainState, Any, Callable[[], TrainState]]:
+    *,
+    args: tuple = (),
+) -> tuple[nnx.GraphDef, TrainState, Any, Callable[..., TrainState]]:
   """Shape-first init (big_vision): eval_shape -> shardings -> jitted init.
 
-  `build` constructs the model and state (random init included). It is
-  traced twice and never run eagerly: `jax.eval_shape` gives the abstract
+  `build(*args)` constructs the model and state (random init included). It
+  is traced twice and never run eagerly: `jax.eval_shape` gives the abstract
   state (no memory, no compute), `parallel.tree_shardings` turns it into one
   NamedSharding per leaf from the mesh rules (replicated by default), and
-  `init()` is `build` jitted with those `out_shardings`, so every array is
-  born on its devices in its final layout, never gathered on one device
-  first. A resumed run restores straight into the abstract state and never
-  runs `init` at all.
+  `init(*args)` is `build` jitted with those `out_shardings`, so every array
+  is born on its devices in its final layout, never gathered on one device
+  first. `args` (e.g. a seed) are traced: one compile serves every value.
+  A resumed run restores straight into the abstract state and never runs
+  `init` at all.
 
   Returns (graphdef, abstract state with shardings, state shardings, init).
   """
   graphdefs = []
 
-  def arrays() -> TrainState:
-    graphdef, state = build()
+  def arrays(*values) -> TrainState:
+    graphdef, state = build(*values)
     graphdefs.append(graphdef)
     return state
 
-  shapes = jax.eval_shape(arrays)
+  shapes = jax.eval_shape(arrays, *args)
   shardings = parallel.tree_shardings(shapes, mesh, rules)
   abstract = jax.tree.map(
       lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),

@@ -1,0 +1,143 @@
+"""The unit of stage-2 work and storage: a cell, and the store of finished ones.
+
+A *cell* is (method, protocol, label fraction, seed). `run_cells` runs the
+cells a `CellStore` does not hold yet; the store writes each finished cell
+as its own JSON file, atomically, so a killed job loses at most the cell in
+progress and a rerun skips the finished ones. The finetune job and the
+benchmark job (`jobs/benchmark.py`) share this machinery. Label subsets are
+stratified, nested across fractions and redrawn per seed; each cell's test
+AUROC comes with a percentile-bootstrap CI.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import jax
+from tqdm.auto import tqdm
+
+from ssl_jax import files
+from ssl_jax.evaluation import metrics
+from ssl_jax.evaluation.encoder_context import (EVAL_SPLITS, EncoderContext,
+                                                Predictions)
+from ssl_jax.evaluation.protocols import PROTOCOLS
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One unit of work and of storage: (method, protocol, fraction, seed)."""
+  method: str
+  protocol: str
+  fraction: float
+  seed: int
+
+  @property
+  def key(self) -> str:
+    return f"{self.method}|{self.protocol}|{self.fraction:g}|{self.seed}"
+
+  @property
+  def filename(self) -> str:
+    return os.path.join(self.method,
+                        f"{self.protocol}_f{self.fraction:g}_s{self.seed}.json")
+
+
+class CellStore:
+  """One JSON file per finished cell under `directory`/<method>/.
+
+  Written by write-then-rename (`files.write_json_atomic`): a file is
+  there whole or not at all, so a SIGKILL mid-write leaves no half cell and
+  a rerun recomputes only what has no file. Files are never rewritten.
+  """
+
+  def __init__(self, directory: str):
+    self.directory = directory
+
+  def path(self, cell: Cell) -> str:
+    return os.path.join(self.directory, cell.filename)
+
+  def get(self, cell: Cell) -> dict | None:
+    return files.read_json(self.path(cell))
+
+  def put(self, cell: Cell, result: dict) -> None:
+    files.write_json_atomic(self.path(cell), result)
+
+  def results(self, cells: Iterable[Cell]) -> dict[str, dict]:
+    """Finished cells among `cells`, by key, in the given order."""
+    out = {}
+    for cell in cells:
+      result = self.get(cell)
+      if result is not None:
+        out[cell.key] = result
+    return out
+
+
+def score(ctx: EncoderContext, preds: Predictions, seed: int) -> dict[str, dict]:
+  """Val and test metrics (AUROC first), per-class/label test AUROC for
+  non-binary tasks, and a percentile-bootstrap CI of the test AUROC."""
+  ft = ctx.config.finetune
+  out = {s: metrics.classification_metrics(ctx.labels(s), preds.probs[s], ctx.task)
+         for s in EVAL_SPLITS}
+  y, p = ctx.labels("test"), preds.probs["test"]
+  if ctx.task != metrics.BINARY:
+    out["test"]["auroc_per_class"] = [
+        float(v) for v in metrics.auroc_per_class(y, p, ctx.task)]
+  if ft.bootstrap_samples > 0:
+    out["test"]["auroc_ci"] = list(metrics.bootstrap_ci(
+        y, p, ctx.task, metrics.auroc, num_samples=ft.bootstrap_samples,
+        seed=seed, alpha=1.0 - ft.ci_level))
+  return out
+
+
+def run_cell(ctx: EncoderContext, cell: Cell) -> dict[str, Any]:
+  """The cell's protocol on its label subset, scored, with what it was."""
+  train_idx = ctx.subset(cell.fraction, cell.seed)
+  began = time.perf_counter()
+  preds = PROTOCOLS.get(cell.protocol)(ctx, train_idx, cell.seed)
+  return dict(score(ctx, preds, cell.seed), **preds.info,
+              method=cell.method, protocol=cell.protocol,
+              fraction=cell.fraction, seed=cell.seed,
+              n_train=int(len(train_idx)),
+              seconds=time.perf_counter() - began)
+
+
+def summary_line(cell: Cell, result: dict) -> str:
+  """The console line printed as a cell finishes."""
+  test = result["test"]
+  ci = test.get("auroc_ci")
+  ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+  return (f"  {cell.method:>12s} {cell.protocol:11s} labels={cell.fraction:>5.0%} "
+          f"seed={cell.seed} n={result['n_train']:5d}  test AUROC "
+          f"{test['auroc']:.3f}{ci_text} ACC {test['accuracy']:.3f} "
+          f"balanced {test['balanced_accuracy']:.3f} "
+          f"({result['seconds']:.0f} s)")
+
+
+def run_cells(context_for: Callable[[Cell], EncoderContext],
+              cells: Sequence[Cell], store: CellStore, *,
+              progress: bool = True) -> dict[str, dict]:
+  """Runs every cell `store` lacks, in order, storing each as it finishes.
+
+  `context_for(cell)` gives the cell's EncoderContext (the benchmark builds,
+  and pretrains, lazily there). Shows cells done / total with an ETA (from
+  the cells run in this process) and prints one line per finished cell.
+  Returns all finished cells by key, in `cells` order. Each cell is looked
+  up again just before it runs, so processes sharing a workdir (e.g. one
+  per seed) skip what another has finished.
+  """
+  todo = [c for c in cells if store.get(c) is None]
+  bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell",
+             desc="cells", smoothing=0.0, dynamic_ncols=True,
+             disable=not progress or jax.process_index() != 0)
+  for cell in todo:
+    if store.get(cell) is not None:  # another process sharing the workdir
+      bar.update(1)
+      continue
+    bar.set_postfix_str(cell.key, refresh=True)
+    result = run_cell(context_for(cell), cell)
+    store.put(cell, result)
+    bar.update(1)
+    tqdm.write(summary_line(cell, result))
+  bar.close()
+  return store.results(cells)

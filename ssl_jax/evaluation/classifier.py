@@ -1,0 +1,222 @@
+"""Encoder + linear head trained end to end (or its last blocks) in stage 2.
+
+The `finetune`, `last_k` and `scratch` protocols all train this classifier
+with the shared step and loop; they differ only in the initial encoder and
+in which parameters the optimizer may move. The run lasts `finetune.steps`,
+or with `finetune.epochs` > 0 that many passes over the labelled subset;
+the step with the best val AUROC (ties: lower val loss) is the one scored.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from ssl_jax import objectives, parallel, runtime, views
+from ssl_jax.evaluation import inference, metrics
+from ssl_jax.evaluation.encoder_context import (EVAL_SPLITS, EncoderContext,
+                                                Predictions)
+from ssl_jax.pytree import path_keys
+from ssl_jax.train import encoder_weights as weights_lib
+from ssl_jax.train import loop, optim, step as step_lib
+from ssl_jax.train import state as state_lib
+from ssl_jax.train.metrics_writer import MetricWriter
+
+def trainable_labels(model: nnx.Module, last_k: int | None) -> Callable:
+  """params -> same-shaped tree of 'train' / 'frozen' for optax.multi_transform.
+
+  None trains everything. Otherwise the head, the last `last_k` units of the
+  encoder (ResNet stages, ViT blocks) and what follows them (ViT's final
+  norm) train; the stem and earlier units stay frozen. BatchNorm statistics
+  of frozen stages still follow the fine-tuning data in train mode, as with
+  PyTorch's requires_grad=False.
+  """
+  if last_k is None:
+    return lambda params: jax.tree.map(lambda _: "train", params)
+  kind = type(model.encoder).__name__
+  attr = getattr(model.encoder, "block_attr", None)
+  if attr is None:
+    raise ValueError(f"last_k needs an encoder that declares its blocks "
+                     f"(block_attr, after_blocks); {kind} does not")
+  trailing = tuple(model.encoder.after_blocks)
+  units = len(getattr(model.encoder, attr))
+  if not 0 <= last_k <= units:
+    raise ValueError(f"config.finetune.last_k={last_k} must be in [0, {units}] "
+                     f"for {kind} ({units} {attr})")
+  train_units = set(range(units - last_k, units))
+
+  def label(path, _) -> str:
+    keys = path_keys(path)
+    if keys[0] != "encoder":
+      return "train"  # the head
+    if keys[1] == attr and keys[2] in train_units:
+      return "train"
+    return "train" if keys[1] in trailing and last_k > 0 else "frozen"
+
+  return lambda params: jax.tree_util.tree_map_with_path(label, params)
+
+
+class ClassifierTrainer:
+  """Encoder + linear head trained with the shared step and loop.
+
+  The state is built as pretraining builds it (`state.shape_first`): born on
+  the mesh in the layout `mesh.rules` give it (replicated by default, split
+  along `model` where a rule says so), then the encoder weights are placed
+  into it leaf by leaf (`encoder_weights.into_state`). The init, step and
+  predict functions are compiled once per architecture (and set of
+  trainable params) and reused by every cell; cells differ only in initial
+  weights, data subset and seed.
+  """
+
+  def __init__(self, ctx: EncoderContext, last_k: int | None = None,
+               steps: int | None = None):
+    ft = ctx.config.finetune
+    self.steps = ft.steps if steps is None else steps
+    self.config = with_class_weights(ctx.config, ctx.labels("train"), ctx.info)
+    self.info, self.mesh = ctx.info, ctx.mesh
+    self.bound = objectives.bind(self.config, ctx.info)
+    tx, schedule = optim.make_optimizer(ft.optim, ft.batch_size, self.steps)
+    shape = nnx.eval_shape(lambda: self._model(0))
+    self.tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                                    trainable_labels(shape, last_k))
+    graphdef, _, shardings, self._init = state_lib.shape_first(
+        self._state, self.mesh, parallel.config_rules(self.config), args=(0,))
+    self.step_fn = step_lib.compile_step(step_lib.make_from_objective(
+        graphdef, self.bound, self.tx, schedule), shardings, graphdef=graphdef)
+    multi_label = ctx.info.multi_label
+    self.predict = runtime.jit(lambda p, r, x: _to_probs(
+        nnx.merge(graphdef, p, r)(views.eval_view(x), train=False), multi_label),
+        graphdef)
+
+  def _model(self, seed) -> nnx.Module:
+    return self.bound.build_model(nnx.Rngs(jax.random.key(seed)))
+
+  def _state(self, seed) -> tuple[nnx.GraphDef, state_lib.TrainState]:
+    """Model and train state drawn from `seed` (traced inside `init`)."""
+    return state_lib.create(self._model(seed), self.tx, {},
+                            jax.random.PRNGKey(seed))
+
+  def init_state(self, seed: int,
+                 weights: weights_lib.Flat | None) -> state_lib.TrainState:
+    """A cell's initial state on the mesh, with `weights` in its encoder
+    (None: the encoder keeps its random init from `seed`)."""
+    state = self._init(seed)
+    if weights is not None:
+      state, _ = weights_lib.into_state(state, weights)
+    return state
+
+  def probs(self, ctx: EncoderContext, params, rest, split: str) -> np.ndarray:
+    return inference.batched_apply(
+        self.predict, ctx.data[split][0], mesh=self.mesh,
+        batch_size=self.config.finetune.eval_batch_size, args=(params, rest))
+
+  def run(self, ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
+          weights: weights_lib.Flat | None, name: str) -> Predictions:
+    from data_pipelines import input_pipeline  # TF: only where data is read
+    ft = self.config.finetune
+    state = self.init_state(seed, weights)
+    images, labels = ctx.data["train"]
+    batches = input_pipeline.make_iterator(
+        images[train_idx], labels[train_idx],
+        batch_size=parallel.local_batch_size(ft.batch_size), shuffle=True,
+        repeat=True, seed=seed, drop_remainder=True)
+    best: dict[str, Any] = {"key": (-np.inf, -np.inf)}
+
+    def select_on_val(step: int, state) -> dict[str, float]:
+      probs = self.probs(ctx, state.params, state.rest, "val")
+      scores = metrics.classification_metrics(ctx.labels("val"), probs, ctx.task)
+      scores["loss"] = metrics.log_loss(ctx.labels("val"), probs, ctx.task)
+      key = (scores["auroc"], -scores["loss"])  # AUROC, ties by lower loss
+      if key > best["key"]:
+        best.update(key=key, step=step, auroc=scores["auroc"],
+                    loss=scores["loss"],
+                    state=jax.device_get((state.params, state.rest)))
+      return scores
+
+    writer = MetricWriter(os.path.join(ctx.log_dir or ctx.workdir, name),
+                          tensorboard=False)
+    loop.run(state, self.step_fn, batches, mesh=self.mesh, num_steps=self.steps,
+             global_batch_size=ft.batch_size, writer=writer,
+             log_every=min(ft.log_every, self.steps),
+             eval_fn=select_on_val,
+             eval_every=eval_interval(ft, len(train_idx), self.steps),
+             desc=name, progress=self.config.train.progress, nested=True)
+    writer.close()
+    params, rest = best["state"]
+    return Predictions(
+        {s: self.probs(ctx, params, rest, s) for s in EVAL_SPLITS},
+        {"selected_step": best["step"], "steps": self.steps,
+         "selected_epoch": best["step"] * ft.batch_size / len(train_idx),
+         "selected_val_auroc": best["auroc"], "selected_val_loss": best["loss"]})
+
+
+def trainer_for(ctx: EncoderContext, n_train: int,
+                last_k: int | None = None) -> ClassifierTrainer:
+  """The compiled trainer for this architecture, trainable set and run
+  length (epoch-based runs differ in length by label fraction)."""
+  steps = run_length(ctx.config.finetune, n_train)
+  key = ("trainer", json.dumps(ctx.config.model.to_dict(), sort_keys=True,
+                               default=str), last_k, steps)
+  if key not in ctx.compiled:
+    ctx.compiled[key] = ClassifierTrainer(ctx, last_k, steps)
+  return ctx.compiled[key]
+
+
+def run_length(ft: ml_collections.ConfigDict, n_train: int) -> int:
+  """Stage-2 steps for `n_train` labelled images: `finetune.steps`, or with
+  `finetune.epochs` > 0, that many passes over them (at least
+  `finetune.min_steps`, so a 1 % subset still trains)."""
+  if not ft.get("epochs", 0):
+    return ft.steps
+  return max(int(np.ceil(ft.epochs * n_train / ft.batch_size)), ft.min_steps)
+
+
+def eval_interval(ft: ml_collections.ConfigDict, n_train: int,
+                  steps: int) -> int:
+  """Steps between validation passes: `finetune.eval_every`, or with
+  `finetune.epochs` > 0, every `finetune.eval_every_epochs` epochs."""
+  if not ft.get("epochs", 0):
+    return min(ft.eval_every, steps)
+  every = int(round(ft.eval_every_epochs * n_train / ft.batch_size))
+  return int(np.clip(every, 1, steps))
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> tuple:
+  """n / (C * count_c) per class (sklearn's 'balanced'): every class weighs
+  as much in the loss as if the classes were equally frequent."""
+  counts = np.bincount(np.asarray(labels).reshape(-1).astype(np.int64),
+                       minlength=num_classes).astype(np.float64)
+  weights = counts.sum() / (num_classes * np.maximum(counts, 1.0))
+  return tuple(float(w) for w in weights)
+
+
+def with_class_weights(config: ml_collections.ConfigDict, labels: np.ndarray,
+                       info) -> ml_collections.ConfigDict:
+  """`finetune.class_weights='balanced'` -> the supervised objective's
+  per-class loss weights, from the train split's counts (label subsets are
+  stratified, so every fraction keeps these proportions)."""
+  mode = config.finetune.get("class_weights", "none")
+  if mode == "none":
+    return config
+  if mode != "balanced":
+    raise ValueError(f"config.finetune.class_weights={mode!r}; allowed: "
+                     "none, balanced")
+  if info.multi_label:
+    raise ValueError("config.finetune.class_weights='balanced' needs a "
+                     "single-label task; this dataset is multi-label")
+  config = config.copy_and_resolve_references()
+  config.objective.class_weights = balanced_class_weights(labels,
+                                                          info.num_classes)
+  return config
+
+
+def _to_probs(logits: jax.Array, multi_label: bool) -> jax.Array:
+  logits = logits.astype(jnp.float32)
+  return jax.nn.sigmoid(logits) if multi_label else jax.nn.softmax(logits)

@@ -1,0 +1,101 @@
+"""What every stage-2 protocol is handed, and what it hands back.
+
+A protocol is `fn(ctx, train_idx, seed) -> Predictions`: `ctx` is the
+`EncoderContext` of one encoder (one method and seed), `train_idx` the
+labelled subset of the train split, `seed` the cell's seed. The context
+computes the encoder's frozen features once and keeps the trainers
+compiled for its architecture, so the protocols of a sweep share them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from data_pipelines import fractions
+from ssl_jax import objectives, parallel, runtime, views
+from ssl_jax.evaluation import inference
+from ssl_jax.train import encoder_weights as weights_lib
+from ssl_jax.train import state as state_lib
+
+SPLITS = ("train", "val", "test")
+EVAL_SPLITS = ("val", "test")
+FINAL = "final"  # the layer name of the encoder's pooled output
+
+
+@dataclasses.dataclass
+class EncoderContext:
+  """Everything the protocols share for one encoder (one method and seed).
+
+  `encoder_weights` are flat host arrays (`train/encoder_weights.py`);
+  None means a random-init encoder drawn with `init_seed`.
+  `peers` are further encoders whose frozen features `combine` concatenates.
+  `compiled` holds trainers compiled for this architecture; contexts with
+  the same model and data share one dict, so a sweep compiles them once.
+  `groups` are the train split's patient ids when the source has them:
+  label fractions then take whole patients (no patient's images split
+  between the labelled subset and the rest).
+  """
+  config: ml_collections.ConfigDict      # classifier config (model of the pretrain)
+  workdir: str
+  mesh: Any
+  info: Any
+  data: dict[str, tuple[np.ndarray, np.ndarray]]
+  encoder_weights: weights_lib.Flat | None
+  init_seed: int = 0
+  log_dir: str = ""
+  peers: tuple["EncoderContext", ...] = ()
+  compiled: dict = dataclasses.field(default_factory=dict)
+  groups: np.ndarray | None = None
+  _features: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+
+  @property
+  def task(self) -> str:
+    return self.info.task
+
+  def labels(self, split: str) -> np.ndarray:
+    return self.data[split][1]
+
+  def subset(self, fraction: float, seed: int) -> np.ndarray:
+    """Train indices of a label fraction: stratified, nested, per seed, by
+    patient when `groups` is set."""
+    return fractions.label_fraction_indices(self.labels("train"), fraction,
+                                            seed, groups=self.groups)
+
+  def features(self, split: str, layer: str = FINAL) -> np.ndarray:
+    """Frozen encoder features of a split at `layer` (all computed once)."""
+    if not self._features:
+      encoder = objectives.base.build_encoder(self.config, self.info,
+                                              nnx.Rngs(self.init_seed))
+      if self.encoder_weights is not None:
+        weights_lib.into_module(encoder, self.encoder_weights)
+      graphdef, params, rest = state_lib.split_model(encoder)
+      params, rest = parallel.replicate((params, rest), self.mesh)
+
+      def embed(p, r, x):
+        pooled, inner = nnx.merge(graphdef, p, r)(
+            views.eval_view(x), train=False, return_intermediates=True)
+        return dict(inner, **{FINAL: pooled})
+
+      embed = runtime.jit(embed, graphdef)
+      for name in SPLITS:
+        self._features[name] = inference.batched_apply(
+            embed, self.data[name][0], mesh=self.mesh,
+            batch_size=self.config.finetune.eval_batch_size, args=(params, rest))
+    layers = self._features[split]
+    if layer not in layers:
+      raise ValueError(f"config.finetune.early_layer={layer!r} is not an "
+                       f"encoder layer; allowed: {', '.join(sorted(layers))}")
+    return layers[layer]
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+  """What a protocol hands back: val/test probabilities of the selected
+  model, and how it was selected (weight decay, step, ...)."""
+  probs: dict[str, np.ndarray]
+  info: dict[str, Any] = dataclasses.field(default_factory=dict)
+

@@ -1,0 +1,183 @@
+"""Stage-2 protocols: how a pretrained encoder is turned into a classifier.
+
+Registered by name, chosen by `finetune.protocols`:
+- `linear`: logistic regression on frozen, globally pooled features (Adam,
+  early stopping on val);
+- `knn`: weighted cosine kNN on the same frozen features;
+- `finetune`: end-to-end training of encoder + linear head;
+- `scratch`: the `finetune` architecture, steps and optimizer from random init;
+- `logreg`: the `linear` model solved to convergence by full-batch L-BFGS,
+  with an L2 sweep chosen on val (`finetune.logreg_*`);
+- `early_layer`: the `linear` probe on an earlier stage's pooled features
+  (`finetune.early_layer`, e.g. 'stage3'; ViT: 'block6');
+- `last_k`: `finetune` training only the last `finetune.last_k` stages/blocks
+  and the head (the rest frozen by an optax mask on parameter paths);
+- `combine`: the `linear` probe on the concatenated frozen features of
+  several encoders (Truong et al. 2021, "How transferable are self-supervised
+  features in medical image classification tasks?"); the benchmark job
+  supplies the other encoders.
+Without a pretrained encoder (`encoder_weights=None`, the benchmark's
+`none` method) every protocol runs on a seeded random-init encoder, so
+`finetune` is then the from-scratch baseline. Model selection (weight decay,
+L2, best step) uses val AUROC; test is scored once, with the selected model.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from ssl_jax.evaluation import classifier, probes
+from ssl_jax.evaluation.encoder_context import (EVAL_SPLITS, EncoderContext,
+                                                Predictions)
+from ssl_jax.registry import Registry
+
+ProtocolFn = Callable[[EncoderContext, np.ndarray, int], Predictions]
+
+# What a protocol trains, in the order plots show them: plot (c) contrasts
+# end-to-end fine-tuning with frozen features.
+END_TO_END, PARTIAL, FROZEN = "end-to-end", "partial fine-tune", "frozen"
+KINDS = (END_TO_END, PARTIAL, FROZEN)
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """A registered protocol: its function, what it trains (one of KINDS) and
+  the label tables give it. Called like the function."""
+  fn: ProtocolFn
+  kind: str
+  label: str
+
+  def __call__(self, ctx: EncoderContext, train_idx: np.ndarray,
+               seed: int) -> Predictions:
+    return self.fn(ctx, train_idx, seed)
+
+
+PROTOCOLS: Registry[Protocol] = Registry("fine-tuning protocol")
+
+
+def register(name: str, *, kind: str,
+             label: str) -> Callable[[ProtocolFn], ProtocolFn]:
+  """Decorator: `fn` becomes protocol `name`. Its kind and label are said
+  here, once; reports and plots read them from the registry. Tables list
+  protocols in registration order."""
+  if kind not in KINDS:
+    raise ValueError(f"protocol {name!r} has kind {kind!r}; allowed: "
+                     f"{', '.join(KINDS)}")
+
+  def add(fn: ProtocolFn) -> ProtocolFn:
+    PROTOCOLS.add(name, Protocol(fn, kind, label))
+    return fn
+  return add
+
+
+def labels() -> dict[str, str]:
+  """name -> table label, in registration order (the order of tables)."""
+  return {name: p.label for name, p in PROTOCOLS.items()}
+
+
+def kinds() -> dict[str, str]:
+  """name -> what it trains, ordered by KINDS, then registration (the
+  order of plots)."""
+  entries = sorted(PROTOCOLS.items(), key=lambda e: KINDS.index(e[1].kind))
+  return {name: p.kind for name, p in entries}
+
+
+def _linear_on(ctx: EncoderContext, feats: Callable[[str], np.ndarray],
+               train_idx: np.ndarray, seed: int) -> Predictions:
+  ft = ctx.config.finetune
+  probe = probes.fit_linear_probe(
+      feats("train")[train_idx], ctx.labels("train")[train_idx],
+      feats("val"), ctx.labels("val"), num_classes=ctx.info.num_classes,
+      task=ctx.task, weight_decays=tuple(ft.linear_weight_decays), seed=seed)
+  return Predictions({s: probe.predict_proba(feats(s)) for s in EVAL_SPLITS},
+                     {"weight_decay": probe.weight_decay, "epoch": probe.epoch})
+
+
+@register("linear", kind=FROZEN,
+          label="SSL + linear probe (frozen)")
+def linear_probe(ctx: EncoderContext, train_idx: np.ndarray,
+                 seed: int) -> Predictions:
+  return _linear_on(ctx, ctx.features, train_idx, seed)
+
+
+@register("knn", kind=FROZEN,
+          label="SSL + kNN (frozen)")
+def knn_probe(ctx: EncoderContext, train_idx: np.ndarray,
+              seed: int) -> Predictions:
+  del seed  # deterministic
+  ft = ctx.config.finetune
+  return Predictions({split: probes.knn_predict(
+      ctx.features("train")[train_idx], ctx.labels("train")[train_idx],
+      ctx.features(split), num_classes=ctx.info.num_classes, k=ft.knn_k,
+      temperature=ft.knn_temperature) for split in EVAL_SPLITS})
+
+
+@register("finetune", kind=END_TO_END,
+          label="SSL + end-to-end fine-tune")
+def end_to_end(ctx: EncoderContext, train_idx: np.ndarray,
+               seed: int) -> Predictions:
+  return classifier.trainer_for(ctx, len(train_idx)).run(
+      ctx, train_idx, seed, weights=ctx.encoder_weights,
+      name=f"finetune_n{len(train_idx)}_s{seed}")
+
+
+@register("scratch", kind=END_TO_END,
+          label="from scratch (same net, same budget)")
+def from_scratch(ctx: EncoderContext, train_idx: np.ndarray,
+                 seed: int) -> Predictions:
+  return classifier.trainer_for(ctx, len(train_idx)).run(
+      ctx, train_idx, seed, weights=None,
+      name=f"scratch_n{len(train_idx)}_s{seed}")
+
+
+@register("logreg", kind=FROZEN,
+          label="SSL + logistic regression, L-BFGS (frozen)")
+def logreg_probe(ctx: EncoderContext, train_idx: np.ndarray,
+                 seed: int) -> Predictions:
+  del seed  # deterministic: full batch from zero
+  ft = ctx.config.finetune
+  probe = probes.fit_logreg(
+      ctx.features("train")[train_idx], ctx.labels("train")[train_idx],
+      ctx.features("val"), ctx.labels("val"), num_classes=ctx.info.num_classes,
+      task=ctx.task, l2s=tuple(ft.logreg_l2s), max_iters=ft.logreg_max_iters,
+      tol=ft.logreg_tol, memory_size=ft.logreg_memory)
+  return Predictions(
+      {s: probe.predict_proba(ctx.features(s)) for s in EVAL_SPLITS},
+      {"l2": probe.weight_decay, "iterations": probe.epoch,
+       "converged": probe.converged})
+
+
+@register("early_layer", kind=FROZEN,
+          label="SSL + linear probe on an earlier layer (frozen)")
+def early_layer_probe(ctx: EncoderContext, train_idx: np.ndarray,
+                      seed: int) -> Predictions:
+  layer = ctx.config.finetune.early_layer
+  out = _linear_on(ctx, lambda s: ctx.features(s, layer), train_idx, seed)
+  return dataclasses.replace(out, info=dict(out.info, layer=layer))
+
+
+@register("last_k", kind=PARTIAL,
+          label="SSL + fine-tune of the last k blocks")
+def last_k_blocks(ctx: EncoderContext, train_idx: np.ndarray,
+                  seed: int) -> Predictions:
+  k = ctx.config.finetune.last_k
+  out = classifier.trainer_for(ctx, len(train_idx), k).run(
+      ctx, train_idx, seed, weights=ctx.encoder_weights,
+      name=f"last{k}_n{len(train_idx)}_s{seed}")
+  return dataclasses.replace(out, info=dict(out.info, last_k=k))
+
+
+@register("combine", kind=FROZEN,
+          label="combined SSL features + linear probe (frozen)")
+def combined_probe(ctx: EncoderContext, train_idx: np.ndarray,
+                   seed: int) -> Predictions:
+  if not ctx.peers:
+    raise ValueError("protocol 'combine' concatenates the features of several "
+                     "encoders: run it from the benchmark job, listing them "
+                     "in config.benchmark.combine")
+  encoders = (ctx,) + ctx.peers
+  return _linear_on(
+      ctx, lambda s: np.concatenate([c.features(s) for c in encoders], axis=1),
+      train_idx, seed)
