@@ -102,6 +102,9 @@ def get_config(arg: str = "dataset=breastmnist"):
   c.job = "benchmark"
   c.data.name = args["dataset"]
   c.benchmark = dict(
+      # Folder of the method configs (<method>.py); '' = this checkout's
+      # configs/. A fork points it at its own.
+      configs_dir="",
       # Config names under configs/; `none` = no pretraining.
       methods=backbone["methods"],
       # Methods whose frozen features the `combine` protocol concatenates.

@@ -75,3 +75,11 @@ def test_layers_import_downwards_only():
   assert not any(evaluation.values()), evaluation
   assert graph["ssl_jax.files"] == set()  # data_pipelines and all ssl_jax use it
   assert graph["ssl_jax.pytree"] == set()
+
+
+def test_the_library_never_imports_the_experiments():
+  """configs/ are read as files (jobs/method_configs.py), not imported."""
+  graph = _imports(_modules())
+  library = {m: sorted(d for d in deps if d.startswith("configs"))
+             for m, deps in graph.items() if m.startswith("ssl_jax")}
+  assert not any(library.values()), library

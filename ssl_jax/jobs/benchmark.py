@@ -20,19 +20,17 @@ needs them, so a resumed sweep does no work for finished (method, seed)s.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
 import os
 import time
 from typing import Any
 
 import ml_collections
 
-from configs import base as base_config
 from ssl_jax import files, objectives, parallel
 from ssl_jax.evaluation.cells import Cell, CellStore, run_cells
 from ssl_jax.evaluation.encoder_context import SPLITS, EncoderContext
 from ssl_jax.jobs import common, finetune, pretrain, report
+from ssl_jax.jobs import method_configs
 from ssl_jax.jobs import workdir as workdir_lib
 
 NONE = "none"        # no pretraining: random init / from scratch
@@ -74,10 +72,15 @@ def budgeted(c: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
 
 def method_config(config: ml_collections.ConfigDict, method: str,
                   seed: int) -> ml_collections.ConfigDict:
-  """configs/<method>.py `get_config(dataset)` with the shared budget."""
+  """configs/<method>.py `get_config(dataset)` with the shared budget (the
+  file from `benchmark.configs_dir` when set)."""
   arg = method_args(config).get(method, config.data.name)
-  module = importlib.import_module(f"configs.{method}")
-  return budgeted(module.get_config(arg), config, seed)
+  return budgeted(method_configs.load(method, arg, directory=_dir(config)),
+                  config, seed)
+
+
+def _dir(config: ml_collections.ConfigDict) -> str:
+  return config.benchmark.get("configs_dir", "") or ""
 
 
 def combination(config: ml_collections.ConfigDict) -> str:
@@ -90,9 +93,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   common.validate(budgeted(config, config, config.seed))  # the budget's model
   bench, protocols = config.benchmark, tuple(config.finetune.protocols)
   for method in bench.methods:
-    if method != NONE and importlib.util.find_spec(f"configs.{method}") is None:
+    if method != NONE and not method_configs.exists(method, _dir(config)):
+      where = (method_configs.path(method, _dir(config)) if _dir(config)
+               else f"configs/{method}.py")
       raise ValueError(f"config.benchmark.methods has {method!r}, which has no "
-                       f"configs/{method}.py; use a config name or {NONE!r}")
+                       f"{where}; use a config name or {NONE!r}")
     if method != NONE:
       method_cfg = method_config(config, method, 0)
       common.check_name(f"objective.name of configs/{method}.py",
@@ -166,7 +171,7 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
   # A field newer than the saved sweep binds only if it left its default.
   changed = workdir_lib.changed_fields(
       _fingerprint(config), saved["fingerprint"],
-      _fingerprint(base_config.get_config()))
+      _fingerprint(method_configs.load("base")))
   if changed:
     raise ValueError(f"{workdir} holds a sweep with other settings ({', '.join(changed[:8])}"
                      f"{' ...' if len(changed) > 8 else ''}); use a fresh "

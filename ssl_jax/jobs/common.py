@@ -11,6 +11,7 @@ import data_pipelines
 from data_pipelines import pairs
 from ssl_jax import augment, files, models, objectives
 from ssl_jax.evaluation.protocols import PROTOCOLS
+from ssl_jax.jobs import method_configs
 from ssl_jax.train import optim
 
 
@@ -22,9 +23,6 @@ def check_name(field: str, value: str, allowed: Iterable[str]) -> None:
 
 
 COMPUTE_DTYPES = ("bfloat16", "float32")
-# Where the method configs live (named in hints, never imported here).
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "configs")
 
 
 def vit_patch_size(config: ml_collections.ConfigDict) -> int | None:
@@ -153,8 +151,8 @@ def check_objective(config: ml_collections.ConfigDict) -> None:
     hp = objectives.base.resolve_hparams(objective, config.objective)
   except ValueError as e:
     hint = (f"; start from configs/{objective.name}.py, or set the whole "
-            "block in a config file" if os.path.exists(os.path.join(
-                CONFIGS_DIR, f"{objective.name}.py")) else "")
+            "block in a config file"
+            if method_configs.exists(objective.name) else "")
     raise ValueError(f"{e}{hint}") from None
   info = data_info(config)
   ctx = objectives.base.run_context(config, info)

@@ -35,7 +35,7 @@ from flax import nnx
 
 from data_pipelines import pairs
 from ssl_jax import files, objectives, parallel
-from ssl_jax.jobs import common
+from ssl_jax.jobs import common, method_configs
 from ssl_jax.jobs import workdir as workdir_lib
 from ssl_jax.objectives.online_probe import with_online_probe
 from ssl_jax.train import checkpoint, init_from, loop, optim, step as step_lib
@@ -136,11 +136,11 @@ def check_same_setup(config: ml_collections.ConfigDict, workdir: str) -> None:
   saved = files.read_json(os.path.join(workdir, "config.json"))
   if saved is None:
     return
-  from configs import base as base_config  # noqa: PLC0415  defaults of new fields
   now = workdir_lib.flatten(config, NOT_BINDING)
   before = workdir_lib.flatten(saved, NOT_BINDING)
+  defaults = method_configs.load("base")  # a field newer than config.json
   changed = workdir_lib.changed_fields(
-      now, before, workdir_lib.flatten(base_config.get_config(), NOT_BINDING))
+      now, before, workdir_lib.flatten(defaults, NOT_BINDING))
   if changed:
     shown = "; ".join(f"{k}: {before.get(k, '(absent)')!r} in config.json, "
                       f"{now.get(k, '(absent)')!r} now" for k in changed[:8])
