@@ -194,3 +194,16 @@ def test_functional_split_merge_grads(name, request):
     old = jax.tree.leaves(nnx.state(model, nnx.BatchStat))
     assert any(not np.array_equal(a, b)
                for a, b in zip(old, jax.tree.leaves(new_stats)))
+
+
+@pytest.mark.parametrize("zero,expected", [(True, 0.0), (False, 1.0)])
+def test_zero_init_residual_is_a_choice(zero, expected):
+  """Goyal et al.'s zero-init of each block's last BN scale (the default) or
+  PyTorch's ones (the MedMNIST v2 recipe's ResNet)."""
+  net = models.get("resnet18")(in_channels=1, image_size=28, rngs=nnx.Rngs(0),
+                               width_multiplier=1 / 16,
+                               zero_init_residual=zero)
+  for stage in net.stages:
+    for block in stage:
+      np.testing.assert_array_equal(np.asarray(block.bn2.scale[...]), expected)
+  assert float(np.asarray(net.stem_bn.scale[...]).min()) == 1.0

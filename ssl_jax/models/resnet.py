@@ -120,7 +120,7 @@ class BasicBlock(nnx.Module):
     self.conv1 = _conv(in_ch, width, 3, stride, **ops)
     self.bn1 = _bn(width, **ops)
     self.conv2 = _conv(width, out_ch, 3, 1, **ops)
-    self.bn2 = _bn(out_ch, zero=True, **ops)
+    self.bn2 = _bn(out_ch, zero=ops['zero_init_residual'], **ops)
     self.shortcut = (_Shortcut(in_ch, out_ch, stride, ops=ops)
                      if stride != 1 or in_ch != out_ch else None)
 
@@ -143,7 +143,7 @@ class Bottleneck(nnx.Module):
     self.conv2 = _conv(width, width, 3, stride, **ops)
     self.bn2 = _bn(width, **ops)
     self.conv3 = _conv(width, out_ch, 1, 1, **ops)
-    self.bn3 = _bn(out_ch, zero=True, **ops)
+    self.bn3 = _bn(out_ch, zero=ops['zero_init_residual'], **ops)
     self.shortcut = (_Shortcut(in_ch, out_ch, stride, ops=ops)
                      if stride != 1 or in_ch != out_ch else None)
 
@@ -179,6 +179,7 @@ class ResNet(nnx.Module):
       conv3d_impl: str = 'auto',
       conv_impl: str = 'auto',
       norm_impl: str = 'auto',
+      zero_init_residual: bool = True,
       dtype=jnp.float32,
       rngs: nnx.Rngs,
   ):
@@ -193,6 +194,7 @@ class ResNet(nnx.Module):
     self.spatial_dims = spatial_dims
     self.stage_sizes = tuple(stage_sizes)
     ops = dict(dtype=dtype, rngs=rngs, spatial_dims=spatial_dims,
+               zero_init_residual=zero_init_residual,
                conv3d_impl=_conv3d_impl(conv3d_impl), conv_impl=conv_impl,
                norm_impl=norm_impl)
     if self.small_stem:
