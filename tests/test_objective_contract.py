@@ -8,6 +8,7 @@ field, and must:
   views) give finite metrics and weights that score a lower loss than the
   initial ones under the same extra (a `minimax` game: every player's
   weights move instead), and move the encoder (its gradients reach it);
+- give gradients shaped like its params (every leaf, nothing more);
 - keep its state whole: `extra` (teachers, queues, centres) and the params
   survive an Orbax checkpoint round trip bit for bit;
 - accumulate exactly where it declares so (`accumulates_exactly`): one step
@@ -18,9 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flax import nnx
+
 from ssl_jax import objectives
 from ssl_jax.train import checkpoint
-from tests.tiny import (TINY_OBJECTIVE, compiled_on_fixed_batch, tiny_config)
+from tests.tiny import (TINY_OBJECTIVE, TinyInfo, compiled_on_fixed_batch,
+                        tiny_config)
 
 # Shrunk sizes, applied to the fields an objective declares.
 SHRINK = dict(TINY_OBJECTIVE, decoder_channels=(16, 8, 4), latent_dim=16,
@@ -82,8 +86,19 @@ def _leaves(tree):
 def test_objective_trains_and_checkpoints(name, medmnist_dir, monkeypatch,
                                           tmp_path):
   monkeypatch.setenv("SSL_JAX_DATA_DIR", str(medmnist_dir))
-  _, state, step_fn, batch = compiled_on_fixed_batch(
-      contract_config(name), columns=declared_columns(name))
+  config = contract_config(name)
+  graphdef, state, step_fn, batch = compiled_on_fixed_batch(
+      config, columns=declared_columns(name))
+  loss_fn = objectives.bind(config, TinyInfo).make_loss()
+
+  def loss_of(params):
+    model = nnx.merge(graphdef, params, state.rest, copy=True)
+    return loss_fn(model, batch, jax.random.PRNGKey(0), state.extra)[0]
+
+  grads = jax.eval_shape(jax.grad(loss_of), state.params)  # traced only
+  assert jax.tree.structure(grads) == jax.tree.structure(state.params)
+  for g, p in zip(jax.tree.leaves(grads), jax.tree.leaves(state.params)):
+    assert (g.shape, g.dtype) == (p.shape, p.dtype)
   copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731 (donated)
   start = copy(state)
   for _ in range(4):  # step held at 0: the same views, masks and labels

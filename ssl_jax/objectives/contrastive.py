@@ -432,7 +432,7 @@ def pair_views(policy: augment.Policy, rng: Array, batch: dict[str, Array],
   """The positive pair: a view of `batch['image']` and, with an independent
   key, a view of `batch['pair_image']` (the image itself when absent).
 
-  Without a partner this is exactly `augment.two_views` (same key split).
+  Without a partner this is exactly `views.two_views` (same key split).
   """
   images = batch["image"]
   k1, k2 = jax.random.split(rng)
