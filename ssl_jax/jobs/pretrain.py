@@ -162,11 +162,11 @@ def restore(ckpt: checkpoint.Checkpointer, built: Built, workdir: str):
         f"that run's settings ({workdir}/config.json)") from None
 
 
-def check_batch_columns(config: ml_collections.ConfigDict, metadata: dict,
-                        partners) -> None:
+def check_batch_columns(config: ml_collections.ConfigDict, info,
+                        metadata: dict, partners) -> None:
   """The batch columns the objective reads (`Objective.reads`) exist: the
   data's metadata, and the partner's (`pair_<column>`) when pairs are drawn."""
-  bound = objectives.bind(config, common.data_info(config))
+  bound = objectives.bind(config, info)
   columns = set(pairs.batch_columns(metadata))
   available = columns | ({f"pair_{c}" for c in columns} if partners else set())
   missing = [c for c in bound.objective.reads(bound.hp) if c not in available]
@@ -195,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   images, labels = common.load_split(config, "train")
   metadata = common.load_metadata(config, "train")  # {} for MedMNIST
   partners = make_partners(config, len(images), metadata)
-  check_batch_columns(config, metadata, partners)
+  check_batch_columns(config, info, metadata, partners)
   built = build_parts(config, info, mesh)
   with workdir_lib.Lock(workdir, f"pretrain {config.objective.name}",
                         enabled=lead):
