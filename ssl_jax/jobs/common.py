@@ -146,18 +146,13 @@ def check_objective(config: ml_collections.ConfigDict) -> None:
   """The objective block sets only hyperparameters the objective declares,
   its loss builder accepts them, and no mask hides more of a view than the
   view policy's `min_visible`."""
-  objective = objectives.get(config.objective.name)
   try:
-    hp = objectives.base.resolve_hparams(objective, config.objective)
-  except ValueError as e:
-    hint = (f"; start from configs/{objective.name}.py, or set the whole "
-            "block in a config file"
-            if method_configs.exists(objective.name) else "")
+    bound = objectives.bind(config, data_info(config))
+  except objectives.base.UndeclaredHParam as e:
+    name = config.objective.name
+    hint = (f"; start from configs/{name}.py, or set the whole block in a "
+            "config file" if method_configs.exists(name) else "")
     raise ValueError(f"{e}{hint}") from None
-  info = data_info(config)
-  ctx = objectives.base.run_context(config, info)
-  objectives.base.check_rank(objective, ctx, config.data.name)
-  bound = objectives.Bound(objective, hp, ctx)
   bound.make_loss()
   check_min_visible(bound)
 

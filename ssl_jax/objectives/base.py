@@ -4,7 +4,7 @@ An objective is data plus pure builders, looked up by name. It declares its
 hyperparameters with their defaults (`hparams`) next to its loss; a config's
 `objective` block only overrides them, and a field the objective does not
 declare is refused, naming it. The builders see those hyperparameters (`hp`,
-a locked ConfigDict) and a small `RunContext` (run length, global batch,
+a ConfigDict) and a small `RunContext` (run length, global batch,
 seed, input rank, the view policy, the data and the backbone to build), never
 the whole config:
 
@@ -192,6 +192,10 @@ def lookup(objective_config: Mapping[str, Any]) -> Objective:
   return OBJECTIVES.get(objective_config["name"])
 
 
+class UndeclaredHParam(ValueError):
+  """A config sets a field its objective does not declare."""
+
+
 def resolve_hparams(objective: Objective, overrides: Mapping[str, Any], *,
                     field: str = "objective") -> HParams:
   """The objective's declared defaults updated by `overrides` (the config's
@@ -202,7 +206,7 @@ def resolve_hparams(objective: Objective, overrides: Mapping[str, Any], *,
       continue
     nested = objective.nests_objectives and key in OBJECTIVES
     if key not in hp and not nested:
-      raise ValueError(
+      raise UndeclaredHParam(
           f"config.{field}.{key} is not a hyperparameter of "
           f"{objective.name!r}; it declares: "
           f"{', '.join(sorted(objective.hparams)) or 'none'}")
