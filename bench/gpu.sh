@@ -2,6 +2,8 @@
 # The standard throughput set on one accelerator, synthetic data, bf16:
 #   SimCLR ResNet-50 at 224 px   (configs/simclr.py, 3-channel data shape)
 #   MAE ViT-B/16 at 224 px       (configs/mae.py, the paper's 512-d 8-deep decoder)
+#   SimCLR ResNet-18 at 28 px    (configs/demo.py at full width: the network
+#                                 of the CPU tables and the MedMNIST baseline)
 # Each row: compile time, step time, images/s, GFLOP/image from XLA's cost
 # analysis, achieved TFLOP/s (see bench/throughput.py). Both configs keep
 # their online linear probe (a stop-gradient forward of the full image),
@@ -44,3 +46,6 @@ timeout 240 "$PY" bench/throughput.py --noheader --config=configs/mae.py "${COMM
   --config.model.name=vit_base --config.model.patch_size=16 \
   --config.objective.decoder_dim=512 --config.objective.decoder_depth=8 \
   --config.objective.decoder_heads=16
+timeout 240 "$PY" bench/throughput.py --noheader --config=configs/demo.py \
+  --config.train.compute_dtype=bfloat16 --config.train.batch_size="$BATCH" \
+  --steps="$STEPS" --warmup=3 --config.model.width_multiplier=1.0
