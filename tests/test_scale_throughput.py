@@ -188,3 +188,12 @@ def test_bench_prints_a_row_without_tensorflow(tmp_path):
   assert cells[1:6] == ["vit_tiny", "mae", "28", "16", "float32"]
   img_s, gflop = float(cells[10]), float(cells[11])
   assert img_s > 0 and gflop > 0
+  # The CPU-only count that stands in where a backend's analysis is missing
+  # (GPU) is the same program's count.
+  count = subprocess.run([sys.executable, "-c", code, *flags, "--flops_only"],
+                         cwd=root, env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
+  assert count.returncode == 0, count.stderr[-3000:]
+  per_step = [l for l in count.stdout.splitlines() if l.startswith("flops_per_step=")]
+  assert len(per_step) == 1, count.stdout
+  assert abs(float(per_step[0].split("=")[1]) / 16 / 1e9 - gflop) < 1e-3
