@@ -7,7 +7,7 @@ For every 3x3 conv shape of a small-stem ResNet-18 at 28 px (width
 prints forward, input-gradient and weight-gradient GFLOP/s of each conv
 candidate tried (XLA's conv with jaxlib's default options, which hand it to
 YNNPACK, and with ssl_jax's conv-program options, which keep XLA's Eigen
-conv (ssl_jax/runtime.py); patches + matmul, differentiated by JAX; XLA's
+conv (ssl_jax/runtime.py); with XLA's oneDNN switches on; patches + matmul, differentiated by JAX; XLA's
 forward with the weight gradient as 9 tap matmuls), then forward+backward
 milliseconds of each BatchNorm implementation on the same activations. Implementations are timed
 interleaved in one process, best of `--repeats`, so a busy machine slows
@@ -80,10 +80,18 @@ def _tap_dw_bwd(stride, res, dy):
 
 
 tap_dw_conv.defvjp(_tap_dw_fwd, _tap_dw_bwd)
+# XLA's oneDNN switches. jaxlib 0.10.2's XLA:CPU accepts them but emits no
+# oneDNN call for these convs (main() prints the compiled program's custom
+# calls), so this column times XLA's own path again.
+ONEDNN_OPTIONS = {'xla_cpu_use_onednn': True,
+                  'xla_cpu_experimental_onednn_custom_call': True,
+                  **runtime.CONV_CPU_OPTIONS}
 # name -> (conv, XLA:CPU options): jaxlib's defaults (YNNPACK takes the
-# convs), XLA's Eigen convs (ssl_jax's choice), and two matmul forms.
+# convs), XLA's Eigen convs (ssl_jax's choice), the oneDNN switches, and two
+# matmul forms.
 CANDIDATES = {'xla_ynnpack': (xla_conv, None),
               'xla_eigen': (xla_conv, runtime.CONV_CPU_OPTIONS),
+              'xla_onednn_flags': (xla_conv, ONEDNN_OPTIONS),
               'im2col': (im2col_conv, runtime.CONV_CPU_OPTIONS),
               'tap_dw': (tap_dw_conv, runtime.CONV_CPU_OPTIONS)}
 
@@ -119,6 +127,10 @@ def main():
   parser.add_argument('--repeats', type=int, default=5)
   args = parser.parse_args()
   print(f'devices: {jax.devices()}  XLA_FLAGS: {os.environ.get("XLA_FLAGS")}')
+  x, w = jnp.ones((8, 28, 28, 16)), jnp.ones((3, 3, 16, 16))
+  compiled = conv_fns('xla_onednn_flags', 1)[0].lower(x, w).compile().as_text()
+  calls = sorted({t.split('"')[1] for t in compiled.split('custom_call_target=')[1:]})
+  print(f'custom calls of a conv compiled with the oneDNN switches: {calls or "none"}')
   impls = tuple(CANDIDATES)
   print('| conv (B, px, Cin->Cout, stride) | '
         + ' | '.join(f'{i} fwd / dx / dw GFLOP/s' for i in impls) + ' |')
