@@ -7,7 +7,8 @@ Run:  python run.py --config=configs/medmnist_baseline.py:breastmnist \
 
 The recipe of Yang et al., "MedMNIST v2", Scientific Data 2023 (CC BY 4.0
 data; their train_and_eval_pytorch.py): full-width ResNet-18 with the
-CIFAR-style stem (3x3 stride 1, no max-pool; ssl_jax picks it at <= 64 px),
+CIFAR-style stem (3x3 stride 1, no max-pool; ssl_jax picks it at <= 64 px)
+and PyTorch's default initialisation,
 Adam lr 1e-3 without weight decay, batch 128, 100 epochs, lr x0.1 at epochs
 50 and 75, no augmentation, inputs scaled to (x - 0.5) / 0.5, cross-entropy,
 the epoch with the best validation AUROC kept and scored once on test. It
@@ -26,8 +27,12 @@ def get_config(arg: str = "breastmnist"):
   c = base.get_config()
   c.job = "finetune"
   c.data.name = arg or "breastmnist"
+  # The reference ResNet's initialisation: PyTorch's layer defaults, every
+  # BN scale at one (ssl_jax's default is torchvision's Kaiming fan-out
+  # convs and a zero-initialised last BN scale per block).
   c.model = dict(name="resnet18", width_multiplier=1.0,
-                 stage_sizes=(2, 2, 2, 2), conv_impl="auto", norm_impl="auto")
+                 stage_sizes=(2, 2, 2, 2), conv_impl="auto", norm_impl="auto",
+                 conv_init="torch_default", zero_init_residual=False)
   c.finetune.protocols = ("scratch",)
   c.finetune.fractions = (1.0,)
   c.finetune.seeds = (0, 1, 2)

@@ -207,3 +207,27 @@ def test_zero_init_residual_is_a_choice(zero, expected):
     for block in stage:
       np.testing.assert_array_equal(np.asarray(block.bn2.scale[...]), expected)
   assert float(np.asarray(net.stem_bn.scale[...]).min()) == 1.0
+
+
+@pytest.mark.parametrize("init,std_times_sqrt_fan", [
+    ("kaiming_fan_out", None), ("torch_default", (1 / 3) ** 0.5)])
+def test_conv_init_draws_the_named_distribution(init, std_times_sqrt_fan):
+  """torchvision's Kaiming fan-out normal (default) or PyTorch's nn.Conv
+  default U(+-1/sqrt(fan_in)) (the MedMNIST v2 reference ResNet)."""
+  net = models.get("resnet18")(in_channels=1, image_size=28, rngs=nnx.Rngs(0),
+                               width_multiplier=0.5, conv_init=init)
+  kernel = np.asarray(net.stages[3][1].conv1.kernel[...])  # 3x3, 256 -> 256
+  fan_in, fan_out = 9 * kernel.shape[2], 9 * kernel.shape[3]
+  if std_times_sqrt_fan is None:  # normal, std sqrt(2 / fan_out)
+    np.testing.assert_allclose(kernel.std(), (2 / fan_out) ** 0.5, rtol=0.02)
+    assert np.abs(kernel).max() > 3 / fan_in ** 0.5  # unbounded tails
+  else:
+    np.testing.assert_allclose(kernel.std() * fan_in ** 0.5,
+                               std_times_sqrt_fan, rtol=0.02)
+    assert np.abs(kernel).max() <= 1 / fan_in ** 0.5
+
+
+def test_conv_init_names_the_field_when_unknown():
+  with pytest.raises(ValueError, match="model.conv_init"):
+    models.get("resnet18")(in_channels=1, image_size=28, rngs=nnx.Rngs(0),
+                           width_multiplier=1 / 16, conv_init="he")

@@ -30,8 +30,21 @@ Array = jax.Array
 CONV_IMPLS = ('auto', 'xla', 'matmul_1x1')
 NORM_IMPLS = ('auto', 'xla', 'matmul')
 
-# Kaiming normal with fan-out, as torchvision initialises ResNet convs.
-conv_init = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+# How conv kernels are drawn (`model.conv_init`): torchvision's ResNet
+# (Kaiming normal, fan-out) or PyTorch's plain nn.Conv default
+# (Kaiming-uniform with a = sqrt(5), i.e. U(+-1/sqrt(fan_in))), which the
+# MedMNIST v2 reference ResNet keeps.
+CONV_INITS = {
+    'kaiming_fan_out': nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
+    'torch_default': nnx.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
+}
+
+
+def conv_initializer(name: str):
+  if name not in CONV_INITS:
+    raise ValueError(f'model.conv_init must be one of {tuple(CONV_INITS)}, '
+                     f'got {name!r}')
+  return CONV_INITS[name]
 
 
 def _resolve(impl: str, choices: tuple[str, ...], fast: str, field: str) -> str:
@@ -64,8 +77,8 @@ class Conv(nnx.Module):
 
   def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, *,
                spatial_dims: int = 2, impl: str = 'auto', dtype=jnp.float32,
-               rngs: nnx.Rngs):
-    self.kernel = nnx.Param(conv_init(
+               init: str = 'kaiming_fan_out', rngs: nnx.Rngs):
+    self.kernel = nnx.Param(conv_initializer(init)(
         rngs.params(), (kernel,) * spatial_dims + (in_ch, out_ch)))
     self.stride = stride
     self.impl = resolve_conv_impl(impl)

@@ -36,9 +36,9 @@ class DepthStackedConv3d(nnx.Module):
   """
 
   def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, *,
-               dtype, rngs: nnx.Rngs):
-    self.kernel = nnx.Param(layers.conv_init(rngs.params(),
-                                             (kernel,) * 3 + (in_ch, out_ch)))
+               dtype, init: str = 'kaiming_fan_out', rngs: nnx.Rngs):
+    self.kernel = nnx.Param(layers.conv_initializer(init)(
+        rngs.params(), (kernel,) * 3 + (in_ch, out_ch)))
     self.stride = stride
     self.dtype = dtype
 
@@ -71,17 +71,17 @@ def _conv3d_impl(impl: str) -> str:
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int, *, dtype,
           rngs: nnx.Rngs, spatial_dims: int = 2,
-          conv3d_impl: str = 'native', conv_impl: str = 'auto', **_
-          ) -> nnx.Module:
+          conv3d_impl: str = 'native', conv_impl: str = 'auto',
+          conv_init: str = 'kaiming_fan_out', **_) -> nnx.Module:
   """Bias-free conv with torchvision padding (k // 2), since a BN follows.
 
   Square (2D) or cubic (3D) kernel and stride, by `spatial_dims`.
   """
   if spatial_dims == 3 and conv3d_impl == 'depth_stacked':
     return DepthStackedConv3d(in_ch, out_ch, kernel, stride, dtype=dtype,
-                              rngs=rngs)
+                              init=conv_init, rngs=rngs)
   return layers.Conv(in_ch, out_ch, kernel, stride, spatial_dims=spatial_dims,
-                     impl=conv_impl, dtype=dtype, rngs=rngs)
+                     impl=conv_impl, dtype=dtype, init=conv_init, rngs=rngs)
 
 
 def _bn(features: int, *, dtype, rngs: nnx.Rngs, zero: bool = False,
@@ -180,6 +180,7 @@ class ResNet(nnx.Module):
       conv_impl: str = 'auto',
       norm_impl: str = 'auto',
       zero_init_residual: bool = True,
+      conv_init: str = 'kaiming_fan_out',
       dtype=jnp.float32,
       rngs: nnx.Rngs,
   ):
@@ -194,7 +195,7 @@ class ResNet(nnx.Module):
     self.spatial_dims = spatial_dims
     self.stage_sizes = tuple(stage_sizes)
     ops = dict(dtype=dtype, rngs=rngs, spatial_dims=spatial_dims,
-               zero_init_residual=zero_init_residual,
+               zero_init_residual=zero_init_residual, conv_init=conv_init,
                conv3d_impl=_conv3d_impl(conv3d_impl), conv_impl=conv_impl,
                norm_impl=norm_impl)
     if self.small_stem:
