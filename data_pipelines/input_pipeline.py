@@ -2,7 +2,11 @@
 
 The only module of ssl_jax that imports TensorFlow. TF gets the CPU only: at
 import we hide accelerators from it, so it never grabs GPU/TPU memory that
-JAX needs.
+JAX needs. Where TensorFlow is not installed (accelerator images that hold
+JAX alone), the same slot batches come from a plain numpy generator: the
+stream is a pure function of (seed, position) either way, so both give the
+same batches (tests/test_data_pipeline.py), tf.data adding only its
+background prefetch thread.
 
 Design, and why:
 - tf.data streams *indices*, and the arrays stay in numpy; each batch is a
@@ -40,7 +44,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TF only streams indices here (no TF maths), so its oneDNN kernels buy
 # nothing; off, TF also stops printing its "oneDNN custom operations" notice.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+try:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+except ImportError:  # JAX-only images: numpy_slot_batches below
+  tf = None
 
 
 def _hide_accelerators_from_tf() -> None:
@@ -51,7 +58,8 @@ def _hide_accelerators_from_tf() -> None:
       pass  # TF already initialized its devices, or has none of this kind.
 
 
-_hide_accelerators_from_tf()
+if tf is not None:
+  _hide_accelerators_from_tf()
 
 
 def num_batches(n: int, batch_size: int, drop_remainder: bool) -> int:
@@ -107,20 +115,27 @@ def epoch_order(
   return rng.permutation(m).astype(np.int64)
 
 
-def _slot_dataset(
-    m: int, *, batch_size: int, shuffle: bool, repeat: bool, seed: int,
-    drop_remainder: bool, skip_batches: int, process_index: int,
-    num_threads: int,
-) -> tf.data.Dataset:
-  """Batches of slots in this process's shard (see module doc)."""
-  first_epoch, offset = divmod(skip_batches * batch_size, m)
-
+def _epoch_orders(m: int, *, shuffle: bool, repeat: bool, seed: int,
+                  first_epoch: int, process_index: int
+                  ) -> Callable[[], Iterator[np.ndarray]]:
   def epochs() -> Iterator[np.ndarray]:
     numbers = itertools.count(first_epoch) if repeat else range(first_epoch, 1)
     for epoch in numbers:
       yield epoch_order(
           m, epoch, shuffle=shuffle, seed=seed, process_index=process_index)
+  return epochs
 
+
+def tf_slot_batches(
+    m: int, *, batch_size: int, shuffle: bool, repeat: bool, seed: int,
+    drop_remainder: bool, skip_batches: int, process_index: int,
+    num_threads: int,
+) -> Iterator[np.ndarray]:
+  """Batches of slots in this process's shard (see module doc), streamed
+  by tf.data on its own threads."""
+  first_epoch, offset = divmod(skip_batches * batch_size, m)
+  epochs = _epoch_orders(m, shuffle=shuffle, repeat=repeat, seed=seed,
+                         first_epoch=first_epoch, process_index=process_index)
   ds = tf.data.Dataset.from_generator(
       epochs, output_signature=tf.TensorSpec([m], tf.int64))
   ds = ds.unbatch().skip(offset)
@@ -130,7 +145,28 @@ def _slot_dataset(
   options.deterministic = True
   options.threading.private_threadpool_size = num_threads
   options.threading.max_intra_op_parallelism = 1
-  return ds.with_options(options)
+  return ds.with_options(options).as_numpy_iterator()
+
+
+def numpy_slot_batches(
+    m: int, *, batch_size: int, shuffle: bool, repeat: bool, seed: int,
+    drop_remainder: bool, skip_batches: int, process_index: int,
+    num_threads: int = 0,
+) -> Iterator[np.ndarray]:
+  """The same batches as `tf_slot_batches`, in the calling thread."""
+  del num_threads
+  first_epoch, offset = divmod(skip_batches * batch_size, m)
+  epochs = _epoch_orders(m, shuffle=shuffle, repeat=repeat, seed=seed,
+                         first_epoch=first_epoch, process_index=process_index)
+  slots = itertools.islice(itertools.chain.from_iterable(epochs()), offset, None)
+  while True:
+    batch = np.fromiter(itertools.islice(slots, batch_size), np.int64)
+    if len(batch) == 0 or (drop_remainder and len(batch) < batch_size):
+      return
+    yield batch
+
+
+slot_batches = numpy_slot_batches if tf is None else tf_slot_batches
 
 
 def make_iterator(
@@ -179,13 +215,13 @@ def make_iterator(
   if len(shard) == 0:
     raise ValueError(f"process {process_index} of {process_count} gets no "
                      f"examples from {len(columns['image'])}")
-  ds = _slot_dataset(
+  slot_stream = slot_batches(
       len(shard), batch_size=batch_size, shuffle=shuffle, repeat=repeat,
       seed=seed, drop_remainder=drop_remainder, skip_batches=skip_batches,
       process_index=process_index, num_threads=num_threads)
   draw = None if partners is None else functools.partial(
       _partner_rows, partners, seed=seed, process_index=process_index)
-  return _gather(ds, shard, columns, draw, first=skip_batches)
+  return _gather(slot_stream, shard, columns, draw, first=skip_batches)
 
 
 # Distinguishes the partner draws' seeds from the epoch permutations'.
@@ -207,12 +243,13 @@ def _partner_rows(table: pairs_lib.PartnerTable, rows: np.ndarray,
 
 
 def _gather(
-    ds: tf.data.Dataset, shard: np.ndarray, columns: dict[str, np.ndarray],
+    slot_stream: Iterator[np.ndarray], shard: np.ndarray,
+    columns: dict[str, np.ndarray],
     draw_partners: Callable[[np.ndarray, int], np.ndarray] | None = None,
     *, first: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Numpy batches; `first` is the stream position of the first batch."""
-  for position, slots in enumerate(ds.as_numpy_iterator(), start=first):
+  for position, slots in enumerate(slot_stream, start=first):
     rows = shard[slots]
     batch = {key: value[rows] for key, value in columns.items()}
     if draw_partners is not None:

@@ -129,3 +129,22 @@ def test_bad_inputs_are_named():
   with pytest.raises(ValueError, match="id: expected 50 rows"):
     input_pipeline.make_iterator(images, labels, extra={"id": labels[:3]},
                                  **common)
+
+
+@pytest.mark.parametrize("m,batch,shuffle,repeat,drop,skip", [
+    (10, 4, True, True, True, 0), (10, 4, True, True, True, 7),
+    (10, 3, True, False, False, 0), (10, 3, True, False, True, 1),
+    (9, 9, False, True, True, 2), (5, 8, True, True, True, 3)])
+def test_numpy_stream_gives_tf_data_batches(m, batch, shuffle, repeat, drop, skip):
+  """Where TensorFlow is missing (JAX-only accelerator images) the numpy
+  slot stream stands in; it must be the very same stream."""
+  kwargs = dict(batch_size=batch, shuffle=shuffle, repeat=repeat, seed=3,
+                drop_remainder=drop, skip_batches=skip, process_index=1,
+                num_threads=1)
+  take = 12 if repeat else None
+  via_tf = list(itertools.islice(input_pipeline.tf_slot_batches(m, **kwargs), take))
+  via_numpy = list(itertools.islice(
+      input_pipeline.numpy_slot_batches(m, **kwargs), take))
+  assert via_tf and len(via_tf) == len(via_numpy)
+  for a, b in zip(via_tf, via_numpy):
+    np.testing.assert_array_equal(a, b)
