@@ -12,7 +12,7 @@ from data_pipelines import pairs
 from ssl_jax import augment, files, models, objectives
 from ssl_jax.evaluation.protocols import PROTOCOLS
 from ssl_jax.jobs import method_configs
-from ssl_jax.train import optim
+from ssl_jax.train import metrics_writer, optim
 
 
 def check_name(field: str, value: str, allowed: Iterable[str]) -> None:
@@ -348,10 +348,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def last_metrics(workdir: str) -> dict[str, float]:
-  """The last row of the job's metrics.jsonl (empty if none was logged)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  """The last logged step of the job's metrics.jsonl, its rows merged (a
+  monitored step has a train/ and a val/ row); empty if none was logged."""
+  rows = metrics_writer.read_rows(workdir)
+  if not rows:
     return {}
-  with open(path) as f:
-    lines = [line for line in f if line.strip()]
-  return json.loads(lines[-1]) if lines else {}
+  last = rows[-1]["step"]
+  return {k: v for row in rows if row["step"] == last for k, v in row.items()}
