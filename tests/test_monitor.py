@@ -232,6 +232,15 @@ def test_config_errors_name_the_field(overrides, message):
     common.validate(monitored_config(**overrides))
 
 
+@pytest.mark.parametrize("name", ["simclr", "vicreg", "barlow_twins", "mae"])
+def test_realistic_configs_monitor_and_validate(name):
+  import importlib  # noqa: PLC0415
+  for dataset in ("breastmnist", "retinamnist"):
+    config = importlib.import_module(f"configs.{name}").get_config(dataset)
+    assert 0 < config.train.monitor_every < config.train.steps
+    common.validate(config)
+
+
 def test_monitor_off_by_default_validates_with_any_dataset():
   common.validate(monitored_config(**{
       "train.monitor_every": 0, "data.name": "pool:breastmnist+pneumoniamnist"}))
