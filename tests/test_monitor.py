@@ -243,5 +243,6 @@ def test_realistic_configs_monitor_and_validate(name):
 
 def test_monitor_off_by_default_validates_with_any_dataset():
   common.validate(monitored_config(**{
-      "train.monitor_every": 0, "data.name": "pool:breastmnist+pneumoniamnist"}))
+      "train.monitor_every": 0,
+      "data.name": "pool:breastmnist+pneumoniamnist"}))
 

@@ -10,7 +10,8 @@ no checkpoint round trip), computes frozen features of a fixed labelled
 train subset and of the val split with the eval view, fits each protocol of
 `train.monitor_protocols` on the train features and scores val, AUROC first.
 The encoder graph is built once (shapes only) and its forward compiled
-once: every call feeds arrays of the same shapes and shardings.
+once: every call feeds arrays of the same shapes and shardings. It runs in
+float32 whatever `train.compute_dtype`, as stage 2 reads the encoder.
 
 Protocols, by name, `fn(Frozen, Settings) -> val probabilities`:
 - `knn`: weighted cosine kNN (`finetune.knn_k`, `finetune.knn_temperature`);
