@@ -141,6 +141,17 @@ def get_config() -> ml_collections.ConfigDict:
       # loss_factor x max(|first checked loss|, 1), or grad_norm exceeds
       # max_grad_norm; 0 turns a check off.
       divergence=dict(loss_factor=1e4, max_grad_norm=0.0),
+      # Frozen-feature quality while pretraining (ssl_jax/evaluation/
+      # monitor.py): every monitor_every steps (0 = off) and at the end, the
+      # online encoder's frozen features are scored on the val split by each
+      # of monitor_protocols: knn (finetune.knn_k, knn_temperature) | linear
+      # (logistic regression on standardised features, L2 fixed at
+      # monitor_linear_l2, not tuned). Probes fit on at most
+      # monitor_max_train train images (a seeded stratified subset). Logged
+      # as val/<protocol>_auroc; the curve goes to pretrain_summary.json and
+      # monitor.png.
+      monitor_every=0, monitor_protocols=("knn",), monitor_max_train=10000,
+      monitor_linear_l2=1e-3,
   )
   # Multi-host: jax.distributed.initialize() before anything touches
   # devices, when coordinator_address ('host:port') is set or initialize=True

@@ -44,7 +44,9 @@ from configs import base
 ARG_KEYS = ("dataset", "budget", "backbone")
 
 # Per budget: the backbone of every method (by `backbone` arg) and the
-# pretraining schedule shared by all of them.
+# pretraining schedule shared by all of them. The frozen-feature monitor is
+# off (the sweep scores every method in stage 2 anyway); turn it on with
+# --config.benchmark.budget.train.monitor_every=N.
 BUDGETS = {
     "cpu": dict(
         models=dict(
@@ -52,7 +54,8 @@ BUDGETS = {
                         stage_sizes=(2, 2, 2, 2)),
             vit=dict(name="vit_tiny", patch_size=4, depth=4, hidden_dim=96,
                      num_heads=3)),
-        train=dict(steps=150, batch_size=128, log_every=25, checkpoint_every=50),
+        train=dict(steps=150, batch_size=128, log_every=25, checkpoint_every=50,
+                   monitor_every=0),
         optim=dict(warmup_steps=15)),
     "accelerator": dict(
         models=dict(
@@ -61,7 +64,7 @@ BUDGETS = {
             vit=dict(name="vit_tiny", patch_size=4, depth=12, hidden_dim=192,
                      num_heads=3)),
         train=dict(steps=2000, batch_size=256, log_every=50,
-                   checkpoint_every=500),
+                   checkpoint_every=500, monitor_every=0),
         optim=dict(warmup_steps=100)),
 }
 # Per backbone: the methods it can pretrain (MAE/SimMIM need a ViT), the

@@ -148,6 +148,23 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
           for k, v in batch.items()}
 
 
+def shard_whole_batch(batch: np.ndarray, mesh: Mesh) -> jax.Array:
+  """A batch every process holds whole -> one global array split along
+  `data`: each process places only its own devices' rows (evaluation, where
+  every process reads the whole split, not a shard of it)."""
+  return jax.make_array_from_callback(batch.shape, batch_sharded(mesh),
+                                      lambda index: batch[index])
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """The whole array as numpy, on every process. Across processes this
+  gathers (a collective): every process must call it, in the same order."""
+  if x.is_fully_addressable or x.is_fully_replicated:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def prefetch_to_device(batches: Iterable[dict[str, np.ndarray]], size: int,
                        mesh: Mesh) -> Iterator[dict[str, jax.Array]]:
   """Sharded device batches, read and transferred `size - 1` steps ahead.

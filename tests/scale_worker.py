@@ -18,6 +18,11 @@
       replicated, from the same encoder weights: the classifier state's
       layout, whether the weights landed, and the test probabilities (and
       those of the `linear` probe on the frozen features).
+  python tests/scale_worker.py features
+      inference.batched_apply (the monitor's and stage 2's frozen features)
+      over 10 fixed rows every process holds whole, in padded batches of 4
+      split over every device of every process, then a kNN on them: each
+      process reports what it got back.
 """
 import json
 import os
@@ -166,6 +171,20 @@ def stage2(workdir: str) -> dict:
   return out
 
 
+def features() -> dict:
+  import jax.numpy as jnp  # noqa: PLC0415
+  from ssl_jax.evaluation import inference, probes  # noqa: PLC0415
+  images = np.arange(10 * 2 * 2, dtype=np.uint8).reshape(10, 2, 2, 1)
+  fn = jax.jit(lambda x: {"sum": x.astype(jnp.float32).sum(axis=(1, 2, 3)),
+                          "pixels": x.reshape(len(x), -1).astype(jnp.float32)})
+  out = inference.batched_apply(fn, images, batch_size=4,
+                                mesh=parallel.make_mesh())
+  knn = probes.knn_predict(out["pixels"], np.arange(10) % 2, out["pixels"],
+                           num_classes=2, k=3)
+  return {"processes": jax.process_count(), "devices": jax.device_count(),
+          "sum": out["sum"].tolist(), "knn": knn[:, 1].tolist()}
+
+
 def main():
   mode = sys.argv[1]
   distributed = _distributed_config()
@@ -173,6 +192,8 @@ def main():
     parallel.initialize_distributed(distributed)
   if mode == "stage2":
     result = stage2(sys.argv[2])
+  elif mode == "features":
+    result = features()
   else:
     assert mode == "steps", mode
     result = steps(sys.argv[2] if len(sys.argv) > 2 else None)

@@ -2,7 +2,7 @@
 
 One module fixture runs all three processes concurrently; the first two
 tests read its results. Stage 2 under the same rules runs in its own
-process.
+process, and frozen features across two processes in two more.
 
 Each case runs tests/scale_worker.py in subprocesses, because the device
 count (XLA_FLAGS) and jax.distributed are fixed when JAX starts.
@@ -119,3 +119,18 @@ def test_stage2_state_is_born_sharded_by_the_same_rules(medmnist_dir, tmp_path):
   assert sharded["loaded"] and replicated["loaded"]
   for key in ("test_probs", "linear_test_probs"):
     np.testing.assert_allclose(sharded[key], replicated[key], atol=1e-5)
+
+
+def test_frozen_features_come_back_whole_on_every_process(medmnist_dir):
+  """Two processes x 2 CPU devices: inference.batched_apply (stage 2's and
+  the pretraining monitor's features) has each feed its devices' rows of a
+  split both hold, and both get every row back; a kNN on them agrees."""
+  port = _free_port()
+  outs = _results([_start(["features"], _env(
+      medmnist_dir, 2, SCALE_COORDINATOR=f"127.0.0.1:{port}",
+      SCALE_NUM_PROCESSES="2", SCALE_PROCESS_ID=str(pid))) for pid in range(2)])
+  want = np.arange(40).reshape(10, 4).sum(1)
+  for out in outs:
+    assert (out["processes"], out["devices"]) == (2, 4)
+    np.testing.assert_array_equal(out["sum"], want)
+  assert outs[0]["knn"] == outs[1]["knn"]

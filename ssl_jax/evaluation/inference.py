@@ -4,6 +4,8 @@ Batches are padded to one fixed size, so each function compiles once per
 job however many examples a split has; padding rows are dropped after.
 `fn` may return one array or a pytree of arrays (e.g. the pooled features
 of every encoder stage at once): each leaf is concatenated over batches.
+Many hosts: every process passes the whole split and gets every output
+back (each places its devices' rows; outputs are gathered to all).
 """
 from __future__ import annotations
 
@@ -27,8 +29,7 @@ def batched_apply(fn: Callable[..., Any], images: np.ndarray, *,
     pad = batch_size - chunk.shape[0]
     if pad:
       chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    out = fn(*args, parallel.shard_batch({"image": chunk}, mesh)["image"])
+    out = fn(*args, parallel.shard_whole_batch(chunk, mesh))
     keep = batch_size - pad
-    outputs.append(jax.tree.map(lambda o, k=keep: np.asarray(o)[:k],
-                                jax.device_get(out)))
+    outputs.append(jax.tree.map(lambda o, k=keep: parallel.to_host(o)[:k], out))
   return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)

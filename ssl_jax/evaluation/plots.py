@@ -7,9 +7,12 @@ rows of `published.for_dataset`. They answer the review's questions:
 (a) how much does pretraining help over training from scratch, per label
 budget; (b) which strategy helps most on this task; (c) does fine-tuning
 end to end beat frozen features; (d) how does each method scale with labels.
+Beside them, `monitor_curve`: pretraining epochs vs the monitor's val AUROC
+(evaluation/monitor.py), to see when a pretraining run plateaus.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Sequence
 
 import matplotlib
@@ -18,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
+from ssl_jax import files  # noqa: E402
 from ssl_jax.evaluation.protocols import FROZEN, PARTIAL, kinds  # noqa: E402
 from ssl_jax.evaluation.taxonomy import (CATEGORY_LABELS,  # noqa: E402
                                          CATEGORY_ORDER, SCRATCH)
@@ -64,9 +68,14 @@ def _grid(n: int, title: str, width: float = 5.0, height: float = 3.8,
 
 
 def _save(fig, path: str) -> None:
-  fig.tight_layout()
-  fig.savefig(path, dpi=DPI)
-  plt.close(fig)
+  """Written beside and renamed (files.atomic_open): a job killed mid-save
+  leaves the previous figure, never half a PNG."""
+  try:
+    fig.tight_layout()
+    with files.atomic_open(path, "wb") as f:
+      fig.savefig(f, dpi=DPI, format=os.path.splitext(path)[1][1:] or "png")
+  finally:
+    plt.close(fig)
 
 
 def _empty(ax, text: str) -> None:
@@ -252,3 +261,28 @@ PLOTS: dict[str, Callable[..., None]] = {
     "protocols": protocols,
     "label_efficiency": label_efficiency,
 }
+
+
+def monitor_curve(curve: dict, path: str, *, title: str) -> None:
+  """Pretraining epochs vs validation AUROC, one line per monitor protocol
+  (`monitor.curve`'s dict), the best step of the first one ringed: where
+  the line flattens, more pretraining stops paying."""
+  fig, axes = _grid(1, title, width=6.0, height=4.0)
+  ax, history = axes[0], curve["history"]
+  if not history:
+    _empty(ax, "no monitored step was logged")
+  for protocol in curve["protocols"]:
+    points = [(h["epoch"], h[f"{protocol}_auroc"]) for h in history
+              if f"{protocol}_auroc" in h]
+    if points:
+      ax.plot(*zip(*points), marker="o", markersize=3, label=protocol)
+  best = curve.get("best")
+  if best:
+    ax.plot([best["epoch"]], [best[curve["metric"]]], marker="o",
+            markersize=10, fillstyle="none", color="black",
+            label=f"best {curve['metric']}: step {best['step']}")
+  if history:
+    ax.set_xlabel("pretraining epochs")
+    ax.set_ylabel("val AUROC (frozen features)")
+    ax.legend(fontsize=7)
+  _save(fig, path)

@@ -10,9 +10,10 @@ import ml_collections
 import data_pipelines
 from data_pipelines import pairs
 from ssl_jax import augment, files, models, objectives
+from ssl_jax.evaluation import monitor
 from ssl_jax.evaluation.protocols import PROTOCOLS
 from ssl_jax.jobs import method_configs
-from ssl_jax.train import optim
+from ssl_jax.train import metrics_writer, optim
 
 
 def check_name(field: str, value: str, allowed: Iterable[str]) -> None:
@@ -96,6 +97,48 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check_objective(config)
   check_fit(config)
   check_pairs(config)
+  check_monitor(config)
+
+
+def check_monitor(config: ml_collections.ConfigDict) -> None:
+  """`train.monitor_*` (evaluation/monitor.py): a period >= 0, known
+  protocols, and, when on, a labelled dataset with a val split to score."""
+  train = config.train
+  every = train.get("monitor_every", 0)
+  if every < 0:
+    raise ValueError(f"config.train.monitor_every must be >= 0 (0 = off), "
+                     f"got {every}")
+  protocols = train.get("monitor_protocols", ())
+  if isinstance(protocols, str):
+    raise ValueError(f"config.train.monitor_protocols={protocols!r} must be a "
+                     f"tuple of names, e.g. ({protocols!r},)")
+  protocols = tuple(protocols)
+  for protocol in protocols:
+    check_name("train.monitor_protocols", protocol, monitor.PROTOCOLS.names())
+  if not every:
+    return
+  if not protocols:
+    raise ValueError("config.train.monitor_protocols is empty but "
+                     f"train.monitor_every={every}: give at least one of "
+                     f"{', '.join(monitor.PROTOCOLS.names())}, or set "
+                     "train.monitor_every=0")
+  if train.monitor_max_train < 1:
+    raise ValueError(f"config.train.monitor_max_train must be >= 1, got "
+                     f"{train.monitor_max_train}")
+  if "linear" in protocols and not train.monitor_linear_l2 > 0:
+    raise ValueError(f"config.train.monitor_linear_l2 must be > 0, got "
+                     f"{train.monitor_linear_l2}")
+  info = data_info(config)
+  if info.num_classes < 1:
+    raise ValueError(
+        f"config.train.monitor_every={every} needs labels, but "
+        f"config.data.name={config.data.name!r} has none ({info.task}): "
+        "set train.monitor_every=0 (or monitor on a labelled dataset)")
+  if info.num_examples and not info.num_examples.get("val"):
+    raise ValueError(
+        f"config.train.monitor_every={every} scores the val split, but "
+        f"config.data.name={config.data.name!r} has no val images: set "
+        "train.monitor_every=0")
 
 
 def check_stage2_length(ft: ml_collections.ConfigDict) -> None:
@@ -348,10 +391,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def last_metrics(workdir: str) -> dict[str, float]:
-  """The last row of the job's metrics.jsonl (empty if none was logged)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  """The last logged step of the job's metrics.jsonl, its rows merged (a
+  monitored step has a train/ and a val/ row); empty if none was logged."""
+  rows = metrics_writer.read_rows(workdir)
+  if not rows:
     return {}
-  with open(path) as f:
-    lines = [line for line in f if line.strip()]
-  return json.loads(lines[-1]) if lines else {}
+  last = rows[-1]["step"]
+  return {k: v for row in rows if row["step"] == last for k, v in row.items()}

@@ -1,7 +1,14 @@
 """Self-supervised pretraining: any registered objective, one loop.
 
 Outputs in the workdir: config.json, metrics.jsonl, tensorboard/,
-checkpoints/ (resumed automatically), pretrain_summary.json.
+checkpoints/ (resumed automatically), pretrain_summary.json, and with
+`train.monitor_every` monitor.png.
+
+Frozen-feature monitor (`train.monitor_every`, evaluation/monitor.py): the
+loop scores the online encoder's frozen features on the val split every N
+steps and at the end (`val/knn_auroc`, ... in metrics.jsonl); the summary's
+`monitor` holds that curve read back from metrics.jsonl (so a resumed run
+reports every run's rows) with its best step, and monitor.png plots it.
 
 Scale and survival (see configs/base.py for the fields):
 - init is shape-first (`state.shape_first`): the state is born sharded on the
@@ -31,16 +38,19 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from data_pipelines import pairs
 from ssl_jax import files, objectives, parallel
+from ssl_jax.evaluation import monitor as monitor_lib
 from ssl_jax.jobs import common, method_configs
 from ssl_jax.jobs import workdir as workdir_lib
 from ssl_jax.objectives.online_probe import with_online_probe
 from ssl_jax.train import checkpoint, init_from, loop, optim, step as step_lib
 from ssl_jax.train import state as state_lib
-from ssl_jax.train.metrics_writer import MetricWriter
+from ssl_jax.train.metrics_writer import MetricWriter, read_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +135,8 @@ def pairing_stats(partners: pairs.PartnerTable | None) -> dict[str, Any]:
 NOT_BINDING = ("job", "finetune", "benchmark", "train.steps",
                "train.progress", "train.log_every", "train.checkpoint_every",
                "train.prefetch", "train.check_every", "train.divergence",
+               "train.monitor_every", "train.monitor_protocols",
+               "train.monitor_max_train", "train.monitor_linear_l2",
                "data.data_dir", "mesh", "distributed")
 
 
@@ -180,6 +192,49 @@ def check_batch_columns(config: ml_collections.ConfigDict, info,
         "pairs.mode='patient' (or study / series)")
 
 
+def make_monitor(config: ml_collections.ConfigDict, info, mesh,
+                 train: monitor_lib.Split) -> monitor_lib.Monitor | None:
+  """The loop's frozen-feature `eval_fn` when `train.monitor_every` is on
+  (it reads the val split), else None."""
+  if not config.train.get("monitor_every", 0):
+    return None
+  return monitor_lib.Monitor(config, info, mesh, train,
+                             common.load_split(config, "val"))
+
+
+def monitor_missed(config: ml_collections.ConfigDict, workdir: str,
+                   start: int, lead: bool) -> bool:
+  """Whether the step a run resumes from is a monitored one without its val
+  row: a preemption there checkpoints, then stops before the monitor runs.
+  Process 0 reads the log and tells the others, since every process must
+  run the monitor's collectives or none."""
+  every = config.train.monitor_every
+  due = start > 0 and (start % every == 0 or start == config.train.steps)
+  missed = due and lead and not any(
+      row["step"] == start and any(k.startswith(monitor_lib.VAL_PREFIX)
+                                   for k in row)
+      for row in read_rows(workdir))
+  if jax.process_count() > 1:
+    missed = bool(multihost_utils.broadcast_one_to_all(np.int32(missed)))
+  return missed
+
+
+def monitor_summary(config: ml_collections.ConfigDict, workdir: str,
+                    monitor: monitor_lib.Monitor, num_train: int,
+                    lead: bool) -> dict:
+  """The monitor's curve from metrics.jsonl; process 0 plots it."""
+  curve = monitor_lib.curve(read_rows(workdir), protocols=monitor.protocols,
+                            batch_size=config.train.batch_size,
+                            num_train=num_train)
+  if lead:
+    from ssl_jax.evaluation import plots  # matplotlib: only when monitored
+    plots.monitor_curve(
+        curve, os.path.join(workdir, "monitor.png"),
+        title=f"{config.objective.name} on {config.data.name}: frozen-feature "
+              "quality during pretraining")
+  return curve
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from data_pipelines import input_pipeline  # TF: only where data is read
 
@@ -197,15 +252,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   partners = make_partners(config, len(images), metadata)
   check_batch_columns(config, info, metadata, partners)
   built = build_parts(config, info, mesh)
+  monitor = make_monitor(config, info, mesh, (images, labels))
   with workdir_lib.Lock(workdir, f"pretrain {config.objective.name}",
                         enabled=lead):
     check_same_setup(config, workdir)  # another process may have just written it
     return _train(config, workdir, built, mesh, images, labels, metadata,
-                  partners, lead, input_pipeline)
+                  partners, lead, input_pipeline, monitor)
 
 
 def _train(config, workdir, built, mesh, images, labels, metadata, partners,
-           lead, input_pipeline) -> dict:
+           lead, input_pipeline, monitor=None) -> dict:
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  every_steps=config.train.checkpoint_every)
   if ckpt.latest_step() is not None:
@@ -235,6 +291,8 @@ def _train(config, workdir, built, mesh, images, labels, metadata, partners,
   writer = MetricWriter(workdir, resume_step=start)
   began = time.perf_counter()
   try:
+    if monitor is not None and monitor_missed(config, workdir, start, lead):
+      writer.write(start, monitor(start, state), prefix=monitor_lib.VAL_PREFIX)
     state = loop.run(
         state, built.step_fn, batches, mesh=mesh, num_steps=config.train.steps,
         global_batch_size=config.train.batch_size, writer=writer,
@@ -242,6 +300,7 @@ def _train(config, workdir, built, mesh, images, labels, metadata, partners,
         desc=f"pretrain {config.objective.name}", progress=config.train.progress,
         prefetch=config.train.get("prefetch", 2),
         check_every=config.train.get("check_every", 1),
+        eval_fn=monitor, eval_every=config.train.get("monitor_every", 0),
         guard=loop.DivergenceGuard(**common.as_dict(
             config.train.get("divergence", {}))))
   finally:
@@ -252,6 +311,9 @@ def _train(config, workdir, built, mesh, images, labels, metadata, partners,
              "resumed_from_step": start, "pairs": pairing_stats(partners),
              "seconds": time.perf_counter() - began,
              "final": common.last_metrics(workdir)}
+  if monitor is not None:
+    summary["monitor"] = monitor_summary(config, workdir, monitor, len(images),
+                                         lead)
   if lead:
     files.write_json_atomic(os.path.join(workdir, "pretrain_summary.json"),
                              summary)

@@ -54,6 +54,18 @@ class MetricWriter:
       self._tb.close()
 
 
+def read_rows(workdir: str | os.PathLike) -> list[dict]:
+  """Every complete row of the workdir's metrics.jsonl, in order ([] when
+  there is none yet): what a job reports is read back from the file, so a
+  resumed run reports what every run before it logged."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [row for line in f if line.strip()
+            and (row := _parse(line)) is not None]
+
+
 def _drop_rows_after(path: str, step: int) -> None:
   """A resumed run repeats the steps after its checkpoint: forget their old
   rows, so the log reads like one uninterrupted run. A row logged twice for
