@@ -12,6 +12,7 @@ from PIL import Image
 from data_pipelines import folder, tabular, text
 from data_pipelines import vocab as vocab_lib
 from ssl_jax import columns
+from tests.tiny import tiny_config
 
 TRAIN = ["Round mass, 12 mm.", "round MASS seen", "no mass seen", "mass"]
 
@@ -93,6 +94,24 @@ def test_vocabularies_round_trip_through_the_workdir(tmp_path):
     np.testing.assert_array_equal(vocab_lib.encode(back, meta, "x")[key],
                                   value)
 
+
+def test_a_resumed_pretraining_keeps_the_workdirs_vocabulary(tmp_path):
+  """pretrain.vocabularies reads vocab.json back instead of refitting: the
+  codes and embedding sizes of a resumed run cannot change."""
+  from ssl_jax.jobs import pretrain
+  config = tiny_config()
+  config.objective = dict(name="clip_text", text_column="report",
+                          vocab_size=50, max_length=6)
+  first = pretrain.vocabularies(config, None, {"report": np.array(TRAIN)},
+                                str(tmp_path))
+  vocab_lib.write(tmp_path, first)
+  other = {"report": np.array(["completely different words"])}
+  assert pretrain.vocabularies(config, None, other, str(tmp_path)) == first
+  assert "different" in pretrain.vocabularies(
+      config, None, other, str(tmp_path / "fresh"))["text"]["tokens"]
+
+
+# --------------------------------------------------------------- tabular --
 
 def test_numbers_are_standardised_with_train_statistics():
   train = {"age": np.array([20.0, 30.0, 70.0, np.nan]),
@@ -194,3 +213,18 @@ def test_column_options_that_contradict_are_refused(tmp_path, options,
                                                     message):
   with pytest.raises(ValueError, match=re.escape(message)):
     folder.CSVOptions.from_mapping(options)
+
+
+def test_pretraining_names_a_column_the_data_does_not_carry(tmp_path):
+  """Before anything compiles: the objective's column, and the option that
+  would carry it."""
+  from ssl_jax.jobs import pretrain
+  csv = write_csv(tmp_path, "label,bmi,split",
+                  [f"{'ab'[i % 2]},{20 + i},{s}" for i, s in
+                   enumerate(["train"] * 4 + ["val", "val", "test", "test"])])
+  config = tiny_config(**{"data.name": f"csv:{csv}", "online_probe": False})
+  config.objective = dict(name="clip_tabular", numeric_columns=("bmi",),
+                          categorical_columns=())
+  with pytest.raises(ValueError, match=r"reads the batch columns \['bmi'\]"
+                     r".*data.options.numeric_columns"):
+    pretrain.train_and_evaluate(config, str(tmp_path / "run"))
