@@ -84,3 +84,36 @@ def test_text_tower_ignores_padding():
                              short(jnp.asarray(tokens)), atol=1e-5)
   assert not np.allclose(long(jnp.asarray(padded))[1],
                          long(jnp.asarray(padded).at[1, 2].set(4))[1])
+
+
+# -------------------------------------------------------------- zero-shot --
+
+class _Info:
+  num_classes, class_names, task = 2, ("benign", "malignant"), "binary-class"
+
+
+def test_prompts_default_to_the_class_names_in_label_order():
+  from ssl_jax.evaluation import zero_shot
+  from tests.tiny import tiny_config
+  config = tiny_config()
+  assert zero_shot.class_prompts(config, _Info) == ["benign", "malignant"]
+  config.finetune.class_prompts = ("a benign mass", "a malignant mass")
+  assert zero_shot.class_prompts(config, _Info)[1] == "a malignant mass"
+  config.finetune.class_prompts = ("one",)
+  with pytest.raises(ValueError, match=r"class_prompts has 1 prompts; the "
+                     r"data has 2 classes"):
+    zero_shot.class_prompts(config, _Info)
+  config.finetune.class_prompts = ()
+  unnamed = type("Unnamed", (), dict(num_classes=2, class_names=()))
+  with pytest.raises(ValueError, match=r"no class names.*class_prompts"):
+    zero_shot.class_prompts(config, unnamed)
+
+
+def test_zero_shot_needs_an_image_text_workdir(tmp_path):
+  from ssl_jax.evaluation import zero_shot
+  with pytest.raises(ValueError, match=r"text tower of an image-text "
+                     r"pretraining \(clip_text\): set config.finetune."
+                     r"pretrained"):
+    zero_shot.pretrained_setup("")
+  with pytest.raises(ValueError, match="config.json is missing"):
+    zero_shot.pretrained_setup(str(tmp_path))
