@@ -193,5 +193,9 @@ def get_config() -> ml_collections.ConfigDict:
       logreg_memory=10,        # `logreg`: L-BFGS history length
       last_k=1,                # `last_k`: ResNet stages / ViT blocks trained
       early_layer="stage3",    # `early_layer`: ResNet 'stageN', ViT 'blockN'
+      # `zero_shot` (image-text pretraining only): one prompt per class in
+      # label order, e.g. ('no finding', 'a malignant mass'); () = the
+      # data's class names.
+      class_prompts=(),
   )
   return c

@@ -22,6 +22,12 @@ The CSV has a header row and one row per image file:
   empty/NaN cell in it is a bad row, unless the column is listed in
   options.allow_missing_metadata (then '' or NaN is kept). DICOM headers fill
   the columns the CSV lacks (an absent tag gives '' / NaN).
+- further columns, named in options: options.numeric_columns (numbers, e.g.
+  bmi; a cell that is not a number is a bad row naming the column) and
+  options.text_columns (kept as written: categories such as smoker=yes/no, or
+  a free-text `report`). They are required (a CSV without one is refused,
+  naming it) and ride with the metadata above, under the same rules for
+  empty cells. Multimodal objectives read them (data_pipelines/vocab.py).
 - `split` (options.split_column), optional: train / val / test. Without it,
   whole patients (or whole CSV rows when there is no patient id) are split by
   options.split_fractions with options.split_seed (splits.py). Either way a
@@ -102,6 +108,8 @@ class CSVOptions:
   window: tuple[float, float] | None = None
   on_bad_row: str = "error"
   allow_missing_metadata: tuple[str, ...] = ()
+  numeric_columns: tuple[str, ...] = ()
+  text_columns: tuple[str, ...] = ()
   allow_binary: bool = False
   split_column: str = "split"
   split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
@@ -112,7 +120,8 @@ class CSVOptions:
   @classmethod
   def from_mapping(cls, options: Mapping[str, Any] | None) -> "CSVOptions":
     options = source.known_options(cls, options, "csv")
-    for key in ("label_columns", "classes", "allow_missing_metadata"):
+    for key in ("label_columns", "classes", "allow_missing_metadata",
+                "numeric_columns", "text_columns"):
       if options.get(key) is not None:
         values = options[key]
         if isinstance(values, str):
@@ -138,14 +147,49 @@ class CSVOptions:
                                     or self.window[1] <= 0):
       raise ValueError(f"csv source: options.window={self.window!r}; "
                        "expected (centre, width) with width > 0")
-    bad = sorted(set(self.allow_missing_metadata) - set(METADATA_COLUMNS))
+    self._check_further_columns()
+    carried = METADATA_COLUMNS + self.further_columns()
+    bad = sorted(set(self.allow_missing_metadata) - set(carried))
     if bad:
       raise ValueError(f"csv source: options.allow_missing_metadata has "
-                       f"{bad}; allowed: {', '.join(METADATA_COLUMNS)}")
+                       f"{bad}; allowed: {', '.join(carried)}")
     if self.task is not None and self.task not in TASKS + (UNLABELED,):
       raise ValueError(f"csv source: options.task={self.task!r}; allowed: "
                        f"{', '.join(TASKS + (UNLABELED,))}")
     splits.check_fractions(self.split_fractions)
+
+  def further_columns(self) -> tuple[str, ...]:
+    """The options' columns that are not known metadata, in option order."""
+    return tuple(c for c in self.numeric_columns + self.text_columns
+                 if c not in METADATA_COLUMNS)
+
+  def numeric(self) -> frozenset[str]:
+    """Every metadata column read as a number."""
+    return frozenset(NUMERIC_METADATA) | frozenset(self.numeric_columns)
+
+  def _check_further_columns(self) -> None:
+    """numeric_columns / text_columns: disjoint, not the path, label or
+    split column, and a known metadata column only under its own kind."""
+    both = sorted(set(self.numeric_columns) & set(self.text_columns))
+    if both:
+      raise ValueError(f"csv source: {both} in both options.numeric_columns "
+                       "and options.text_columns; a column is one or the other")
+    roles = {self.path_column: "path_column", self.split_column: "split_column"}
+    roles.update({c: "label_columns" for c in self.label_columns or ()})
+    if self.label_column:
+      roles[self.label_column] = "label_column"
+    for option, kind_is_numeric in (("numeric_columns", True),
+                                    ("text_columns", False)):
+      for column in getattr(self, option):
+        if column in roles:
+          raise ValueError(f"csv source: options.{option} has {column!r}, "
+                           f"which is options.{roles[column]}")
+        if column in METADATA_COLUMNS and (
+            (column in NUMERIC_METADATA) != kind_is_numeric):
+          kind = "a number" if column in NUMERIC_METADATA else "text"
+          raise ValueError(f"csv source: options.{option} has {column!r}, a "
+                           f"known metadata column read as {kind}; leave it "
+                           "out (it is carried anyway)")
 
 
 class BadRow(ValueError):
@@ -230,7 +274,7 @@ class CSVSource:
         name=self.name, task=self._task(parsed, multi),
         num_classes=len(parsed.classes), num_channels=self.channels(),
         image_size=size, multi_label=multi, license=self.opts.license,
-        citation=self.opts.citation,
+        citation=self.opts.citation, class_names=tuple(parsed.classes),
         num_examples=({s: len(loaded.labels[s]) for s in SPLITS}
                       if loaded else {}))
 
@@ -294,7 +338,8 @@ class CSVSource:
     header = [h.strip() for h in records[0]]
     self._check_header(header)
     col = {name: i for i, name in enumerate(header)}
-    columns = tuple(c for c in METADATA_COLUMNS if c in col)
+    columns = tuple(c for c in METADATA_COLUMNS if c in col) + (
+        self.opts.further_columns())
     has_split = self.opts.split_column in col
     raw_labels, cells, bad, blank = [], [], [], 0
     for number, record in enumerate(records[1:], start=2):
@@ -333,6 +378,9 @@ class CSVSource:
                  for c in self.opts.label_columns]
     elif self.opts.label_column:
       needed.append((self.opts.label_column, "the label", "label_column"))
+    needed += [(c, "a number", "numeric_columns")
+               for c in self.opts.numeric_columns]
+    needed += [(c, "text", "text_columns") for c in self.opts.text_columns]
     for column, role, option in needed:
       if column not in header:
         raise ValueError(
@@ -389,9 +437,9 @@ class CSVSource:
               f"empty {column!r}; the column is present so it is used (list "
               f"it in {source.option_flag('allow_missing_metadata', column)} to "
               "allow blanks)"))
-        meta[column] = math.nan if column in NUMERIC_METADATA else ""
+        meta[column] = math.nan if column in self.opts.numeric() else ""
         continue
-      if column in NUMERIC_METADATA:
+      if column in self.opts.numeric():
         parse, want = NUMBER_PARSERS.get(column, (float, "a number"))
         try:
           meta[column] = parse(value)
@@ -476,7 +524,8 @@ class CSVSource:
       raise ValueError(f"{self.csv_path}: no readable images "
                        f"({len(bad)} bad rows)")
     columns = _metadata_columns(parsed.columns, metas)
-    meta = {c: _column(c, [m.get(c) for m in metas]) for c in columns}
+    meta = {c: _column(c, [m.get(c) for m in metas], self.opts.numeric())
+            for c in columns}
     split_of = self._splits(parsed, rows, meta)
     images_arr = np.stack(images)
     labels_arr = np.asarray(labels, np.int32)
@@ -652,8 +701,10 @@ def _metadata_columns(csv_columns: tuple[str, ...],
       present - set(ordered))
 
 
-def _column(name: str, values: list[Any]) -> np.ndarray:
-  if name in NUMERIC_METADATA:
+def _column(name: str, values: list[Any],
+            numeric: frozenset[str] = frozenset(NUMERIC_METADATA)
+            ) -> np.ndarray:
+  if name in numeric:
     return np.array([math.nan if v is None else v for v in values],
                     np.float64)
   if name in ("slice_index", "csv_row"):

@@ -41,6 +41,9 @@ class DatasetInfo:
   # 2 for images [N, H, W, C]; 3 for volumes [N, D, H, W, C] of side
   # `image_size`, so jobs pick 3D views and backbones by this, not by name.
   spatial_dims: int = 2
+  # The classes' names in label order where the source has them (a CSV's
+  # class names or label columns); () otherwise. Zero-shot prompts use them.
+  class_names: tuple[str, ...] = ()
 
 
 class Source(Protocol):

@@ -9,6 +9,8 @@ field, and must:
   initial ones under the same extra (a `minimax` game: every player's
   weights move instead), and move the encoder (its gradients reach it);
 - give gradients shaped like its params (every leaf, nothing more);
+  objectives reading metadata columns get made-up ones, coded with
+  vocabularies fitted on them where they declare some;
 - keep its state whole: `extra` (teachers, queues, centres) and the params
   survive an Orbax checkpoint round trip bit for bit;
 - accumulate exactly where it declares so (`accumulates_exactly`): one step
@@ -21,6 +23,8 @@ import pytest
 
 from flax import nnx
 
+from data_pipelines import pairs
+from data_pipelines import vocab as vocab_lib
 from ssl_jax import objectives
 from ssl_jax.train import checkpoint
 from tests.tiny import (TINY_OBJECTIVE, TinyInfo, compiled_on_fixed_batch,
@@ -30,7 +34,10 @@ from tests.tiny import (TINY_OBJECTIVE, TinyInfo, compiled_on_fixed_batch,
 SHRINK = dict(TINY_OBJECTIVE, decoder_channels=(16, 8, 4), latent_dim=16,
               head_hidden_dim=32, num_permutations=10,
               permutation_pool_size=500, tile_size=8, patch_resize=8,
-              decoder_dim=16, decoder_heads=2, decoder_depth=1)
+              decoder_dim=16, decoder_heads=2, decoder_depth=1,
+              tabular_hidden_dim=32, category_embed_dim=4, text_width=32,
+              text_heads=2, text_depth=1, text_mlp_dim=64, vocab_size=32,
+              max_length=8)
 TINY_VIT = dict(name="vit_tiny", patch_size=7, depth=1, hidden_dim=32,
                 num_heads=2, mlp_dim=64)
 TINY_RESNET = dict(name="resnet18", width_multiplier=1 / 16,
@@ -59,12 +66,39 @@ def contract_config(name: str, *, model: dict | None = None):
   return config
 
 
-def declared_columns(name: str):
+# Made-up metadata for each vocabulary kind an objective may declare
+# (data_pipelines/vocab.py): the contract needs rows, not meaning.
+MADE_UP = {
+    "tabular": lambda spec, n: dict(
+        {c: 20.0 + 3.0 * np.arange(n) for c in spec["numeric"]},
+        **{c: np.array(["F", "M", "X"])[np.arange(n) % 3]
+           for c in spec["categorical"]}),
+    "text": lambda spec, n: {spec["column"]: np.array(
+        [f"finding {i % 4} grade {i % 3}." for i in range(n)])},
+}
+
+
+def declared_inputs(name: str, n: int = 16):
+  """(columns(images) -> the batch columns the objective reads, or None;
+  its fitted vocabularies). Vocabularies are fitted on made-up metadata
+  (MADE_UP) and its rows coded into the batch, as the pretrain job does."""
+  objective = objectives.get(name)
+  hp = objectives.base.resolve_hparams(objective, shrunk_block(name))
+  specs = objective.vocabulary(hp)
+  if specs:
+    metadata = {}
+    for kind, spec in specs.items():
+      metadata.update(MADE_UP[kind](spec, n))
+    fitted = vocab_lib.fit(specs, metadata, "made-up metadata")
+    derived = dict(pairs.batch_columns(metadata),
+                   **vocab_lib.encode(fitted, metadata, "made-up metadata"))
+    return (lambda images: derived), fitted
+  return declared_columns(objective.reads(hp)), {}
+
+
+def declared_columns(reads: tuple[str, ...]):
   """Batch columns the objective declares it reads (Objective.reads), made
   up: partners are the batch rolled by one, numbers a month apart."""
-  objective = objectives.get(name)
-  reads = objective.reads(objectives.base.resolve_hparams(
-      objective, shrunk_block(name)))
   if not reads:
     return None
 
@@ -87,9 +121,10 @@ def test_objective_trains_and_checkpoints(name, medmnist_dir, monkeypatch,
                                           tmp_path):
   monkeypatch.setenv("SSL_JAX_DATA_DIR", str(medmnist_dir))
   config = contract_config(name)
+  columns, vocab = declared_inputs(name)
   graphdef, state, step_fn, batch = compiled_on_fixed_batch(
-      config, columns=declared_columns(name))
-  loss_fn = objectives.bind(config, TinyInfo).make_loss()
+      config, columns=columns, vocab=vocab)
+  loss_fn = objectives.bind(config, TinyInfo, vocab).make_loss()
 
   def loss_of(params):
     model = nnx.merge(graphdef, params, state.rest, copy=True)

@@ -66,12 +66,13 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0,
 
 
 def compiled_on_fixed_batch(config, *, batch_size: int = 16, data_dir=None,
-                            columns=None):
+                            columns=None, vocab=None):
   """The real pretraining init and jitted step (compiled with XLA's backend
   optimisations off) and one fixed batch of the first BreastMNIST training
   images: the smoke test every objective gets.
 
-  `columns(images)` adds batch columns (partner images, metadata).
+  `columns(images)` adds batch columns (partner images, metadata);
+  `vocab` the objective's fitted vocabularies (Objective.vocabulary).
   Returns (graphdef, state, step_fn, batch). The step folds state.step into
   its rng, so resetting state.step replays the same views and masks.
   """
@@ -86,7 +87,7 @@ def compiled_on_fixed_batch(config, *, batch_size: int = 16, data_dir=None,
   columns = columns(images[:batch_size]) if columns else {}
   batch = parallel.shard_batch(dict(columns, image=images[:batch_size],
                                     label=labels[:batch_size]), mesh)
-  built = pretrain.build_parts(config, info, mesh)
+  built = pretrain.build_parts(config, info, mesh, vocab)
   state = built.init.lower().compile(FAST_COMPILE)()
   step_fn = built.step_fn.lower(state, batch).compile(FAST_COMPILE)
   return built.graphdef, state, step_fn, batch
@@ -109,11 +110,11 @@ class TinyInfo:
       1, 28, 2, False, 2)
 
 
-def bind(config, info=TinyInfo, objective=None):
+def bind(config, info=TinyInfo, objective=None, vocab=None):
   """`objective` (default: the config's) bound to the config's objective
   block and run context for `info`, as objectives.bind does for a job."""
   from ssl_jax.objectives import base
   objective = objective or base.lookup(config.objective)
   return base.Bound(objective,
                     base.resolve_hparams(objective, config.objective),
-                    base.run_context(config, info))
+                    base.run_context(config, info, vocab))

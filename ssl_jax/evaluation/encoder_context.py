@@ -38,6 +38,9 @@ class EncoderContext:
   `groups` are the train split's patient ids when the source has them:
   label fractions then take whole patients (no patient's images split
   between the labelled subset and the rest).
+  `pretrained` is the pretraining workdir the weights came from ('' for
+  none): protocols that need more of it than the encoder (zero_shot's text
+  tower) read it there.
   """
   config: ml_collections.ConfigDict      # classifier config (model of the pretrain)
   workdir: str
@@ -50,6 +53,7 @@ class EncoderContext:
   peers: tuple["EncoderContext", ...] = ()
   compiled: dict = dataclasses.field(default_factory=dict)
   groups: np.ndarray | None = None
+  pretrained: str = ""
   _features: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
 
   @property

@@ -15,7 +15,12 @@ Registered by name, chosen by `finetune.protocols`:
 - `combine`: the `linear` probe on the concatenated frozen features of
   several encoders (Truong et al. 2021, "How transferable are self-supervised
   features in medical image classification tasks?"); the benchmark job
-  supplies the other encoders.
+  supplies the other encoders;
+- `zero_shot`: no training; class prompts embedded by the pretrained text
+  tower against the images (CLIP), for image-text pretraining only
+  (evaluation/zero_shot.py).
+A protocol may declare a `check(ctx)`: the finetune job calls it before any
+cell runs, so a protocol that cannot apply is refused first, by name.
 Without a pretrained encoder (`encoder_weights=None`, the benchmark's
 `none` method) every protocol runs on a seeded random-init encoder, so
 `finetune` is then the from-scratch baseline. Model selection (weight decay,
@@ -28,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from ssl_jax.evaluation import classifier, probes
+from ssl_jax.evaluation import classifier, probes, zero_shot
 from ssl_jax.evaluation.encoder_context import (EVAL_SPLITS, EncoderContext,
                                                 Predictions)
 from ssl_jax.registry import Registry
@@ -41,13 +46,19 @@ END_TO_END, PARTIAL, FROZEN = "end-to-end", "partial fine-tune", "frozen"
 KINDS = (END_TO_END, PARTIAL, FROZEN)
 
 
+def _applies_always(ctx: EncoderContext) -> None:
+  del ctx
+
+
 @dataclasses.dataclass(frozen=True)
 class Protocol:
-  """A registered protocol: its function, what it trains (one of KINDS) and
-  the label tables give it. Called like the function."""
+  """A registered protocol: its function, what it trains (one of KINDS),
+  the label tables give it, and `check(ctx)`, raising before any cell runs
+  when it cannot apply. Called like the function."""
   fn: ProtocolFn
   kind: str
   label: str
+  check: Callable[[EncoderContext], None] = _applies_always
 
   def __call__(self, ctx: EncoderContext, train_idx: np.ndarray,
                seed: int) -> Predictions:
@@ -57,8 +68,9 @@ class Protocol:
 PROTOCOLS: Registry[Protocol] = Registry("fine-tuning protocol")
 
 
-def register(name: str, *, kind: str,
-             label: str) -> Callable[[ProtocolFn], ProtocolFn]:
+def register(name: str, *, kind: str, label: str,
+             check: Callable[[EncoderContext], None] = _applies_always
+             ) -> Callable[[ProtocolFn], ProtocolFn]:
   """Decorator: `fn` becomes protocol `name`. Its kind and label are said
   here, once; reports and plots read them from the registry. Tables list
   protocols in registration order."""
@@ -67,7 +79,7 @@ def register(name: str, *, kind: str,
                      f"{', '.join(KINDS)}")
 
   def add(fn: ProtocolFn) -> ProtocolFn:
-    PROTOCOLS.add(name, Protocol(fn, kind, label))
+    PROTOCOLS.add(name, Protocol(fn, kind, label, check))
     return fn
   return add
 
@@ -181,3 +193,20 @@ def combined_probe(ctx: EncoderContext, train_idx: np.ndarray,
   return _linear_on(
       ctx, lambda s: np.concatenate([c.features(s) for c in encoders], axis=1),
       train_idx, seed)
+
+
+@register("zero_shot", kind=FROZEN, check=zero_shot.check,
+          label="zero-shot from class prompts (no labels)")
+def zero_shot_prompts(ctx: EncoderContext, train_idx: np.ndarray,
+                      seed: int) -> Predictions:
+  """Trains nothing: the label subset and seed change nothing."""
+  del train_idx, seed
+  zero_shot.check(ctx)  # the benchmark job runs no protocol checks first
+  model, vocab = zero_shot.load_model(ctx.pretrained, ctx.info)
+  prompts = zero_shot.class_prompts(ctx.config, ctx.info)
+  embedded = zero_shot.embed_prompts(model, vocab, prompts)
+  return Predictions(
+      {s: zero_shot.class_probabilities(
+          model, embedded, ctx.data[s][0], mesh=ctx.mesh,
+          batch_size=ctx.config.finetune.eval_batch_size) for s in EVAL_SPLITS},
+      {"prompts": prompts, "labels_used": 0})

@@ -216,16 +216,16 @@ class Contexts:
   def get(self, method: str, seed: int) -> EncoderContext:
     if (method, seed) not in self._cache:
       base = budgeted(self.config, self.config, seed)
-      pre_config, weights = None, None
+      pre_config, weights, pre_dir = None, None, ""
       if method != NONE:
-        pre_config, weights = finetune.read_pretrained(
-            self.pretrained_dir(method, seed))
+        pre_dir = self.pretrained_dir(method, seed)
+        pre_config, weights = finetune.read_pretrained(pre_dir)
       self._cache[(method, seed)] = EncoderContext(
           config=finetune.stage2_config(base, pre_config, self.info),
           workdir=self.workdir, mesh=self.mesh, info=self.info, data=self.data,
           encoder_weights=weights, init_seed=seed,
           log_dir=os.path.join(self.workdir, "logs", method, f"seed{seed}"),
-          compiled=self.compiled, groups=self.groups)
+          compiled=self.compiled, groups=self.groups, pretrained=pre_dir)
     return self._cache[(method, seed)]
 
 

@@ -21,6 +21,7 @@ import ml_collections
 from ssl_jax import files, parallel
 from ssl_jax.evaluation.cells import Cell, CellStore, run_cells
 from ssl_jax.evaluation.encoder_context import SPLITS, EncoderContext
+from ssl_jax.evaluation.protocols import PROTOCOLS
 from ssl_jax.jobs import common, report
 from ssl_jax.jobs import workdir as workdir_lib
 from ssl_jax.train import encoder_weights, init_from
@@ -84,7 +85,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        data=data, encoder_weights=weights,
                        init_seed=config.seed,
                        log_dir=os.path.join(workdir, "logs"),
-                       groups=common.patient_groups(config))
+                       groups=common.patient_groups(config),
+                       pretrained=ft.pretrained)
+  for protocol in ft.protocols:  # refuse what cannot apply before any cell
+    PROTOCOLS.get(protocol).check(ctx)
   if jax.process_index() == 0:
     common.write_data_report(config, workdir)
 

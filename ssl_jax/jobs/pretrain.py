@@ -23,6 +23,11 @@ Scale and survival (see configs/base.py for the fields):
 Metadata (sources with it, e.g. csv:) rides in every batch as numeric
 columns: ids as int32 codes, age, slice_index (pairs.batch_columns).
 
+Vocabularies (`Objective.vocabulary`, data_pipelines/vocab.py): fitted on
+the train split's metadata (or read back from `<workdir>/vocab.json` when
+resuming), written there, handed to the builders and turned into batch
+columns (coded tabular columns, report tokens).
+
 Positive pairs (`config.pairs`, data_pipelines/pairs.py): a mode other than
 'views' reads the train split's metadata, builds the partner table once and
 the input pipeline adds each row's partner image as `pair_image`; how many
@@ -43,6 +48,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from data_pipelines import pairs
+from data_pipelines import vocab as vocab_lib
 from ssl_jax import files, objectives, parallel
 from ssl_jax.evaluation import monitor as monitor_lib
 from ssl_jax.jobs import common, method_configs
@@ -76,9 +82,11 @@ def model_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   return c
 
 
-def build_parts(config: ml_collections.ConfigDict, info, mesh) -> Built:
-  """Shape-first: abstract state and shardings, then jitted init and step."""
-  bound = objectives.bind(model_config(config), info)
+def build_parts(config: ml_collections.ConfigDict, info, mesh,
+                vocab: dict | None = None) -> Built:
+  """Shape-first: abstract state and shardings, then jitted init and step.
+  `vocab`: the objective's fitted vocabularies (`vocabularies`)."""
+  bound = objectives.bind(model_config(config), info, vocab)
   # Unlabelled sources (pools, label_column='') have nothing to probe.
   if config.get("online_probe", True) and info.num_classes > 0:
     bound = dataclasses.replace(bound,
@@ -101,9 +109,10 @@ def build_parts(config: ml_collections.ConfigDict, info, mesh) -> Built:
                step_lib.compile_step(step_fn, shardings, graphdef=graphdef))
 
 
-def build(config: ml_collections.ConfigDict, info, mesh):
+def build(config: ml_collections.ConfigDict, info, mesh,
+          vocab: dict | None = None):
   """(graphdef, initial state on the mesh, jitted step) for the config."""
-  built = build_parts(config, info, mesh)
+  built = build_parts(config, info, mesh, vocab)
   return built.graphdef, built.init(), built.step_fn
 
 
@@ -189,7 +198,43 @@ def check_batch_columns(config: ml_collections.ConfigDict, info,
         f"with pairs.mode={config.get('pairs', {}).get('mode', 'views')!r} "
         "does not give (it has "
         f"{sorted(available) or 'no metadata'}); pair_<column> needs "
-        "pairs.mode='patient' (or study / series)")
+        "pairs.mode='patient' (or study / series); a csv: source carries "
+        "further columns listed in data.options.numeric_columns or "
+        "data.options.text_columns")
+
+
+def vocabularies(config: ml_collections.ConfigDict, info, metadata: dict,
+                 workdir: str) -> dict:
+  """The vocabularies the objective declares (`Objective.vocabulary`):
+  `<workdir>/vocab.json` when a run there wrote them (a resumed run keeps
+  its codes and embedding sizes), else fitted on the train split's
+  `metadata`. {} for objectives that declare none."""
+  bound = objectives.bind(config, info)
+  specs = bound.objective.vocabulary(bound.hp)
+  if not specs:
+    return {}
+  saved = vocab_lib.read(workdir)
+  if saved is not None and set(saved) == set(specs):
+    return saved
+  return vocab_lib.fit(specs, metadata, train_split(config))
+
+
+def train_split(config: ml_collections.ConfigDict) -> str:
+  return f"data {config.data.name!r}, train split"
+
+
+def batch_extra(config: ml_collections.ConfigDict, metadata: dict,
+                vocab: dict) -> dict:
+  """Every column a pretraining batch carries besides image and label:
+  the metadata (pairs.batch_columns) and the vocabularies' derived columns."""
+  extra = pairs.batch_columns(metadata)
+  derived = vocab_lib.encode(vocab, metadata, train_split(config))
+  clash = sorted(set(derived) & set(extra))
+  if clash:
+    raise ValueError(f"{train_split(config)}: metadata columns {clash} have "
+                     "the names of derived batch columns (ssl_jax/columns.py)"
+                     "; rename them in the data")
+  return dict(extra, **derived)
 
 
 def make_monitor(config: ml_collections.ConfigDict, info, mesh,
@@ -251,17 +296,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   metadata = common.load_metadata(config, "train")  # {} for MedMNIST
   partners = make_partners(config, len(images), metadata)
   check_batch_columns(config, info, metadata, partners)
-  built = build_parts(config, info, mesh)
+  vocab = vocabularies(config, info, metadata, workdir)
+  extra = batch_extra(config, metadata, vocab)
+  built = build_parts(config, info, mesh, vocab)
   monitor = make_monitor(config, info, mesh, (images, labels))
   with workdir_lib.Lock(workdir, f"pretrain {config.objective.name}",
                         enabled=lead):
     check_same_setup(config, workdir)  # another process may have just written it
-    return _train(config, workdir, built, mesh, images, labels, metadata,
+    return _train(config, workdir, built, mesh, images, labels, extra, vocab,
                   partners, lead, input_pipeline, monitor)
 
 
-def _train(config, workdir, built, mesh, images, labels, metadata, partners,
-           lead, input_pipeline, monitor=None) -> dict:
+def _train(config, workdir, built, mesh, images, labels, extra, vocab,
+           partners, lead, input_pipeline, monitor=None) -> dict:
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  every_steps=config.train.checkpoint_every)
   if ckpt.latest_step() is not None:
@@ -279,6 +326,8 @@ def _train(config, workdir, built, mesh, images, labels, metadata, partners,
   start = int(jax.device_get(state.step))
   if lead:  # only now: a refused or failed restore leaves config.json as it was
     common.save_config(config, workdir)
+    if vocab:
+      vocab_lib.write(workdir, vocab)
     common.write_data_report(config, workdir)
     if partners is not None:
       print(f"pairs: {partners.stats()}", flush=True)
@@ -286,8 +335,7 @@ def _train(config, workdir, built, mesh, images, labels, metadata, partners,
   batches = input_pipeline.make_iterator(
       images, labels, batch_size=parallel.local_batch_size(config.train.batch_size),
       shuffle=True, repeat=True, seed=config.seed, drop_remainder=True,
-      skip_batches=start, partners=partners,
-      extra=pairs.batch_columns(metadata))
+      skip_batches=start, partners=partners, extra=extra)
   writer = MetricWriter(workdir, resume_step=start)
   began = time.perf_counter()
   try:

@@ -105,11 +105,16 @@ class Attention(nnx.Module):
     self.proj = nnx.Linear(dim, dim, kernel_init=_xavier, bias_init=_zeros,
                            dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    """x [B, N, D]; `mask` [B, N] bool: keys to attend to (None: all;
+    padded text tokens are False)."""
     q, k, v = einops.rearrange(self.qkv(x), 'b n (t h d) -> t b h n d', t=3,
                                h=self.num_heads)
     scale = q.shape[-1] ** -0.5
     logits = jnp.einsum('bhqd,bhkd->bhqk', q * scale, k)
+    if mask is not None:
+      logits = jnp.where(mask[:, None, None, :], logits,
+                         jnp.finfo(logits.dtype).min)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     out = jnp.einsum('bhqk,bhkd->bhqd', weights.astype(v.dtype), v)
     return self.proj(einops.rearrange(out, 'b h n d -> b n (h d)'))
@@ -128,8 +133,8 @@ class Block(nnx.Module):
     self.fc2 = nnx.Linear(mlp_dim, dim, kernel_init=_xavier, bias_init=_zeros,
                           dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: Array) -> Array:
-    x = x + self.attn(self.norm1(x))
+  def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    x = x + self.attn(self.norm1(x), mask)
     return x + self.fc2(nnx.gelu(self.fc1(self.norm2(x)), approximate=False))
 
 

@@ -22,6 +22,11 @@ the whole config:
 - `visible(hp)`: masking objectives report, per field, the smallest fraction
   of a view their mask can leave visible (checked against the policy's
   `min_visible` before anything is built).
+- `vocabulary(hp)`: objectives that read metadata through a vocabulary
+  fitted on the train split (tabular codes, report tokens) declare it by
+  kind (data_pipelines/vocab.py); the job fits it, adds its batch columns
+  (ssl_jax/columns.py), writes `<workdir>/vocab.json` and hands it to the
+  builders as `ctx.vocab`.
 
 `bind(config, info)` resolves all of it for one run. An objective outside
 the package registers itself on import: `objective.module=my_pkg.my_loss`
@@ -69,6 +74,9 @@ class RunContext:
   policy: Any        # the view policy for this rank (views.apply takes it)
   info: DataInfo
   model: Mapping[str, Any]  # config.model: the backbone `encoder` builds
+  # Vocabularies fitted on the train split (`Objective.vocabulary`), by
+  # kind; {} when the objective declares none or before data is read.
+  vocab: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def encoder(self, rngs: nnx.Rngs) -> nnx.Module:
     """The backbone named by `model['name']`; other fields are its kwargs."""
@@ -103,6 +111,11 @@ def _reads_nothing_more(hp: HParams) -> tuple[str, ...]:
 def _no_parts(hp: HParams, ctx: RunContext) -> list:
   del hp, ctx
   return []
+
+
+def _no_vocabulary(hp: HParams) -> dict:
+  del hp
+  return {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +157,13 @@ class Objective:
   # sub-configs (the combined objective's parts), bound by `parts(hp, ctx)`.
   nests_objectives: bool = False
   parts: Callable[[HParams, RunContext], list] = _no_parts
+  # Vocabularies to fit on the train split's metadata, by kind, e.g.
+  # {'text': {'column': 'report', 'size': 2000, 'max_length': 64}}
+  # (data_pipelines/vocab.py); builders read them fitted as ctx.vocab.
+  vocabulary: Callable[[HParams], dict] = _no_vocabulary
+  # Its model embeds images (`embed_image`) and report tokens (`embed_text`)
+  # in one space: stage 2's zero_shot protocol can classify from prompts.
+  embeds_text: bool = False
 
 
 ENCODER_NEEDS = ("any", "vit")
@@ -233,16 +253,18 @@ def augment_policy(config: ml_collections.ConfigDict):
 
 
 def run_context(config: ml_collections.ConfigDict,
-                info: DataInfo | None) -> RunContext:
+                info: DataInfo | None,
+                vocab: Mapping[str, Any] | None = None) -> RunContext:
   """The run as an objective sees it: config.train / seed / model / augment
   and the data's rank (None: checking a config before the data is open;
-  then only the view policy and numbers are real)."""
+  then only the view policy and numbers are real), and the fitted
+  vocabularies when the objective declares some."""
   spatial_dims = getattr(info, "spatial_dims", 2)
   return RunContext(
       total_steps=config.train.steps, global_batch=config.train.batch_size,
       seed=config.seed, spatial_dims=spatial_dims,
       policy=view_policy(config.augment, spatial_dims), info=info,
-      model=config.model.to_dict())
+      model=config.model.to_dict(), vocab=dict(vocab or {}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,11 +288,13 @@ class Bound:
     return self.objective.update_extra(extra, params, step, self.hp, self.ctx)
 
 
-def bind(config: ml_collections.ConfigDict, info: DataInfo) -> Bound:
+def bind(config: ml_collections.ConfigDict, info: DataInfo,
+         vocab: Mapping[str, Any] | None = None) -> Bound:
   """The configured objective, ready to build and train; refuses data of a
-  rank the objective or the backbone does not take, naming the fields."""
+  rank the objective or the backbone does not take, naming the fields.
+  `vocab`: the vocabularies fitted for it (`Objective.vocabulary`)."""
   objective = lookup(config.objective)
-  ctx = run_context(config, info)
+  ctx = run_context(config, info, vocab)
   check_rank(objective, ctx, config.data.name)
   return Bound(objective, resolve_hparams(objective, config.objective), ctx)
 
