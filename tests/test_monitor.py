@@ -39,8 +39,8 @@ def monitored_config(**overrides):
 def fast_parts(build_parts):
   """pretrain.build_parts with init and step compiled without XLA's -O
   passes (compile time is all that counts for 4 tiny steps)."""
-  def build(config, info, mesh):
-    built = build_parts(config, info, mesh)
+  def build(config, info, mesh, vocab=None):
+    built = build_parts(config, info, mesh, vocab)
     b = config.train.batch_size
     batch = {"image": jax.ShapeDtypeStruct(
                  (b, config.data.size, config.data.size, 1), jnp.uint8,
