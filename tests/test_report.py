@@ -96,3 +96,9 @@ def test_benchmark_report_writes_markdown_csv_and_plots(tmp_path):
   assert "**ResNet-50 (28) — published**" in text
   for name in ("relative_to_scratch", "strategies", "protocols", "label_efficiency"):
     assert pathlib.Path(paths[name]).stat().st_size > 10_000
+
+
+def test_stage2_length_names_epochs_when_the_run_counts_them():
+  assert report.stage2_length({"finetune_steps": 100}) == "100 steps"
+  assert report.stage2_length({"finetune_steps": 100,
+                               "finetune_epochs": 100}) == "100 epochs"

@@ -243,6 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "dataset": config.data.name, "image_size": config.data.size,
       "task": info.task, "budget": config.benchmark.budget.to_dict(),
       "finetune_steps": config.finetune.steps,
+      "finetune_epochs": config.finetune.get("epochs", 0),
       "finetune_batch_size": config.finetune.batch_size,
       "bootstrap_samples": config.finetune.bootstrap_samples,
       "ci_level": config.finetune.ci_level,

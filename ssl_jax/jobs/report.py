@@ -22,6 +22,12 @@ METRICS = (("auroc", "AUROC"), ("accuracy", "ACC"),
 NAN = float("nan")  # a metric cells stored before it existed lack
 
 
+def stage2_length(meta: dict) -> str:
+  """'100 epochs' of an epoch-based stage 2, else its fixed step count."""
+  epochs = meta.get("finetune_epochs", 0)
+  return f"{epochs:g} epochs" if epochs else f"{meta['finetune_steps']} steps"
+
+
 def _cell(values: list[float]) -> str:
   mean, sd = mean_sd(values)
   return f"{mean:.3f} ± {sd:.3f}" if len(values) > 1 else f"{mean:.3f}"
@@ -224,7 +230,7 @@ def benchmark_markdown(summary: list[dict], meta: dict, references: list,
       "",
       f"Same budget for every method: backbone {model}; pretraining "
       f"{budget['train']['steps']} steps × {budget['train']['batch_size']} "
-      f"images; end-to-end stage 2: {meta['finetune_steps']} steps × "
+      f"images; end-to-end stage 2: {stage2_length(meta)} × "
       f"{meta['finetune_batch_size']}. Seeds {', '.join(map(str, seeds))} "
       "(label subsets redrawn per seed, stratified, nested across fractions). "
       "Test split; model selection on val. AUROC is mean ± sd over seeds; the "
