@@ -231,14 +231,19 @@ def test_pair_views_takes_view_two_from_the_partner():
 def test_every_pair_objective_reads_the_partner():
   """Traced only (no compile): each `uses_pairs` loss consumes pair_image."""
   from ssl_jax import objectives
+  from ssl_jax.objectives import base
   from tests.tiny import bind, tiny_method_config
   info = type("Info", (), dict(num_channels=1, image_size=16, num_classes=2,
                                multi_label=False))
   image = jax.ShapeDtypeStruct((4, 16, 16, 1), jnp.uint8)
   users = [n for n in objectives.names() if objectives.get(n).uses_pairs]
-  # Every contrastive method takes its positive from the pair.
-  assert {n for n in objectives.names()
-          if objectives.get(n).category == "contrastive"} <= set(users)
+  # Every image-image contrastive method takes its positive from the pair
+  # (multimodal ones pair the image with its own metadata row instead).
+  def pairs_images(name):
+    objective = objectives.get(name)
+    hp = base.resolve_hparams(objective, {"name": name})
+    return objective.category == "contrastive" and not objective.vocabulary(hp)
+  assert {n for n in objectives.names() if pairs_images(n)} <= set(users)
   for name in users:
     config = tiny_method_config(name)
     config.train.batch_size = 4
