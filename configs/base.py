@@ -180,6 +180,7 @@ def get_config() -> ml_collections.ConfigDict:
       seeds=(0,),
       steps=300, batch_size=64, eval_every=50, log_every=25,
       epochs=0, eval_every_epochs=1.0, min_steps=100, class_weights="none",
+      head_init="zeros",  # the classifier head: zeros | torch_default
       eval_batch_size=256,
       knn_k=20, knn_temperature=0.07,
       linear_weight_decays=(0.0, 1e-4, 1e-3, 1e-2),

@@ -231,3 +231,21 @@ def test_conv_init_names_the_field_when_unknown():
   with pytest.raises(ValueError, match="model.conv_init"):
     models.get("resnet18")(in_channels=1, image_size=28, rngs=nnx.Rngs(0),
                            width_multiplier=1 / 16, conv_init="he")
+
+
+@pytest.mark.parametrize("init", ["zeros", "torch_default"])
+def test_classifier_head_init_is_a_choice(init):
+  """big_vision's zero head (default) or PyTorch's nn.Linear default
+  U(+-1/sqrt(fan_in)) for kernel and bias (the MedMNIST reference)."""
+  from ssl_jax.models.heads import LinearHead  # noqa: PLC0415
+  head = LinearHead(512, 2, rngs=nnx.Rngs(0), init=init)
+  kernel = np.asarray(head.linear.kernel[...])
+  bias = np.asarray(head.linear.bias[...])
+  if init == "zeros":
+    assert not kernel.any() and not bias.any()
+  else:
+    bound = 1 / 512 ** 0.5
+    assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound
+    np.testing.assert_allclose(kernel.std(), bound / 3 ** 0.5, rtol=0.1)
+  with pytest.raises(ValueError, match="finetune.head_init"):
+    LinearHead(512, 2, rngs=nnx.Rngs(0), init="he")

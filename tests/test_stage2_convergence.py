@@ -76,3 +76,20 @@ def test_epoch_based_scratch_run_records_its_selection(tmp_path, medmnist_dir):
   best = max(evals, key=lambda r: (r["val/auroc"], -r["val/loss"]))
   assert cell["selected_step"] == best["step"]
   assert cell["selected_val_auroc"] == pytest.approx(best["val/auroc"])
+
+
+def test_stage2_head_starts_as_finetune_head_init_says():
+  """finetune.head_init reaches the classifier every stage-2 cell builds."""
+  from configs import medmnist_baseline  # noqa: PLC0415
+  from flax import nnx  # noqa: PLC0415
+  from ssl_jax import objectives  # noqa: PLC0415
+  from tests.tiny import TinyInfo  # noqa: PLC0415
+  config = medmnist_baseline.get_config()
+  config.model.width_multiplier = 1 / 16
+  largest = {}
+  for init in ("zeros", "torch_default"):
+    config.finetune.head_init = init
+    stage2 = finetune.stage2_config(config, None, TinyInfo())
+    model = objectives.bind(stage2, TinyInfo()).build_model(nnx.Rngs(0))
+    largest[init] = float(np.abs(np.asarray(model.head.linear.kernel[...])).max())
+  assert largest["zeros"] == 0.0 and largest["torch_default"] > 0.0

@@ -46,7 +46,8 @@ def stage2_config(config: ml_collections.ConfigDict,
     c.model = pre_config.model
     c.data.size = pre_config.data.size
   c.objective = ml_collections.ConfigDict(
-      {"name": "supervised", "multi_label": bool(info.multi_label)})
+      {"name": "supervised", "multi_label": bool(info.multi_label),
+       "head_init": config.finetune.get("head_init", "zeros")})
   c.augment = config.finetune.augment
   return c
 

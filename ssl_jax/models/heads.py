@@ -52,13 +52,34 @@ class MLPHead(nnx.Module):
     return x
 
 
-class LinearHead(nnx.Module):
-  """Zero-initialised linear classifier (as in big_vision), for probes."""
+def _torch_default_inits(in_dim: int):
+  """nn.Linear's default: kernel and bias both U(+-1/sqrt(fan_in))."""
+  bound = 1.0 / in_dim ** 0.5
+  uniform = lambda key, shape, dtype=jnp.float32: jax.random.uniform(  # noqa: E731
+      key, shape, dtype, -bound, bound)
+  return uniform, uniform
 
-  def __init__(self, in_dim: int, num_classes: int, *, rngs: nnx.Rngs):
-    self.linear = nnx.Linear(in_dim, num_classes,
-                             kernel_init=nnx.initializers.zeros_init(),
-                             rngs=rngs)
+
+# How a classifier head starts (`finetune.head_init`): at zero (big_vision;
+# the default) or as PyTorch's nn.Linear (the MedMNIST reference ResNet).
+HEAD_INITS = {
+    'zeros': lambda in_dim: (nnx.initializers.zeros_init(),
+                             nnx.initializers.zeros_init()),
+    'torch_default': _torch_default_inits,
+}
+
+
+class LinearHead(nnx.Module):
+  """Linear classifier, zero-initialised by default (as in big_vision)."""
+
+  def __init__(self, in_dim: int, num_classes: int, *, rngs: nnx.Rngs,
+               init: str = 'zeros'):
+    if init not in HEAD_INITS:
+      raise ValueError(f'finetune.head_init must be one of {tuple(HEAD_INITS)}, '
+                       f'got {init!r}')
+    kernel_init, bias_init = HEAD_INITS[init](in_dim)
+    self.linear = nnx.Linear(in_dim, num_classes, kernel_init=kernel_init,
+                             bias_init=bias_init, rngs=rngs)
 
   def __call__(self, x: Array, *, train: bool = False) -> Array:
     del train
@@ -69,9 +90,10 @@ class Classifier(nnx.Module):
   """Encoder + linear head, for fine-tuning and from-scratch baselines."""
 
   def __init__(self, encoder: nnx.Module, num_classes: int, *,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, head_init: str = 'zeros'):
     self.encoder = encoder
-    self.head = LinearHead(encoder.feature_dim, num_classes, rngs=rngs)
+    self.head = LinearHead(encoder.feature_dim, num_classes, rngs=rngs,
+                           init=head_init)
 
   def __call__(self, x: Array, *, train: bool = False) -> Array:
     return self.head(self.encoder(x, train=train), train=train)

@@ -56,7 +56,7 @@ def is_multi_label(labels: Array) -> bool:
 def build_classifier(hp: base.HParams, ctx: base.RunContext,
                      rngs: nnx.Rngs) -> Classifier:
   return Classifier(ctx.encoder(rngs), ctx.info.num_classes,
-                    rngs=rngs)
+                    rngs=rngs, head_init=hp.head_init)
 
 
 def make_supervised_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
@@ -82,7 +82,9 @@ def make_supervised_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
 base.register(base.Objective(
     name="supervised", category="supervised",
     paper="cross-entropy on labels (the review's from-scratch / supervised baseline)",
-    # multi_label None: from the labels' shape; class_weights [C] or None.
-    hparams=dict(multi_label=None, class_weights=None), ranks=(2, 3),
+    # multi_label None: from the labels' shape; class_weights [C] or None;
+    # head_init: zeros | torch_default (models/heads.py HEAD_INITS).
+    hparams=dict(multi_label=None, class_weights=None, head_init="zeros"),
+    ranks=(2, 3),
     accumulates_exactly=True,
     build_model=build_classifier, make_loss=make_supervised_loss))
