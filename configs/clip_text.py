@@ -24,33 +24,19 @@ written from their label and blob size (tests/test_multimodal.py; the
 mechanics, not clinical value) a tiny version raises held-out image->report
 retrieval well above chance and zero-shot test AUROC well above 0.5.
 """
-from configs import base
+from configs import clip_tabular
 
 
 def get_config(arg: str = "reports.csv"):
-  c = base.get_config()
-  c.job = "pretrain_finetune"
-  # A bare path, or 'csv:<path>' as the benchmark job passes data names.
-  c.data.name = arg if arg.startswith("csv:") else f"csv:{arg}"
+  """clip_tabular's data, network and schedule; the report instead of the
+  row's numbers as the image's partner, and zero-shot first in stage 2."""
+  c = clip_tabular.get_config(arg)
   c.data.options.text_columns = ("report",)
-  c.model = dict(name="resnet18", width_multiplier=0.125,
-                 stage_sizes=(2, 2, 2, 2))
   c.objective = dict(name="clip_text", text_column="report", vocab_size=2000,
                      min_word_count=1, max_length=64, text_width=128,
                      text_depth=2, text_heads=4, text_mlp_dim=512,
                      text_pool="mean", proj_hidden_dim=256, proj_dim=128,
                      proj_layers=2, temperature=0.07, learn_temperature=True,
                      max_logit_scale=100.0, image_weight=0.5)
-  c.augment = base.augment_config("medical_safe")
-  c.train.steps = 300
-  c.train.batch_size = 128
-  c.train.log_every = 25
-  c.train.checkpoint_every = 100
-  c.optim = base.optim_config("adamw", 1e-3, weight_decay=1e-4,
-                              warmup_steps=30)
-  ft = c.finetune
-  ft.protocols = ("zero_shot", "linear", "finetune", "scratch")
-  ft.steps = 100
-  ft.eval_every = 20
-  ft.log_every = 20
+  c.finetune.protocols = ("zero_shot",) + tuple(c.finetune.protocols)
   return c
