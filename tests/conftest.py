@@ -12,6 +12,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # XLA's defaults.
 FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0",
                       "--xla_llvm_disable_expensive_passes=true")
+
+
+def subprocess_xla_flags(*extra: str) -> str:
+  """XLA_FLAGS for a test's subprocess that sets its own (a device count):
+  those, plus the fast-compile flags."""
+  return " ".join(extra + FAST_COMPILE_FLAGS)
+
+
 if not os.environ.get("SSL_JAX_TEST_OPTIMIZED"):
   _flags = os.environ.get("XLA_FLAGS", "").split()
   os.environ["XLA_FLAGS"] = " ".join(

@@ -17,6 +17,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests.conftest import subprocess_xla_flags
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = str(ROOT / "tests" / "scale_worker.py")
 TIMEOUT_S = 420
@@ -24,9 +26,8 @@ TIMEOUT_S = 420
 
 def _env(medmnist_dir, devices: int, **extra) -> dict:
   return dict(os.environ, SSL_JAX_DATA_DIR=str(medmnist_dir), JAX_PLATFORMS="cpu",
-              XLA_FLAGS=(f"--xla_force_host_platform_device_count={devices} "
-                         "--xla_backend_optimization_level=0 "
-                         "--xla_llvm_disable_expensive_passes=true"),
+              XLA_FLAGS=subprocess_xla_flags(
+                  f"--xla_force_host_platform_device_count={devices}"),
               **extra)
 
 

@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+
+from tests.conftest import subprocess_xla_flags
 from flax import nnx
 
 from ssl_jax import parallel
@@ -177,8 +179,7 @@ def test_bench_prints_a_row_without_tensorflow(tmp_path):
                   "runpy.run_path('bench/throughput.py', run_name='__main__')\n")
   flags = [f"--config={config}", "--steps=2", "--warmup=1",
            "--config.train.batch_size=16"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
-      "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=subprocess_xla_flags())
   out = subprocess.run([sys.executable, "-c", code, *flags], cwd=root, env=env,
                        capture_output=True, text=True, timeout=300, check=False)
   assert out.returncode == 0, out.stderr[-3000:]

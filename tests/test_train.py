@@ -10,10 +10,11 @@ import time
 import numpy as np
 import pytest
 
+from tests.conftest import subprocess_xla_flags
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Compile time is all that counts for a few tiny steps on this CPU.
-FAST_COMPILE = ("--xla_backend_optimization_level=0 "
-                "--xla_llvm_disable_expensive_passes=true")
+FAST_COMPILE = subprocess_xla_flags()
 
 
 EQUALITY_METHODS = ("simclr", "moco_v2", "byol", "dino")
@@ -21,7 +22,7 @@ EQUALITY_METHODS = ("simclr", "moco_v2", "byol", "dino")
 
 def _run_step_script(num_devices: int, env_base: dict) -> dict:
   env = dict(env_base, JAX_PLATFORMS="cpu", XLA_FLAGS=(
-      f"--xla_force_host_platform_device_count={num_devices} {FAST_COMPILE}"))
+      subprocess_xla_flags(f"--xla_force_host_platform_device_count={num_devices}")))
   out = subprocess.run([sys.executable, str(ROOT / "tests" / "step_equality_script.py"),
                         *EQUALITY_METHODS],
                        env=env, capture_output=True, text=True, timeout=900, check=False)
