@@ -29,6 +29,7 @@ SEEDS=${SEEDS:-(0, 1, 2)}
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$ROOT/jax_cache}
 RECIPE=(--config.finetune.epochs=100 --config.finetune.min_steps=1
         --config.finetune.batch_size=128 --config.finetune.eval_every_epochs=1.0
+        --config.finetune.last_batch=keep
         --config.finetune.optim.lr=1e-3 --config.finetune.optim.weight_decay=0.0
         --config.finetune.optim.warmup_steps=0 --config.finetune.optim.schedule=step
         --config.finetune.augment.policy=none

@@ -169,6 +169,9 @@ def get_config() -> ml_collections.ConfigDict:
   # `min_steps`; validation every `eval_every_epochs`); the step with the
   # best val AUROC (ties: lower val loss) is kept. `class_weights`:
   # none | balanced (loss weights n / (C * count), single-label tasks).
+  # `last_batch`: carry (batches run across epoch boundaries, every step
+  # full) | keep (each epoch batched on its own, ending with its short
+  # batch: PyTorch's DataLoader, as the MedMNIST recipe trains).
   # The protocol fields after `augment` (bootstrap CI, logreg, last_k,
   # early_layer) were once filled in by the finetune job; config.json files
   # written then lack them, which is harmless: stage 2 reads them from the
@@ -180,6 +183,7 @@ def get_config() -> ml_collections.ConfigDict:
       seeds=(0,),
       steps=300, batch_size=64, eval_every=50, log_every=25,
       epochs=0, eval_every_epochs=1.0, min_steps=100, class_weights="none",
+      last_batch="carry",
       head_init="zeros",  # the classifier head: zeros | torch_default
       eval_batch_size=256,
       knn_k=20, knn_temperature=0.07,

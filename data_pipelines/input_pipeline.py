@@ -21,6 +21,12 @@ Design, and why:
   near-identity orders for low-entropy seeds such as [0, 0, 0].)
 - With `repeat`, batches run across epoch boundaries (like
   `ds.repeat().batch()`); `drop_remainder` only matters without `repeat`.
+  `per_epoch=True` batches each epoch on its own instead, ending it with
+  its short batch (PyTorch's DataLoader(shuffle=True), which published
+  recipes such as MedMNIST's train with), trimmed to a multiple of the
+  data-parallel devices it is split over; every process then reads the
+  same number of examples per epoch (N // processes), so their batches
+  line up.
 - What comes out is a dict of numpy arrays; no TF type passes this module.
 - With a `PartnerTable` (data_pipelines/pairs.py) each batch also carries
   `pair_image`, the images of one partner per row, drawn by a numpy rng
@@ -65,6 +71,19 @@ if tf is not None:
 def num_batches(n: int, batch_size: int, drop_remainder: bool) -> int:
   """Batches in one pass over `n` examples."""
   return n // batch_size if drop_remainder else -(-n // batch_size)
+
+
+def epoch_batch_sizes(m: int, batch_size: int, *, drop_remainder: bool,
+                      multiple: int = 1) -> list[int]:
+  """Batch sizes of one epoch of `m` examples batched on its own: full
+  batches, then the rest trimmed to a multiple of `multiple` (dropped with
+  `drop_remainder`, or when trimming leaves nothing)."""
+  if multiple <= 0 or batch_size % multiple:
+    raise ValueError(f"batch_size {batch_size} must be a positive multiple "
+                     f"of {multiple} (the devices a batch is split over)")
+  full, rest = divmod(m, batch_size)
+  rest -= rest % multiple
+  return [batch_size] * full + ([rest] if rest and not drop_remainder else [])
 
 
 def _default_processes(
@@ -140,12 +159,16 @@ def tf_slot_batches(
       epochs, output_signature=tf.TensorSpec([m], tf.int64))
   ds = ds.unbatch().skip(offset)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-  ds = ds.prefetch(tf.data.AUTOTUNE)
+  return _prefetch(ds, num_threads)
+
+
+def _prefetch(ds, num_threads: int) -> Iterator[np.ndarray]:
+  """tf.data reads `ds` ahead on its own `num_threads`, in order."""
   options = tf.data.Options()
   options.deterministic = True
   options.threading.private_threadpool_size = num_threads
   options.threading.max_intra_op_parallelism = 1
-  return ds.with_options(options).as_numpy_iterator()
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(options).as_numpy_iterator()
 
 
 def numpy_slot_batches(
@@ -169,6 +192,38 @@ def numpy_slot_batches(
 slot_batches = numpy_slot_batches if tf is None else tf_slot_batches
 
 
+def epoch_slot_batches(
+    m: int, *, epoch_size: int, batch_size: int, shuffle: bool, repeat: bool,
+    seed: int, drop_remainder: bool, skip_batches: int, process_index: int,
+    multiple: int = 1,
+) -> Iterator[np.ndarray]:
+  """Slot batches of `epoch_size` of this process's m slots per epoch (the
+  first ones of the epoch's order), each epoch batched on its own
+  (`epoch_batch_sizes`). A pure function of (seed, position) as well."""
+  sizes = epoch_batch_sizes(epoch_size, batch_size,
+                            drop_remainder=drop_remainder, multiple=multiple)
+  if not sizes:
+    raise ValueError(f"an epoch of {epoch_size} examples per process gives "
+                     f"no batch of {batch_size}")
+  first_epoch, skip = divmod(skip_batches, len(sizes))
+  bounds = np.cumsum([0] + sizes)
+  epochs = _epoch_orders(m, shuffle=shuffle, repeat=repeat, seed=seed,
+                         first_epoch=first_epoch, process_index=process_index)
+  for order in epochs():
+    for i in range(skip, len(sizes)):
+      yield order[bounds[i]:bounds[i + 1]]
+    skip = 0
+
+
+def tf_prefetched(slots: Callable[[], Iterator[np.ndarray]],
+                  num_threads: int) -> Iterator[np.ndarray]:
+  """`slots()` read ahead on tf.data's threads (numpy's, where TF is absent)."""
+  if tf is None:
+    return slots()
+  return _prefetch(tf.data.Dataset.from_generator(
+      slots, output_signature=tf.TensorSpec([None], tf.int64)), num_threads)
+
+
 def make_iterator(
     images: np.ndarray,
     labels: np.ndarray,
@@ -184,6 +239,8 @@ def make_iterator(
     skip_batches: int = 0,
     num_threads: int = 2,
     partners: pairs_lib.PartnerTable | None = None,
+    per_epoch: bool = False,
+    batch_multiple: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Yields {'image': uint8 [b,H,W,C], 'label': int32 [b] or [b,L], **extra}.
 
@@ -197,6 +254,8 @@ def make_iterator(
   what the uninterrupted iterator yields after its first s batches.
   Without `repeat`, shards of unequal size give processes unequal batch
   counts; multi-host evaluation must pad or agree on a count itself.
+  `per_epoch`: each epoch batched on its own (module doc), its short batch
+  trimmed to a multiple of `batch_multiple`.
   """
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -215,10 +274,18 @@ def make_iterator(
   if len(shard) == 0:
     raise ValueError(f"process {process_index} of {process_count} gets no "
                      f"examples from {len(columns['image'])}")
-  slot_stream = slot_batches(
-      len(shard), batch_size=batch_size, shuffle=shuffle, repeat=repeat,
-      seed=seed, drop_remainder=drop_remainder, skip_batches=skip_batches,
-      process_index=process_index, num_threads=num_threads)
+  if per_epoch:
+    slot_stream = tf_prefetched(functools.partial(
+        epoch_slot_batches, len(shard),
+        epoch_size=len(columns["image"]) // process_count,
+        batch_size=batch_size, shuffle=shuffle, repeat=repeat, seed=seed,
+        drop_remainder=drop_remainder, skip_batches=skip_batches,
+        process_index=process_index, multiple=batch_multiple), num_threads)
+  else:
+    slot_stream = slot_batches(
+        len(shard), batch_size=batch_size, shuffle=shuffle, repeat=repeat,
+        seed=seed, drop_remainder=drop_remainder, skip_batches=skip_batches,
+        process_index=process_index, num_threads=num_threads)
   draw = None if partners is None else functools.partial(
       _partner_rows, partners, seed=seed, process_index=process_index)
   return _gather(slot_stream, shard, columns, draw, first=skip_batches)

@@ -148,3 +148,63 @@ def test_numpy_stream_gives_tf_data_batches(m, batch, shuffle, repeat, drop, ski
   assert via_tf and len(via_tf) == len(via_numpy)
   for a, b in zip(via_tf, via_numpy):
     np.testing.assert_array_equal(a, b)
+
+
+def test_epoch_batch_sizes_keep_the_short_batch_trimmed_to_the_devices():
+  # BreastMNIST's 546 training images at batch 128: PyTorch's DataLoader.
+  assert input_pipeline.epoch_batch_sizes(546, 128, drop_remainder=False) == [
+      128, 128, 128, 128, 34]
+  assert input_pipeline.epoch_batch_sizes(546, 128, drop_remainder=True) == [
+      128] * 4
+  # Split over 8 devices, the short batch keeps 32 of its 34.
+  assert input_pipeline.epoch_batch_sizes(
+      546, 128, drop_remainder=False, multiple=8)[-1] == 32
+  assert input_pipeline.epoch_batch_sizes(515, 128, drop_remainder=False,
+                                          multiple=8) == [128] * 4
+  with pytest.raises(ValueError, match="multiple of 8"):
+    input_pipeline.epoch_batch_sizes(546, 100, drop_remainder=False, multiple=8)
+
+
+def test_per_epoch_batches_cover_each_epoch_once_and_end_short():
+  batches = _ids(_iter(n=50, per_epoch=True, drop_remainder=False), 21)  # 3 epochs of 6 + 1
+  assert [len(b) for b in batches] == ([8] * 6 + [2]) * 3
+  epochs = [np.concatenate(batches[i * 7:(i + 1) * 7]) for i in range(3)]
+  for epoch in epochs:
+    assert sorted(epoch) == list(range(50))
+  assert not np.array_equal(epochs[0], epochs[1])
+  # The same epoch orders as the carried stream: only the cuts differ.
+  carried = np.concatenate(_ids(_iter(n=50), 25))[:150]
+  np.testing.assert_array_equal(np.concatenate(epochs), carried)
+  # Resuming mid-epoch and across an epoch yields the same batches.
+  for skip in (3, 7, 10):
+    resumed = _ids(_iter(n=50, per_epoch=True, drop_remainder=False, skip_batches=skip), 21 - skip)
+    for x, y in zip(batches[skip:], resumed):
+      np.testing.assert_array_equal(x, y)
+
+
+def test_per_epoch_batches_line_up_across_processes():
+  # 51 images over 2 processes: shards of 26 and 25, each reads 25 an epoch
+  # (4 per batch), trimmed to 2 devices per process: 6 x 4 + 0 -> 6 steps.
+  streams = [_ids(_iter(n=51, per_epoch=True, drop_remainder=False, batch_size=4, batch_multiple=2,
+                        process_index=i, process_count=2), 12)
+             for i in range(2)]
+  assert [len(b) for b in streams[0]] == [len(b) for b in streams[1]] == [4] * 12
+  firsts = [np.concatenate(s[:6]) for s in streams]
+  assert set(firsts[0]).isdisjoint(firsts[1])
+  assert len(set(firsts[0])) == len(set(firsts[1])) == 24
+  # batch 8 of 25 per process: 3 full + 1 -> trimmed to 0 with 2 devices.
+  sizes = [len(b) for b in _ids(_iter(n=51, per_epoch=True, drop_remainder=False, batch_multiple=2,
+                                      process_index=1, process_count=2), 6)]
+  assert sizes == [8] * 6
+
+
+def test_per_epoch_stream_is_the_same_with_and_without_tf_data():
+  kwargs = dict(epoch_size=10, batch_size=4, shuffle=True, repeat=True, seed=3,
+                drop_remainder=False, skip_batches=2, process_index=1)
+  plain = list(itertools.islice(
+      input_pipeline.epoch_slot_batches(11, **kwargs), 9))
+  prefetched = list(itertools.islice(input_pipeline.tf_prefetched(
+      lambda: input_pipeline.epoch_slot_batches(11, **kwargs), 1), 9))
+  assert [len(b) for b in plain] == [2, 4, 4, 2, 4, 4, 2, 4, 4]
+  for a, b in zip(plain, prefetched):
+    np.testing.assert_array_equal(a, b)

@@ -33,6 +33,17 @@ def test_run_length_counts_epochs_over_the_labelled_subset():
                                 546, 427) == 21
 
 
+def test_keeping_the_short_batch_counts_it_as_a_step():
+  keep = _ft(epochs=100, last_batch="keep")
+  # 546 images at batch 128, PyTorch's DataLoader: 4 x 128 + 34 an epoch.
+  assert classifier.steps_per_epoch(keep, 546) == 5
+  assert classifier.run_length(keep, 546) == 500
+  assert classifier.eval_interval(keep, 546, 500) == 5  # every epoch end
+  assert classifier.steps_per_epoch(_ft(epochs=100), 546) == 546 / 128
+  with pytest.raises(ValueError, match="finetune.last_batch='drop'"):
+    classifier.run_length(_ft(epochs=100, last_batch="drop"), 546)
+
+
 def test_balanced_class_weights_equalise_the_classes():
   labels = np.array([0] * 147 + [1] * 399)
   w = classifier.balanced_class_weights(labels, 2)
@@ -93,3 +104,23 @@ def test_stage2_head_starts_as_finetune_head_init_says():
     model = objectives.bind(stage2, TinyInfo()).build_model(nnx.Rngs(0))
     largest[init] = float(np.abs(np.asarray(model.head.linear.kernel[...])).max())
   assert largest["zeros"] == 0.0 and largest["torch_default"] > 0.0
+
+
+def test_scratch_run_keeping_the_short_batch_steps_epoch_by_epoch(
+    tmp_path, medmnist_dir):
+  config = tiny_config(**{
+      "job": "finetune", "data.data_dir": str(medmnist_dir),
+      "finetune.protocols": ("scratch",), "finetune.fractions": (0.1,),
+      "finetune.epochs": 2, "finetune.min_steps": 3,
+      "finetune.batch_size": 16, "finetune.last_batch": "keep",
+      "finetune.optim.schedule": "step"})
+  results = finetune.train_and_evaluate(config, str(tmp_path))
+  (cell,) = results["cells"].values()
+  # 55 images at batch 16: 3 x 16 + 7 an epoch, 2 epochs -> 8 steps, checked
+  # at each epoch's end; the selected epoch is a whole number.
+  assert cell["steps"] == 8
+  with open(os.path.join(tmp_path, "logs", f"scratch_n{cell['n_train']}_s0",
+                         "metrics.jsonl")) as f:
+    evals = [row["step"] for row in map(json.loads, f) if "val/auroc" in row]
+  assert evals == [4, 8]
+  assert cell["selected_epoch"] in (1.0, 2.0)

@@ -10,7 +10,7 @@ import ml_collections
 import data_pipelines
 from data_pipelines import pairs
 from ssl_jax import augment, files, models, objectives
-from ssl_jax.evaluation import monitor
+from ssl_jax.evaluation import classifier, monitor
 from ssl_jax.evaluation.protocols import PROTOCOLS
 from ssl_jax.jobs import method_configs
 from ssl_jax.train import metrics_writer, optim
@@ -69,6 +69,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check_name("finetune.optim.name", ft.optim.name, optim.OPTIMIZERS.names())
   for protocol in ft.protocols:
     check_name("finetune.protocols", protocol, PROTOCOLS.names())
+  classifier.last_batch(ft)
   if not tuple(ft.fractions):
     raise ValueError("config.finetune.fractions is empty: nothing would be "
                      "trained or evaluated; give at least one label fraction "
