@@ -6,6 +6,10 @@
 # without PyTorch; needs the two MedMNIST .npz files under SSL_JAX_DATA_DIR.
 #
 #   SSL_JAX_DATA_DIR=/path/to/medmnist bash bench/gpu_baseline.sh [WORKROOT [--config.x=y ...]]
+#
+# Env: DATASETS (default "breastmnist retinamnist"), SEEDS (default
+# BreastMNIST "(0, 1, 2)", RetinaMNIST "(0,)"). bench/gpu_baseline_ab.sh
+# runs it over the recipe's open questions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -21,5 +25,7 @@ run() {  # dataset seeds [flags]
   echo "$name: $((SECONDS - began)) s wall"
   cat "$ROOT/baseline_$name/results.md"
 }
-run breastmnist "(0, 1, 2)" "$@"
-run retinamnist "(0,)" "$@"
+declare -A DEFAULT_SEEDS=([breastmnist]="(0, 1, 2)" [retinamnist]="(0,)")
+for name in ${DATASETS:-breastmnist retinamnist}; do
+  run "$name" "${SEEDS:-${DEFAULT_SEEDS[$name]:-(0,)}}" "$@"
+done
