@@ -9,8 +9,9 @@ The recipe of Yang et al., "MedMNIST v2", Scientific Data 2023 (CC BY 4.0
 data; their train_and_eval_pytorch.py): full-width ResNet-18 with the
 CIFAR-style stem (3x3 stride 1, no max-pool; ssl_jax picks it at <= 64 px)
 and PyTorch's default initialisation,
-Adam lr 1e-3 without weight decay, batch 128, 100 epochs, lr x0.1 at epochs
-50 and 75, no augmentation, inputs scaled to (x - 0.5) / 0.5, cross-entropy,
+Adam lr 1e-3 without weight decay, batch 128 with each epoch ending on its
+short batch (PyTorch's DataLoader; `finetune.last_batch='keep'`), 100
+epochs, lr x0.1 at epochs 50 and 75, no augmentation, inputs scaled to (x - 0.5) / 0.5, cross-entropy,
 the epoch with the best validation AUROC kept and scored once on test. It
 runs as the `scratch` protocol: the same ClassifierTrainer, loop and
 selection as every end-to-end cell of the benchmark, so an SSL row and this
@@ -21,6 +22,8 @@ ACC 0.863; RetinaMNIST AUC 0.717 / ACC 0.524. Measured with this config
 (README "Results", `bash bench/gpu_baseline.sh` on one H200):
 BreastMNIST test AUROC 0.880 ± 0.019, ACC 0.806 ± 0.068 over 10 seeds
 (0.890 / 0.823 over a first 3); RetinaMNIST AUROC 0.745, ACC 0.517 (1 seed).
+Those runs carried batches across epochs (`last_batch='carry'`, 427 steps);
+`bash bench/gpu_baseline_ab.sh` measures both.
 """
 from configs import base
 
