@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from ssl_jax.evaluation import inference
 from ssl_jax.evaluation import metrics
 from ssl_jax.evaluation import probes
 
@@ -143,3 +144,13 @@ def test_linear_probe_rejects_bad_task():
   x, y = _linear_problem(0, 50)
   with pytest.raises(ValueError, match='unknown task'):
     probes.fit_linear_probe(x, y, x, y, num_classes=2, task='binary')
+
+
+def test_a_split_smaller_than_a_batch_pads_to_the_next_power_of_two():
+  assert inference.padded_size(78, 256, 1) == 128   # BreastMNIST val
+  assert inference.padded_size(156, 256, 1) == 256  # its test set
+  assert inference.padded_size(600, 256, 1) == 256
+  assert inference.padded_size(5, 256, 8) == 8      # a multiple of the devices
+  assert inference.padded_size(20, 256, 6) == 36
+  assert inference.padded_size(1, 256, 1) == 1
+  assert inference.padded_size(20, 24, 8) == 24     # never above the batch
