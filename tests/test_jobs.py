@@ -25,6 +25,7 @@ TINY_FLAGS = [
     "--config.train.steps=4", "--config.train.batch_size=16",
     "--config.train.checkpoint_every=2", "--config.train.progress=False",
     "--config.optim.warmup_steps=1", "--config.finetune.steps=4",
+    "--config.finetune.epochs=0", "--config.finetune.last_batch=carry",
     "--config.finetune.optim.warmup_steps=1",
     "--config.finetune.batch_size=8", "--config.finetune.eval_every=2",
     "--config.finetune.fractions=(0.1,1.0)",

@@ -17,6 +17,8 @@ def tiny_config(**overrides):
   c.train.checkpoint_every = 2
   c.train.progress = False
   c.optim.warmup_steps = 1
+  c.finetune.epochs = 0  # a fixed, tiny step count (the demo trains epochs)
+  c.finetune.last_batch = "carry"
   c.finetune.steps = 4
   c.finetune.optim.warmup_steps = 1  # warmup must fit in the run
   c.finetune.batch_size = 8
