@@ -4,10 +4,13 @@ from scratch with the same budget.
 
 Run:  make demo        (= python run.py --config=configs/demo.py --workdir=workdirs/demo)
       python run.py --config=configs/demo.py:retinamnist --workdir=workdirs/demo_retina
-Budget: ≤ 10 min and ≤ 4 GiB on a 2-core CPU, hence a narrow ResNet-18
-(width 1/4: 16..128 channels) and a short schedule. Results measured with
-this config are in README.md (BreastMNIST test AUROC, mean ± sd over 3 seeds
-via --config.seed=S --config.finetune.seeds=S).
+Budget: ~10 min and ≤ 4 GiB on a 2-core CPU (623 s of CPU measured), hence
+a narrow ResNet-18 (width 1/4: 16..128 channels), a short pretraining and
+40 epochs of stage 2. Measured (seed 0, BreastMNIST test, 100 % labels):
+SSL + end-to-end fine-tune AUROC 0.919 / ACC 0.859, from scratch 0.885 /
+0.833, linear probe 0.866 / 0.833; every fraction and the mean ± sd over 3
+seeds (--config.seed=S --config.finetune.seeds=S) are in README.md.
+MedMNIST data: Yang et al., Scientific Data 2023 (CC BY 4.0).
 """
 from configs import base
 
