@@ -8,7 +8,9 @@
 #               as TF32) | highest (true float32, as the CPU runs and the
 #               PyTorch reference on CPU)
 # About 70 s of an H200 per arm; each arm prints its results table (mean ±
-# sd over the seeds). No TensorFlow or PyTorch needed.
+# sd over the seeds). Then, where PyTorch is installed, the same 10 seeds
+# of the PyTorch reference (bench/peer_baseline_torch.py) on the GPU: the
+# yardstick with as many seeds (on CPU it had 2). No TensorFlow needed.
 #
 #   SSL_JAX_DATA_DIR=/path/to/medmnist bash bench/gpu_baseline_ab.sh [WORKROOT [--config.x=y ...]]
 set -euo pipefail
@@ -29,3 +31,10 @@ for last_batch in keep carry; do
     fi
   done
 done
+if "${PYTHON:-python}" -c "import torch" 2>/dev/null; then
+  echo "== PyTorch reference (bench/peer_baseline_torch.py)"
+  seeds=$(echo "$SEEDS" | tr -d '() ' | sed 's/,$//')
+  for name in $DATASETS; do
+    "${PYTHON:-python}" bench/peer_baseline_torch.py --dataset="$name" --seeds="$seeds"
+  done
+fi

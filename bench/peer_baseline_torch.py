@@ -13,7 +13,10 @@ CC BY 4.0) read by data_pipelines/medmnist.py; AUROC / ACC from
 ssl_jax/evaluation/metrics.py, so only the training differs.
 
   python bench/peer_baseline_torch.py --dataset=breastmnist --seeds=0,1,2
-      [--epochs=100] [--threads=0]
+      [--epochs=100] [--threads=0] [--device=auto]
+
+--device=auto trains on CUDA where PyTorch sees a GPU (a few seconds a
+seed), else on the CPU.
 
 PyTorch is the optional extra of requirements-peer.txt; nothing in `make
 demo` or `make test` imports it. Prints one line per seed and the mean.
@@ -92,24 +95,25 @@ def to_input(images: np.ndarray) -> torch.Tensor:
 def probabilities(model: nn.Module, x: torch.Tensor) -> np.ndarray:
   model.eval()
   return torch.cat([F.softmax(model(x[i:i + 256]), -1)
-                    for i in range(0, len(x), 256)]).numpy()
+                    for i in range(0, len(x), 256)]).cpu().numpy()
 
 
 def run_seed(data: dict, task: str, num_classes: int, seed: int,
-             epochs: int) -> dict:
+             epochs: int, device: str = "cpu") -> dict:
   torch.manual_seed(seed)
   np.random.seed(seed)
   (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
       data["train"], data["val"], data["test"])
-  model = ResNet18(x_train.shape[1], num_classes)
+  x_train, x_val, x_test = (x.to(device) for x in (x_train, x_val, x_test))
+  model = ResNet18(x_train.shape[1], num_classes).to(device)
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
   scheduler = torch.optim.lr_scheduler.MultiStepLR(
       optimizer, milestones=[int(0.5 * epochs), int(0.75 * epochs)], gamma=0.1)
-  targets = torch.from_numpy(y_train).long()
+  targets = torch.from_numpy(y_train).long().reshape(-1).to(device)
   best = (-1.0, 0, None)
   for epoch in range(epochs):
     model.train()
-    order = torch.randperm(len(x_train))
+    order = torch.randperm(len(x_train)).to(device)
     for i in range(0, len(order), 128):
       rows = order[i:i + 128]
       loss = F.cross_entropy(model(x_train[rows]), targets[rows])
@@ -133,7 +137,10 @@ def main():
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--epochs", type=int, default=100)
   parser.add_argument("--threads", type=int, default=0)
+  parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
   args = parser.parse_args()
+  device = args.device if args.device != "auto" else (
+      "cuda" if torch.cuda.is_available() else "cpu")
   if args.threads:
     torch.set_num_threads(args.threads)
   info = medmnist.info(args.dataset)
@@ -147,7 +154,7 @@ def main():
   results = []
   for seed in (int(s) for s in args.seeds.split(",")):
     began = time.perf_counter()
-    r = run_seed(data, info.task, info.num_classes, seed, args.epochs)
+    r = run_seed(data, info.task, info.num_classes, seed, args.epochs, device)
     results.append(r)
     print(f"{args.dataset} seed {seed}: test AUROC {r['auroc']:.3f} ACC "
           f"{r['acc']:.3f} (epoch {r['epoch']}, val AUROC {r['val_auroc']:.3f}, "
