@@ -19,7 +19,9 @@ gradient near zero can flip a whole update), and the question is whether
 ssl_jax drifts from it faster than PyTorch's own float32 does. Printed: the
 loss of every step in each, and after K steps the relative differences of
 parameters and BatchNorm running statistics (median and worst tensor) and
-of the validation probabilities in eval mode.
+of the validation probabilities in eval mode; and, for the eval path
+alone, ssl_jax's trained weights loaded into the reference model, whose
+validation probabilities must equal ssl_jax's.
 
   python bench/stage2_match_torch.py [--dataset=breastmnist] [--steps=10]
       [--threads=0]
@@ -169,6 +171,13 @@ def main():
     ref = val.pop("torch float64")
     print("  val probabilities (eval mode), max |diff| to torch float64: " +
           ", ".join(f"{k} {np.abs(v - ref).max():.2e}" for k, v in val.items()))
+    # The eval path alone: ssl_jax's trained weights and running statistics
+    # in the reference model must give ssl_jax's probabilities.
+    same, _ = reference_model(ours, x_val.shape[1], info.num_classes,
+                              torch.float32)
+    same_probs = peer.probabilities(same, x_val)
+    print("  ssl_jax's weights in the reference model, eval mode: val "
+          f"probabilities max |diff| {np.abs(same_probs - val['ssl_jax f32']).max():.2e}")
 
 
 if __name__ == "__main__":
