@@ -66,23 +66,31 @@ def test_class_weighted_loss_matches_numpy():
   assert float(acc) == pytest.approx(np.mean(logits.argmax(-1) == labels))
 
 
-def test_epoch_based_scratch_run_records_its_selection(tmp_path, medmnist_dir):
+def _scratch_run(tmp_path, medmnist_dir, **overrides) -> tuple[dict, list]:
+  """A 2-epoch scratch cell on 10 % of BreastMNIST (55 images, batch 16):
+  its results cell and the validation rows of its log."""
   config = tiny_config(**{
       "job": "finetune", "data.data_dir": str(medmnist_dir),
       "finetune.protocols": ("scratch",), "finetune.fractions": (0.1,),
       "finetune.epochs": 2, "finetune.min_steps": 3,
-      "finetune.batch_size": 16, "finetune.class_weights": "balanced",
-      "finetune.optim.schedule": "step"})
+      "finetune.batch_size": 16, "finetune.optim.schedule": "step",
+      **overrides})
   results = finetune.train_and_evaluate(config, str(tmp_path))
   (cell,) = results["cells"].values()
+  with open(os.path.join(tmp_path, "logs", f"scratch_n{cell['n_train']}_s0",
+                         "metrics.jsonl")) as f:
+    evals = [row for row in map(json.loads, f) if "val/auroc" in row]
+  return cell, evals
+
+
+def test_epoch_based_scratch_run_records_its_selection(tmp_path, medmnist_dir):
+  cell, evals = _scratch_run(tmp_path, medmnist_dir,
+                             **{"finetune.class_weights": "balanced"})
   # 10 % of 546 = 55 images, 2 epochs at batch 16 -> 7 steps, checked every
   # 3 steps (one epoch) and at the end.
   assert cell["steps"] == 7
   assert cell["selected_step"] in (3, 6, 7)
   assert 0.0 <= cell["test"]["balanced_accuracy"] <= 1.0
-  with open(os.path.join(tmp_path, "logs", f"scratch_n{cell['n_train']}_s0",
-                         "metrics.jsonl")) as f:
-    evals = [row for row in map(json.loads, f) if "val/auroc" in row]
   assert [row["step"] for row in evals] == [3, 6, 7]
   best = max(evals, key=lambda r: (r["val/auroc"], -r["val/loss"]))
   assert cell["selected_step"] == best["step"]
@@ -108,19 +116,10 @@ def test_stage2_head_starts_as_finetune_head_init_says():
 
 def test_scratch_run_keeping_the_short_batch_steps_epoch_by_epoch(
     tmp_path, medmnist_dir):
-  config = tiny_config(**{
-      "job": "finetune", "data.data_dir": str(medmnist_dir),
-      "finetune.protocols": ("scratch",), "finetune.fractions": (0.1,),
-      "finetune.epochs": 2, "finetune.min_steps": 3,
-      "finetune.batch_size": 16, "finetune.last_batch": "keep",
-      "finetune.optim.schedule": "step"})
-  results = finetune.train_and_evaluate(config, str(tmp_path))
-  (cell,) = results["cells"].values()
+  cell, evals = _scratch_run(tmp_path, medmnist_dir,
+                             **{"finetune.last_batch": "keep"})
   # 55 images at batch 16: 3 x 16 + 7 an epoch, 2 epochs -> 8 steps, checked
   # at each epoch's end; the selected epoch is a whole number.
   assert cell["steps"] == 8
-  with open(os.path.join(tmp_path, "logs", f"scratch_n{cell['n_train']}_s0",
-                         "metrics.jsonl")) as f:
-    evals = [row["step"] for row in map(json.loads, f) if "val/auroc" in row]
-  assert evals == [4, 8]
+  assert [row["step"] for row in evals] == [4, 8]
   assert cell["selected_epoch"] in (1.0, 2.0)
