@@ -11,8 +11,8 @@ CIFAR-style stem (3x3 stride 1, no max-pool; ssl_jax picks it at <= 64 px)
 and PyTorch's default initialisation,
 Adam lr 1e-3 without weight decay, batch 128 with each epoch ending on its
 short batch (PyTorch's DataLoader; `finetune.last_batch='keep'`), 100
-epochs, lr x0.1 at epochs 50 and 75, no augmentation, inputs scaled to (x - 0.5) / 0.5, cross-entropy,
-the epoch with the best validation AUROC kept and scored once on test. It
+epochs, lr x0.1 at epochs 50 and 75, no augmentation, inputs scaled to
+(x - 0.5) / 0.5, cross-entropy, the epoch with the best validation AUROC kept and scored once on test. It
 runs as the `scratch` protocol: the same ClassifierTrainer, loop and
 selection as every end-to-end cell of the benchmark, so an SSL row and this
 row differ only in the encoder's starting weights.

@@ -69,7 +69,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check_name("finetune.optim.name", ft.optim.name, optim.OPTIMIZERS.names())
   for protocol in ft.protocols:
     check_name("finetune.protocols", protocol, PROTOCOLS.names())
-  classifier.last_batch(ft)
+  check_name("finetune.last_batch", ft.get("last_batch", "carry"),
+             classifier.LAST_BATCH)
   if not tuple(ft.fractions):
     raise ValueError("config.finetune.fractions is empty: nothing would be "
                      "trained or evaluated; give at least one label fraction "

@@ -5,9 +5,9 @@ The params are nnx.Conv's and nnx.BatchNorm's (`kernel`; `scale`, `bias`,
 choice; only how the numbers are computed changes:
 
 - `norm_impl='matmul'`: the batch statistics and the backward's sums are
-  matrix-vector products (ones @ x, per block of rows, then summed). XLA:CPU splits a reduction over
-  B * H * W rows into a slow two-stage reduce-window; a gemv over the same
-  rows runs 2-6x faster there. Same maths, float32 statistics, a
+  matrix-vector products (ones @ x, per block of rows, then summed).
+  XLA:CPU splits a reduction over B * H * W rows into a slow two-stage
+  reduce-window; gemvs over the same rows run 2-6x faster there. Same maths, float32 statistics, a
   hand-written VJP (the standard BatchNorm backward) so autodiff adds no
   reductions of its own.
 - `conv_impl='matmul_1x1'`: 1x1 convs (ResNet shortcuts, bottlenecks) are
@@ -102,14 +102,14 @@ def _row_mean(x: Array) -> Array:
   """Mean over every axis but the last, in float32, as batched gemvs.
 
   The rows are cut into blocks (the last two spatial axes of an image or a
-  volume slice, e.g. 784 rows at 28 px), each block's mean is a gemv, and
-  the block means are summed. One gemv over all B * H * W rows would add
+  volume slice, e.g. 784 rows at 28 px; all rows of a [N, C] input), each
+  block's mean is a gemv, and the block means are summed. One gemv over all B * H * W rows would add
   ~1e5 terms one after another in float32: with a non-zero channel mean
   that lost ~1e-3 of the statistics and of the backward's sums, 100x
   XLA's own reduction (tests/test_layers.py checks against float64).
   """
   c = x.shape[-1]
-  block = x.shape[-3] * x.shape[-2] if x.ndim >= 4 else 1
+  block = x.shape[-3] * x.shape[-2] if x.ndim >= 4 else x.size // c
   x3 = x.reshape(-1, block, c)
   ones = jnp.full(x3.shape[:2], 1.0 / (x3.shape[0] * block), x.dtype)
   return jnp.einsum('bs,bsc->bc', ones, x3,
