@@ -169,3 +169,46 @@ def test_conv_models_compile_without_ynnpack_and_others_keep_defaults():
   grad = jax.jit(jax.grad(lambda w: jnp.sum(layers.xla_conv(x, w, 1, 1))),
                  compiler_options=runtime.compiler_options(conv_graph))
   assert '__ynn_fusion' not in grad.lower(w).compile().as_text()
+
+
+def _token_linear_pair():
+  fast = vit.TokenLinear(6, 5, rngs=nnx.Rngs(0))
+  ref = nnx.Linear(6, 5, rngs=nnx.Rngs(0))
+  return fast, ref
+
+
+def test_token_linear_is_nnx_linear_in_params_output_and_gradients():
+  fast, ref = _token_linear_pair()
+  fast_state, ref_state = nnx.state(fast, nnx.Param), nnx.state(ref, nnx.Param)
+  assert jax.tree.structure(fast_state) == jax.tree.structure(ref_state)
+  x = jax.random.normal(jax.random.key(1), (3, 7, 6))
+
+  def loss(model, x):
+    return jnp.sum(jnp.sin(model(x)))
+
+  np.testing.assert_allclose(fast(x), ref(x), rtol=1e-6, atol=1e-6)
+  assert fast(x).shape == (3, 7, 5) and fast(x[0]).shape == (7, 5)
+  (g_fast, gx_fast) = nnx.grad(loss, argnums=(0, 1))(fast, x)
+  (g_ref, gx_ref) = nnx.grad(loss, argnums=(0, 1))(ref, x)
+  np.testing.assert_allclose(gx_fast, gx_ref, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_token_linear_kernel_gradient_needs_no_transposed_copy_on_cpu():
+  """The cause TokenLinear removes: nnx.Linear on [B, N, D] has a kernel
+  gradient that XLA:CPU compiles with a transposed copy of an activation."""
+  x = jnp.ones((4, 50, 128))
+  transposed_copy = 'f32[512,200]'  # [D_out, B * N]: the output gradient
+
+  def kernel_grad_hlo(model):
+    graph, params = nnx.split(model)
+    grad = jax.jit(jax.grad(
+        lambda p: jnp.sum(nnx.merge(graph, p)(x) ** 2)))
+    return grad.lower(params).compile().as_text()
+
+  fast = vit.TokenLinear(128, 512, rngs=nnx.Rngs(0))
+  ref = nnx.Linear(128, 512, rngs=nnx.Rngs(0))
+  if jax.default_backend() == 'cpu':
+    assert transposed_copy in kernel_grad_hlo(ref)
+  assert transposed_copy not in kernel_grad_hlo(fast)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssl_jax.models.vit import Block, sincos
+from ssl_jax.models.vit import Block, TokenLinear, sincos
 
 Array = jax.Array
 
@@ -120,7 +120,7 @@ class MAEDecoder(nnx.Module):
     self.decoder_dim = decoder_dim
     self.position_embedding()  # Validate decoder_dim early.
     xavier = nnx.initializers.xavier_uniform()
-    self.embed = nnx.Linear(encoder_dim, decoder_dim, kernel_init=xavier,
+    self.embed = TokenLinear(encoder_dim, decoder_dim, kernel_init=xavier,
                             rngs=rngs)
     self.mask_token = nnx.Param(
         nnx.initializers.normal(0.02)(rngs.params(), (1, 1, decoder_dim)))
@@ -128,7 +128,7 @@ class MAEDecoder(nnx.Module):
         Block(decoder_dim, num_heads, 4 * decoder_dim, rngs=rngs)
         for _ in range(depth)])
     self.norm = nnx.LayerNorm(decoder_dim, epsilon=1e-6, rngs=rngs)
-    self.pred = nnx.Linear(decoder_dim, patch_dim, kernel_init=xavier,
+    self.pred = TokenLinear(decoder_dim, patch_dim, kernel_init=xavier,
                            rngs=rngs)
 
   def position_embedding(self):

@@ -92,7 +92,11 @@ class Conv(nnx.Module):
       return xla_conv(x, kernel, self.stride, pad)
     if kernel.shape[0] == 1:  # 1x1: a strided matmul, no conv machinery
       x = x[(slice(None),) + (slice(None, None, self.stride),) * (x.ndim - 2)]
-      return jnp.einsum('...c,co->...o', x, kernel.reshape(kernel.shape[-2:]))
+      # One [B * H * W, C] matmul: its kernel gradient is a 2D dot, where a
+      # matmul over [B, H, W, C] has one that XLA:CPU compiles with a
+      # transposed copy of the activations (models/vit.py, TokenLinear).
+      y = x.reshape(-1, x.shape[-1]) @ kernel.reshape(kernel.shape[-2:])
+      return y.reshape(*x.shape[:-1], y.shape[-1])
     return xla_conv(x, kernel, self.stride, pad)
 
 

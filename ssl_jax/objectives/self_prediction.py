@@ -30,7 +30,7 @@ from ssl_jax.models.heads import MAEDecoder
 from ssl_jax.models.resnet import ResNet
 from ssl_jax.models.unet import (UNetDecoder, resnet_feature_maps,
                                  resnet_map_channels)
-from ssl_jax.models.vit import PATCHIFY
+from ssl_jax.models.vit import PATCHIFY, TokenLinear
 from ssl_jax.objectives import base
 
 Array = jax.Array
@@ -191,7 +191,7 @@ class SimMIM(nnx.Module):
     self.encoder = encoder
     self.mask_token = nnx.Param(nnx.initializers.normal(0.02)(
         rngs.params(), (1, 1, encoder.hidden_dim)))
-    self.decoder = nnx.Linear(encoder.hidden_dim, patch_dim, rngs=rngs)
+    self.decoder = TokenLinear(encoder.hidden_dim, patch_dim, rngs=rngs)
 
   def __call__(self, x: Array, mask: Array, *, train: bool) -> Array:
     """x [B, H, W, C], mask [B, N] (1 = masked) -> pixels [B, N, patch_dim].
