@@ -37,7 +37,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("top", 25, "How many single ops to list.")
 
 # What a fused computation holds, in the order that names its kind best.
-_KINDS = ("dot", "convolution", "reduce-window", "reduce", "transpose",
+_KINDS = ("dot", "convolution", "reduce-window", "reduce", "transpose", "copy",
           "gather", "scatter", "sort", "exponential", "divide")
 
 
@@ -64,7 +64,7 @@ def describe(hlo: str) -> dict[str, tuple[str, str]]:
                        hlo, re.M):
     name, shape, opcode, rest = m.groups()
     kind = opcode
-    called = re.search(r"calls=%(\S+?)[,\s]", rest)
+    called = re.search(r"calls=%([\w.\-]+)", rest)
     if opcode == "fusion" and called:
       body = bodies.get(called.group(1), "")
       held = [k for k in _KINDS if re.search(rf"\s{k}\(", body)]
