@@ -10,6 +10,9 @@ a narrow ResNet-18 (width 1/4: 16..128 channels), a short pretraining and
 SSL + end-to-end fine-tune AUROC 0.919 / ACC 0.859, from scratch 0.885 /
 0.833, linear probe 0.866 / 0.833; every fraction and the mean ± sd over 3
 seeds (--config.seed=S --config.finetune.seeds=S) are in README.md.
+Pretrained 10x longer (--config.train.steps=1500, README "Pretraining ten
+times longer", 3 stage-2 seeds): the frozen features gain (100 % labels:
+kNN 0.901, linear probe 0.881 AUROC), end-to-end does not (0.914 +- 0.009).
 MedMNIST data: Yang et al., Scientific Data 2023 (CC BY 4.0).
 """
 from configs import base
