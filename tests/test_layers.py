@@ -171,14 +171,9 @@ def test_conv_models_compile_without_ynnpack_and_others_keep_defaults():
   assert '__ynn_fusion' not in grad.lower(w).compile().as_text()
 
 
-def _token_linear_pair():
+def test_token_linear_is_nnx_linear_in_params_output_and_gradients():
   fast = vit.TokenLinear(6, 5, rngs=nnx.Rngs(0))
   ref = nnx.Linear(6, 5, rngs=nnx.Rngs(0))
-  return fast, ref
-
-
-def test_token_linear_is_nnx_linear_in_params_output_and_gradients():
-  fast, ref = _token_linear_pair()
   fast_state, ref_state = nnx.state(fast, nnx.Param), nnx.state(ref, nnx.Param)
   assert jax.tree.structure(fast_state) == jax.tree.structure(ref_state)
   x = jax.random.normal(jax.random.key(1), (3, 7, 6))

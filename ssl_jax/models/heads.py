@@ -121,7 +121,7 @@ class MAEDecoder(nnx.Module):
     self.position_embedding()  # Validate decoder_dim early.
     xavier = nnx.initializers.xavier_uniform()
     self.embed = TokenLinear(encoder_dim, decoder_dim, kernel_init=xavier,
-                            rngs=rngs)
+                             rngs=rngs)
     self.mask_token = nnx.Param(
         nnx.initializers.normal(0.02)(rngs.params(), (1, 1, decoder_dim)))
     self.blocks = nnx.List([
@@ -129,7 +129,7 @@ class MAEDecoder(nnx.Module):
         for _ in range(depth)])
     self.norm = nnx.LayerNorm(decoder_dim, epsilon=1e-6, rngs=rngs)
     self.pred = TokenLinear(decoder_dim, patch_dim, kernel_init=xavier,
-                           rngs=rngs)
+                            rngs=rngs)
 
   def position_embedding(self):
     """Fixed sin-cos positions [num_patches, decoder_dim] of the grid."""

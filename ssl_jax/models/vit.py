@@ -117,9 +117,9 @@ class Attention(nnx.Module):
           f'hidden_dim={dim} must be divisible by num_heads={num_heads}')
     self.num_heads = num_heads
     self.qkv = TokenLinear(dim, 3 * dim, kernel_init=_xavier, bias_init=_zeros,
-                          dtype=dtype, rngs=rngs)
-    self.proj = TokenLinear(dim, dim, kernel_init=_xavier, bias_init=_zeros,
                            dtype=dtype, rngs=rngs)
+    self.proj = TokenLinear(dim, dim, kernel_init=_xavier, bias_init=_zeros,
+                            dtype=dtype, rngs=rngs)
 
   def __call__(self, x: Array, mask: Array | None = None) -> Array:
     """x [B, N, D]; `mask` [B, N] bool: keys to attend to (None: all;
@@ -145,9 +145,9 @@ class Block(nnx.Module):
     self.attn = Attention(dim, num_heads, dtype=dtype, rngs=rngs)
     self.norm2 = nnx.LayerNorm(dim, epsilon=1e-6, dtype=dtype, rngs=rngs)
     self.fc1 = TokenLinear(dim, mlp_dim, kernel_init=_xavier, bias_init=_zeros,
-                          dtype=dtype, rngs=rngs)
+                           dtype=dtype, rngs=rngs)
     self.fc2 = TokenLinear(mlp_dim, dim, kernel_init=_xavier, bias_init=_zeros,
-                          dtype=dtype, rngs=rngs)
+                           dtype=dtype, rngs=rngs)
 
   def __call__(self, x: Array, mask: Array | None = None) -> Array:
     x = x + self.attn(self.norm1(x), mask)
