@@ -4,13 +4,13 @@
       [--steps=4] [--warmup=2] [--top=25]
 
 Builds the job's step exactly as bench/throughput.py does (synthetic batch,
-same jitted program), times `--steps` steps after `--warmup`, runs as many again under jax.profiler and reads the
-trace back: every XLA op (thunk) the backend ran, its time per step, grouped
-by kind (a library dot, an Eigen dot, a loop fusion holding a transpose, a
-reduction, ...), then the slowest single ops with their HLO result shape.
-On XLA:CPU each op of the program is one trace event, so the sums add up to
-the step; on GPU the trace holds kernels instead, and the grouping is by
-kernel name.
+same jitted program), times `--steps` steps after `--warmup`, runs as many
+again under jax.profiler and reads the trace back: every XLA op (thunk)
+the backend ran, its time per step, grouped by kind (a library dot, an
+Eigen dot, a loop fusion holding a transpose, a reduction, ...), then
+the slowest single ops with their HLO result shape. On XLA:CPU each op
+of the program is one trace event, so the sums add up to the step; on GPU
+the trace holds kernels instead, and the grouping is by kernel name.
 
 This is how the transposed copies behind the ViT's kernel gradients were
 found (README "Performance"): pass the same `--config.*` overrides as the
@@ -24,14 +24,13 @@ import os
 import re
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from absl import app, flags  # noqa: E402
 
-import throughput  # noqa: E402  (bench/throughput.py: `build`, --config, --steps)
+import throughput  # noqa: E402  (`build`, `run_steps`, --config, --steps)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("top", 25, "How many single ops to list.")
@@ -69,7 +68,8 @@ def describe(hlo: str) -> dict[str, tuple[str, str]]:
       body = bodies.get(called.group(1), "")
       held = [k for k in _KINDS if re.search(rf"\s{k}\(", body)]
       library = "library " if "kCustom" in rest else ""
-      kind = library + ("+".join(held[:2]) if held else "elementwise") + " fusion"
+      held_kinds = "+".join(held[:2]) if held else "elementwise"
+      kind = f"{library}{held_kinds} fusion"
     ops[name] = (shape, kind)
   return ops
 
@@ -101,22 +101,14 @@ def main(argv):
   import jax  # noqa: PLC0415
   step_fn, state, batch, _ = throughput.build(FLAGS.config)
   compiled = step_fn.lower(state, batch).compile()
-  for _ in range(FLAGS.warmup):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready((state, metrics))
-  began = time.perf_counter()
-  for _ in range(FLAGS.steps):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready((state, metrics))
-  step_ms = (time.perf_counter() - began) / FLAGS.steps * 1e3
+  state, _, _ = throughput.run_steps(compiled, state, batch, FLAGS.warmup)
+  state, _, step_s = throughput.run_steps(compiled, state, batch, FLAGS.steps)
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir):
-      for _ in range(FLAGS.steps):
-        state, metrics = compiled(state, batch)
-      jax.block_until_ready((state, metrics))
+      throughput.run_steps(compiled, state, batch, FLAGS.steps)
     ops = describe(compiled.as_text())
     times = op_times(trace_dir, FLAGS.steps, ops)
-  print(report(times, ops, step_ms, FLAGS.top))
+  print(report(times, ops, 1e3 * step_s, FLAGS.top))
 
 
 if __name__ == "__main__":

@@ -104,6 +104,18 @@ def build(config):
   return built.step_fn, state, batch, mesh
 
 
+def run_steps(compiled, state, batch, steps: int):
+  """`steps` steps of the compiled step on one batch: (state, metrics,
+  seconds per step, waited for)."""
+  import jax  # noqa: PLC0415
+  metrics = None
+  began = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready((state, metrics))
+  return state, metrics, (time.perf_counter() - began) / max(steps, 1)
+
+
 def measure(config, *, steps: int, warmup: int) -> dict:
   """Compiles the config's step and times `steps` steps after `warmup`."""
   import jax  # noqa: PLC0415
@@ -120,14 +132,8 @@ def measure(config, *, steps: int, warmup: int) -> dict:
     flops = flops_on_cpu(mesh.devices.size)
   flops *= accum
 
-  for _ in range(warmup):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready((state, metrics))
-  began = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready((state, metrics))
-  step_s = (time.perf_counter() - began) / steps
+  state, metrics, _ = run_steps(compiled, state, batch, warmup)
+  state, metrics, step_s = run_steps(compiled, state, batch, steps)
   batch_size = config.train.batch_size
   return {"model": config.model.name, "objective": config.objective.name,
           "px": config.data.size, "batch": batch_size,

@@ -7,9 +7,9 @@ choice; only how the numbers are computed changes:
 - `norm_impl='matmul'`: the batch statistics and the backward's sums are
   matrix-vector products (ones @ x, per block of rows, then summed).
   XLA:CPU splits a reduction over B * H * W rows into a slow two-stage
-  reduce-window; gemvs over the same rows run 2-6x faster there. Same maths, float32 statistics, a
-  hand-written VJP (the standard BatchNorm backward) so autodiff adds no
-  reductions of its own.
+  reduce-window; gemvs over the same rows run 2-6x faster there. Same
+  maths, float32 statistics, a hand-written VJP (the standard BatchNorm
+  backward) so autodiff adds no reductions of its own.
 - `conv_impl='matmul_1x1'`: 1x1 convs (ResNet shortcuts, bottlenecks) are
   (strided) matmuls; larger kernels stay XLA's convolutions, which measured
   faster here than patches + matmul or per-tap matmul weight gradients
@@ -61,6 +61,22 @@ resolve_norm_impl = functools.partial(_resolve, choices=NORM_IMPLS,
                                       fast='matmul', field='norm_impl')
 
 
+# ------------------------------------------------------------------ matmuls
+
+def over_rows(fn, x: Array) -> Array:
+  """fn (a matmul over the last axis) applied to x flattened to 2D rows,
+  the result reshaped back: [..., C] -> [..., C'].
+
+  Why: the kernel gradient of a matmul over [B, N, C] (or [B, H, W, C])
+  contracts several axes, and XLA:CPU canonicalises that contraction with
+  a transposed copy of an activation before a slower dot; over [rows, C]
+  it is a plain 2D dot with no copy. On ViT-Ti MAE those copies took 17 %
+  of the step (bench/op_profile.py).
+  """
+  y = fn(x.reshape(-1, x.shape[-1]))
+  return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
 # ---------------------------------------------------------------- convolution
 
 def xla_conv(x: Array, kernel: Array, stride: int, pad: int) -> Array:
@@ -92,11 +108,7 @@ class Conv(nnx.Module):
       return xla_conv(x, kernel, self.stride, pad)
     if kernel.shape[0] == 1:  # 1x1: a strided matmul, no conv machinery
       x = x[(slice(None),) + (slice(None, None, self.stride),) * (x.ndim - 2)]
-      # One [B * H * W, C] matmul: its kernel gradient is a 2D dot, where a
-      # matmul over [B, H, W, C] has one that XLA:CPU compiles with a
-      # transposed copy of the activations (models/vit.py, TokenLinear).
-      y = x.reshape(-1, x.shape[-1]) @ kernel.reshape(kernel.shape[-2:])
-      return y.reshape(*x.shape[:-1], y.shape[-1])
+      return over_rows(lambda rows: rows @ kernel.reshape(kernel.shape[-2:]), x)
     return xla_conv(x, kernel, self.stride, pad)
 
 
@@ -107,10 +119,11 @@ def _row_mean(x: Array) -> Array:
 
   The rows are cut into blocks (the last two spatial axes of an image or a
   volume slice, e.g. 784 rows at 28 px; all rows of a [N, C] input), each
-  block's mean is a gemv, and the block means are summed. One gemv over all B * H * W rows would add
-  ~1e5 terms one after another in float32: with a non-zero channel mean
-  that lost ~1e-3 of the statistics and of the backward's sums, 100x
-  XLA's own reduction (tests/test_layers.py checks against float64).
+  block's mean is a gemv, and the block means are summed. One gemv over
+  all B * H * W rows would add ~1e5 terms one after another in float32:
+  with a non-zero channel mean that lost ~1e-3 of the statistics and of
+  the backward's sums, 100x XLA's own reduction (tests/test_layers.py
+  checks against float64).
   """
   c = x.shape[-1]
   block = x.shape[-3] * x.shape[-2] if x.ndim >= 4 else x.size // c

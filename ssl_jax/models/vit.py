@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ssl_jax.models import layers
+
 Array = jax.Array
 
 _xavier = nnx.initializers.xavier_uniform()
@@ -26,19 +28,12 @@ _zeros = nnx.initializers.zeros_init()
 
 
 class TokenLinear(nnx.Linear):
-  """nnx.Linear (same params) over the last axis of [B, N, D] tokens,
-  computed as one [B * N, D] matmul.
-
-  Why: the kernel gradient of a matmul over [B, N, D] contracts two axes
-  (B and N), and XLA:CPU canonicalises that contraction with a transposed
-  copy of an activation before a slower dot; the flat matmul's gradient is
-  a plain 2D dot with no copy. On ViT-Ti MAE those copies took 17 % of
-  the step (bench/op_profile.py). The maths and the params are nnx.Linear's.
-  """
+  """nnx.Linear (same params, same maths) over the last axis of [B, N, D]
+  tokens, computed as one [B * N, D] matmul (`layers.over_rows`: no
+  transposed activation copy in its kernel gradient on XLA:CPU)."""
 
   def __call__(self, x: Array) -> Array:
-    flat = super().__call__(x.reshape(-1, x.shape[-1]))
-    return flat.reshape(*x.shape[:-1], flat.shape[-1])
+    return layers.over_rows(super().__call__, x)
 
 
 def patchify(images: Array, patch_size: int) -> Array:
