@@ -50,10 +50,12 @@ HEADER = ("| config | model | objective | px | batch | dtype | accum | devices "
 
 
 def synthetic_batch(info, local_batch: int, seed: int = 0) -> dict:
-  """uint8 noise images [b, H, W, C] and random labels of the data's kind."""
+  """uint8 noise images [b, H, W, C] (volumes [b, D, H, W, C]) and random
+  labels of the data's kind."""
   import numpy as np  # noqa: PLC0415
   rng = np.random.default_rng(seed)
-  shape = (local_batch, info.image_size, info.image_size, info.num_channels)
+  shape = ((local_batch,) + (info.image_size,) * info.spatial_dims
+           + (info.num_channels,))
   images = rng.integers(0, 256, shape, dtype=np.uint8)
   if info.multi_label:
     labels = rng.integers(0, 2, (local_batch, info.num_classes), dtype=np.int32)

@@ -109,7 +109,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.init_from = dict(path="", format="auto", preset="", rename=(),
                      layout="auto", strict=False, channels="sum")
   # Fields other than `name` are passed to the backbone factory. ResNets:
-  # conv_impl / norm_impl auto | xla | matmul_1x1 / matmul: how convs and
+  # conv_impl / norm_impl auto | xla | matmul_1x1 | cpu / matmul: how convs and
   # BatchNorm are computed, same params (ssl_jax/models/layers.py).
   c.model = dict(name="resnet18", width_multiplier=1.0, conv_impl="auto",
                  norm_impl="auto")

@@ -12,18 +12,20 @@ from ssl_jax import runtime
 from ssl_jax.models import layers, resnet, vit
 
 
-def _conv_pair(kernel, stride, c_in=3, c_out=5, spatial_dims=2):
+def _conv_pair(kernel, stride, c_in=3, c_out=5, spatial_dims=2, impl='cpu'):
   fast = layers.Conv(c_in, c_out, kernel, stride, spatial_dims=spatial_dims,
-                     impl='matmul_1x1', rngs=nnx.Rngs(0))
+                     impl=impl, rngs=nnx.Rngs(0))
   ref = layers.Conv(c_in, c_out, kernel, stride, spatial_dims=spatial_dims,
                     impl='xla', rngs=nnx.Rngs(0))
   return fast, ref
 
 
+@pytest.mark.parametrize('impl', ['matmul_1x1', 'cpu'])
 @pytest.mark.parametrize('kernel,stride,size', [
-    (1, 1, 9), (1, 2, 9), (1, 2, 8), (3, 1, 7), (3, 2, 9), (7, 2, 11)])
-def test_conv_forward_and_both_gradients_equal_xla(kernel, stride, size):
-  fast, ref = _conv_pair(kernel, stride)
+    (1, 1, 9), (1, 2, 9), (1, 2, 8), (3, 1, 7), (3, 2, 9), (3, 2, 8),
+    (7, 2, 11)])
+def test_conv_forward_and_both_gradients_equal_xla(kernel, stride, size, impl):
+  fast, ref = _conv_pair(kernel, stride, impl=impl)
   np.testing.assert_array_equal(fast.kernel[...], ref.kernel[...])
   x = jax.random.normal(jax.random.PRNGKey(1), (2, size, size, 3))
   y_ref = ref(x)
@@ -53,7 +55,7 @@ def test_impl_names_are_checked_and_auto_resolves_by_backend():
   with pytest.raises(ValueError, match='model.norm_impl'):
     layers.resolve_norm_impl('fast')
   assert jax.default_backend() == 'cpu'
-  assert layers.resolve_conv_impl('auto') == 'matmul_1x1'
+  assert layers.resolve_conv_impl('auto') == 'cpu'
   assert layers.resolve_norm_impl('auto') == 'matmul'
   assert layers.resolve_norm_impl('xla') == 'xla'
 
@@ -207,3 +209,28 @@ def test_token_linear_kernel_gradient_needs_no_transposed_copy_on_cpu():
   if jax.default_backend() == 'cpu':
     assert transposed_copy in kernel_grad_hlo(ref)
   assert transposed_copy not in kernel_grad_hlo(fast)
+
+
+def _fusions_transposing_a_relu(impl: str) -> int:
+  """How many fused computations of a ReLU -> conv weight gradient both
+  recompute the ReLU and transpose (XLA:CPU, Eigen conv options)."""
+  conv = layers.Conv(8, 8, 3, impl=impl, rngs=nnx.Rngs(0))
+  graph, params = nnx.split(conv)
+  z = jax.random.normal(jax.random.key(0), (16, 12, 12, 8))
+
+  def loss(params, z):
+    return jnp.sum(nnx.merge(graph, params)(jax.nn.relu(z * 2.0 + 1.0)) ** 2)
+
+  hlo = jax.jit(jax.grad(loss), compiler_options=runtime.CONV_CPU_OPTIONS
+                ).lower(params, z).compile().as_text()
+  bodies = hlo.split('\n\n')
+  return sum(' transpose(' in b and ' maximum(' in b for b in bodies)
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU fusion')
+def test_cpu_conv_weight_gradient_transposes_the_stored_activation():
+  """The cause `conv_impl='cpu'` removes: XLA fuses the ReLU that produced
+  a conv's input into the transpose its weight gradient needs, recomputing
+  it in transposed order (README "Performance")."""
+  assert _fusions_transposing_a_relu('matmul_1x1') >= 1
+  assert _fusions_transposing_a_relu('cpu') == 0

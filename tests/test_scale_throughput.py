@@ -198,3 +198,17 @@ def test_bench_prints_a_row_without_tensorflow(tmp_path):
   per_step = [l for l in count.stdout.splitlines() if l.startswith("flops_per_step=")]
   assert len(per_step) == 1, count.stdout
   assert abs(float(per_step[0].split("=")[1]) / 16 / 1e9 - gflop) < 1e-3
+
+
+def test_bench_synthetic_batch_follows_the_data_rank():
+  """A 3D set's synthetic batch is volumes [b, D, H, W, C], so the bench
+  builds the step a 3D config trains (it fed 2D images before)."""
+  import pathlib  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+  import data_pipelines  # noqa: PLC0415
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+  import throughput  # noqa: PLC0415
+  volumes = throughput.synthetic_batch(data_pipelines.info("adrenalmnist3d"), 2)
+  images = throughput.synthetic_batch(data_pipelines.info("breastmnist"), 2)
+  assert volumes["image"].shape == (2, 28, 28, 28, 1)
+  assert images["image"].shape == (2, 28, 28, 1)

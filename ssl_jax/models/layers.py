@@ -15,7 +15,11 @@ choice; only how the numbers are computed changes:
   faster here than patches + matmul or per-tap matmul weight gradients
   (bench/conv_ops.py); their programs compile with XLA's Eigen convs
   (ssl_jax/runtime.py).
-- 'auto' picks those on CPU and XLA's own ops (cuDNN, TPU) elsewhere.
+- `conv_impl='cpu'`: 'matmul_1x1', and the weight gradient of larger
+  kernels reads operands that XLA cannot re-fuse (`unfused`): 1.24-1.36x
+  the demo's whole step on this CPU.
+- 'auto' picks 'cpu' / 'matmul' on CPU and XLA's own ops (cuDNN, TPU)
+  elsewhere.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from flax import nnx
 
 Array = jax.Array
 
-CONV_IMPLS = ('auto', 'xla', 'matmul_1x1')
+CONV_IMPLS = ('auto', 'xla', 'matmul_1x1', 'cpu')
 NORM_IMPLS = ('auto', 'xla', 'matmul')
 
 # How conv kernels are drawn (`model.conv_init`): torchvision's ResNet
@@ -56,7 +60,7 @@ def _resolve(impl: str, choices: tuple[str, ...], fast: str, field: str) -> str:
 
 
 resolve_conv_impl = functools.partial(_resolve, choices=CONV_IMPLS,
-                                      fast='matmul_1x1', field='conv_impl')
+                                      fast='cpu', field='conv_impl')
 resolve_norm_impl = functools.partial(_resolve, choices=NORM_IMPLS,
                                       fast='matmul', field='norm_impl')
 
@@ -87,6 +91,79 @@ def xla_conv(x: Array, kernel: Array, stride: int, pad: int) -> Array:
       x, kernel, (stride,) * nd, ((pad, pad),) * nd, dimension_numbers=spec)
 
 
+def unfused(fn, args: tuple, witness: Array):
+  """fn(*args), computed from args as stored in memory.
+
+  XLA fuses the elementwise ops that produced an activation (BatchNorm,
+  ReLU, the residual add) into whatever consumes it, recomputing them. In
+  a conv weight gradient the consumer is a transpose to batch-minor
+  layout, and the fused loop then reads its inputs in transposed order: on
+  XLA:CPU 5x slower than transposing the stored tensor (README
+  "Performance"). A conditional is a boundary fusion does not cross, so fn
+  runs as both branches of one whose predicate XLA cannot fold (from
+  `witness`, any small traced array, e.g. a replicated param); either
+  branch gives the same result. XLA:CPU drops `lax.optimization_barrier`
+  before fusion, so that is no substitute.
+  """
+  pred = jnp.isfinite(witness.reshape(-1)[0])
+  return jax.lax.cond(pred, fn, fn, *args)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_unfused_weight_grad(x: Array, kernel: Array, stride: int, pad: int
+                             ) -> Array:
+  """2D `xla_conv` whose weight gradient transposes x and dy unfused.
+
+  Same maths as autodiff of `xla_conv`: the weight gradient is the conv
+  JAX's transpose rule would emit, given its operands already in the
+  layouts XLA:CPU's Eigen conv wants (x as [C, H, W, N], dy as
+  [H', W', N, O]), so XLA adds no fused transposes of its own.
+  """
+  return xla_conv(x, kernel, stride, pad)
+
+
+def _conv_uwg_fwd(x, kernel, stride, pad):
+  return xla_conv(x, kernel, stride, pad), (x, kernel)
+
+
+def _conv_uwg_bwd(stride, pad, res, dy):
+  x, kernel = res
+  dx = jax.vjp(lambda x: xla_conv(x, kernel, stride, pad), x)[1](dy)[0]
+  x_t, dy_t = unfused(lambda x, dy: (x.transpose(3, 1, 2, 0),
+                                     dy.transpose(1, 2, 0, 3)),
+                      (x, dy), witness=kernel)
+  k, size, out = kernel.shape[0], x.shape[1], dy.shape[1]
+  # dW[i, j, c, o] = sum over n, h, w of x_pad[n, s*h + i, s*w + j, c]
+  # * dy[n, h, w, o]: a conv of x (batch c, features n) with dy as kernel
+  # (dilated by the stride), padded so the output is k x k.
+  padding = ((pad, stride * (out - 1) + k - size - pad),) * 2
+  dw = jax.lax.conv_general_dilated(
+      x_t, dy_t, (1, 1), padding, rhs_dilation=(stride, stride),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))  # [C, k, k, O]
+  return dx, dw.transpose(1, 2, 0, 3).astype(kernel.dtype)
+
+
+conv_unfused_weight_grad.defvjp(_conv_uwg_fwd, _conv_uwg_bwd)
+
+
+def conv_1x1_matmul(x: Array, kernel: Array, stride: int) -> Array:
+  """A 1x1 conv as a (strided) matmul, no conv machinery."""
+  x = x[(slice(None),) + (slice(None, None, stride),) * (x.ndim - 2)]
+  return over_rows(lambda rows: rows @ kernel.reshape(kernel.shape[-2:]), x)
+
+
+def apply_conv(x: Array, kernel: Array, stride: int, pad: int, impl: str
+               ) -> Array:
+  """The conv as a resolved `conv_impl` computes it."""
+  if impl == 'xla':
+    return xla_conv(x, kernel, stride, pad)
+  if kernel.shape[0] == 1:
+    return conv_1x1_matmul(x, kernel, stride)
+  if impl == 'cpu' and x.ndim == 4:
+    return conv_unfused_weight_grad(x, kernel, stride, pad)
+  return xla_conv(x, kernel, stride, pad)
+
+
 class Conv(nnx.Module):
   """Bias-free conv, padding k // 2 (torchvision's), `kernel` laid out as
   nnx.Conv's: [k] * spatial_dims + [C_in, C_out]."""
@@ -102,14 +179,8 @@ class Conv(nnx.Module):
 
   def __call__(self, x: Array) -> Array:
     kernel = self.kernel[...].astype(self.dtype)
-    x = x.astype(self.dtype)
-    pad = kernel.shape[0] // 2
-    if self.impl == 'xla':
-      return xla_conv(x, kernel, self.stride, pad)
-    if kernel.shape[0] == 1:  # 1x1: a strided matmul, no conv machinery
-      x = x[(slice(None),) + (slice(None, None, self.stride),) * (x.ndim - 2)]
-      return over_rows(lambda rows: rows @ kernel.reshape(kernel.shape[-2:]), x)
-    return xla_conv(x, kernel, self.stride, pad)
+    return apply_conv(x.astype(self.dtype), kernel, self.stride,
+                      kernel.shape[0] // 2, self.impl)
 
 
 # ------------------------------------------------------------------ BatchNorm

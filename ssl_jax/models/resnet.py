@@ -36,11 +36,13 @@ class DepthStackedConv3d(nnx.Module):
   """
 
   def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, *,
-               dtype, init: str = 'kaiming_fan_out', rngs: nnx.Rngs):
+               dtype, init: str = 'kaiming_fan_out', impl: str = 'auto',
+               rngs: nnx.Rngs):
     self.kernel = nnx.Param(layers.conv_initializer(init)(
         rngs.params(), (kernel,) * 3 + (in_ch, out_ch)))
     self.stride = stride
     self.dtype = dtype
+    self.impl = layers.resolve_conv_impl(impl)  # of the 2D conv it runs
 
   def __call__(self, x: Array) -> Array:
     k, s = self.kernel.shape[0], self.stride
@@ -53,7 +55,7 @@ class DepthStackedConv3d(nnx.Module):
     stacked = stacked.reshape(b * out_d, h, w, k * c).astype(self.dtype)
     kernel = jnp.transpose(self.kernel[...], (1, 2, 0, 3, 4)).reshape(
         k, k, k * c, -1).astype(self.dtype)
-    y = layers.xla_conv(stacked, kernel, s, p)
+    y = layers.apply_conv(stacked, kernel, s, p, self.impl)
     return y.reshape(b, out_d, *y.shape[1:])
 
 
@@ -79,7 +81,7 @@ def _conv(in_ch: int, out_ch: int, kernel: int, stride: int, *, dtype,
   """
   if spatial_dims == 3 and conv3d_impl == 'depth_stacked':
     return DepthStackedConv3d(in_ch, out_ch, kernel, stride, dtype=dtype,
-                              init=conv_init, rngs=rngs)
+                              init=conv_init, impl=conv_impl, rngs=rngs)
   return layers.Conv(in_ch, out_ch, kernel, stride, spatial_dims=spatial_dims,
                      impl=conv_impl, dtype=dtype, init=conv_init, rngs=rngs)
 
