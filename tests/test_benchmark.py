@@ -31,6 +31,7 @@ TINY = {
     "finetune.protocols": ("linear", "finetune"),
     "finetune.fractions": (0.1, 1.0),
     "finetune.seeds": (0,),
+    "finetune.epochs": 0,  # 4 fixed steps, not the config's 40 epochs
     "finetune.steps": 4,
     "finetune.optim.warmup_steps": 1,
     "finetune.batch_size": 8,
@@ -229,6 +230,9 @@ def test_config_arg_parsing():
   assert c.job == "benchmark" and c.data.name == "retinamnist"
   assert tuple(c.finetune.fractions) == (0.01, 0.1, 1.0)
   assert tuple(c.finetune.seeds) == (0, 1, 2)
+  # Stage 2 trains to convergence: epochs, per-epoch validation, balanced loss.
+  assert (c.finetune.epochs, c.finetune.last_batch, c.finetune.class_weights) == (
+      40, "keep", "balanced")
   benchmark.validate(c)
   vit = benchmark_config.get_config("dataset=breastmnist,backbone=vit")
   assert vit.benchmark.budget.model.name == "vit_tiny"
