@@ -12,7 +12,8 @@ for other widths; 5.1e-3 stays close enough at 1024).
 Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds: linear probe 0.804 +- 0.021, end-to-end 0.803 +- 0.023 (from scratch:
-0.716 +- 0.016); 172 images/s on the shared 2-core CPU.
+0.716 +- 0.016; both with the zoo's old stage 2 of 100 fixed steps, see
+README); 172 images/s on the shared 2-core CPU.
 Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
 methods ('none', 'barlow_twins')).
 """

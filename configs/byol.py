@@ -12,7 +12,8 @@ paper's value for 1000 epochs; shorter runs need a faster target).
 Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds: linear probe 0.753 +- 0.006, end-to-end 0.748 +- 0.032 (from scratch:
-0.716 +- 0.016); 141 images/s on the shared 2-core CPU.
+0.716 +- 0.016; both with the zoo's old stage 2 of 100 fixed steps, see
+README); 141 images/s on the shared 2-core CPU.
 Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
 methods ('none', 'byol')).
 """

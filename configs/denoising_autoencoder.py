@@ -10,7 +10,8 @@ well below noisy_mse, the error of returning the corrupted input.
 Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds: linear probe 0.756 +- 0.039, end-to-end 0.739 +- 0.016 (from scratch:
-0.716 +- 0.016); 91 images/s on the shared 2-core CPU.
+0.716 +- 0.016; both with the zoo's old stage 2 of 100 fixed steps, see
+README); 91 images/s on the shared 2-core CPU.
 Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
 methods ('none', 'denoising_autoencoder')).
 """

@@ -13,7 +13,8 @@ stale keys of the query's own image); key-encoder momentum 0.99 instead of
 Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds: linear probe 0.733 +- 0.043, end-to-end 0.740 +- 0.014 (from scratch:
-0.716 +- 0.016); 307 images/s on the shared 2-core CPU.
+0.716 +- 0.016; both with the zoo's old stage 2 of 100 fixed steps, see
+README); 307 images/s on the shared 2-core CPU.
 Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
 methods ('none', 'moco_v2')).
 """

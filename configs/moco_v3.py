@@ -15,7 +15,8 @@ Scaled for 28 px and a CPU: hidden 1024, out 128.
 Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds: linear probe 0.769 +- 0.029, end-to-end 0.780 +- 0.014 (from scratch:
-0.716 +- 0.016); 116 images/s on the shared 2-core CPU.
+0.716 +- 0.016; both with the zoo's old stage 2 of 100 fixed steps, see
+README); 116 images/s on the shared 2-core CPU.
 Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
 methods ('none', 'moco_v3')).
 """

@@ -11,7 +11,8 @@ Pretext accuracy is logged as rotation_acc (chance 0.25).
 Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds: linear probe 0.755 +- 0.023, end-to-end 0.746 +- 0.017 (from scratch:
-0.716 +- 0.016); 333 images/s on the shared 2-core CPU.
+0.716 +- 0.016; both with the zoo's old stage 2 of 100 fixed steps, see
+README); 333 images/s on the shared 2-core CPU.
 Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
 methods ('none', 'rotation')).
 """

@@ -15,7 +15,8 @@ so its 1% / 10% cells would not be 1% / 10%.
 Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds: linear probe 0.824 +- 0.015, end-to-end 0.817 +- 0.015 (from scratch:
-0.716 +- 0.016); 398 images/s on the shared 2-core CPU.
+0.716 +- 0.016; both with the zoo's old stage 2 of 100 fixed steps, see
+README); 398 images/s on the shared 2-core CPU.
 Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
 methods ('none', 'supervised')).
 """

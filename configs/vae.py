@@ -11,7 +11,8 @@ is s^2 ~ 0.4 in the [-1, 1] scale. recon_mse and kl are logged apart.
 Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds: linear probe 0.746 +- 0.018, end-to-end 0.743 +- 0.017 (from scratch:
-0.716 +- 0.016); 143 images/s on the shared 2-core CPU.
+0.716 +- 0.016; both with the zoo's old stage 2 of 100 fixed steps, see
+README); 143 images/s on the shared 2-core CPU.
 Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
 methods ('none', 'vae')).
 """
