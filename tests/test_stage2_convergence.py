@@ -123,3 +123,30 @@ def test_scratch_run_keeping_the_short_batch_steps_epoch_by_epoch(
   assert cell["steps"] == 8
   assert [row["step"] for row in evals] == [4, 8]
   assert cell["selected_epoch"] in (1.0, 2.0)
+
+
+def test_probe_folded_into_a_head_gives_the_probes_logits():
+  rng = np.random.default_rng(0)
+  feats = rng.normal(3.0, 2.0, size=(40, 6)).astype(np.float32)
+  labels = (feats[:, 0] + rng.normal(size=40) > 3.0).astype(np.int64)
+  from ssl_jax.evaluation import probes  # noqa: PLC0415
+  probe = probes.fit_linear_probe(feats, labels, feats, labels, num_classes=2,
+                                  task="binary-class", epochs=20, eval_every=10)
+  kernel, bias = probe.on_raw_features()
+  np.testing.assert_allclose(feats @ kernel + bias, probe.logits(feats),
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_lp_ft_starts_from_the_probe_and_offers_it_at_step_0(tmp_path,
+                                                             medmnist_dir):
+  """head_fit='linear_probe': the network with the folded probe as its head
+  ranks validation exactly as the probe did (same features, same logits),
+  and that step-0 classifier is a selection candidate."""
+  cell, evals = _scratch_run(tmp_path, medmnist_dir,
+                             **{"finetune.head_fit": "linear_probe"})
+  assert [row["step"] for row in evals] == [0, 3, 6, 7]
+  assert evals[0]["val/auroc"] == pytest.approx(cell["head_probe_val_score"],
+                                                abs=1e-6)
+  assert evals[0]["val/auroc"] != 0.5  # a zero head ties every image
+  with pytest.raises(ValueError, match="finetune.head_fit='lp'"):
+    classifier.head_fit(ml_collections.ConfigDict({"head_fit": "lp"}))

@@ -9,6 +9,9 @@ the step with the best val AUROC (ties: lower val loss) is the one scored.
 (every step a full batch); 'keep' batches each epoch on its own and ends it
 with its short batch, as PyTorch's DataLoader in the published recipes (on
 BreastMNIST: 5 steps per epoch, 4 x 128 + 34, where 'carry' takes 4.27).
+`finetune.head_fit='linear_probe'` starts the head as a linear probe fitted
+on the initial encoder's frozen features (LP-FT, Kumar et al. 2022), so
+training begins from a calibrated classifier instead of a zero head.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import optax
 from flax import nnx
 
 from ssl_jax import objectives, parallel, runtime, views
-from ssl_jax.evaluation import inference, metrics
+from ssl_jax.evaluation import inference, metrics, probes
 from ssl_jax.evaluation.encoder_context import (EVAL_SPLITS, EncoderContext,
                                                 Predictions)
 from ssl_jax.pytree import path_keys
@@ -98,6 +101,8 @@ class ClassifierTrainer:
     self.predict = runtime.jit(lambda p, r, x: _to_probs(
         nnx.merge(graphdef, p, r)(views.eval_view(x), train=False), multi_label),
         graphdef)
+    self.encode = runtime.jit(lambda p, r, x: nnx.merge(graphdef, p, r).encoder(
+        views.eval_view(x), train=False), graphdef)
 
   def _model(self, seed) -> nnx.Module:
     return self.bound.build_model(nnx.Rngs(jax.random.key(seed)))
@@ -121,11 +126,33 @@ class ClassifierTrainer:
         self.predict, ctx.data[split][0], mesh=self.mesh,
         batch_size=self.config.finetune.eval_batch_size, args=(params, rest))
 
+  def fit_head(self, ctx: EncoderContext, state, train_idx: np.ndarray,
+               seed: int):
+    """The state with its head replaced by a linear probe (the `linear`
+    protocol's fit: weight decay and epoch chosen on val) on the frozen
+    features of the state's own encoder; and the probe's val score."""
+    ft = self.config.finetune
+
+    def features(images):
+      return inference.batched_apply(
+          self.encode, images, mesh=self.mesh, batch_size=ft.eval_batch_size,
+          args=(state.params, state.rest))
+
+    probe = probes.fit_linear_probe(
+        features(ctx.data["train"][0][train_idx]),
+        ctx.labels("train")[train_idx], features(ctx.data["val"][0]),
+        ctx.labels("val"), num_classes=ctx.info.num_classes, task=ctx.task,
+        weight_decays=tuple(ft.linear_weight_decays), seed=seed)
+    return with_head(state, *probe.on_raw_features()), probe.val_score
+
   def run(self, ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
           weights: weights_lib.Flat | None, name: str) -> Predictions:
     from data_pipelines import input_pipeline  # TF: only where data is read
     ft = self.config.finetune
     state = self.init_state(seed, weights)
+    probed = head_fit(ft) == "linear_probe"
+    if probed:
+      state, probe_val_score = self.fit_head(ctx, state, train_idx, seed)
     images, labels = ctx.data["train"]
     keep = last_batch(ft) == "keep"
     batches = input_pipeline.make_iterator(
@@ -148,6 +175,8 @@ class ClassifierTrainer:
 
     writer = MetricWriter(os.path.join(ctx.log_dir or ctx.workdir, name),
                           tensorboard=False)
+    if probed:  # the probe itself is a candidate: step 0
+      writer.write(0, select_on_val(0, state), prefix="val/")
     loop.run(state, self.step_fn, batches, mesh=self.mesh, num_steps=self.steps,
              global_batch_size=ft.batch_size, writer=writer,
              log_every=min(ft.log_every, self.steps),
@@ -162,7 +191,8 @@ class ClassifierTrainer:
         {"selected_step": best["step"], "steps": self.steps,
          "selected_epoch": best["step"] / steps_per_epoch(
              ft, len(train_idx), self.mesh),
-         "selected_val_auroc": best["auroc"], "selected_val_loss": best["loss"]})
+         "selected_val_auroc": best["auroc"], "selected_val_loss": best["loss"],
+         **({"head_probe_val_score": probe_val_score} if probed else {})})
 
 
 def trainer_for(ctx: EncoderContext, n_train: int,
@@ -175,6 +205,30 @@ def trainer_for(ctx: EncoderContext, n_train: int,
   if key not in ctx.compiled:
     ctx.compiled[key] = ClassifierTrainer(ctx, last_k, steps)
   return ctx.compiled[key]
+
+
+def with_head(state: state_lib.TrainState, kernel: np.ndarray,
+              bias: np.ndarray) -> state_lib.TrainState:
+  """The state with the classifier head's kernel and bias replaced, each on
+  its own sharding."""
+  params = jax.tree.map(lambda x: x, state.params)
+  pure = nnx.to_pure_dict(params)
+  linear = pure["head"]["linear"]
+  for key, value in (("kernel", kernel), ("bias", bias)):
+    linear[key] = weights_lib.placed(linear[key], value, f"head/linear/{key}")
+  nnx.replace_by_pure_dict(params, pure)
+  return state.replace(params=params)
+
+
+HEAD_FITS = ("none", "linear_probe")
+
+
+def head_fit(ft: ml_collections.ConfigDict) -> str:
+  mode = ft.get("head_fit", "none")
+  if mode not in HEAD_FITS:
+    raise ValueError(f"config.finetune.head_fit={mode!r}; allowed: "
+                     f"{', '.join(HEAD_FITS)}")
+  return mode
 
 
 LAST_BATCH = ("carry", "keep")

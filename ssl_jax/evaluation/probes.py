@@ -106,6 +106,12 @@ class LinearProbe:
     x = (np.asarray(feats, np.float32) - self.mean) / self.std
     return x @ self.w + self.b
 
+  def on_raw_features(self) -> tuple[np.ndarray, np.ndarray]:
+    """(kernel [D, C], bias [C]) giving the same logits on unstandardised
+    features: the standardisation folded in, as a network's linear head."""
+    kernel = self.w / self.std[:, None]
+    return kernel, self.b - (self.mean / self.std) @ self.w
+
   def predict_proba(self, feats: np.ndarray) -> np.ndarray:
     """Softmax probabilities [M, C], or per-label sigmoids for multi-label."""
     return _probs(self.logits(feats), self.task == metrics.MULTI_LABEL)

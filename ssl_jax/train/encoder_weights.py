@@ -78,12 +78,12 @@ def encoder_leaves(tree: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
-def _placed(old: jax.Array, new: np.ndarray, key: str) -> jax.Array:
+def placed(old: jax.Array, new: np.ndarray, key: str) -> jax.Array:
   """`new` with `old`'s dtype and sharding, built shard by shard."""
   new = np.asarray(new, dtype=old.dtype)
   if new.shape != tuple(old.shape):
-    raise ValueError(f"encoder weight {key!r} has shape {new.shape}; the "
-                     f"model's is {tuple(old.shape)}")
+    raise ValueError(f"weight {key!r} has shape {new.shape}; the model's is "
+                     f"{tuple(old.shape)}")
   return jax.make_array_from_callback(old.shape, old.sharding,
                                       lambda index: new[index])
 
@@ -105,7 +105,7 @@ def place(tree: Mapping[str, Any], weights: Flat
     unused.discard(key)
     where = "/".join(parts[:parts.index(ENCODER) + 1])
     applied[where] = applied.get(where, 0) + 1
-    return _placed(leaf, weights[key], key)
+    return placed(leaf, weights[key], key)
 
   tree = jax.tree_util.tree_map_with_path(swap, dict(tree))
   if unused:
