@@ -185,8 +185,9 @@ def get_config() -> ml_collections.ConfigDict:
       epochs=0, eval_every_epochs=1.0, min_steps=100, class_weights="none",
       last_batch="carry",
       head_init="zeros",  # the classifier head: zeros | torch_default
-      # none | linear_probe: the head starts as a linear probe on the initial
-      # encoder's frozen features (LP-FT), the probe itself a step-0 candidate.
+      # none | linear_probe: a pretrained encoder's head starts as a linear
+      # probe on its frozen features (LP-FT), the probe a step-0 candidate;
+      # from-scratch cells keep head_init.
       head_fit="none",
       eval_batch_size=256,
       knn_k=20, knn_temperature=0.07,

@@ -66,18 +66,19 @@ def test_class_weighted_loss_matches_numpy():
   assert float(acc) == pytest.approx(np.mean(logits.argmax(-1) == labels))
 
 
-def _scratch_run(tmp_path, medmnist_dir, **overrides) -> tuple[dict, list]:
-  """A 2-epoch scratch cell on 10 % of BreastMNIST (55 images, batch 16):
-  its results cell and the validation rows of its log."""
+def _scratch_run(tmp_path, medmnist_dir, protocol="scratch",
+                 **overrides) -> tuple[dict, list]:
+  """A 2-epoch scratch (or `protocol`) cell on 10 % of BreastMNIST (55
+  images, batch 16): its results cell and the validation rows of its log."""
   config = tiny_config(**{
       "job": "finetune", "data.data_dir": str(medmnist_dir),
-      "finetune.protocols": ("scratch",), "finetune.fractions": (0.1,),
+      "finetune.protocols": (protocol,), "finetune.fractions": (0.1,),
       "finetune.epochs": 2, "finetune.min_steps": 3,
       "finetune.batch_size": 16, "finetune.optim.schedule": "step",
       **overrides})
   results = finetune.train_and_evaluate(config, str(tmp_path))
   (cell,) = results["cells"].values()
-  with open(os.path.join(tmp_path, "logs", f"scratch_n{cell['n_train']}_s0",
+  with open(os.path.join(tmp_path, "logs", f"{protocol}_n{cell['n_train']}_s0",
                          "metrics.jsonl")) as f:
     evals = [row for row in map(json.loads, f) if "val/auroc" in row]
   return cell, evals
@@ -141,12 +142,27 @@ def test_lp_ft_starts_from_the_probe_and_offers_it_at_step_0(tmp_path,
                                                              medmnist_dir):
   """head_fit='linear_probe': the network with the folded probe as its head
   ranks validation exactly as the probe did (same features, same logits),
-  and that step-0 classifier is a selection candidate."""
-  cell, evals = _scratch_run(tmp_path, medmnist_dir,
-                             **{"finetune.head_fit": "linear_probe"})
-  assert [row["step"] for row in evals] == [0, 3, 6, 7]
-  assert evals[0]["val/auroc"] == pytest.approx(cell["head_probe_val_score"],
-                                                abs=1e-6)
-  assert evals[0]["val/auroc"] != 0.5  # a zero head ties every image
+  and that step-0 classifier is a selection candidate; the from-scratch
+  cell keeps its zero head."""
+  import data_pipelines  # noqa: PLC0415
+  from flax import nnx  # noqa: PLC0415
+  from ssl_jax import objectives  # noqa: PLC0415
+  from ssl_jax.train import encoder_weights  # noqa: PLC0415
+  config = tiny_config()
+  encoder = objectives.base.build_encoder(
+      config, data_pipelines.info("breastmnist", 28), nnx.Rngs(3))
+  weights = tmp_path / "encoder.npz"
+  np.savez(weights, **encoder_weights.of_module(encoder))
+  cells, evals = {}, {}
+  for protocol in ("finetune", "scratch"):
+    cells[protocol], evals[protocol] = _scratch_run(
+        tmp_path / protocol, medmnist_dir, protocol=protocol,
+        **{"finetune.head_fit": "linear_probe", "init_from.path": str(weights)})
+  assert [row["step"] for row in evals["finetune"]] == [0, 3, 6, 7]
+  assert evals["finetune"][0]["val/auroc"] == pytest.approx(
+      cells["finetune"]["head_probe_val_score"], abs=1e-6)
+  assert evals["finetune"][0]["val/auroc"] != 0.5  # a zero head ties all
+  assert [row["step"] for row in evals["scratch"]] == [3, 6, 7]
+  assert "head_probe_val_score" not in cells["scratch"]
   with pytest.raises(ValueError, match="finetune.head_fit='lp'"):
     classifier.head_fit(ml_collections.ConfigDict({"head_fit": "lp"}))

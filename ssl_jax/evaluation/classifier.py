@@ -9,9 +9,11 @@ the step with the best val AUROC (ties: lower val loss) is the one scored.
 (every step a full batch); 'keep' batches each epoch on its own and ends it
 with its short batch, as PyTorch's DataLoader in the published recipes (on
 BreastMNIST: 5 steps per epoch, 4 x 128 + 34, where 'carry' takes 4.27).
-`finetune.head_fit='linear_probe'` starts the head as a linear probe fitted
-on the initial encoder's frozen features (LP-FT, Kumar et al. 2022), so
-training begins from a calibrated classifier instead of a zero head.
+`finetune.head_fit='linear_probe'` starts the head of a pretrained encoder
+as a linear probe fitted on its frozen features (LP-FT, Kumar et al. 2022),
+so training begins from a calibrated classifier instead of a zero head.
+From-scratch cells keep their head: an untrained encoder's eval-mode
+features (BatchNorm statistics at their init) are not what training sees.
 """
 from __future__ import annotations
 
@@ -150,7 +152,7 @@ class ClassifierTrainer:
     from data_pipelines import input_pipeline  # TF: only where data is read
     ft = self.config.finetune
     state = self.init_state(seed, weights)
-    probed = head_fit(ft) == "linear_probe"
+    probed = head_fit(ft) == "linear_probe" and weights is not None
     if probed:
       state, probe_val_score = self.fit_head(ctx, state, train_idx, seed)
     images, labels = ctx.data["train"]
