@@ -231,8 +231,8 @@ def test_config_arg_parsing():
   assert tuple(c.finetune.fractions) == (0.01, 0.1, 1.0)
   assert tuple(c.finetune.seeds) == (0, 1, 2)
   # Stage 2 trains to convergence: epochs, per-epoch validation, balanced loss.
-  assert (c.finetune.epochs, c.finetune.last_batch, c.finetune.class_weights,
-          c.finetune.head_fit) == (40, "keep", "balanced", "linear_probe")
+  assert (c.finetune.epochs, c.finetune.last_batch, c.finetune.class_weights) == (
+      40, "keep", "balanced")
   benchmark.validate(c)
   vit = benchmark_config.get_config("dataset=breastmnist,backbone=vit")
   assert vit.benchmark.budget.model.name == "vit_tiny"
