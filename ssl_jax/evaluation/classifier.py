@@ -222,26 +222,27 @@ def with_head(state: state_lib.TrainState, kernel: np.ndarray,
   return state.replace(params=params)
 
 
-HEAD_FITS = ("none", "linear_probe")
-
-
-def head_fit(ft: ml_collections.ConfigDict) -> str:
-  mode = ft.get("head_fit", "none")
-  if mode not in HEAD_FITS:
-    raise ValueError(f"config.finetune.head_fit={mode!r}; allowed: "
-                     f"{', '.join(HEAD_FITS)}")
+def _choice(ft: ml_collections.ConfigDict, field: str,
+            allowed: tuple[str, ...]) -> str:
+  """`finetune.<field>` (absent: the first allowed value, the default),
+  refused with the allowed values when it is none of them."""
+  mode = ft.get(field, allowed[0])
+  if mode not in allowed:
+    raise ValueError(f"config.finetune.{field}={mode!r}; allowed: "
+                     f"{', '.join(allowed)}")
   return mode
 
 
+HEAD_FITS = ("none", "linear_probe")
 LAST_BATCH = ("carry", "keep")
 
 
+def head_fit(ft: ml_collections.ConfigDict) -> str:
+  return _choice(ft, "head_fit", HEAD_FITS)
+
+
 def last_batch(ft: ml_collections.ConfigDict) -> str:
-  mode = ft.get("last_batch", "carry")
-  if mode not in LAST_BATCH:
-    raise ValueError(f"config.finetune.last_batch={mode!r}; allowed: "
-                     f"{', '.join(LAST_BATCH)}")
-  return mode
+  return _choice(ft, "last_batch", LAST_BATCH)
 
 
 def local_data_devices(mesh) -> int:
