@@ -29,7 +29,7 @@ import optax
 from flax import nnx
 
 from ssl_jax import objectives, parallel, runtime, views
-from ssl_jax.evaluation import inference, metrics, probes
+from ssl_jax.evaluation import inference, metrics
 from ssl_jax.evaluation.encoder_context import (EVAL_SPLITS, EncoderContext,
                                                 Predictions)
 from ssl_jax.pytree import path_keys
@@ -140,11 +140,8 @@ class ClassifierTrainer:
           self.encode, images, mesh=self.mesh, batch_size=ft.eval_batch_size,
           args=(state.params, state.rest))
 
-    probe = probes.fit_linear_probe(
-        features(ctx.data["train"][0][train_idx]),
-        ctx.labels("train")[train_idx], features(ctx.data["val"][0]),
-        ctx.labels("val"), num_classes=ctx.info.num_classes, task=ctx.task,
-        weight_decays=tuple(ft.linear_weight_decays), seed=seed)
+    probe = ctx.fit_linear_probe(features(ctx.data["train"][0][train_idx]),
+                                 train_idx, features(ctx.data["val"][0]), seed)
     return with_head(state, *probe.on_raw_features()), probe.val_score
 
   def run(self, ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
@@ -235,6 +232,7 @@ def _choice(ft: ml_collections.ConfigDict, field: str,
 
 HEAD_FITS = ("none", "linear_probe")
 LAST_BATCH = ("carry", "keep")
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 def head_fit(ft: ml_collections.ConfigDict) -> str:
@@ -302,12 +300,8 @@ def with_class_weights(config: ml_collections.ConfigDict, labels: np.ndarray,
   """`finetune.class_weights='balanced'` -> the supervised objective's
   per-class loss weights, from the train split's counts (label subsets are
   stratified, so every fraction keeps these proportions)."""
-  mode = config.finetune.get("class_weights", "none")
-  if mode == "none":
+  if _choice(config.finetune, "class_weights", CLASS_WEIGHTS) == "none":
     return config
-  if mode != "balanced":
-    raise ValueError(f"config.finetune.class_weights={mode!r}; allowed: "
-                     "none, balanced")
   if info.multi_label:
     raise ValueError("config.finetune.class_weights='balanced' needs a "
                      "single-label task; this dataset is multi-label")

@@ -17,7 +17,7 @@ from flax import nnx
 
 from data_pipelines import fractions
 from ssl_jax import objectives, parallel, runtime, views
-from ssl_jax.evaluation import inference
+from ssl_jax.evaluation import inference, probes
 from ssl_jax.train import encoder_weights as weights_lib
 from ssl_jax.train import state as state_lib
 
@@ -68,6 +68,16 @@ class EncoderContext:
     patient when `groups` is set."""
     return fractions.label_fraction_indices(self.labels("train"), fraction,
                                             seed, groups=self.groups)
+
+  def fit_linear_probe(self, train_feats: np.ndarray, train_idx: np.ndarray,
+                       val_feats: np.ndarray, seed: int) -> probes.LinearProbe:
+    """The `linear` protocol's probe (weight decay and epoch chosen on val)
+    on the labelled subset's features `train_feats` (rows of `train_idx`)."""
+    return probes.fit_linear_probe(
+        train_feats, self.labels("train")[train_idx], val_feats,
+        self.labels("val"), num_classes=self.info.num_classes, task=self.task,
+        weight_decays=tuple(self.config.finetune.linear_weight_decays),
+        seed=seed)
 
   def features(self, split: str, layer: str = FINAL) -> np.ndarray:
     """Frozen encoder features of a split at `layer` (all computed once)."""

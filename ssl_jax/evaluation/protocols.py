@@ -98,11 +98,8 @@ def kinds() -> dict[str, str]:
 
 def _linear_on(ctx: EncoderContext, feats: Callable[[str], np.ndarray],
                train_idx: np.ndarray, seed: int) -> Predictions:
-  ft = ctx.config.finetune
-  probe = probes.fit_linear_probe(
-      feats("train")[train_idx], ctx.labels("train")[train_idx],
-      feats("val"), ctx.labels("val"), num_classes=ctx.info.num_classes,
-      task=ctx.task, weight_decays=tuple(ft.linear_weight_decays), seed=seed)
+  probe = ctx.fit_linear_probe(feats("train")[train_idx], train_idx,
+                               feats("val"), seed)
   return Predictions({s: probe.predict_proba(feats(s)) for s in EVAL_SPLITS},
                      {"weight_decay": probe.weight_decay, "epoch": probe.epoch})
 
