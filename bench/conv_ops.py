@@ -7,8 +7,10 @@ For every 3x3 conv shape of a small-stem ResNet-18 at 28 px (width
 prints forward, input-gradient and weight-gradient GFLOP/s of each conv
 candidate tried (XLA's conv with jaxlib's default options, which hand it to
 YNNPACK, and with ssl_jax's conv-program options, which keep XLA's Eigen
-conv (ssl_jax/runtime.py); with XLA's oneDNN switches on; patches + matmul, differentiated by JAX; XLA's
-forward with the weight gradient as 9 tap matmuls), then forward+backward
+conv (ssl_jax/runtime.py); with XLA's oneDNN switches on; patches + matmul,
+differentiated by JAX; XLA's forward with the weight gradient as 9 tap
+matmuls; oneDNN's three convs through XLA's FFI, `conv_impl='onednn'`, when
+libdnnl is installed), then forward+backward
 milliseconds of each BatchNorm implementation on the same activations. Implementations are timed
 interleaved in one process, best of `--repeats`, so a busy machine slows
 them alike. Figures, not a test: compare columns within a row.
@@ -24,7 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ssl_jax import runtime  # noqa: E402
-from ssl_jax.models import layers  # noqa: E402
+from ssl_jax.models import layers, onednn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
@@ -94,6 +96,9 @@ CANDIDATES = {'xla_ynnpack': (xla_conv, None),
               'xla_onednn_flags': (xla_conv, ONEDNN_OPTIONS),
               'im2col': (im2col_conv, runtime.CONV_CPU_OPTIONS),
               'tap_dw': (tap_dw_conv, runtime.CONV_CPU_OPTIONS)}
+if onednn.available():
+  CANDIDATES['onednn_ffi'] = (lambda x, w, stride: onednn.conv2d(x, w, stride, 1),
+                              runtime.CONV_CPU_OPTIONS)
 
 
 def conv_fns(impl: str, stride: int):
@@ -131,6 +136,7 @@ def main():
   compiled = conv_fns('xla_onednn_flags', 1)[0].lower(x, w).compile().as_text()
   calls = sorted({t.split('"')[1] for t in compiled.split('custom_call_target=')[1:]})
   print(f'custom calls of a conv compiled with the oneDNN switches: {calls or "none"}')
+  print(f'oneDNN through the FFI: {onednn.available() or onednn.unavailable_reason()}')
   impls = tuple(CANDIDATES)
   print('| conv (B, px, Cin->Cout, stride) | '
         + ' | '.join(f'{i} fwd / dx / dw GFLOP/s' for i in impls) + ' |')

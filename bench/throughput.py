@@ -18,7 +18,9 @@ program's analysis would undercount on GPU, where cuDNN/cuBLAS custom calls
 carry no FLOP count (a ResNet-50 step read 0.9 instead of ~25 GFLOP/image
 there); on CPU the two agree within 1 %. Where the lowered analysis is
 missing too (GPU, jax issue #22713), the same step is lowered again in a
-CPU-only subprocess (`--flops_only`) to count it: the maths is the same. XLA counts a loop body once, so
+CPU-only subprocess (`--flops_only`) to count it: the maths is the same.
+A step with oneDNN's convolutions (`model.conv_impl='onednn'`, custom calls
+that count no FLOPs) is counted with XLA's. XLA counts a loop body once, so
 under gradient accumulation (a scan) the count is scaled by
 `grad_accum_steps` (the optimizer update outside the loop is then
 over-counted, a negligible part of a step).
@@ -87,6 +89,18 @@ def flops_on_cpu(num_devices: int) -> float:
   return float(counts[-1].split("=")[1])
 
 
+def step_flops(config, lowered) -> float:
+  """FLOPs of a lowered step; one whose convs are oneDNN custom calls
+  (zero FLOPs to the cost analysis) is lowered again with XLA's convs."""
+  if "ssl_jax_onednn_conv" not in lowered.as_text():
+    return flops_of(lowered)
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.conv_impl = "cpu"
+  step_fn, state, batch, _ = build(config)
+  return flops_of(step_fn.lower(state, batch))
+
+
 def build(config):
   """The job's step, initialised state and a synthetic batch on the mesh."""
   import jax  # noqa: PLC0415
@@ -129,7 +143,7 @@ def measure(config, *, steps: int, warmup: int) -> dict:
   lowered = step_fn.lower(state, batch)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - began
-  flops = flops_of(lowered)
+  flops = step_flops(config, lowered)
   if math.isnan(flops) and jax.default_backend() != "cpu":
     flops = flops_on_cpu(mesh.devices.size)
   flops *= accum
@@ -160,7 +174,8 @@ def main(argv):
   parallel.initialize_distributed(FLAGS.config.get("distributed"))
   if FLAGS.flops_only:
     step_fn, state, batch, _ = build(FLAGS.config)
-    print(f"flops_per_step={flops_of(step_fn.lower(state, batch))}", flush=True)
+    flops = step_flops(FLAGS.config, step_fn.lower(state, batch))
+    print(f"flops_per_step={flops}", flush=True)
     return
   result = measure(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup)
   import jax  # noqa: PLC0415

@@ -109,8 +109,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.init_from = dict(path="", format="auto", preset="", rename=(),
                      layout="auto", strict=False, channels="sum")
   # Fields other than `name` are passed to the backbone factory. ResNets:
-  # conv_impl / norm_impl auto | xla | matmul_1x1 | cpu / matmul: how convs and
-  # BatchNorm are computed, same params (ssl_jax/models/layers.py).
+  # conv_impl auto | xla | matmul_1x1 | cpu | onednn, norm_impl auto | xla |
+  # matmul: how convs and BatchNorm are computed, same params
+  # (ssl_jax/models/layers.py; 'auto' = oneDNN convs on CPU when installed).
   c.model = dict(name="resnet18", width_multiplier=1.0, conv_impl="auto",
                  norm_impl="auto")
   c.objective = dict(name="simclr", temperature=0.1, proj_hidden_dim=512,

@@ -2,6 +2,8 @@
 the same numbers as XLA's conv and flax's nnx.BatchNorm, with the same
 params, so switching `model.conv_impl` / `model.norm_impl` changes speed,
 not maths or checkpoints."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,13 @@ import pytest
 from flax import nnx
 
 from ssl_jax import runtime
-from ssl_jax.models import layers, resnet, vit
+from ssl_jax.models import layers, onednn, resnet, vit
+
+# The oneDNN path needs libdnnl and a C++ compiler (.ci/run installs them;
+# without them `auto` keeps XLA's convs and these cases skip).
+ONEDNN = pytest.param('onednn', marks=pytest.mark.skipif(
+    not onednn.available(),
+    reason=f'oneDNN conv unavailable: {onednn.unavailable_reason()}'))
 
 
 def _conv_pair(kernel, stride, c_in=3, c_out=5, spatial_dims=2, impl='cpu'):
@@ -20,14 +28,14 @@ def _conv_pair(kernel, stride, c_in=3, c_out=5, spatial_dims=2, impl='cpu'):
   return fast, ref
 
 
-@pytest.mark.parametrize('impl', ['matmul_1x1', 'cpu'])
+@pytest.mark.parametrize('impl', ['matmul_1x1', 'cpu', ONEDNN])
 @pytest.mark.parametrize('kernel,stride,size', [
     (1, 1, 9), (1, 2, 9), (1, 2, 8), (3, 1, 7), (3, 2, 9), (3, 2, 8),
-    (7, 2, 11)])
+    (7, 2, 11), (7, 2, 10)])
 def test_conv_forward_and_both_gradients_equal_xla(kernel, stride, size, impl):
   fast, ref = _conv_pair(kernel, stride, impl=impl)
   np.testing.assert_array_equal(fast.kernel[...], ref.kernel[...])
-  x = jax.random.normal(jax.random.PRNGKey(1), (2, size, size, 3))
+  x = jax.random.normal(jax.random.PRNGKey(1), (7, size, size, 3))
   y_ref = ref(x)
   dy = jax.random.normal(jax.random.PRNGKey(2), y_ref.shape)
 
@@ -55,9 +63,43 @@ def test_impl_names_are_checked_and_auto_resolves_by_backend():
   with pytest.raises(ValueError, match='model.norm_impl'):
     layers.resolve_norm_impl('fast')
   assert jax.default_backend() == 'cpu'
-  assert layers.resolve_conv_impl('auto') == 'cpu'
+  assert layers.resolve_conv_impl('auto') == (
+      'onednn' if onednn.available() and jax.local_device_count() == 1
+      else 'cpu')
   assert layers.resolve_norm_impl('auto') == 'matmul'
   assert layers.resolve_norm_impl('xla') == 'xla'
+
+
+@pytest.mark.skipif(not os.path.exists('/usr/include/oneapi/dnnl/dnnl.hpp'),
+                    reason='libdnnl-dev not installed')
+def test_onednn_builds_where_its_headers_are_installed():
+  assert onednn.available(), onednn.unavailable_reason()
+
+
+def test_without_onednn_auto_keeps_xla_convs_and_onednn_says_why(monkeypatch):
+  monkeypatch.setattr(onednn, 'available', lambda: False)
+  monkeypatch.setattr(onednn, '_reason', ['libdnnl.so: not found'])
+  assert layers.resolve_conv_impl('auto') == 'cpu'
+  with pytest.raises(ValueError, match="conv_impl='onednn'.*libdnnl.so"):
+    layers.resolve_conv_impl('onednn')
+
+
+def test_onednn_build_failure_names_the_source(monkeypatch, tmp_path):
+  monkeypatch.setenv('SSL_JAX_CACHE_DIR', str(tmp_path))
+  monkeypatch.setenv('CXX', 'false')
+  with pytest.raises(RuntimeError, match='compiling onednn_conv.cc failed'):
+    onednn._build()
+  assert not list(tmp_path.glob('*.so'))  # nothing half-written is left
+
+
+@pytest.mark.parametrize('impl', [ONEDNN])
+def test_onednn_falls_back_where_it_has_no_kernel(impl):
+  """bfloat16 (and 3D kernels) take the XLA path under conv_impl='onednn'."""
+  conv = layers.Conv(4, 8, 3, impl=impl, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  ref = layers.Conv(4, 8, 3, impl='xla', dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 4))
+  assert 'custom_call' not in jax.jit(conv).lower(x).as_text()
+  np.testing.assert_array_equal(conv(x), ref(x))
 
 
 @pytest.mark.parametrize('impl', ['matmul', 'xla'])

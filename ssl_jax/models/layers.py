@@ -18,8 +18,12 @@ choice; only how the numbers are computed changes:
 - `conv_impl='cpu'`: 'matmul_1x1', and the weight gradient of larger
   kernels reads operands that XLA cannot re-fuse (`unfused`): 1.24-1.36x
   the demo's whole step on this CPU.
-- 'auto' picks 'cpu' / 'matmul' on CPU and XLA's own ops (cuDNN, TPU)
-  elsewhere.
+- `conv_impl='onednn'`: 'cpu', with every float32 2D conv larger than 1x1
+  (and the depth-stacked 3D conv's) by oneDNN, forward and both gradients,
+  through XLA's FFI (ssl_jax/models/onednn.py): 1.4-1.5x the demo's whole
+  step again.
+- 'auto' picks 'onednn' (or 'cpu' where oneDNN is not installed) and
+  'matmul' on CPU, and XLA's own ops (cuDNN, TPU) elsewhere.
 """
 from __future__ import annotations
 
@@ -29,9 +33,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ssl_jax.models import onednn
+
 Array = jax.Array
 
-CONV_IMPLS = ('auto', 'xla', 'matmul_1x1', 'cpu')
+CONV_IMPLS = ('auto', 'xla', 'matmul_1x1', 'cpu', 'onednn')
 NORM_IMPLS = ('auto', 'xla', 'matmul')
 
 # How conv kernels are drawn (`model.conv_init`): torchvision's ResNet
@@ -51,18 +57,33 @@ def conv_initializer(name: str):
   return CONV_INITS[name]
 
 
-def _resolve(impl: str, choices: tuple[str, ...], fast: str, field: str) -> str:
+def _resolve(impl: str, choices: tuple[str, ...], fast, field: str) -> str:
   if impl not in choices:
     raise ValueError(f'model.{field} must be one of {choices}, got {impl!r}')
   if impl == 'auto':
-    return fast if jax.default_backend() == 'cpu' else 'xla'
+    return fast() if jax.default_backend() == 'cpu' else 'xla'
   return impl
 
 
-resolve_conv_impl = functools.partial(_resolve, choices=CONV_IMPLS,
-                                      fast='cpu', field='conv_impl')
+def _fastest_cpu_conv() -> str:
+  """oneDNN's convs on one CPU device. Over several (virtual) CPU devices
+  XLA's partitioner all-gathers the batch into a custom call and every
+  device runs it whole, each with all cores' threads; XLA's convs there."""
+  if jax.local_device_count() == 1 and onednn.available():
+    return 'onednn'
+  return 'cpu'
+
+
+def resolve_conv_impl(impl: str) -> str:
+  impl = _resolve(impl, CONV_IMPLS, _fastest_cpu_conv, 'conv_impl')
+  if impl == 'onednn' and not onednn.available():
+    raise ValueError("model.conv_impl='onednn' needs oneDNN and a C++ "
+                     f'compiler: {onednn.unavailable_reason()}')
+  return impl
+
+
 resolve_norm_impl = functools.partial(_resolve, choices=NORM_IMPLS,
-                                      fast='matmul', field='norm_impl')
+                                      fast=lambda: 'matmul', field='norm_impl')
 
 
 # ------------------------------------------------------------------ matmuls
@@ -159,7 +180,9 @@ def apply_conv(x: Array, kernel: Array, stride: int, pad: int, impl: str
     return xla_conv(x, kernel, stride, pad)
   if kernel.shape[0] == 1:
     return conv_1x1_matmul(x, kernel, stride)
-  if impl == 'cpu' and x.ndim == 4:
+  if impl == 'onednn' and onednn.supports(x, kernel):
+    return onednn.conv2d(x, kernel, stride, pad)
+  if impl in ('cpu', 'onednn') and x.ndim == 4:
     return conv_unfused_weight_grad(x, kernel, stride, pad)
   return xla_conv(x, kernel, stride, pad)
 
