@@ -97,12 +97,13 @@ def step_flops(config, lowered) -> float:
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.model.conv_impl = "cpu"
-  step_fn, state, batch, _ = build(config)
+  step_fn, state, batch, _ = build(config, abstract=True)
   return flops_of(step_fn.lower(state, batch))
 
 
-def build(config):
-  """The job's step, initialised state and a synthetic batch on the mesh."""
+def build(config, abstract: bool = False):
+  """The job's step, initialised state (only its shapes if `abstract`: enough
+  to lower the step) and a synthetic batch on the mesh."""
   import jax  # noqa: PLC0415
   import data_pipelines  # noqa: PLC0415  (facts only: no files, no TF)
   from ssl_jax import parallel  # noqa: PLC0415
@@ -114,7 +115,8 @@ def build(config):
                            times=config.train.grad_accum_steps)
   info = data_pipelines.info(config.data.name, config.data.size)
   built = pretrain.build_parts(config, info, mesh)
-  state = jax.block_until_ready(built.init())
+  state = (jax.eval_shape(built.init) if abstract
+           else jax.block_until_ready(built.init()))
   batch = parallel.shard_batch(synthetic_batch(
       info, parallel.local_batch_size(config.train.batch_size)), mesh)
   return built.step_fn, state, batch, mesh

@@ -20,7 +20,7 @@ choice; only how the numbers are computed changes:
   the demo's whole step on this CPU.
 - `conv_impl='onednn'`: 'cpu', with every float32 2D conv larger than 1x1
   (and the depth-stacked 3D conv's) by oneDNN, forward and both gradients,
-  through XLA's FFI (ssl_jax/models/onednn.py): 1.4-1.5x the demo's whole
+  through XLA's FFI (ssl_jax/models/onednn.py): 1.35-1.5x the demo's whole
   step again.
 - 'auto' picks 'onednn' (or 'cpu' where oneDNN is not installed) and
   'matmul' on CPU, and XLA's own ops (cuDNN, TPU) elsewhere.
