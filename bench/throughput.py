@@ -92,7 +92,8 @@ def flops_on_cpu(num_devices: int) -> float:
 def step_flops(config, lowered) -> float:
   """FLOPs of a lowered step; one whose convs are oneDNN custom calls
   (zero FLOPs to the cost analysis) is lowered again with XLA's convs."""
-  if "ssl_jax_onednn_conv" not in lowered.as_text():
+  from ssl_jax.models import onednn  # noqa: PLC0415
+  if onednn.PREFIX not in lowered.as_text():
     return flops_of(lowered)
   config = config.copy_and_resolve_references()
   with config.unlocked():

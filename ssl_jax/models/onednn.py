@@ -1,9 +1,10 @@
 """2D convolutions by oneDNN on CPU (`model.conv_impl='onednn'`).
 
-XLA:CPU runs convolutions through Eigen; for the narrow convs of a small
-ResNet (16-128 channels) that is where most of a training step goes, at a
-third to a sixth of the speed of oneDNN's kernels on the same cores (README
-"Performance"). `onednn_conv.cc` exposes oneDNN's forward, input-gradient
+XLA:CPU runs convolutions through Eigen, and they are most of a small
+ResNet's training step; at its narrow widths (16-128 channels) Eigen's
+weight gradients ran at 47-179 GFLOP/s on two cores where oneDNN's run at
+157-284, and its forward and input gradients up to 1.4x and 3.4x slower
+(README "Performance"). `onednn_conv.cc` exposes oneDNN's forward, input-gradient
 and weight-gradient convolutions as XLA FFI handlers; here they are built
 (once per source and jaxlib version, into the user cache), registered, and
 joined into one differentiable conv with the same `kernel` layout and
@@ -36,7 +37,9 @@ import numpy as np
 Array = jax.Array
 
 _SOURCE = pathlib.Path(__file__).with_name('onednn_conv.cc')
-_TARGETS = ('forward', 'input_grad', 'weight_grad')
+# XLA custom-call targets: PREFIX + '_' + pass (the handlers' symbol names).
+PREFIX = 'ssl_jax_onednn_conv'
+_PASSES = ('forward', 'input_grad', 'weight_grad')
 _reason: list[str] = []
 
 
@@ -86,8 +89,8 @@ def available() -> bool:
     return False
   try:
     library = ctypes.CDLL(str(_build()))
-    for name in _TARGETS:
-      symbol = f'ssl_jax_onednn_conv_{name}'
+    for name in _PASSES:
+      symbol = f'{PREFIX}_{name}'
       jax.ffi.register_ffi_target(
           symbol, jax.ffi.pycapsule(getattr(library, symbol)), platform='cpu')
   except (OSError, RuntimeError, FileNotFoundError) as err:
@@ -116,7 +119,7 @@ def supports(x: Array, kernel: Array) -> bool:
 def _call(name: str, out_shape: tuple[int, ...], a: Array, b: Array,
           stride: int, pad: int) -> Array:
   return jax.ffi.ffi_call(
-      f'ssl_jax_onednn_conv_{name}',
+      f'{PREFIX}_{name}',
       jax.ShapeDtypeStruct(out_shape, jnp.float32), vmap_method='sequential'
   )(a, b, stride=np.int64(stride), pad=np.int64(pad))
 
