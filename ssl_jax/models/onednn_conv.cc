@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <tuple>
+#include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -108,18 +109,27 @@ ffi::Error check(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w) {
   return ffi::Error::Success();
 }
 
+// Runs a pass that reads the kernel: HWIO `w` reordered into the blocked
+// layout the pass's primitive wants, then the primitive on `args` + it.
+void run_with_kernel(const Conv& conv, const dnnl::primitive& pass,
+                     const dnnl::reorder& to_blocked, const memory::desc& blocked,
+                     const float* w, std::unordered_map<int, memory> args) {
+  dnnl::stream stream(cpu_engine());
+  memory w_blocked(blocked, cpu_engine());
+  to_blocked.execute(stream, {{DNNL_ARG_FROM, wrap(conv.w_user, w)},
+                              {DNNL_ARG_TO, w_blocked}});
+  args[DNNL_ARG_WEIGHTS] = w_blocked;
+  pass.execute(stream, args);
+  stream.wait();
+}
+
 ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                    ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t pad) {
   if (auto err = check(x.dimensions(), w.dimensions()); err.failure()) return err;
   const Conv& conv = conv_for(shape_of(x.dimensions(), w.dimensions(), stride, pad));
-  dnnl::stream stream(cpu_engine());
-  memory w_blocked(conv.fwd_pd.weights_desc(), cpu_engine());
-  conv.w_to_fwd.execute(stream, {{DNNL_ARG_FROM, wrap(conv.w_user, w.typed_data())},
-                                 {DNNL_ARG_TO, w_blocked}});
-  conv.fwd.execute(stream, {{DNNL_ARG_SRC, wrap(conv.x, x.typed_data())},
-                            {DNNL_ARG_WEIGHTS, w_blocked},
-                            {DNNL_ARG_DST, wrap(conv.y, y->typed_data())}});
-  stream.wait();
+  run_with_kernel(conv, conv.fwd, conv.w_to_fwd, conv.fwd_pd.weights_desc(),
+                  w.typed_data(), {{DNNL_ARG_SRC, wrap(conv.x, x.typed_data())},
+                                   {DNNL_ARG_DST, wrap(conv.y, y->typed_data())}});
   return ffi::Error::Success();
 }
 
@@ -128,14 +138,10 @@ ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                      ffi::ResultBuffer<ffi::F32> dx, int64_t stride, int64_t pad) {
   if (auto err = check(dx->dimensions(), w.dimensions()); err.failure()) return err;
   const Conv& conv = conv_for(shape_of(dx->dimensions(), w.dimensions(), stride, pad));
-  dnnl::stream stream(cpu_engine());
-  memory w_blocked(conv.bwd_data_pd.weights_desc(), cpu_engine());
-  conv.w_to_bwd_data.execute(stream, {{DNNL_ARG_FROM, wrap(conv.w_user, w.typed_data())},
-                                      {DNNL_ARG_TO, w_blocked}});
-  conv.bwd_data.execute(stream, {{DNNL_ARG_DIFF_DST, wrap(conv.y, dy.typed_data())},
-                                 {DNNL_ARG_WEIGHTS, w_blocked},
-                                 {DNNL_ARG_DIFF_SRC, wrap(conv.x, dx->typed_data())}});
-  stream.wait();
+  run_with_kernel(conv, conv.bwd_data, conv.w_to_bwd_data,
+                  conv.bwd_data_pd.weights_desc(), w.typed_data(),
+                  {{DNNL_ARG_DIFF_DST, wrap(conv.y, dy.typed_data())},
+                   {DNNL_ARG_DIFF_SRC, wrap(conv.x, dx->typed_data())}});
   return ffi::Error::Success();
 }
 
