@@ -23,8 +23,8 @@ ACC 0.863; RetinaMNIST AUC 0.717 / ACC 0.524. Measured with this config
 BreastMNIST test AUROC 0.880 ± 0.019, ACC 0.806 ± 0.068 over 10 seeds
 (0.890 / 0.823 over a first 3); RetinaMNIST AUROC 0.745, ACC 0.517 (1 seed).
 Those runs carried batches across epochs (`last_batch='carry'`, 427 steps).
-This config as it is (keep, 500 steps) on the 2-core CPU, 4 seeds, 24-39
-min each: BreastMNIST AUROC 0.899 ± 0.030, ACC 0.854 ± 0.046.
+This config as it is (keep, 500 steps) on the 2-core CPU, 5 seeds, 21-39
+min each: BreastMNIST AUROC 0.893 ± 0.029, ACC 0.854 ± 0.040.
 `bash bench/gpu_baseline_ab.sh` compares both over 10 seeds, with the
 PyTorch reference beside them.
 """
