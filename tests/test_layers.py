@@ -63,9 +63,7 @@ def test_impl_names_are_checked_and_auto_resolves_by_backend():
   with pytest.raises(ValueError, match='model.norm_impl'):
     layers.resolve_norm_impl('fast')
   assert jax.default_backend() == 'cpu'
-  assert layers.resolve_conv_impl('auto') == (
-      'onednn' if onednn.available() and jax.local_device_count() == 1
-      else 'cpu')
+  assert layers.resolve_conv_impl('auto') == 'cpu'
   assert layers.resolve_norm_impl('auto') == 'matmul'
   assert layers.resolve_norm_impl('xla') == 'xla'
 
