@@ -57,23 +57,20 @@ def conv_initializer(name: str):
   return CONV_INITS[name]
 
 
-def _resolve(impl: str, choices: tuple[str, ...], fast, field: str) -> str:
+def _resolve(impl: str, choices: tuple[str, ...], fast: str, field: str) -> str:
   if impl not in choices:
     raise ValueError(f'model.{field} must be one of {choices}, got {impl!r}')
   if impl == 'auto':
-    return fast() if jax.default_backend() == 'cpu' else 'xla'
+    return fast if jax.default_backend() == 'cpu' else 'xla'
   return impl
 
 
-def _fastest_cpu_conv() -> str:
-  """XLA's convs ('cpu'): 'onednn' is faster but opt-in until its results
-  are shown run-to-run identical (a resumed benchmark sweep once differed
-  from the uninterrupted one in one cell's 4th AUROC digit)."""
-  return 'cpu'
-
-
 def resolve_conv_impl(impl: str) -> str:
-  impl = _resolve(impl, CONV_IMPLS, _fastest_cpu_conv, 'conv_impl')
+  # 'auto' on CPU is XLA's convs ('cpu'): 'onednn' is faster but opt-in
+  # until its results are shown run-to-run identical (a resumed benchmark
+  # sweep once differed from the uninterrupted one in one cell's 4th AUROC
+  # digit).
+  impl = _resolve(impl, CONV_IMPLS, 'cpu', 'conv_impl')
   if impl == 'onednn' and not onednn.available():
     raise ValueError("model.conv_impl='onednn' needs oneDNN and a C++ "
                      f'compiler: {onednn.unavailable_reason()}')
@@ -81,7 +78,7 @@ def resolve_conv_impl(impl: str) -> str:
 
 
 resolve_norm_impl = functools.partial(_resolve, choices=NORM_IMPLS,
-                                      fast=lambda: 'matmul', field='norm_impl')
+                                      fast='matmul', field='norm_impl')
 
 
 # ------------------------------------------------------------------ matmuls
