@@ -63,7 +63,9 @@ def test_impl_names_are_checked_and_auto_resolves_by_backend():
   with pytest.raises(ValueError, match='model.norm_impl'):
     layers.resolve_norm_impl('fast')
   assert jax.default_backend() == 'cpu'
-  assert layers.resolve_conv_impl('auto') == 'cpu'
+  assert layers.resolve_conv_impl('auto') == (
+      'onednn' if onednn.available() and jax.local_device_count() == 1
+      else 'cpu')
   assert layers.resolve_norm_impl('auto') == 'matmul'
   assert layers.resolve_norm_impl('xla') == 'xla'
 
@@ -82,12 +84,44 @@ def test_without_onednn_auto_keeps_xla_convs_and_onednn_says_why(monkeypatch):
     layers.resolve_conv_impl('onednn')
 
 
+def test_auto_keeps_xla_convs_over_several_cpu_devices(monkeypatch):
+  """The partitioner would gather the batch into every oneDNN custom call."""
+  monkeypatch.setattr(onednn, 'available', lambda: True)
+  monkeypatch.setattr(jax, 'local_device_count', lambda: 4)
+  assert layers.resolve_conv_impl('auto') == 'cpu'
+  monkeypatch.setattr(jax, 'local_device_count', lambda: 1)
+  assert layers.resolve_conv_impl('auto') == 'onednn'
+
+
 def test_onednn_build_failure_names_the_source(monkeypatch, tmp_path):
   monkeypatch.setenv('SSL_JAX_CACHE_DIR', str(tmp_path))
   monkeypatch.setenv('CXX', 'false')
   with pytest.raises(RuntimeError, match='compiling onednn_conv.cc failed'):
     onednn._build()
   assert not list(tmp_path.glob('*.so'))  # nothing half-written is left
+
+
+@pytest.mark.parametrize('impl', [ONEDNN])
+def test_onednn_gradients_run_concurrently_are_those_run_alone(impl):
+  """XLA runs independent custom calls of one program at the same time from
+  its own threads. Each conv must give the bits it gives alone: with
+  oneDNN's shared scratchpad, concurrent weight gradients overwrote each
+  other's partial sums (a resumed sweep then differed from the original)."""
+  del impl
+  shapes = [(64, 14, 16, 16), (64, 14, 16, 32), (64, 7, 32, 32), (32, 14, 8, 16)] * 2
+  keys = jax.random.split(jax.random.PRNGKey(0), 2 * len(shapes))
+  xs = [jax.random.normal(k, (n, s, s, c)) for k, (n, s, c, _) in zip(keys, shapes)]
+  ws = [0.1 * jax.random.normal(k, (3, 3, c, o))
+        for k, (_, _, c, o) in zip(keys[len(shapes):], shapes)]
+
+  def kernel_grad(x, w):
+    return jax.grad(lambda w: jnp.sum(jnp.sin(onednn.conv2d(x, w, 1, 1))))(w)
+
+  alone = [jax.jit(kernel_grad)(x, w) for x, w in zip(xs, ws)]
+  together = jax.jit(lambda xs, ws: [kernel_grad(x, w) for x, w in zip(xs, ws)])
+  for _ in range(5):
+    for got, want in zip(together(xs, ws), alone):
+      np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize('impl', [ONEDNN])

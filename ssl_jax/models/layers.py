@@ -22,8 +22,8 @@ choice; only how the numbers are computed changes:
   (and the depth-stacked 3D conv's) by oneDNN, forward and both gradients,
   through XLA's FFI (ssl_jax/models/onednn.py): 1.35-1.5x the demo's whole
   step again.
-- 'auto' picks 'cpu' and 'matmul' on CPU ('onednn' is opt-in), and XLA's
-  own ops (cuDNN, TPU) elsewhere.
+- 'auto' picks 'onednn' (else 'cpu') and 'matmul' on one CPU device, and
+  XLA's own ops (cuDNN, TPU) elsewhere.
 """
 from __future__ import annotations
 
@@ -57,20 +57,26 @@ def conv_initializer(name: str):
   return CONV_INITS[name]
 
 
-def _resolve(impl: str, choices: tuple[str, ...], fast: str, field: str) -> str:
+def _resolve(impl: str, choices: tuple[str, ...], fast, field: str) -> str:
   if impl not in choices:
     raise ValueError(f'model.{field} must be one of {choices}, got {impl!r}')
   if impl == 'auto':
-    return fast if jax.default_backend() == 'cpu' else 'xla'
+    return fast() if jax.default_backend() == 'cpu' else 'xla'
   return impl
 
 
+def _fastest_cpu_conv() -> str:
+  """oneDNN's convs on one CPU device where they are built. Over several
+  (virtual) CPU devices XLA's partitioner gathers the batch into a custom
+  call and every device runs it whole, each with all cores' threads: XLA's
+  convs there."""
+  if jax.local_device_count() == 1 and onednn.available():
+    return 'onednn'
+  return 'cpu'
+
+
 def resolve_conv_impl(impl: str) -> str:
-  # 'auto' on CPU is XLA's convs ('cpu'): 'onednn' is faster but opt-in
-  # until its results are shown run-to-run identical (a resumed benchmark
-  # sweep once differed from the uninterrupted one in one cell's 4th AUROC
-  # digit).
-  impl = _resolve(impl, CONV_IMPLS, 'cpu', 'conv_impl')
+  impl = _resolve(impl, CONV_IMPLS, _fastest_cpu_conv, 'conv_impl')
   if impl == 'onednn' and not onednn.available():
     raise ValueError("model.conv_impl='onednn' needs oneDNN and a C++ "
                      f'compiler: {onednn.unavailable_reason()}')
@@ -78,7 +84,7 @@ def resolve_conv_impl(impl: str) -> str:
 
 
 resolve_norm_impl = functools.partial(_resolve, choices=NORM_IMPLS,
-                                      fast='matmul', field='norm_impl')
+                                      fast=lambda: 'matmul', field='norm_impl')
 
 
 # ------------------------------------------------------------------ matmuls

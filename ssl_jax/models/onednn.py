@@ -12,7 +12,8 @@ maths as `lax.conv_general_dilated`.
 
 One CPU device only, in practice: XLA's SPMD partitioner does not split a
 custom call, so a step sharded over several (virtual) CPU devices would
-gather the batch and run every conv whole on each; use XLA's convs there.
+gather the batch and run every conv whole on each; `auto` keeps XLA's
+convs there (layers.py).
 
 Needs a C++ compiler and oneDNN's headers and library (Debian/Ubuntu:
 `apt-get install libdnnl-dev`). Without them `available()` is False, says

@@ -10,6 +10,14 @@
 // (dy, w -> dx) and weight gradient (x, dy -> dw). Symmetric padding `pad`,
 // square stride `stride`, no dilation or groups. Primitives are built once
 // per shape and kept: building one JIT-compiles its kernel.
+//
+// XLA runs independent ops of a step concurrently, from any of its threads.
+// oneDNN's default (library-managed) scratchpad is shared by all primitives
+// and only safe when a primitive runs in the thread that created it: shared,
+// two concurrent weight gradients overwrote each other's partial sums (a
+// resumed benchmark sweep then differed from the uninterrupted one in a
+// 4th AUROC digit). So every primitive here takes a user scratchpad,
+// allocated per call.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -39,16 +47,38 @@ dnnl::engine& cpu_engine() {
   return engine;
 }
 
-// The three primitives of one conv shape, and the kernel reorders each needs.
+// A primitive and the scratchpad each execution of it needs.
+struct Pass {
+  dnnl::primitive primitive;
+  memory::desc scratchpad;
+
+  static Pass of(const dnnl::primitive_desc& pd) {
+    return Pass{dnnl::primitive(pd), pd.scratchpad_desc()};
+  }
+
+  // Runs on `args`, with a scratchpad of its own (see the top of the file).
+  void operator()(dnnl::stream& stream, std::unordered_map<int, memory> args) const {
+    args[DNNL_ARG_SCRATCHPAD] = memory(scratchpad, stream.get_engine());
+    primitive.execute(stream, args);
+  }
+};
+
+dnnl::primitive_attr user_scratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+Pass reorder(const memory::desc& from, const memory::desc& to) {
+  auto& eng = cpu_engine();
+  const dnnl::reorder::primitive_desc pd(eng, from, eng, to, user_scratchpad());
+  return Pass{dnnl::reorder(pd), pd.scratchpad_desc()};
+}
+
+// The three passes of one conv shape, and the kernel reorders each needs.
 struct Conv {
-  memory::desc x, y, w_user;
-  dnnl::convolution_forward::primitive_desc fwd_pd;
-  dnnl::convolution_backward_data::primitive_desc bwd_data_pd;
-  dnnl::convolution_backward_weights::primitive_desc bwd_weights_pd;
-  dnnl::convolution_forward fwd;
-  dnnl::convolution_backward_data bwd_data;
-  dnnl::convolution_backward_weights bwd_weights;
-  dnnl::reorder w_to_fwd, w_to_bwd_data, dw_to_user;
+  memory::desc x, y, w_user, w_fwd, w_bwd_data, dw_blocked;
+  Pass fwd, bwd_data, bwd_weights, w_to_fwd, w_to_bwd_data, dw_to_user;
 
   explicit Conv(const Shape& s) {
     auto& eng = cpu_engine();
@@ -60,25 +90,26 @@ struct Conv {
     w_user = memory::desc(wd, f32, tag::hwio);
     const memory::desc w_any(wd, f32, tag::any);
     const auto direct = dnnl::algorithm::convolution_direct;
-    fwd_pd = dnnl::convolution_forward::primitive_desc(
+    const auto attr = user_scratchpad();
+    const dnnl::convolution_forward::primitive_desc fwd_pd(
         dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, direct,
                                         x, w_any, y, strides, pads, pads),
-        eng);
-    bwd_data_pd = dnnl::convolution_backward_data::primitive_desc(
+        attr, eng);
+    const dnnl::convolution_backward_data::primitive_desc bwd_data_pd(
         dnnl::convolution_backward_data::desc(direct, x, w_any, y, strides, pads, pads),
-        eng, fwd_pd);
-    bwd_weights_pd = dnnl::convolution_backward_weights::primitive_desc(
+        attr, eng, fwd_pd);
+    const dnnl::convolution_backward_weights::primitive_desc bwd_weights_pd(
         dnnl::convolution_backward_weights::desc(direct, x, w_any, y, strides, pads, pads),
-        eng, fwd_pd);
-    fwd = dnnl::convolution_forward(fwd_pd);
-    bwd_data = dnnl::convolution_backward_data(bwd_data_pd);
-    bwd_weights = dnnl::convolution_backward_weights(bwd_weights_pd);
-    w_to_fwd = dnnl::reorder(dnnl::reorder::primitive_desc(
-        eng, w_user, eng, fwd_pd.weights_desc()));
-    w_to_bwd_data = dnnl::reorder(dnnl::reorder::primitive_desc(
-        eng, w_user, eng, bwd_data_pd.weights_desc()));
-    dw_to_user = dnnl::reorder(dnnl::reorder::primitive_desc(
-        eng, bwd_weights_pd.diff_weights_desc(), eng, w_user));
+        attr, eng, fwd_pd);
+    w_fwd = fwd_pd.weights_desc();
+    w_bwd_data = bwd_data_pd.weights_desc();
+    dw_blocked = bwd_weights_pd.diff_weights_desc();
+    fwd = Pass::of(fwd_pd);
+    bwd_data = Pass::of(bwd_data_pd);
+    bwd_weights = Pass::of(bwd_weights_pd);
+    w_to_fwd = reorder(w_user, w_fwd);
+    w_to_bwd_data = reorder(w_user, w_bwd_data);
+    dw_to_user = reorder(dw_blocked, w_user);
   }
 };
 
@@ -110,16 +141,15 @@ ffi::Error check(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w) {
 }
 
 // Runs a pass that reads the kernel: HWIO `w` reordered into the blocked
-// layout the pass's primitive wants, then the primitive on `args` + it.
-void run_with_kernel(const Conv& conv, const dnnl::primitive& pass,
-                     const dnnl::reorder& to_blocked, const memory::desc& blocked,
-                     const float* w, std::unordered_map<int, memory> args) {
+// layout `blocked` the pass wants, then the pass on `args` + it.
+void run_with_kernel(const Conv& conv, const Pass& pass, const Pass& to_blocked,
+                     const memory::desc& blocked, const float* w,
+                     std::unordered_map<int, memory> args) {
   dnnl::stream stream(cpu_engine());
   memory w_blocked(blocked, cpu_engine());
-  to_blocked.execute(stream, {{DNNL_ARG_FROM, wrap(conv.w_user, w)},
-                              {DNNL_ARG_TO, w_blocked}});
+  to_blocked(stream, {{DNNL_ARG_FROM, wrap(conv.w_user, w)}, {DNNL_ARG_TO, w_blocked}});
   args[DNNL_ARG_WEIGHTS] = w_blocked;
-  pass.execute(stream, args);
+  pass(stream, args);
   stream.wait();
 }
 
@@ -127,9 +157,9 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                    ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t pad) {
   if (auto err = check(x.dimensions(), w.dimensions()); err.failure()) return err;
   const Conv& conv = conv_for(shape_of(x.dimensions(), w.dimensions(), stride, pad));
-  run_with_kernel(conv, conv.fwd, conv.w_to_fwd, conv.fwd_pd.weights_desc(),
-                  w.typed_data(), {{DNNL_ARG_SRC, wrap(conv.x, x.typed_data())},
-                                   {DNNL_ARG_DST, wrap(conv.y, y->typed_data())}});
+  run_with_kernel(conv, conv.fwd, conv.w_to_fwd, conv.w_fwd, w.typed_data(),
+                  {{DNNL_ARG_SRC, wrap(conv.x, x.typed_data())},
+                   {DNNL_ARG_DST, wrap(conv.y, y->typed_data())}});
   return ffi::Error::Success();
 }
 
@@ -138,8 +168,8 @@ ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                      ffi::ResultBuffer<ffi::F32> dx, int64_t stride, int64_t pad) {
   if (auto err = check(dx->dimensions(), w.dimensions()); err.failure()) return err;
   const Conv& conv = conv_for(shape_of(dx->dimensions(), w.dimensions(), stride, pad));
-  run_with_kernel(conv, conv.bwd_data, conv.w_to_bwd_data,
-                  conv.bwd_data_pd.weights_desc(), w.typed_data(),
+  run_with_kernel(conv, conv.bwd_data, conv.w_to_bwd_data, conv.w_bwd_data,
+                  w.typed_data(),
                   {{DNNL_ARG_DIFF_DST, wrap(conv.y, dy.typed_data())},
                    {DNNL_ARG_DIFF_SRC, wrap(conv.x, dx->typed_data())}});
   return ffi::Error::Success();
@@ -150,12 +180,12 @@ ffi::Error WeightGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
   if (auto err = check(x.dimensions(), dw->dimensions()); err.failure()) return err;
   const Conv& conv = conv_for(shape_of(x.dimensions(), dw->dimensions(), stride, pad));
   dnnl::stream stream(cpu_engine());
-  memory dw_blocked(conv.bwd_weights_pd.diff_weights_desc(), cpu_engine());
-  conv.bwd_weights.execute(stream, {{DNNL_ARG_SRC, wrap(conv.x, x.typed_data())},
-                                    {DNNL_ARG_DIFF_DST, wrap(conv.y, dy.typed_data())},
-                                    {DNNL_ARG_DIFF_WEIGHTS, dw_blocked}});
-  conv.dw_to_user.execute(stream, {{DNNL_ARG_FROM, dw_blocked},
-                                   {DNNL_ARG_TO, wrap(conv.w_user, dw->typed_data())}});
+  memory dw_blocked(conv.dw_blocked, cpu_engine());
+  conv.bwd_weights(stream, {{DNNL_ARG_SRC, wrap(conv.x, x.typed_data())},
+                            {DNNL_ARG_DIFF_DST, wrap(conv.y, dy.typed_data())},
+                            {DNNL_ARG_DIFF_WEIGHTS, dw_blocked}});
+  conv.dw_to_user(stream, {{DNNL_ARG_FROM, dw_blocked},
+                           {DNNL_ARG_TO, wrap(conv.w_user, dw->typed_data())}});
   stream.wait();
   return ffi::Error::Success();
 }
