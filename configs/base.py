@@ -170,6 +170,10 @@ def get_config() -> ml_collections.ConfigDict:
   # `min_steps`; validation every `eval_every_epochs`); the step with the
   # best val AUROC (ties: lower val loss) is kept. `class_weights`:
   # none | balanced (loss weights n / (C * count), single-label tasks).
+  # `decision_threshold`: where ACC, F1, sensitivity and specificity cut
+  # the scores: medmnist (0.5, as the published tables) | val_balanced (the
+  # cut-off with the best balanced accuracy on validation, per label for
+  # multi-label; test only applies it).
   # `last_batch`: carry (batches run across epoch boundaries, every step
   # full) | keep (each epoch batched on its own, ending with its short
   # batch: PyTorch's DataLoader, as the MedMNIST recipe trains).
@@ -184,6 +188,7 @@ def get_config() -> ml_collections.ConfigDict:
       seeds=(0,),
       steps=300, batch_size=64, eval_every=50, log_every=25,
       epochs=0, eval_every_epochs=1.0, min_steps=100, class_weights="none",
+      decision_threshold="medmnist",
       last_batch="carry",
       head_init="zeros",  # the classifier head: zeros | torch_default
       # none | linear_probe: a pretrained encoder's head starts as a linear

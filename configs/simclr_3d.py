@@ -57,6 +57,7 @@ def get_config(arg: str = "adrenalmnist3d"):
   c.finetune.eval_every_epochs = 1.0
   c.finetune.last_batch = "keep"
   c.finetune.class_weights = "balanced"
+  c.finetune.decision_threshold = "val_balanced"  # as configs/demo.py
   c.finetune.batch_size = 32
   c.finetune.log_every = 10
   c.finetune.eval_batch_size = 64

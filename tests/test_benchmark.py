@@ -186,6 +186,8 @@ def test_rerun_with_another_budget_is_refused(sweep):
     ({"finetune.protocols": ("combine",), "benchmark.combine": ("none", "simclr")},
      "name >= 2 of config.benchmark.methods"),
     ({"benchmark.method_args": ("supervised:chestmnist",)}, "'method=arg'"),
+    ({"finetune.decision_threshold": "youden"},
+     "decision_threshold='youden'; allowed: medmnist, val_balanced"),
 ])
 def test_config_mistakes_fail_before_anything_trains(overrides, message):
   with pytest.raises(ValueError, match=message):
@@ -231,8 +233,8 @@ def test_config_arg_parsing():
   assert tuple(c.finetune.fractions) == (0.01, 0.1, 1.0)
   assert tuple(c.finetune.seeds) == (0, 1, 2)
   # Stage 2 trains to convergence: epochs, per-epoch validation, balanced loss.
-  assert (c.finetune.epochs, c.finetune.last_batch, c.finetune.class_weights) == (
-      40, "keep", "balanced")
+  assert (c.finetune.epochs, c.finetune.last_batch, c.finetune.class_weights,
+          c.finetune.decision_threshold) == (40, "keep", "balanced", "val_balanced")
   benchmark.validate(c)
   vit = benchmark_config.get_config("dataset=breastmnist,backbone=vit")
   assert vit.benchmark.budget.model.name == "vit_tiny"

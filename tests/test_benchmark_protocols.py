@@ -168,6 +168,29 @@ def test_scores_give_per_label_auroc_and_ci_for_multi_label():
   assert low < out["test"]["auroc"] < high
 
 
+def test_scores_cut_at_the_threshold_validation_chose():
+  """val_balanced: the cut-off comes from validation scores alone and is
+  applied to test as is; medmnist keeps 0.5 (here: only the majority)."""
+  y_val, y_test = np.array([0, 0, 0, 1, 1, 0]), np.array([0, 0, 1, 1, 0, 0])
+  probs = {"val": np.array([0.1, 0.2, 0.25, 0.3, 0.4, 0.05]),
+           "test": np.array([0.1, 0.15, 0.35, 0.45, 0.2, 0.05])}
+  labels = {"val": y_val, "test": y_test}
+
+  def scored(rule, test_labels):
+    ft = tiny_benchmark_config(**{"finetune.decision_threshold": rule}).finetune
+    ctx = types.SimpleNamespace(
+        task=metrics.BINARY, config=types.SimpleNamespace(finetune=ft),
+        labels=lambda split: test_labels if split == "test" else labels[split])
+    return score(ctx, Predictions(probs), seed=0)["test"]
+
+  tuned, fixed = scored("val_balanced", y_test), scored("medmnist", y_test)
+  assert tuned["threshold"] == pytest.approx(0.275) and fixed["threshold"] == 0.5
+  assert tuned["accuracy"] == 1.0 and tuned["balanced_accuracy"] == 1.0
+  assert fixed["balanced_accuracy"] == 0.5 and fixed["accuracy"] == pytest.approx(4 / 6)
+  assert tuned["auroc"] == fixed["auroc"] == 1.0
+  assert scored("val_balanced", 1 - y_test)["threshold"] == tuned["threshold"]
+
+
 def _synthetic(ctx, separable: bool):
   """`ctx` with features where class 1 is shifted by 3 along 4 of 16 dims
   (separable) or labels independent of the features (not)."""

@@ -200,6 +200,51 @@ def test_balanced_accuracy_exposes_the_majority_class_predictor():
       y, probs, 'multi-label, binary-class') == pytest.approx(0.75)
 
 
+@pytest.mark.parametrize('seed', SEEDS)
+def test_balanced_threshold_is_the_best_cutoff_of_an_exhaustive_search(seed):
+  """Every cut-off between sorted scores (and beyond both ends) is tried;
+  none gives a higher balanced accuracy (sklearn's) than the chosen one."""
+  rng = np.random.default_rng(seed)
+  y = (rng.random(80) < 0.3).astype(int)
+  p = np.round(0.3 * rng.random(80) + 0.1 * y, 3)  # ranks, all below 0.5
+  t = metrics.balanced_threshold(y, p, 'binary-class')
+  best = skm.balanced_accuracy_score(y, p > t)
+  grid = np.r_[np.unique(p), p.min() - 1, 0.5]
+  assert best >= max(skm.balanced_accuracy_score(y, p > g) for g in grid) - 1e-12
+  assert best > 0.5 and t < 0.5  # ranked above chance: off the majority class
+
+
+def test_balanced_threshold_keeps_half_when_scores_separate_nothing():
+  y = np.array([0, 1, 0, 1, 0])
+  assert metrics.balanced_threshold(y, np.full(5, 0.3), 'binary-class') == 0.5
+  # Several cut-offs tie: the one nearest 0.5 is kept.
+  y, p = np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])
+  assert metrics.balanced_threshold(y, p, 'binary-class') == 0.5
+
+
+def test_balanced_threshold_per_label_and_none_for_argmax():
+  y = np.array([[0, 1], [1, 0], [0, 1], [1, 0]])
+  p = np.array([[0.1, 0.9], [0.3, 0.2], [0.15, 0.8], [0.35, 0.1]])
+  t = metrics.balanced_threshold(y, p, 'multi-label, binary-class')
+  assert t[0] == pytest.approx(0.225) and t[1] == 0.5
+  out = metrics.classification_metrics(y, p, 'multi-label, binary-class',
+                                       threshold=t)
+  assert out['balanced_accuracy'] == 1.0 and out['accuracy'] == 1.0
+  y, probs = _single_label(0)
+  assert metrics.balanced_threshold(y, probs, 'multi-class') is None
+  assert metrics.THRESHOLD_RULES['medmnist'](y, probs, 'multi-class') == 0.5
+
+
+def test_thresholded_metrics_cut_where_told():
+  y = np.array([0, 0, 0, 1, 1])
+  p = np.array([0.1, 0.2, 0.3, 0.35, 0.4])
+  at_half = metrics.classification_metrics(y, p, 'binary-class')
+  at_cut = metrics.classification_metrics(y, p, 'binary-class', threshold=0.32)
+  assert at_half['balanced_accuracy'] == 0.5 and at_half['sensitivity'] == 0.0
+  assert at_cut['accuracy'] == 1.0 and at_cut['f1'] == 1.0
+  assert at_cut['auroc'] == at_half['auroc'] == 1.0
+
+
 def test_single_class_raises_clearly():
   with pytest.raises(ValueError, match='only one class in y_true'):
     metrics.auroc_binary(np.zeros(5), np.arange(5.))

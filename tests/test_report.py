@@ -17,6 +17,7 @@ def _run(seed, auroc):
 def test_merged_seeds_give_mean_and_sample_sd():
   table = report.markdown_table(report.merge([_run(0, 0.7), _run(1, 0.8), _run(2, 0.9)]))
   assert "mean ± sd over 3 seeds" in table
+  assert "at the 0.5 threshold (MedMNIST's)" in table  # results without the field
   assert "| 10% | 55 | SSL + linear probe (frozen) | 0.800 ± 0.100 | 0.500 ± 0.000 |" in table
 
 

@@ -75,10 +75,17 @@ class CellStore:
 
 def score(ctx: EncoderContext, preds: Predictions, seed: int) -> dict[str, dict]:
   """Val and test metrics (AUROC first), per-class/label test AUROC for
-  non-binary tasks, and a percentile-bootstrap CI of the test AUROC."""
+  non-binary tasks, and a percentile-bootstrap CI of the test AUROC.
+  Thresholded metrics (ACC, F1, ...) cut at `finetune.decision_threshold`'s
+  threshold, chosen from validation scores only; test records it."""
   ft = ctx.config.finetune
-  out = {s: metrics.classification_metrics(ctx.labels(s), preds.probs[s], ctx.task)
+  rule = metrics.THRESHOLD_RULES[ft.get("decision_threshold", "medmnist")]
+  threshold = rule(ctx.labels("val"), preds.probs["val"], ctx.task)
+  out = {s: metrics.classification_metrics(ctx.labels(s), preds.probs[s],
+                                           ctx.task, threshold=threshold)
          for s in EVAL_SPLITS}
+  if threshold is not None:
+    out["test"]["threshold"] = threshold
   y, p = ctx.labels("test"), preds.probs["test"]
   if ctx.task != metrics.BINARY:
     out["test"]["auroc_per_class"] = [

@@ -156,10 +156,11 @@ def auroc(y_true: np.ndarray, probs: np.ndarray, task: str, *,
   return float(np.nanmean(per_class))
 
 
-def _predictions(p: np.ndarray, task: str, threshold: float) -> np.ndarray:
-  """Hard labels: MedMNIST thresholds with a strict `>`, else argmax."""
+def _predictions(p: np.ndarray, task: str, threshold) -> np.ndarray:
+  """Hard labels: MedMNIST thresholds with a strict `>` (multi-label: a
+  threshold or one per label), else argmax."""
   if task in (BINARY, MULTI_LABEL):
-    return (p > threshold).astype(np.int64)
+    return (p > np.asarray(threshold, np.float64)).astype(np.int64)
   return np.argmax(p, axis=-1)
 
 
@@ -256,18 +257,67 @@ def log_loss(y_true: np.ndarray, probs: np.ndarray, task: str, *,
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray,
-                           task: str) -> dict[str, float]:
-  """The headline numbers, AUROC first (MedMNIST's ranking metric)."""
+                           task: str, *, threshold=0.5) -> dict[str, float]:
+  """The headline numbers, AUROC first (MedMNIST's ranking metric); the
+  others at `threshold` (one per label for multi-label; argmax tasks
+  ignore it)."""
   out = {
       'auroc': auroc(y_true, probs, task),
-      'accuracy': accuracy(y_true, probs, task),
-      'balanced_accuracy': balanced_accuracy(y_true, probs, task),
-      'f1': macro_f1(y_true, probs, task),
+      'accuracy': accuracy(y_true, probs, task, threshold=threshold),
+      'balanced_accuracy': balanced_accuracy(y_true, probs, task,
+                                             threshold=threshold),
+      'f1': macro_f1(y_true, probs, task, threshold=threshold),
   }
   if task == BINARY:
     out['sensitivity'], out['specificity'] = sensitivity_specificity(
-        y_true, probs)
+        y_true, probs, threshold=threshold)
   return out
+
+
+def _balanced_cutoff(y: np.ndarray, p: np.ndarray) -> float:
+  """The cut-off t (predict positive where p > t) with the highest mean of
+  sensitivity and specificity on (y, p); ties go to the t nearest 0.5, and
+  0.5 itself is a candidate, so scores that separate nothing keep it."""
+  values = np.unique(p)
+  candidates = np.r_[0.5, (values[1:] + values[:-1]) / 2.0,
+                     values[0] - 1e-6, values[-1]]
+  positive = p[None, :] > candidates[:, None]
+  recalls = [np.mean(positive[:, y == 1], axis=1) if np.any(y == 1) else None,
+             np.mean(~positive[:, y == 0], axis=1) if np.any(y == 0) else None]
+  balanced = np.mean([r for r in recalls if r is not None], axis=0)
+  best = np.flatnonzero(balanced >= balanced.max() - 1e-12)
+  return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
+
+
+def fixed_threshold(y_true: np.ndarray, probs: np.ndarray, task: str):
+  """MedMNIST's 0.5 (with a strict `>`), whatever the scores."""
+  del y_true, probs, task
+  return 0.5
+
+
+def balanced_threshold(y_true: np.ndarray, probs: np.ndarray, task: str):
+  """The cut-off that maximises balanced accuracy on these (validation)
+  scores: a float for binary tasks, one per label for multi-label, None
+  for argmax tasks.
+
+  Why: a classifier can rank well (AUROC 0.65) while every score sits
+  below 0.5, e.g. the early checkpoint validation picks at 1 % of the
+  labels; at 0.5 it then predicts only the majority class. The operating
+  point chosen on validation, then applied unchanged to test, is the
+  clinical convention and never looks at test labels.
+  """
+  _check_task(task)
+  y = _labels(y_true, task)
+  p = _probs(probs, task, len(y))
+  if task == BINARY:
+    return _balanced_cutoff(y, p)
+  if task == MULTI_LABEL:
+    return [_balanced_cutoff(y[:, i], p[:, i]) for i in range(y.shape[1])]
+  return None
+
+
+# finetune.decision_threshold -> (y_val, probs_val, task) -> threshold.
+THRESHOLD_RULES = {'medmnist': fixed_threshold, 'val_balanced': balanced_threshold}
 
 
 def bootstrap_ci(y_true: np.ndarray, probs: np.ndarray, task: str,

@@ -248,6 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "bootstrap_samples": config.finetune.bootstrap_samples,
       "ci_level": config.finetune.ci_level,
       "finetune_augment": config.finetune.augment.policy,
+      "decision_threshold": config.finetune.decision_threshold,
       "methods": method_info(config),
       "protocols": list(config.finetune.protocols),
       "fractions": list(config.finetune.fractions),

@@ -10,7 +10,7 @@ import ml_collections
 import data_pipelines
 from data_pipelines import pairs
 from ssl_jax import augment, files, models, objectives
-from ssl_jax.evaluation import classifier, monitor
+from ssl_jax.evaluation import classifier, metrics, monitor
 from ssl_jax.evaluation.protocols import PROTOCOLS
 from ssl_jax.jobs import method_configs
 from ssl_jax.train import metrics_writer, optim
@@ -156,6 +156,10 @@ def check_stage2_length(ft: ml_collections.ConfigDict) -> None:
   if ft.get("class_weights", "none") not in ("none", "balanced"):
     raise ValueError(f"config.finetune.class_weights={ft.class_weights!r}; "
                      "allowed: none, balanced")
+  rules = tuple(metrics.THRESHOLD_RULES)
+  if ft.get("decision_threshold", "medmnist") not in rules:
+    raise ValueError(f"config.finetune.decision_threshold={ft.decision_threshold!r}; "
+                     f"allowed: {', '.join(rules)}")
 
 
 def objective_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:

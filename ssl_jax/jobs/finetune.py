@@ -106,7 +106,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "config_model": config.model.to_dict(),
       "pretrained": ft.pretrained or None, "init_from": init_path or None,
       "pretrain_objective": pre_config.objective.name if pre_config else None,
-      "finetune_augment": cfg.augment.policy, "cells": finished}
+      "finetune_augment": cfg.augment.policy,
+      "decision_threshold": ft.get("decision_threshold", "medmnist"),
+      "cells": finished}
   files.write_json_atomic(os.path.join(workdir, "results.json"), results)
   table = report.markdown_table(results)
   files.write_text_atomic(os.path.join(workdir, "results.md"), table)

@@ -51,6 +51,19 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
   return rows
 
 
+THRESHOLD_NOTES = {
+    "medmnist": "ACC, balanced ACC and F1 at the 0.5 threshold (MedMNIST's).",
+    "val_balanced": "ACC, balanced ACC and F1 at each cell's cut-off with the "
+                    "best balanced accuracy on validation (test only applies it).",
+}
+
+
+def threshold_note(meta: dict) -> str:
+  """How thresholded metrics were cut (results written before the choice
+  existed were cut at 0.5)."""
+  return THRESHOLD_NOTES[meta.get("decision_threshold", "medmnist")]
+
+
 def markdown_table(results: dict[str, Any]) -> str:
   rows = summarise(results)
   seeds = max((r["seeds"] for r in rows), default=0)
@@ -66,6 +79,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines.append(f"| {r['fraction']:.0%} | {r['n_train']} | "
                  f"{labels.get(r['protocol'], r['protocol'])} | "
                  + " | ".join(_cell(r[k]) for k, _ in METRICS) + " |")
+  lines += ["", threshold_note(results)]
   return "\n".join(lines) + "\n"
 
 
@@ -294,6 +308,7 @@ def benchmark_markdown(summary: list[dict], meta: dict, references: list,
       "- Published rows (bold) are supervised ResNets trained on all training "
       "labels at the same resolution, copied from their papers "
       "(ssl_jax/evaluation/published.py), not re-run here.",
+      f"- {threshold_note(meta)}",
       "- Per-cell numbers: results.csv; raw cells: cells/<method>/*.json.",
   ]
   return "\n".join(lines) + "\n"
