@@ -277,14 +277,21 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray,
 def _balanced_cutoff(y: np.ndarray, p: np.ndarray) -> float:
   """The cut-off t (predict positive where p > t) with the highest mean of
   sensitivity and specificity on (y, p); ties go to the t nearest 0.5, and
-  0.5 itself is a candidate, so scores that separate nothing keep it."""
-  values = np.unique(p)
+  0.5 itself is a candidate, so scores that separate nothing keep it.
+  Counts come from the sorted scores (O(N log N), any split size)."""
+  order = np.argsort(p, kind='stable')
+  scores, positive = p[order], y[order] == 1
+  values = np.unique(scores)
   candidates = np.r_[0.5, (values[1:] + values[:-1]) / 2.0,
                      values[0] - 1e-6, values[-1]]
-  positive = p[None, :] > candidates[:, None]
-  recalls = [np.mean(positive[:, y == 1], axis=1) if np.any(y == 1) else None,
-             np.mean(~positive[:, y == 0], axis=1) if np.any(y == 0) else None]
-  balanced = np.mean([r for r in recalls if r is not None], axis=0)
+  # Rows at or below each candidate are predicted negative.
+  below = np.searchsorted(scores, candidates, side='right')
+  pos_below = np.r_[0, np.cumsum(positive)][below]
+  neg_below = below - pos_below
+  n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+  recalls = ([(n_pos - pos_below) / n_pos] if n_pos else []) + (
+      [neg_below / n_neg] if n_neg else [])
+  balanced = np.mean(recalls, axis=0)
   best = np.flatnonzero(balanced >= balanced.max() - 1e-12)
   return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
 
