@@ -22,8 +22,9 @@ choice; only how the numbers are computed changes:
   (and the depth-stacked 3D conv's) by oneDNN, forward and both gradients,
   through XLA's FFI (ssl_jax/models/onednn.py): 1.35-1.5x the demo's whole
   step again.
-- 'auto' picks 'onednn' (else 'cpu') and 'matmul' on one CPU device, and
-  XLA's own ops (cuDNN, TPU) elsewhere.
+- 'auto' picks 'matmul' BatchNorm on CPU and 'onednn' convs on one CPU
+  device where oneDNN is built ('cpu' otherwise), and XLA's own ops
+  (cuDNN, TPU) elsewhere.
 """
 from __future__ import annotations
 
