@@ -1,5 +1,7 @@
 """Loop guards and optimizer schedules, on toy pytrees (no models needed)."""
 import itertools
+import json
+import types
 
 import jax
 import jax.numpy as jnp
@@ -113,8 +115,26 @@ def test_loop_stops_on_nan_and_names_the_step(tmp_path):
   batches = itertools.repeat({"image": np.zeros((2, 1), np.float32)})
   with pytest.raises(loop.TrainingDiverged, match=r"step 3: \{'loss': nan\}"):
     loop.run(_toy_state(), step_fn, batches, mesh=parallel.make_mesh(1),
-             num_steps=10, global_batch_size=2, writer=MetricWriter(tmp_path),
+             num_steps=10, writer=MetricWriter(tmp_path),
              log_every=1, progress=False)
+
+
+def test_logged_images_per_sec_counts_short_batches(tmp_path, monkeypatch):
+  """Stage 2's epochs end on a short batch: the rate counts the rows each
+  batch held (here per fake second), after the first (compiling) step."""
+  def step_fn(state, batch):
+    return state.replace(step=state.step + 1), {"loss": jnp.float32(1.0)}
+
+  clock = itertools.count()
+  monkeypatch.setattr(loop, "time", types.SimpleNamespace(
+      perf_counter=lambda: float(next(clock))))
+  sizes = itertools.cycle([4, 4, 2])
+  batches = ({"image": np.zeros((n, 1), np.float32)} for n in sizes)
+  loop.run(_toy_state(), step_fn, batches, mesh=parallel.make_mesh(1),
+           num_steps=6, log_every=3, progress=False,
+           writer=MetricWriter(tmp_path, tensorboard=False))
+  rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["train/images_per_sec"] for r in rows] == [6.0, 10.0]
 
 
 def test_resumed_metrics_log_drops_rows_past_the_checkpoint(tmp_path):
@@ -144,7 +164,7 @@ def test_a_nested_bar_leaves_no_cursor_codes_in_a_log_file(tmp_path, capfd):
   batches = itertools.repeat({"image": np.zeros((2, 1), np.float32)})
   outer = tqdm(total=1, desc="cells")
   loop.run(_toy_state(), step_fn, batches, mesh=parallel.make_mesh(1),
-           num_steps=3, global_batch_size=2, log_every=1, progress=True,
+           num_steps=3, log_every=1, progress=True,
            nested=True, writer=MetricWriter(tmp_path, tensorboard=False))
   outer.update(1)
   outer.close()

@@ -425,7 +425,7 @@ def _run_toy(tmp_path, losses, guard, grad_norms=None, log_every=100):
 
   batches = itertools.repeat({"image": np.zeros((2, 1), np.float32)})
   return loop.run(_toy_state(), step_fn, batches, mesh=parallel.make_mesh(1),
-                  num_steps=len(losses), global_batch_size=2,
+                  num_steps=len(losses),
                   writer=MetricWriter(tmp_path, tensorboard=False),
                   log_every=log_every, progress=False, guard=guard)
 

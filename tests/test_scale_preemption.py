@@ -38,7 +38,7 @@ def _run(tmp_path, step_fn, *, every=2, log_every=1, num_steps=10):
   ckpt = checkpoint.Checkpointer(tmp_path / "ckpt", every_steps=every)
   try:
     return loop.run(_toy_state(), step_fn, _batches(), mesh=parallel.make_mesh(1),
-                    num_steps=num_steps, global_batch_size=2,
+                    num_steps=num_steps,
                     writer=MetricWriter(tmp_path, tensorboard=False),
                     log_every=log_every, checkpointer=ckpt, progress=False), ckpt
   finally:

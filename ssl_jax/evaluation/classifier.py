@@ -177,8 +177,7 @@ class ClassifierTrainer:
     if probed:  # the probe itself is a candidate: step 0
       writer.write(0, select_on_val(0, state), prefix="val/")
     loop.run(state, self.step_fn, batches, mesh=self.mesh, num_steps=self.steps,
-             global_batch_size=ft.batch_size, writer=writer,
-             log_every=min(ft.log_every, self.steps),
+             writer=writer, log_every=min(ft.log_every, self.steps),
              eval_fn=select_on_val,
              eval_every=eval_interval(ft, len(train_idx), self.steps,
                                       self.mesh),

@@ -343,8 +343,7 @@ def _train(config, workdir, built, mesh, images, labels, extra, vocab,
       writer.write(start, monitor(start, state), prefix=monitor_lib.VAL_PREFIX)
     state = loop.run(
         state, built.step_fn, batches, mesh=mesh, num_steps=config.train.steps,
-        global_batch_size=config.train.batch_size, writer=writer,
-        log_every=config.train.log_every, checkpointer=ckpt,
+        writer=writer, log_every=config.train.log_every, checkpointer=ckpt,
         desc=f"pretrain {config.objective.name}", progress=config.train.progress,
         prefetch=config.train.get("prefetch", 2),
         check_every=config.train.get("check_every", 1),

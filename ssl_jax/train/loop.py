@@ -104,6 +104,11 @@ def bar_postfix(host: dict[str, float]) -> dict[str, str]:
   return dict(shown, img_s=f"{host.get('images_per_sec', 0):.0f}")
 
 
+def batch_rows(batch: dict[str, jax.Array]) -> int:
+  """Examples in a (global) batch: the leading dim its arrays share."""
+  return int(jax.tree.leaves(batch)[0].shape[0])
+
+
 def run(
     state: TrainState,
     step_fn: StepFn,
@@ -111,7 +116,6 @@ def run(
     *,
     mesh: Mesh,
     num_steps: int,
-    global_batch_size: int,
     writer: MetricWriter,
     log_every: int,
     checkpointer: Checkpointer | None = None,
@@ -139,17 +143,21 @@ def run(
                       or (nested and not sys.stderr.isatty())), leave=False)
   stream = parallel.prefetch_to_device(batches, prefetch, mesh)
   pending = None  # (step, its guarded metrics), checked after the next dispatch
-  timer_step, timer = start, time.perf_counter()
+  # Images since `timer`, counted per batch: stage 2's epochs end on a
+  # short batch (finetune.last_batch='keep'), so steps x batch would not do.
+  timer, images = time.perf_counter(), 0
   with preemption.Watcher(enabled=checkpointer is not None) as watcher:
     for step in range(start, num_steps):
-      state, metrics = step_fn(state, next(stream))
+      batch = next(stream)
+      state, metrics = step_fn(state, batch)
+      images += batch_rows(batch)
       done = step + 1
       if pending is not None:
         check(_to_host(pending[1]), pending[0], checkpointer)
         pending = None
       if step == start:  # the first step compiles: time throughput after it
         jax.block_until_ready(metrics)
-        timer_step, timer = done, time.perf_counter()
+        timer, images = time.perf_counter(), 0
       preempted = watcher.should_stop(done)
       save = checkpointer is not None and (
           checkpointer.should_save(done) or preempted)
@@ -159,10 +167,9 @@ def run(
         host = _to_host(metrics)
         check(host, done, checkpointer)
         now = time.perf_counter()
-        if done > timer_step:
-          host["images_per_sec"] = ((done - timer_step) * global_batch_size
-                                    / (now - timer))
-        timer_step, timer = done, now
+        if images:
+          host["images_per_sec"] = images / (now - timer)
+        timer, images = now, 0
         writer.write(done, host, prefix="train/")
         bar.set_postfix(bar_postfix(host))
       elif check_every > 0 and done % check_every == 0:
