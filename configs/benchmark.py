@@ -145,7 +145,6 @@ def get_config(arg: str = "dataset=breastmnist"):
   ft.eval_every_epochs = 1.0
   ft.last_batch = "keep"
   ft.class_weights = "balanced"
-  ft.decision_threshold = "val_balanced"  # as the demo (configs/demo.py)
   # finetune.head_fit='linear_probe' (LP-FT) is an option, not the default:
   # measured here it moved no method's AUROC beyond seed noise, up for
   # SimCLR, down for rotation (README "Benchmark").
