@@ -18,7 +18,7 @@ all training labels): (a) its compiled step on one real batch, (b) the
 trainer's real run over `--loop_steps` steps (tf.data pipeline, prefetch,
 metric fetches, logging), validation every epoch as configured; the loop
 excludes evaluation time from its images/s. Every batch is full
-(`finetune.last_batch='carry'`), so steps and images/s agree.
+(`finetune.last_batch='carry'`), like the one the step alone runs on.
 """
 from __future__ import annotations
 

@@ -310,8 +310,9 @@ def balanced_threshold(y_true: np.ndarray, probs: np.ndarray, task: str):
   Why: a classifier can rank well (AUROC 0.65) while every score sits
   below 0.5, e.g. the early checkpoint validation picks at 1 % of the
   labels; at 0.5 it then predicts only the majority class. The operating
-  point chosen on validation, then applied unchanged to test, is the
-  clinical convention and never looks at test labels.
+  point is chosen on validation and applied unchanged to test, so test
+  labels never shape it. (Measured on the demo it did not pay: README
+  "Results".)
   """
   _check_task(task)
   y = _labels(y_true, task)
