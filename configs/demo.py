@@ -35,18 +35,12 @@ def get_config(arg: str = "breastmnist"):
   c.train.log_every = 10
   c.train.checkpoint_every = 50
   c.optim = base.optim_config("adamw", 2e-3, weight_decay=1e-4, warmup_steps=15)
-  # Stage 2 in epochs of the labelled subset (at least finetune.min_steps,
-  # 100, for the 1 % and 10 % subsets), validated at every epoch's end; the
-  # epochs end with their short batch as PyTorch's DataLoader does. 120
-  # fixed steps (14 epochs at 100 %) left end-to-end classifiers at the
-  # class prior (ACC = the majority class).
-  c.finetune.epochs = 40
-  c.finetune.eval_every_epochs = 1.0
-  c.finetune.last_batch = "keep"
-  # Loss weights n / (C * count): 73 % of BreastMNIST is benign or normal,
-  # and unweighted end-to-end classifiers at 1 % / 10 % of the labels
-  # predicted only that class (balanced ACC 0.50).
-  c.finetune.class_weights = "balanced"
+  # Stage 2 in epochs (at least finetune.min_steps, 100, for the 1 % and
+  # 10 % subsets). 120 fixed steps (14 epochs at 100 %) left end-to-end
+  # classifiers at the class prior. The loss weights matter too: 73 % of
+  # BreastMNIST is benign or normal, and unweighted end-to-end classifiers
+  # at 1 % / 10 % of the labels predicted only that class (balanced ACC 0.50).
+  base.epoch_stage2(c.finetune, epochs=40)
   c.finetune.batch_size = 64
   c.finetune.log_every = 20
   return c
