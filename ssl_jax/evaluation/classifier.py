@@ -17,7 +17,6 @@ features (BatchNorm statistics at their init) are not what training sees.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable
 
@@ -31,7 +30,7 @@ from flax import nnx
 from ssl_jax import objectives, parallel, runtime, views
 from ssl_jax.evaluation import inference, metrics
 from ssl_jax.evaluation.encoder_context import (EVAL_SPLITS, EncoderContext,
-                                                Predictions)
+                                                Predictions, model_key)
 from ssl_jax.pytree import path_keys
 from ssl_jax.train import encoder_weights as weights_lib
 from ssl_jax.train import loop, optim, step as step_lib
@@ -198,8 +197,7 @@ def trainer_for(ctx: EncoderContext, n_train: int,
   """The compiled trainer for this architecture, trainable set and run
   length (epoch-based runs differ in length by label fraction)."""
   steps = run_length(ctx.config.finetune, n_train, ctx.mesh)
-  key = ("trainer", json.dumps(ctx.config.model.to_dict(), sort_keys=True,
-                               default=str), last_k, steps)
+  key = ("trainer", model_key(ctx.config), last_k, steps)
   if key not in ctx.compiled:
     ctx.compiled[key] = ClassifierTrainer(ctx, last_k, steps)
   return ctx.compiled[key]
