@@ -7,12 +7,6 @@ XLA's own Eigen convolutions for ResNet shapes (bench/conv_ops.py, README
 holds a convolution compile with YNNPACK fusions off, and every other
 program keeps jaxlib's defaults. Off CPU nothing changes.
 
-Programs that run once (a state's random init) compile at LLVM level 2
-instead of XLA:CPU's default 3: the demo's pretraining init compiled in
-1.6 s instead of 4.5 s, into bit-identical arrays. Other inits may round
-a few values differently in the last bit (tests/test_layers.py); they
-draw the same numbers otherwise.
-
 A flag the user sets in XLA_FLAGS is a process default; the options here
 override it for conv programs only. SSL_JAX_NO_CPU_OPTIONS=1 turns them off
 (to measure jaxlib's defaults).
@@ -25,7 +19,6 @@ from typing import Any
 import jax
 
 CONV_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-RUN_ONCE_CPU_OPTIONS = {"xla_backend_optimization_level": 2}
 # The ResNet conv layers (ssl_jax/models/layers.py, resnet.py). A ViT's patch
 # embedding (one strided nnx.Conv) does not count: its program is dots.
 CONV_MODULES = ("ssl_jax.models.layers.Conv",
@@ -38,15 +31,11 @@ def _has_conv(graphdef) -> bool:
              for t in types if isinstance(t, type))
 
 
-def _cpu_options_apply() -> bool:
-  return (jax.default_backend() == "cpu"
-          and os.environ.get("SSL_JAX_NO_CPU_OPTIONS") != "1")
-
-
 def compiler_options(*graphdefs) -> dict[str, Any] | None:
   """Options for `jax.jit(..., compiler_options=...)` of a program running
   the models split into `graphdefs` (nnx.split's first output)."""
-  if not _cpu_options_apply():
+  if (jax.default_backend() != "cpu"
+      or os.environ.get("SSL_JAX_NO_CPU_OPTIONS") == "1"):
     return None
   return dict(CONV_CPU_OPTIONS) if any(map(_has_conv, graphdefs)) else None
 
@@ -54,10 +43,3 @@ def compiler_options(*graphdefs) -> dict[str, Any] | None:
 def jit(fn, graphdef, **kwargs):
   """`jax.jit(fn, **kwargs)` compiled with the options for `graphdef`."""
   return jax.jit(fn, compiler_options=compiler_options(graphdef), **kwargs)
-
-
-def jit_once(fn, **kwargs):
-  """`jax.jit(fn, **kwargs)` for a program that runs once (an init): on CPU
-  compiled for compile time, not run time."""
-  options = dict(RUN_ONCE_CPU_OPTIONS) if _cpu_options_apply() else None
-  return jax.jit(fn, compiler_options=options, **kwargs)

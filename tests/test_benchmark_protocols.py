@@ -84,6 +84,22 @@ def test_combine_concatenates_the_encoders(contexts, monkeypatch):
   assert seen["dim"] == 32 + 32
 
 
+def test_contexts_of_a_sweep_compile_the_feature_extractor_once(contexts):
+  """Encoders of one architecture (the sweep's methods and seeds) share
+  the compiled feature extractor: a second encoder adds no compile."""
+  ctx, peer = contexts
+  shared: dict = {}
+  first, second = (EncoderContext(**{**vars(c), "compiled": shared,
+                                     "_features": {}}) for c in (ctx, peer))
+  first.features("train")
+  (embed,) = shared.values()
+  compiled = embed._cache_size()
+  assert compiled >= 1
+  second.features("train")
+  assert embed._cache_size() == compiled
+  assert not np.allclose(first.features("test"), second.features("test"))
+
+
 def test_last_k_trains_only_the_last_stage_and_the_head(contexts):
   ctx, _ = contexts
   preds = PROTOCOLS.get("last_k")(ctx, ctx.subset(0.1, 0), 0)

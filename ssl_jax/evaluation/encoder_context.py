@@ -12,7 +12,6 @@ import dataclasses
 import json
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -84,12 +83,13 @@ class EncoderContext:
   def features(self, split: str, layer: str = FINAL) -> np.ndarray:
     """Frozen encoder features of a split at `layer` (all computed once)."""
     if not self._features:
-      graphdef, init, embed = self._encoder_programs()
-      encoder = nnx.merge(graphdef, *init(self.init_seed))
+      encoder = objectives.base.build_encoder(self.config, self.info,
+                                              nnx.Rngs(self.init_seed))
       if self.encoder_weights is not None:
         weights_lib.into_module(encoder, self.encoder_weights)
-      _, params, rest = state_lib.split_model(encoder)
+      graphdef, params, rest = state_lib.split_model(encoder)
       params, rest = parallel.replicate((params, rest), self.mesh)
+      embed = self._embed(graphdef)
       for name in SPLITS:
         self._features[name] = inference.batched_apply(
             embed, self.data[name][0], mesh=self.mesh,
@@ -100,30 +100,18 @@ class EncoderContext:
                        f"encoder layer; allowed: {', '.join(sorted(layers))}")
     return layers[layer]
 
-  def _encoder_programs(self):
-    """(graphdef, init(seed) -> (params, rest), embed(params, rest, images))
-    compiled once per architecture and shared through `compiled` by the
-    contexts of a sweep. The init is one program (built eagerly, every
-    initializer op was compiled on its own: 11 programs, ~3.5 s for the
-    demo's ResNet)."""
-    key = ("encoder", model_key(self.config))
+  def _embed(self, graphdef):
+    """The compiled feature extractor of this architecture, shared through
+    `compiled` by the contexts of a sweep (one per method and seed), so it
+    compiles once, not twice per context."""
+    key = ("embed", model_key(self.config))
     if key not in self.compiled:
-      def build(seed):
-        return objectives.base.build_encoder(self.config, self.info,
-                                             nnx.Rngs(jax.random.key(seed)))
-
-      graphdef, _, _ = state_lib.split_model(nnx.eval_shape(build, 0))
-
       def embed(p, r, x):
         pooled, inner = nnx.merge(graphdef, p, r)(
             views.eval_view(x), train=False, return_intermediates=True)
         return dict(inner, **{FINAL: pooled})
 
-      def init(seed):
-        return state_lib.split_model(build(seed))[1:]
-
-      self.compiled[key] = (graphdef, runtime.jit_once(init),
-                            runtime.jit(embed, graphdef))
+      self.compiled[key] = runtime.jit(embed, graphdef)
     return self.compiled[key]
 
 

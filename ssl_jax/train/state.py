@@ -17,7 +17,7 @@ from flax import nnx
 import optax
 from jax.sharding import Mesh
 
-from ssl_jax import parallel, runtime
+from ssl_jax import parallel
 
 
 @flax.struct.dataclass
@@ -64,7 +64,6 @@ def shape_first(
   `init(*args)` is `build` jitted with those `out_shardings`, so every array
   is born on its devices in its final layout, never gathered on one device
   first. `args` (e.g. a seed) are traced: one compile serves every value.
-  `init` runs once, so it is compiled for compile time (`runtime.jit_once`).
   A resumed run restores straight into the abstract state and never runs
   `init` at all.
 
@@ -82,5 +81,5 @@ def shape_first(
   abstract = jax.tree.map(
       lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
       shapes, shardings)
-  init = runtime.jit_once(arrays, out_shardings=shardings)
+  init = jax.jit(arrays, out_shardings=shardings)
   return graphdefs[0], abstract, shardings, init
