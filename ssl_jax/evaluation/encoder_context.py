@@ -34,8 +34,9 @@ class EncoderContext:
   `encoder_weights` are flat host arrays (`train/encoder_weights.py`);
   None means a random-init encoder drawn with `init_seed`.
   `peers` are further encoders whose frozen features `combine` concatenates.
-  `compiled` holds trainers compiled for this architecture; contexts with
-  the same model and data share one dict, so a sweep compiles them once.
+  `compiled` holds the programs compiled for this architecture (trainers,
+  the feature extractor); contexts with the same model and data share one
+  dict, so a sweep compiles them once.
   `groups` are the train split's patient ids when the source has them:
   label fractions then take whole patients (no patient's images split
   between the labelled subset and the rest).
