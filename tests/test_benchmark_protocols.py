@@ -100,6 +100,24 @@ def test_contexts_of_a_sweep_compile_the_feature_extractor_once(contexts):
   assert not np.allclose(first.features("test"), second.features("test"))
 
 
+def test_trainers_of_other_run_lengths_share_init_and_inference(contexts):
+  """Only the step holds the run length (its lr schedule): a trainer for
+  another length reuses the init and predict programs, starts from the
+  very state a trainer built alone would, and trains."""
+  ctx, _ = contexts
+  short = classifier.ClassifierTrainer(ctx, steps=4)
+  longer = classifier.ClassifierTrainer(ctx, steps=6, like=short)
+  alone = classifier.ClassifierTrainer(ctx, steps=6)
+  assert longer._init is short._init and longer.predict is short.predict
+  assert longer.step_fn is not short.step_fn
+  for a, b in zip(jax.tree.leaves(longer.init_state(1, None)),
+                  jax.tree.leaves(alone.init_state(1, None))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  preds = longer.run(ctx, ctx.subset(0.1, 0), 0, weights=None, name="like")
+  _valid(preds, ctx)
+  assert preds.info["steps"] == 6
+
+
 def test_last_k_trains_only_the_last_stage_and_the_head(contexts):
   ctx, _ = contexts
   preds = PROTOCOLS.get("last_k")(ctx, ctx.subset(0.1, 0), 0)

@@ -77,14 +77,20 @@ class ClassifierTrainer:
   The state is built as pretraining builds it (`state.shape_first`): born on
   the mesh in the layout `mesh.rules` give it (replicated by default, split
   along `model` where a rule says so), then the encoder weights are placed
-  into it leaf by leaf (`encoder_weights.into_state`). The init, step and
-  predict functions are compiled once per architecture (and set of
-  trainable params) and reused by every cell; cells differ only in initial
-  weights, data subset and seed.
+  into it leaf by leaf (`encoder_weights.into_state`). The step is compiled
+  once per architecture, set of trainable params and run length, the init
+  and predict programs once per architecture and trainable set (`like`);
+  every cell reuses them: cells differ only in initial weights, data
+  subset and seed.
   """
 
   def __init__(self, ctx: EncoderContext, last_k: int | None = None,
-               steps: int | None = None):
+               steps: int | None = None,
+               like: "ClassifierTrainer | None" = None):
+    """`like`: a trainer of the same architecture and trainable set for
+    another run length, whose init, predict and encode programs this one
+    reuses: only the step holds the run length (its learning-rate
+    schedule); the optimizer state it starts from is the same zeros."""
     ft = ctx.config.finetune
     self.steps = ft.steps if steps is None else steps
     self.config = with_class_weights(ctx.config, ctx.labels("train"), ctx.info)
@@ -94,16 +100,17 @@ class ClassifierTrainer:
     shape = nnx.eval_shape(lambda: self._model(0))
     self.tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
                                     trainable_labels(shape, last_k))
-    graphdef, _, shardings, self._init = state_lib.shape_first(
-        self._state, self.mesh, parallel.config_rules(self.config), args=(0,))
+    if like is None:
+      graphdef, _, shardings, self._init = state_lib.shape_first(
+          self._state, self.mesh, parallel.config_rules(self.config), args=(0,))
+      self.predict, self.encode = _inference_programs(graphdef,
+                                                      ctx.info.multi_label)
+    else:
+      graphdef, shardings, self._init = like.graphdef, like.shardings, like._init
+      self.predict, self.encode = like.predict, like.encode
+    self.graphdef, self.shardings = graphdef, shardings
     self.step_fn = step_lib.compile_step(step_lib.make_from_objective(
         graphdef, self.bound, self.tx, schedule), shardings, graphdef=graphdef)
-    multi_label = ctx.info.multi_label
-    self.predict = runtime.jit(lambda p, r, x: _to_probs(
-        nnx.merge(graphdef, p, r)(views.eval_view(x), train=False), multi_label),
-        graphdef)
-    self.encode = runtime.jit(lambda p, r, x: nnx.merge(graphdef, p, r).encoder(
-        views.eval_view(x), train=False), graphdef)
 
   def _model(self, seed) -> nnx.Module:
     return self.bound.build_model(nnx.Rngs(jax.random.key(seed)))
@@ -195,12 +202,26 @@ class ClassifierTrainer:
 def trainer_for(ctx: EncoderContext, n_train: int,
                 last_k: int | None = None) -> ClassifierTrainer:
   """The compiled trainer for this architecture, trainable set and run
-  length (epoch-based runs differ in length by label fraction)."""
+  length (epoch-based runs differ in length by label fraction); trainers
+  of other lengths lend it their init and inference programs."""
   steps = run_length(ctx.config.finetune, n_train, ctx.mesh)
-  key = ("trainer", model_key(ctx.config), last_k, steps)
-  if key not in ctx.compiled:
-    ctx.compiled[key] = ClassifierTrainer(ctx, last_k, steps)
-  return ctx.compiled[key]
+  family = ("trainer", model_key(ctx.config), last_k)
+  if family + (steps,) not in ctx.compiled:
+    like = next((t for k, t in ctx.compiled.items() if k[:3] == family), None)
+    ctx.compiled[family + (steps,)] = ClassifierTrainer(ctx, last_k, steps,
+                                                        like=like)
+  return ctx.compiled[family + (steps,)]
+
+
+def _inference_programs(graphdef: nnx.GraphDef, multi_label: bool):
+  """(predict, encode): class probabilities and pooled encoder features of
+  images, in eval mode, from (params, rest)."""
+  predict = runtime.jit(lambda p, r, x: _to_probs(
+      nnx.merge(graphdef, p, r)(views.eval_view(x), train=False), multi_label),
+      graphdef)
+  encode = runtime.jit(lambda p, r, x: nnx.merge(graphdef, p, r).encoder(
+      views.eval_view(x), train=False), graphdef)
+  return predict, encode
 
 
 def with_head(state: state_lib.TrainState, kernel: np.ndarray,
