@@ -205,12 +205,13 @@ def trainer_for(ctx: EncoderContext, n_train: int,
   length (epoch-based runs differ in length by label fraction); trainers
   of other lengths lend it their init and inference programs."""
   steps = run_length(ctx.config.finetune, n_train, ctx.mesh)
-  family = ("trainer", model_key(ctx.config), last_k)
-  if family + (steps,) not in ctx.compiled:
-    like = next((t for k, t in ctx.compiled.items() if k[:3] == family), None)
-    ctx.compiled[family + (steps,)] = ClassifierTrainer(ctx, last_k, steps,
-                                                        like=like)
-  return ctx.compiled[family + (steps,)]
+  family = ("trainer", model_key(ctx.config), last_k)  # its first trainer
+  key = family + (steps,)
+  if key not in ctx.compiled:
+    ctx.compiled[key] = ClassifierTrainer(ctx, last_k, steps,
+                                          like=ctx.compiled.get(family))
+    ctx.compiled.setdefault(family, ctx.compiled[key])
+  return ctx.compiled[key]
 
 
 def _inference_programs(graphdef: nnx.GraphDef, multi_label: bool):
