@@ -9,7 +9,8 @@
 // Three handlers, one per pass: forward (x, w -> y), input gradient
 // (dy, w -> dx) and weight gradient (x, dy -> dw). Symmetric padding `pad`,
 // square stride `stride`, no dilation or groups. Primitives are built once
-// per shape and kept: building one JIT-compiles its kernel.
+// per shape and kept: building one JIT-compiles its kernel. Builds against
+// oneDNN 2.x (Debian 12's libdnnl-dev) and 3.x (checked with 3.2).
 //
 // XLA runs independent ops of a step concurrently, from any of its threads.
 // oneDNN's default (library-managed) scratchpad is shared by all primitives
@@ -91,6 +92,16 @@ struct Conv {
     const memory::desc w_any(wd, f32, tag::any);
     const auto direct = dnnl::algorithm::convolution_direct;
     const auto attr = user_scratchpad();
+#if DNNL_VERSION_MAJOR >= 3
+    // oneDNN 3.x builds primitive descriptors directly (the op descs are gone).
+    const dnnl::convolution_forward::primitive_desc fwd_pd(
+        eng, dnnl::prop_kind::forward_training, direct, x, w_any, y, strides, pads,
+        pads, attr);
+    const dnnl::convolution_backward_data::primitive_desc bwd_data_pd(
+        eng, direct, x, w_any, y, strides, pads, pads, fwd_pd, attr);
+    const dnnl::convolution_backward_weights::primitive_desc bwd_weights_pd(
+        eng, direct, x, w_any, y, strides, pads, pads, fwd_pd, attr);
+#else
     const dnnl::convolution_forward::primitive_desc fwd_pd(
         dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, direct,
                                         x, w_any, y, strides, pads, pads),
@@ -101,6 +112,7 @@ struct Conv {
     const dnnl::convolution_backward_weights::primitive_desc bwd_weights_pd(
         dnnl::convolution_backward_weights::desc(direct, x, w_any, y, strides, pads, pads),
         attr, eng, fwd_pd);
+#endif
     w_fwd = fwd_pd.weights_desc();
     w_bwd_data = bwd_data_pd.weights_desc();
     dw_blocked = bwd_weights_pd.diff_weights_desc();
