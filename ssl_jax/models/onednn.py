@@ -15,10 +15,10 @@ custom call, so a step sharded over several (virtual) CPU devices would
 gather the batch and run every conv whole on each; `auto` keeps XLA's
 convs there (layers.py).
 
-Needs a C++ compiler and oneDNN's headers and library (Debian/Ubuntu:
-`apt-get install libdnnl-dev`; oneDNN 2.x or 3.x, found through the
-compiler's usual search paths, CPATH and LIBRARY_PATH). Without them `available()` is False, says
-why in `unavailable_reason()`, and `conv_impl='auto'` keeps XLA's convs.
+Needs a C++ compiler and oneDNN 2.x or 3.x, headers and library, where
+the compiler looks (Debian/Ubuntu: `apt-get install libdnnl-dev`; else
+CPATH, LIBRARY_PATH). Without them `available()` is False, says why in
+`unavailable_reason()`, and `conv_impl='auto'` keeps XLA's convs.
 SSL_JAX_ONEDNN=0 turns the path off; SSL_JAX_CACHE_DIR moves the build.
 """
 from __future__ import annotations
