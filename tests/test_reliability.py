@@ -3,6 +3,7 @@ refused or named before it damages anything, with the field and the fix."""
 from __future__ import annotations
 
 import importlib
+import re
 
 import pytest
 
@@ -131,9 +132,32 @@ def test_checkpoint_of_another_shape_is_named_and_config_kept(pretrained, tmp_pa
   other = config.copy_and_resolve_references()
   other.model.width_multiplier = 0.125
   with pytest.raises(ValueError, match=r"checkpoints step 2 does not fit this "
-                     r"config .*fresh --workdir"):
+                     r"config .*fresh --workdir") as error:
     pretrain.train_and_evaluate(other, str(copy))
   assert not (copy / "config.json").exists()
+  # Found before reading: the message names a parameter and both shapes.
+  assert re.search(r"other shapes than this state \(\d+\): params/encoder/\S+: "
+                   r"float32\[[0-9, ]+\] in the checkpoint, float32\[[0-9, ]+\] "
+                   r"expected", str(error.value)), error.value
+
+
+def test_checkpoint_mismatches_name_missing_extra_and_reshaped_arrays():
+  """Orbax saves tuples and namedtuples as lists and dicts: the same paths."""
+  import collections  # noqa: PLC0415
+  import jax  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+  from ssl_jax.train import checkpoint  # noqa: PLC0415
+  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.float32)  # noqa: E731
+  count = jax.ShapeDtypeStruct((), np.int32)
+  adam = collections.namedtuple("Adam", "count mu")
+  saved = {"params": {"a": f32(2), "b": f32(3)},
+           "opt_state": [{"count": count, "mu": {"a": f32(2)}}]}
+  wanted = {"params": {"a": f32(4), "c": f32(1)},
+            "opt_state": (adam(count, {"a": f32(2)}),)}
+  assert checkpoint.tree_mismatches(saved, wanted) == [
+      "params/a: float32[2] in the checkpoint, float32[4] expected",
+      "params/b: in the checkpoint only", "params/c: not in the checkpoint"]
+  assert checkpoint.tree_mismatches(saved, saved) == []
 
 
 # --- 5. one process per workdir; no metrics row twice ------------------------

@@ -52,7 +52,8 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                             create=True))
+                                             create=True),
+        item_handlers=ocp.StandardCheckpointHandler())
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -97,6 +98,14 @@ class Checkpointer:
     """
     step = self.latest_step() if step is None else step
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_tree(template))
+    saved = self._manager.item_metadata(step)
+    if saved is not None:  # None: no metadata to compare (Orbax then checks)
+      mismatches = tree_mismatches(saved, abstract)
+      if mismatches:
+        raise ValueError(
+            f"checkpoint step {step} holds arrays of other shapes than this "
+            f"state ({len(mismatches)}): {'; '.join(mismatches[:4])}"
+            f"{'; ...' if len(mismatches) > 4 else ''}")
     tree = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
     return _from_tree(template, tree)
 
@@ -107,6 +116,35 @@ class Checkpointer:
   def close(self) -> None:
     self.wait()
     self._manager.close()
+
+
+def _leaves_by_path(tree) -> dict[str, Any]:
+  """{'params/encoder/stem/kernel': leaf}: one spelling for dict keys,
+  sequence indices and namedtuple fields, which Orbax saves as dicts/lists."""
+  def name(key) -> str:
+    for attr in ("key", "idx", "name"):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  return {"/".join(name(k) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def tree_mismatches(saved, wanted) -> list[str]:
+  """Where a checkpoint's array metadata and a target's abstract arrays
+  disagree: missing or extra arrays, other shapes or dtypes (parameters
+  first, then optimizer state and the rest). Checked before
+  reading, so a checkpoint of another model fails naming the parameter, not
+  from inside Orbax's reads (which it leaves pending)."""
+  have, want = _leaves_by_path(saved), _leaves_by_path(wanted)
+  out = [f"{p}: not in the checkpoint" for p in want if p not in have]
+  out += [f"{p}: in the checkpoint only" for p in have if p not in want]
+  for path in want.keys() & have.keys():
+    a, b = have[path], want[path]
+    if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
+      out.append(f"{path}: {a.dtype}{list(a.shape)} in the checkpoint, "
+                 f"{b.dtype}{list(b.shape)} expected")
+  return sorted(out, key=lambda m: (not m.startswith("params/"), m))
 
 
 def is_disk_full(error: BaseException) -> bool:
