@@ -15,7 +15,7 @@ Prints both, best of the repeats, and their ratio. Needs the dataset files
 `--stage=finetune` measures stage 2's end-to-end classifier instead (the
 `finetune` / `scratch` protocols' trainer, here from a random encoder on
 all training labels): (a) its compiled step on one real batch, (b) the
-trainer's real run over `--loop_steps` steps (tf.data pipeline, prefetch,
+trainer's real run over `--loop_steps` steps (input pipeline, prefetch,
 metric fetches, logging), validation every epoch as configured; the loop
 excludes evaluation time from its images/s. Every batch is full
 (`finetune.last_batch='carry'`), like the one the step alone runs on.

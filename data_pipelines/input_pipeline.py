@@ -1,24 +1,25 @@
-"""tf.data assembly: shard per process, seeded shuffle, repeat, batch, prefetch.
+"""Host batches: shard per process, seeded shuffle, repeat, batch.
 
-The only module of ssl_jax that imports TensorFlow. TF gets the CPU only: at
-import we hide accelerators from it, so it never grabs GPU/TPU memory that
-JAX needs. Where TensorFlow is not installed (accelerator images that hold
-JAX alone), the same slot batches come from a plain numpy generator: the
-stream is a pure function of (seed, position) either way, so both give the
-same batches (tests/test_data_pipeline.py), tf.data adding only its
-background prefetch thread.
+Numpy only: the stream of index batches is a generator in the calling
+thread, computing each costs microseconds, and `parallel.prefetch_to_device`
+overlaps the host-to-device copies with the step. It used to be read
+ahead on tf.data's threads (`Dataset.from_generator`), which bought nothing
+and cost a stall each time such an iterator was dropped: the main thread
+waited in tf.data's iterator destructor with every core idle, 20 s after
+`make demo`'s pretraining and 4-9 s after its stage-2 cells, 35 s of a
+254 s run (py-spy --native; README "Performance"). TensorFlow is now only
+imported by `tfds:` sources (tfds_source.py).
 
 Design, and why:
-- tf.data streams *indices*, and the arrays stay in numpy; each batch is a
-  numpy gather on the host. The arrays are never copied into TF (TissueMNIST
-  at 224 px is ~8 GB) and never hit the 2 GB graph-constant limit.
+- The stream is of *indices*, and each batch is a numpy gather on the host
+  from arrays held once in memory (TissueMNIST at 224 px is ~8 GB).
 - Epoch e of this process's shard of m examples is the numpy permutation
   seeded by (seed, process_index, e). So every epoch is reshuffled, the
   stream is a pure function of (seed, position), and `skip_batches=s`
   resumes a run cheaply: with p = s * batch_size it starts at epoch p // m
   and skips p % m slots of it.
-  (TF's own `shuffle` cannot jump ahead; its stateless `index_shuffle` gives
-  near-identity orders for low-entropy seeds such as [0, 0, 0].)
+  (tf.data's own `shuffle` cannot jump ahead; its stateless `index_shuffle`
+  gives near-identity orders for low-entropy seeds such as [0, 0, 0].)
 - With `repeat`, batches run across epoch boundaries (like
   `ds.repeat().batch()`); `drop_remainder` only matters without `repeat`.
   `per_epoch=True` batches each epoch on its own instead, ending it with
@@ -27,7 +28,6 @@ Design, and why:
   data-parallel devices it is split over; every process then reads the
   same number of examples per epoch (N // processes), so their batches
   line up.
-- What comes out is a dict of numpy arrays; no TF type passes this module.
 - With a `PartnerTable` (data_pipelines/pairs.py) each batch also carries
   `pair_image`, the images of one partner per row, drawn by a numpy rng
   seeded by (seed, process_index, batch position): still a pure function of
@@ -39,34 +39,11 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 from typing import Callable, Iterator
 
 import numpy as np
 
 from data_pipelines import pairs as pairs_lib
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# TF only streams indices here (no TF maths), so its oneDNN kernels buy
-# nothing; off, TF also stops printing its "oneDNN custom operations" notice.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-try:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-except ImportError:  # JAX-only images: numpy_slot_batches below
-  tf = None
-
-
-def _hide_accelerators_from_tf() -> None:
-  for kind in ("GPU", "TPU"):
-    try:
-      tf.config.set_visible_devices([], kind)
-    except (RuntimeError, ValueError):
-      pass  # TF already initialized its devices, or has none of this kind.
-
-
-if tf is not None:
-  _hide_accelerators_from_tf()
-
 
 def num_batches(n: int, batch_size: int, drop_remainder: bool) -> int:
   """Batches in one pass over `n` examples."""
@@ -145,39 +122,12 @@ def _epoch_orders(m: int, *, shuffle: bool, repeat: bool, seed: int,
   return epochs
 
 
-def tf_slot_batches(
+def slot_batches(
     m: int, *, batch_size: int, shuffle: bool, repeat: bool, seed: int,
     drop_remainder: bool, skip_batches: int, process_index: int,
-    num_threads: int,
 ) -> Iterator[np.ndarray]:
-  """Batches of slots in this process's shard (see module doc), streamed
-  by tf.data on its own threads."""
-  first_epoch, offset = divmod(skip_batches * batch_size, m)
-  epochs = _epoch_orders(m, shuffle=shuffle, repeat=repeat, seed=seed,
-                         first_epoch=first_epoch, process_index=process_index)
-  ds = tf.data.Dataset.from_generator(
-      epochs, output_signature=tf.TensorSpec([m], tf.int64))
-  ds = ds.unbatch().skip(offset)
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-  return _prefetch(ds, num_threads)
-
-
-def _prefetch(ds, num_threads: int) -> Iterator[np.ndarray]:
-  """tf.data reads `ds` ahead on its own `num_threads`, in order."""
-  options = tf.data.Options()
-  options.deterministic = True
-  options.threading.private_threadpool_size = num_threads
-  options.threading.max_intra_op_parallelism = 1
-  return ds.prefetch(tf.data.AUTOTUNE).with_options(options).as_numpy_iterator()
-
-
-def numpy_slot_batches(
-    m: int, *, batch_size: int, shuffle: bool, repeat: bool, seed: int,
-    drop_remainder: bool, skip_batches: int, process_index: int,
-    num_threads: int = 0,
-) -> Iterator[np.ndarray]:
-  """The same batches as `tf_slot_batches`, in the calling thread."""
-  del num_threads
+  """Batches of slots in this process's shard (see module doc), batches
+  running across epoch boundaries."""
   first_epoch, offset = divmod(skip_batches * batch_size, m)
   epochs = _epoch_orders(m, shuffle=shuffle, repeat=repeat, seed=seed,
                          first_epoch=first_epoch, process_index=process_index)
@@ -187,9 +137,6 @@ def numpy_slot_batches(
     if len(batch) == 0 or (drop_remainder and len(batch) < batch_size):
       return
     yield batch
-
-
-slot_batches = numpy_slot_batches if tf is None else tf_slot_batches
 
 
 def epoch_slot_batches(
@@ -215,15 +162,6 @@ def epoch_slot_batches(
     skip = 0
 
 
-def tf_prefetched(slots: Callable[[], Iterator[np.ndarray]],
-                  num_threads: int) -> Iterator[np.ndarray]:
-  """`slots()` read ahead on tf.data's threads (numpy's, where TF is absent)."""
-  if tf is None:
-    return slots()
-  return _prefetch(tf.data.Dataset.from_generator(
-      slots, output_signature=tf.TensorSpec([None], tf.int64)), num_threads)
-
-
 def make_iterator(
     images: np.ndarray,
     labels: np.ndarray,
@@ -237,7 +175,6 @@ def make_iterator(
     process_count: int | None = None,
     extra: dict[str, np.ndarray] | None = None,
     skip_batches: int = 0,
-    num_threads: int = 2,
     partners: pairs_lib.PartnerTable | None = None,
     per_epoch: bool = False,
     batch_multiple: int = 1,
@@ -275,17 +212,16 @@ def make_iterator(
     raise ValueError(f"process {process_index} of {process_count} gets no "
                      f"examples from {len(columns['image'])}")
   if per_epoch:
-    slot_stream = tf_prefetched(functools.partial(
-        epoch_slot_batches, len(shard),
-        epoch_size=len(columns["image"]) // process_count,
+    slot_stream = epoch_slot_batches(
+        len(shard), epoch_size=len(columns["image"]) // process_count,
         batch_size=batch_size, shuffle=shuffle, repeat=repeat, seed=seed,
         drop_remainder=drop_remainder, skip_batches=skip_batches,
-        process_index=process_index, multiple=batch_multiple), num_threads)
+        process_index=process_index, multiple=batch_multiple)
   else:
     slot_stream = slot_batches(
         len(shard), batch_size=batch_size, shuffle=shuffle, repeat=repeat,
         seed=seed, drop_remainder=drop_remainder, skip_batches=skip_batches,
-        process_index=process_index, num_threads=num_threads)
+        process_index=process_index)
   draw = None if partners is None else functools.partial(
       _partner_rows, partners, seed=seed, process_index=process_index)
   return _gather(slot_stream, shard, columns, draw, first=skip_batches)

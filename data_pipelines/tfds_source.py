@@ -18,8 +18,9 @@
 Images are resized to `size` x `size` (squashed, PIL BILINEAR, as every other
 source) on the host and kept in memory as uint8, like MedMNIST.
 
-tensorflow_datasets (hence TensorFlow) is imported on first use only, after
-`data_pipelines.input_pipeline` has hidden the accelerators from TF.
+tensorflow_datasets (hence TensorFlow, the only user of it in ssl_jax) is
+imported on first use only, and TF is shown the CPU alone, so it never
+grabs accelerator memory that JAX needs.
 """
 from __future__ import annotations
 
@@ -34,8 +35,14 @@ from data_pipelines.source import SPLITS, DatasetInfo
 
 
 def _tfds():
-  from data_pipelines import input_pipeline  # noqa: F401  TF sees CPU only
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  for kind in ("GPU", "TPU"):
+    try:
+      tf.config.set_visible_devices([], kind)
+    except (RuntimeError, ValueError):
+      pass  # TF already initialized its devices, or has none of this kind.
   return tfds
 
 
