@@ -126,8 +126,8 @@ def slot_batches(
     m: int, *, batch_size: int, shuffle: bool, repeat: bool, seed: int,
     drop_remainder: bool, skip_batches: int, process_index: int,
 ) -> Iterator[np.ndarray]:
-  """Batches of slots in this process's shard (see module doc), batches
-  running across epoch boundaries."""
+  """Batches of slots in this process's shard (see module doc); with
+  `repeat` they run across epoch boundaries."""
   first_epoch, offset = divmod(skip_batches * batch_size, m)
   epochs = _epoch_orders(m, shuffle=shuffle, repeat=repeat, seed=seed,
                          first_epoch=first_epoch, process_index=process_index)

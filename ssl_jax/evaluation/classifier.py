@@ -152,7 +152,7 @@ class ClassifierTrainer:
 
   def run(self, ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
           weights: weights_lib.Flat | None, name: str) -> Predictions:
-    from data_pipelines import input_pipeline  # TF: only where data is read
+    from data_pipelines import input_pipeline  # only where data is read
     ft = self.config.finetune
     state = self.init_state(seed, weights)
     probed = head_fit(ft) == "linear_probe" and weights is not None
@@ -277,7 +277,7 @@ def steps_per_epoch(ft: ml_collections.ConfigDict, n_train: int,
   every process reads n // processes images an epoch)."""
   if last_batch(ft) == "carry":
     return n_train / ft.batch_size
-  from data_pipelines import input_pipeline  # TF: only where data is read
+  from data_pipelines import input_pipeline  # only where data is read
   processes = jax.process_count()
   sizes = input_pipeline.epoch_batch_sizes(
       n_train // processes, ft.batch_size // processes, drop_remainder=False,

@@ -16,8 +16,8 @@ def names() -> list[str]:
 
 
 def _register_all() -> None:
-  # Imported lazily: jobs pull in the data pipeline (TensorFlow), which the
-  # core library must not need.
+  # Imported lazily: jobs pull in data_pipelines/ (image readers; TensorFlow
+  # for tfds: sources), which the core library must not need.
   if not JOBS.names():
     from ssl_jax.jobs import benchmark, finetune, pipeline, pretrain
     JOBS.add("pretrain", pretrain.train_and_evaluate)

@@ -281,7 +281,7 @@ def monitor_summary(config: ml_collections.ConfigDict, workdir: str,
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  from data_pipelines import input_pipeline  # TF: only where data is read
+  from data_pipelines import input_pipeline  # only where data is read
 
   common.validate(config)
   check_same_setup(config, workdir)
