@@ -23,6 +23,7 @@ import jax
 from flax import nnx
 import orbax.checkpoint as ocp
 
+from ssl_jax.pytree import path_str
 from ssl_jax.train.state import TrainState
 
 
@@ -119,14 +120,10 @@ class Checkpointer:
 
 
 def _leaves_by_path(tree) -> dict[str, Any]:
-  """{'params/encoder/stem/kernel': leaf}: one spelling for dict keys,
-  sequence indices and namedtuple fields, which Orbax saves as dicts/lists."""
-  def name(key) -> str:
-    for attr in ("key", "idx", "name"):
-      if hasattr(key, attr):
-        return str(getattr(key, attr))
-    return str(key)
-  return {"/".join(name(k) for k in path): leaf
+  """{'params/encoder/stem/kernel': leaf}, named as everywhere else
+  (ssl_jax.pytree): Orbax saves tuples and namedtuples as lists and dicts,
+  and both read the same."""
+  return {path_str(path): leaf
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
