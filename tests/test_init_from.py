@@ -418,3 +418,30 @@ def test_encoder_weights_refuse_what_the_encoder_lacks():
   with pytest.raises(ValueError, match="'stem_conv/kernel' has shape"):
     encoder_weights.into_module(
         enc, {**weights, "stem_conv/kernel": np.zeros((1, 1, 1, 4))})
+
+
+def test_an_encoder_built_with_all_its_weights_skips_its_random_init():
+  """`built_with`: weights that fill every leaf go into an abstract encoder
+  (no initializer runs); weights that miss some leave those at their
+  random init, as loading into a built encoder would."""
+  from ssl_jax.train import encoder_weights
+  weights = encoder_weights.of_module(_resnet(1, seed=5))
+  traced = []  # per build: were its arrays abstract (eval_shape's tracers)?
+
+  def build():
+    enc = _resnet(1, seed=3)
+    traced.append(all(isinstance(leaf, jax.core.Tracer)
+                      for leaf in jax.tree.leaves(nnx.state(enc))))
+    return enc
+
+  enc = encoder_weights.built_with(build, weights)
+  _assert_equal(encoder_weights.of_module(enc), weights)
+  assert traced == [True]
+  partial = {k: v for k, v in weights.items() if k != "stem_conv/kernel"}
+  enc = encoder_weights.built_with(build, partial)
+  assert traced == [True, True, False]
+  _assert_equal({k: v for k, v in encoder_weights.of_module(enc).items()
+                 if k != "stem_conv/kernel"}, partial)
+  _assert_equal({"k": encoder_weights.of_module(enc)["stem_conv/kernel"]},
+                {"k": encoder_weights.of_module(_resnet(1, seed=3))[
+                    "stem_conv/kernel"]})

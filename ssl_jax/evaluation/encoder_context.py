@@ -84,10 +84,10 @@ class EncoderContext:
   def features(self, split: str, layer: str = FINAL) -> np.ndarray:
     """Frozen encoder features of a split at `layer` (all computed once)."""
     if not self._features:
-      encoder = objectives.base.build_encoder(self.config, self.info,
-                                              nnx.Rngs(self.init_seed))
-      if self.encoder_weights is not None:
-        weights_lib.into_module(encoder, self.encoder_weights)
+      encoder = weights_lib.built_with(
+          lambda: objectives.base.build_encoder(self.config, self.info,
+                                                nnx.Rngs(self.init_seed)),
+          self.encoder_weights)
       graphdef, params, rest = state_lib.split_model(encoder)
       params, rest = parallel.replicate((params, rest), self.mesh)
       embed = self._embed(graphdef)
