@@ -152,7 +152,9 @@ def measure(config, *, steps: int, warmup: int) -> dict:
   flops *= accum
 
   state, metrics, _ = run_steps(compiled, state, batch, warmup)
+  cpu_began = time.process_time()
   state, metrics, step_s = run_steps(compiled, state, batch, steps)
+  busy = (time.process_time() - cpu_began) / (step_s * max(steps, 1))
   batch_size = config.train.batch_size
   return {"model": config.model.name, "objective": config.objective.name,
           "px": config.data.size, "batch": batch_size,
@@ -160,7 +162,7 @@ def measure(config, *, steps: int, warmup: int) -> dict:
           "devices": mesh.devices.size, "compile_s": compile_s,
           "step_ms": 1e3 * step_s, "images_per_s": batch_size / step_s,
           "gflop_per_image": flops / batch_size / 1e9,
-          "tflop_per_s": flops / step_s / 1e12,
+          "tflop_per_s": flops / step_s / 1e12, "cores_busy": busy,
           "loss": float(metrics["loss"])}
 
 
