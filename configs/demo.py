@@ -14,12 +14,13 @@ seeds (--config.seed=S --config.finetune.seeds=S) are in README.md.
 Without the class weights the end-to-end rows at 1 % and 10 % predicted
 only the majority class.
 Pretrained 10x longer (--config.train.steps=1500, README "Pretraining ten
-times longer", 3 stage-2 seeds): the frozen features gain (100 % labels:
-kNN 0.893, linear probe 0.895 AUROC), end to end barely (0.916 +- 0.011);
-end to end minus scratch +0.090 [0.076, 0.104] at 1 %, +0.036 [0.012,
-0.059] at 100 %. At 1 % its rows sit at the majority class (an early,
-barely trained head is selected); --config.finetune.head_fit=linear_probe
-gives 0.706 +- 0.055 there with balanced ACC 0.624.
+times longer", 5 stage-2 seeds): the frozen features gain (100 % labels:
+kNN 0.893, linear probe 0.895 AUROC), end to end barely (0.905 +- 0.020);
+end to end minus scratch, paired: +0.058 [0.001, 0.114] at 1 %, +0.066
+[0.014, 0.117] at 10 %, +0.020 [-0.013, 0.053] at 100 %. At 1 % its rows
+sit at the majority class (an early, barely trained head is selected);
+--config.finetune.head_fit=linear_probe gives 0.707 +- 0.058 there with
+balanced ACC 0.627.
 MedMNIST data: Yang et al., Scientific Data 2023 (CC BY 4.0).
 """
 from configs import base
