@@ -98,6 +98,45 @@ def test_epoch_based_scratch_run_records_its_selection(tmp_path, medmnist_dir):
   assert cell["selected_val_auroc"] == pytest.approx(best["val/auroc"])
 
 
+def test_selection_starts_where_the_warmup_ends():
+  ft = _ft(optim=dict(warmup_steps=20))
+  assert classifier.selection_start(ft, 100) == 20
+  assert classifier.selection_start(ft, 10) == 9  # optim caps the warmup
+  assert classifier.selection_start(_ft(optim=dict()), 100) == 0
+  assert classifier.selection_start(
+      _ft(optim=dict(warmup_steps=20), select_from="first_eval"), 100) == 0
+  with pytest.raises(ValueError, match="finetune.select_from='best'"):
+    classifier.selection_start(_ft(optim=dict(), select_from="best"), 100)
+
+
+def test_best_on_val_skips_evaluations_inside_the_warmup():
+  best, copies = classifier.BestOnVal(start=20), []
+
+  def offer(step, auroc, loss):
+    return best.offer(step, {"auroc": auroc, "loss": loss},
+                      lambda: copies.append(step) or step)
+
+  assert offer(0, 0.70, 0.60)       # step 0: a fitted LP-FT head
+  assert not offer(2, 0.95, 0.69)   # inside the warmup: never a candidate
+  assert not offer(20, 0.65, 0.50)  # a candidate, but worse
+  assert offer(40, 0.80, 0.50)
+  assert not offer(60, 0.80, 0.55)  # equal AUROC, higher loss
+  assert offer(80, 0.80, 0.45)      # equal AUROC, lower loss
+  assert (best.step, best.auroc, best.loss, best.state) == (80, 0.80, 0.45, 80)
+  assert copies == [0, 40, 80]      # the state is fetched only when kept
+
+
+def test_scratch_run_selects_after_the_warmup(tmp_path, medmnist_dir):
+  cell, evals = _scratch_run(tmp_path, medmnist_dir,
+                             **{"finetune.optim.warmup_steps": 4,
+                                "finetune.min_steps": 5})
+  assert [row["step"] for row in evals] == [3, 6, 7]  # all logged
+  assert cell["select_from_step"] == 4
+  best = max((r for r in evals if r["step"] >= 4),
+             key=lambda r: (r["val/auroc"], -r["val/loss"]))
+  assert cell["selected_step"] == best["step"]
+
+
 def test_stage2_head_starts_as_finetune_head_init_says():
   """finetune.head_init reaches the classifier every stage-2 cell builds."""
   from configs import medmnist_baseline  # noqa: PLC0415

@@ -4,7 +4,8 @@ The `finetune`, `last_k` and `scratch` protocols all train this classifier
 with the shared step and loop; they differ only in the initial encoder and
 in which parameters the optimizer may move. The run lasts `finetune.steps`,
 or with `finetune.epochs` > 0 that many passes over the labelled subset;
-the step with the best val AUROC (ties: lower val loss) is the one scored.
+the step with the best val AUROC (ties: lower val loss) is the one scored,
+chosen from the end of the learning-rate warmup on (`finetune.select_from`).
 `finetune.last_batch`: 'carry' lets batches run across epoch boundaries
 (every step a full batch); 'keep' batches each epoch on its own and ends it
 with its short batch, as PyTorch's DataLoader in the published recipes (on
@@ -97,6 +98,7 @@ class ClassifierTrainer:
     self.info, self.mesh = ctx.info, ctx.mesh
     self.bound = objectives.bind(self.config, ctx.info)
     tx, schedule = optim.make_optimizer(ft.optim, ft.batch_size, self.steps)
+    self.select_from = selection_start(ft, self.steps)
     shape = nnx.eval_shape(lambda: self._model(0))
     self.tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
                                     trainable_labels(shape, last_k))
@@ -165,17 +167,13 @@ class ClassifierTrainer:
         batch_size=parallel.local_batch_size(ft.batch_size), shuffle=True,
         repeat=True, seed=seed, drop_remainder=not keep, per_epoch=keep,
         batch_multiple=local_data_devices(self.mesh))
-    best: dict[str, Any] = {"key": (-np.inf, -np.inf)}
+    best = BestOnVal(self.select_from)
 
     def select_on_val(step: int, state) -> dict[str, float]:
       probs = self.probs(ctx, state.params, state.rest, "val")
       scores = metrics.classification_metrics(ctx.labels("val"), probs, ctx.task)
       scores["loss"] = metrics.log_loss(ctx.labels("val"), probs, ctx.task)
-      key = (scores["auroc"], -scores["loss"])  # AUROC, ties by lower loss
-      if key > best["key"]:
-        best.update(key=key, step=step, auroc=scores["auroc"],
-                    loss=scores["loss"],
-                    state=jax.device_get((state.params, state.rest)))
+      best.offer(step, scores, lambda: jax.device_get((state.params, state.rest)))
       return scores
 
     writer = MetricWriter(os.path.join(ctx.log_dir or ctx.workdir, name),
@@ -189,14 +187,36 @@ class ClassifierTrainer:
                                       self.mesh),
              desc=name, progress=self.config.train.progress, nested=True)
     writer.close()
-    params, rest = best["state"]
+    params, rest = best.state
     return Predictions(
         {s: self.probs(ctx, params, rest, s) for s in EVAL_SPLITS},
-        {"selected_step": best["step"], "steps": self.steps,
-         "selected_epoch": best["step"] / steps_per_epoch(
+        {"selected_step": best.step, "steps": self.steps,
+         "selected_epoch": best.step / steps_per_epoch(
              ft, len(train_idx), self.mesh),
-         "selected_val_auroc": best["auroc"], "selected_val_loss": best["loss"],
+         "selected_val_auroc": best.auroc, "selected_val_loss": best.loss,
+         "select_from_step": self.select_from,
          **({"head_probe_val_score": probe_val_score} if probed else {})})
+
+
+class BestOnVal:
+  """The validation-selected model: the best val AUROC (ties: lower val
+  loss) among the evaluations from step `start` on, and at step 0 (only a
+  fitted LP-FT head is evaluated there)."""
+
+  def __init__(self, start: int):
+    self.start, self.key = start, (-np.inf, -np.inf)
+    self.step = self.auroc = self.loss = self.state = None
+
+  def offer(self, step: int, scores: dict[str, float],
+            state: Callable[[], Any]) -> bool:
+    """Keeps this evaluation if it is a candidate and the best so far;
+    `state` is called (a device-to-host copy) only then."""
+    key = (scores["auroc"], -scores["loss"])
+    if (step < self.start and step != 0) or key <= self.key:
+      return False
+    self.key, self.step = key, step
+    self.auroc, self.loss, self.state = scores["auroc"], scores["loss"], state()
+    return True
 
 
 def trainer_for(ctx: EncoderContext, n_train: int,
@@ -252,6 +272,7 @@ def _choice(ft: ml_collections.ConfigDict, field: str,
 HEAD_FITS = ("none", "linear_probe")
 LAST_BATCH = ("carry", "keep")
 CLASS_WEIGHTS = ("none", "balanced")
+SELECT_FROM = ("warmup_end", "first_eval")
 
 
 def head_fit(ft: ml_collections.ConfigDict) -> str:
@@ -260,6 +281,18 @@ def head_fit(ft: ml_collections.ConfigDict) -> str:
 
 def last_batch(ft: ml_collections.ConfigDict) -> str:
   return _choice(ft, "last_batch", LAST_BATCH)
+
+
+def selection_start(ft: ml_collections.ConfigDict, steps: int) -> int:
+  """First step whose model may be selected: with 'warmup_end' the end of
+  the learning-rate warmup (as `optim` caps it), so that on tiny label
+  subsets, validated every step, a noisy 78-image val AUROC cannot pick
+  a model the schedule has barely begun to train (a zero head after 2-8
+  steps scored every test image on one side of 0.5); 'first_eval' lets
+  every evaluation compete."""
+  if _choice(ft, "select_from", SELECT_FROM) == "first_eval":
+    return 0
+  return min(ft.optim.get("warmup_steps", 0), max(steps - 1, 0))
 
 
 def local_data_devices(mesh) -> int:
