@@ -37,7 +37,11 @@ wall (863 s pretraining + 1,422 s stage 2, summed), peak RSS 2.6 GB.
 0.010, rotation 0.881 +- 0.011, SimCLR 0.891 +- 0.014, supervised 0.879 +-
 0.019 (published ResNet-18 (28): 0.901); SimCLR - scratch, paired by seed:
 +0.030 [0.013, 0.046] at 100 %, +0.071 [0.014, 0.128] at 10 %. Full
-report: docs/benchmark_breastmnist/report.md. MedMNIST data: Yang et al.,
+report: docs/benchmark_breastmnist/report.md. Re-run on 2026-12-01 with
+selection from the stage-2 warmup's end (end to end and linear only):
+SimCLR - scratch +0.056 [0.014, 0.098] at 10 %, +0.034 [-0.028, 0.095]
+at 100 %; at 1 % most end-to-end cells still predict only the majority
+class (README "Benchmark"). MedMNIST data: Yang et al.,
 Scientific Data 2023 (CC BY 4.0).
 """
 
