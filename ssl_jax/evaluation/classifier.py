@@ -292,7 +292,7 @@ def selection_start(ft: ml_collections.ConfigDict, steps: int) -> int:
   every evaluation compete."""
   if _choice(ft, "select_from", SELECT_FROM) == "first_eval":
     return 0
-  return min(ft.optim.get("warmup_steps", 0), max(steps - 1, 0))
+  return optim.warmup_length(ft.optim, steps)
 
 
 def local_data_devices(mesh) -> int:

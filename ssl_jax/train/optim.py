@@ -125,9 +125,14 @@ def make_schedule(cfg: ml_collections.ConfigDict, batch_size: int,
   """`cfg.schedule` (default cosine) from its peak lr, scaled by batch/256
   when asked; warmup is capped below the run length."""
   peak = cfg.lr * (batch_size / 256 if cfg.get("scale_by_batch", False) else 1.0)
-  warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
-  return SCHEDULES.get(cfg.get("schedule", "cosine"))(cfg, peak, warmup,
-                                                      total_steps)
+  return SCHEDULES.get(cfg.get("schedule", "cosine"))(
+      cfg, peak, warmup_length(cfg, total_steps), total_steps)
+
+
+def warmup_length(cfg: ml_collections.ConfigDict, total_steps: int) -> int:
+  """Steps of linear warmup a run of `total_steps` gets: `warmup_steps`,
+  capped below the run length so the peak lr is reached."""
+  return min(cfg.get("warmup_steps", 0), max(total_steps - 1, 0))
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, batch_size: int,
