@@ -187,7 +187,7 @@ def test_rerun_with_another_budget_is_refused(sweep):
      "name >= 2 of config.benchmark.methods"),
     ({"benchmark.method_args": ("supervised:chestmnist",)}, "'method=arg'"),
     ({"finetune.decision_threshold": "youden"},
-     "decision_threshold='youden'; allowed: medmnist, val_balanced"),
+     "decision_threshold='youden'; allowed: medmnist, val_balanced, val_prior"),
 ])
 def test_config_mistakes_fail_before_anything_trains(overrides, message):
   with pytest.raises(ValueError, match=message):

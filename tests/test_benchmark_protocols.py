@@ -223,6 +223,8 @@ def test_scores_cut_at_the_threshold_validation_chose():
   assert fixed["balanced_accuracy"] == 0.5 and fixed["accuracy"] == pytest.approx(4 / 6)
   assert tuned["auroc"] == fixed["auroc"] == 1.0
   assert scored("val_balanced", 1 - y_test)["threshold"] == tuned["threshold"]
+  # val_prior: 2 positives of 6 in validation -> the cut between ranks 4 and 5.
+  assert scored("val_prior", y_test)["threshold"] == pytest.approx(0.275)
 
 
 def _synthetic(ctx, separable: bool):

@@ -235,6 +235,29 @@ def test_balanced_threshold_per_label_and_none_for_argmax():
   assert metrics.THRESHOLD_RULES['medmnist'](y, probs, 'multi-class') == 0.5
 
 
+@pytest.mark.parametrize('seed', SEEDS)
+def test_prior_threshold_calls_as_many_positives_as_validation_holds(seed):
+  """Scores all above 0.5 (the 1 %-label failure): the cut-off moves inside
+  them and predicts exactly the validation count of positives."""
+  rng = np.random.default_rng(seed)
+  y = (rng.random(78) < 0.27).astype(int)
+  p = 0.6 + 0.25 * rng.random(78) + 0.1 * y  # ranks, all above 0.5
+  t = metrics.prior_threshold(y, p, 'binary-class')
+  assert 0.6 < t < 0.95
+  assert int((p > t).sum()) == int(y.sum())
+  assert metrics.balanced_accuracy(y, p, 'binary-class', threshold=t) > 0.5
+  assert metrics.balanced_accuracy(y, p, 'binary-class') == 0.5  # at 0.5
+
+
+def test_prior_threshold_per_label_half_for_one_class_none_for_argmax():
+  y = np.array([[0, 1], [1, 1], [0, 1], [0, 1]])
+  p = np.array([[0.1, 0.9], [0.3, 0.2], [0.15, 0.8], [0.2, 0.1]])
+  assert metrics.prior_threshold(y, p, 'multi-label, binary-class') == [
+      pytest.approx(0.25), 0.5]  # label 1 holds one class: nothing to match
+  y, probs = _single_label(0)
+  assert metrics.prior_threshold(y, probs, 'multi-class') is None
+
+
 def test_thresholded_metrics_cut_where_told():
   y = np.array([0, 0, 0, 1, 1])
   p = np.array([0.1, 0.2, 0.3, 0.35, 0.4])

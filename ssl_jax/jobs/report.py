@@ -55,6 +55,9 @@ THRESHOLD_NOTES = {
     "medmnist": "ACC, balanced ACC and F1 at the 0.5 threshold (MedMNIST's).",
     "val_balanced": "ACC, balanced ACC and F1 at each cell's cut-off with the "
                     "best balanced accuracy on validation (test only applies it).",
+    "val_prior": "ACC, balanced ACC and F1 at each cell's cut-off that calls as "
+                 "many validation images positive as validation holds (test "
+                 "only applies it).",
 }
 
 
