@@ -30,6 +30,8 @@ def main(argv):
   # Before anything touches devices: jax.distributed must come first.
   from ssl_jax import parallel
   parallel.initialize_distributed(FLAGS.config.get("distributed"))
+  from ssl_jax import runtime
+  runtime.use_compilation_cache()
   from ssl_jax import jobs  # after flag parsing: keeps --help fast
   from ssl_jax.train import preemption
   try:

@@ -25,6 +25,11 @@ if not os.environ.get("SSL_JAX_TEST_OPTIMIZED"):
   os.environ["XLA_FLAGS"] = " ".join(
       _flags + [f for f in FAST_COMPILE_FLAGS if f not in _flags])
 
+# run.py keeps compiled programs in the user cache; tests (and their run.py
+# subprocesses) compile fresh unless a test turns it on in a directory of
+# its own (tests/test_compilation_cache.py).
+os.environ.setdefault("SSL_JAX_COMPILE_CACHE", "0")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 

@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssl_jax import runtime
+
 Array = jax.Array
 
 _SOURCE = pathlib.Path(__file__).with_name('onednn_conv.cc')
@@ -42,13 +44,6 @@ _SOURCE = pathlib.Path(__file__).with_name('onednn_conv.cc')
 PREFIX = 'ssl_jax_onednn_conv'
 _PASSES = ('forward', 'input_grad', 'weight_grad')
 _reason: list[str] = []
-
-
-def _cache_dir() -> pathlib.Path:
-  if os.environ.get('SSL_JAX_CACHE_DIR'):
-    return pathlib.Path(os.environ['SSL_JAX_CACHE_DIR'])
-  import platformdirs
-  return pathlib.Path(platformdirs.user_cache_dir('ssl_jax'))
 
 
 def _compile_command(output: pathlib.Path) -> list[str]:
@@ -67,7 +62,7 @@ def _build() -> pathlib.Path:
   import jaxlib
   key = hashlib.sha256(_SOURCE.read_bytes() + jaxlib.__version__.encode()
                        + ' '.join(_compile_command(pathlib.Path())).encode())
-  target = _cache_dir() / f'ssl_jax_onednn_conv_{key.hexdigest()[:16]}.so'
+  target = runtime.cache_dir() / f'ssl_jax_onednn_conv_{key.hexdigest()[:16]}.so'
   if target.exists():
     return target
   target.parent.mkdir(parents=True, exist_ok=True)
