@@ -55,4 +55,6 @@ def get_config(arg: str = "breastmnist"):
       "adamw", 1e-3, weight_decay=0.0, warmup_steps=0, schedule="step",
       decay_at=(0.5, 0.75), decay_factor=0.1)
   c.finetune.augment = base.augment_config("none")
+  # The published ACC cuts at 0.5; so does this row, to stand beside it.
+  c.finetune.decision_threshold = "medmnist"
   return c

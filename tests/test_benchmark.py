@@ -234,7 +234,7 @@ def test_config_arg_parsing():
   assert tuple(c.finetune.seeds) == (0, 1, 2)
   # Stage 2 trains to convergence: epochs, per-epoch validation, balanced loss.
   assert (c.finetune.epochs, c.finetune.last_batch, c.finetune.class_weights,
-          c.finetune.decision_threshold) == (40, "keep", "balanced", "medmnist")
+          c.finetune.decision_threshold) == (40, "keep", "balanced", "val_prior")
   benchmark.validate(c)
   vit = benchmark_config.get_config("dataset=breastmnist,backbone=vit")
   assert vit.benchmark.budget.model.name == "vit_tiny"
