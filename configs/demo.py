@@ -18,10 +18,11 @@ Pretrained 10x longer (--config.train.steps=1500, README "Pretraining ten
 times longer", 5 stage-2 seeds): the frozen features gain (100 % labels:
 kNN 0.893, linear probe 0.895 AUROC), end to end barely (0.905 +- 0.020);
 end to end minus scratch, paired: +0.040 [-0.042, 0.122] at 1 %, +0.063
-[0.005, 0.121] at 10 %, +0.020 [-0.013, 0.053] at 100 %. At 1 % the
-end-to-end rows are at chance in balanced terms (0.530);
---config.finetune.head_fit=linear_probe gives 0.705 +- 0.062 AUROC there
-with balanced ACC 0.633.
+[0.005, 0.121] at 10 %, +0.020 [-0.013, 0.053] at 100 %. Ten stage-2
+seeds at 1 % and 10 % (cut at val_prior): +0.053 [0.027, 0.078] at 10 %
+(0.823 +- 0.036), +0.032 [-0.009, 0.074] at 1 %;
+--config.finetune.head_fit=linear_probe (LP-FT) +0.092 [0.020, 0.164] at
+1 % (0.677 +- 0.105 AUROC, balanced ACC 0.625).
 MedMNIST data: Yang et al., Scientific Data 2023 (CC BY 4.0).
 """
 from configs import base
