@@ -296,6 +296,19 @@ def _balanced_cutoff(y: np.ndarray, p: np.ndarray) -> float:
   return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
 
 
+def _cut_per_task(cutoff, y_true: np.ndarray, probs: np.ndarray, task: str):
+  """`cutoff(y, p)` for a binary task, one per label for multi-label, None
+  for argmax tasks (multi-class and ordinal predict the top class)."""
+  _check_task(task)
+  y = _labels(y_true, task)
+  p = _probs(probs, task, len(y))
+  if task == BINARY:
+    return cutoff(y, p)
+  if task == MULTI_LABEL:
+    return [cutoff(y[:, i], p[:, i]) for i in range(y.shape[1])]
+  return None
+
+
 def fixed_threshold(y_true: np.ndarray, probs: np.ndarray, task: str):
   """MedMNIST's 0.5 (with a strict `>`), whatever the scores."""
   del y_true, probs, task
@@ -314,14 +327,7 @@ def balanced_threshold(y_true: np.ndarray, probs: np.ndarray, task: str):
   labels never shape it. (Measured on the demo it did not pay: README
   "Results".)
   """
-  _check_task(task)
-  y = _labels(y_true, task)
-  p = _probs(probs, task, len(y))
-  if task == BINARY:
-    return _balanced_cutoff(y, p)
-  if task == MULTI_LABEL:
-    return [_balanced_cutoff(y[:, i], p[:, i]) for i in range(y.shape[1])]
-  return None
+  return _cut_per_task(_balanced_cutoff, y_true, probs, task)
 
 
 def _prior_cutoff(y: np.ndarray, p: np.ndarray) -> float:
@@ -347,14 +353,7 @@ def prior_threshold(y_true: np.ndarray, probs: np.ndarray, task: str):
   noisy on 78 images than `balanced_threshold`'s search; test only applies
   it.
   """
-  _check_task(task)
-  y = _labels(y_true, task)
-  p = _probs(probs, task, len(y))
-  if task == BINARY:
-    return _prior_cutoff(y, p)
-  if task == MULTI_LABEL:
-    return [_prior_cutoff(y[:, i], p[:, i]) for i in range(y.shape[1])]
-  return None
+  return _cut_per_task(_prior_cutoff, y_true, probs, task)
 
 
 # finetune.decision_threshold -> (y_val, probs_val, task) -> threshold.
