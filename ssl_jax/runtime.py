@@ -87,7 +87,7 @@ def use_compilation_cache() -> pathlib.Path | None:
 
   Results are unchanged: a hit loads the same executable XLA built. An
   entry a killed run left half-written fails to read, with a warning, and
-  the program compiles again."""
+  the program compiles again (deleting the directory clears it)."""
   if os.environ.get("SSL_JAX_COMPILE_CACHE") == "0":
     return None
   if jax.config.jax_compilation_cache_dir:  # the user's own choice wins

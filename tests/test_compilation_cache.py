@@ -69,3 +69,9 @@ def test_a_second_process_loads_the_program_the_first_compiled(tmp_path):
   assert second["out"] == first["out"]
   entries = list((tmp_path / "xla").glob("*/*"))
   assert entries and all(str(e).startswith(first["dir"]) for e in entries)
+  # Entries a killed run left half-written: read fails, the program
+  # compiles again, the result is the same.
+  for entry in entries:
+    entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+  third = run()
+  assert third["hits"] == 0 and third["out"] == first["out"]
