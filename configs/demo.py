@@ -19,10 +19,10 @@ times longer", 5 stage-2 seeds): the frozen features gain (100 % labels:
 kNN 0.893, linear probe 0.895 AUROC), end to end barely (0.905 +- 0.020);
 end to end minus scratch, paired: +0.040 [-0.042, 0.122] at 1 %, +0.063
 [0.005, 0.121] at 10 %, +0.020 [-0.013, 0.053] at 100 %. Ten stage-2
-seeds at 1 % and 10 % (cut at val_prior): +0.053 [0.027, 0.078] at 10 %
-(0.823 +- 0.036), +0.032 [-0.009, 0.074] at 1 %;
---config.finetune.head_fit=linear_probe (LP-FT) +0.092 [0.020, 0.164] at
-1 % (0.677 +- 0.105 AUROC, balanced ACC 0.625).
+seeds at 10 % (cut at val_prior): +0.053 [0.027, 0.078] (0.823 +-
+0.036); twenty at 1 %: +0.041 [0.020, 0.063] (0.656 +- 0.098), and
+--config.finetune.head_fit=linear_probe (LP-FT) +0.068 [0.028, 0.107]
+(0.682 +- 0.084 AUROC, balanced ACC 0.630).
 MedMNIST data: Yang et al., Scientific Data 2023 (CC BY 4.0).
 """
 from configs import base
