@@ -10,6 +10,8 @@ ssl_jax's compiled step compares with what a PyTorch user would write.
       --config.augment.policy=none --config.online_probe=False \\
       [--steps=10] [--warmup=2] [--repeats=3] [--threads=0]
   python bench/peer_torch.py --preset=all        # the README table
+  python bench/peer_torch.py --preset=resnet18_full --op_profile_steps=5
+      # + PyTorch's time per op kind, beside bench/op_profile.py's for XLA
 
 Presets (--preset=NAME, or all; --config is then not needed):
   demo           configs/demo.py: SimCLR, ResNet-18 at width 1/4, 2 x 128 views
@@ -48,6 +50,7 @@ import dataclasses
 import importlib
 import math
 import os
+import re
 import sys
 import time
 
@@ -75,6 +78,11 @@ flags.DEFINE_enum("preset", None, ["demo", "resnet18_full", "mae_vit_tiny",
 flags.DEFINE_integer("repeats", 3, "Alternations of ssl_jax and PyTorch; "
                      "the best of each counts.")
 flags.DEFINE_integer("threads", 0, "PyTorch threads; 0 = every core.")
+flags.DEFINE_integer("op_profile_steps", 0,
+                     "> 0: then run that many steps of each case's faster "
+                     "PyTorch layout under torch.profiler and print its time "
+                     "per step by op kind, to set beside bench/op_profile.py's "
+                     "table for the same config.")
 
 _BENCH_OVERRIDES = {"augment.policy": "none", "online_probe": False}
 PRESETS = {  # name -> (config module, dotted overrides)
@@ -503,10 +511,67 @@ def run_case(name: str, config, *, steps: int, warmup: int,
           best_torch[peer.layout],
           peer.images_per_s(steps=steps, warmup=warmup))
   layout = max(best_torch, key=best_torch.get)
+  if FLAGS.op_profile_steps > 0:
+    print_torch_op_profile(name, next(p for p in peers if p.layout == layout),
+                           FLAGS.op_profile_steps)
   return {"case": name, "jax": best_jax[0], "torch": best_torch[layout][0],
           "jax_busy": best_jax[1], "torch_busy": best_torch[layout][1],
           "layout": layout,
           "all_layouts": {k: v[0] for k, v in best_torch.items()}}
+
+
+# ------------------------------------------------------------ op profile --
+
+# aten op name -> kind, first match wins; the kinds bench/op_profile.py
+# reports for XLA, so the two tables line up.
+_TORCH_KINDS = (
+    ("convolution", r"conv"),
+    ("batch norm", r"batch_norm"),
+    ("dot", r"addmm|\bmm\b|matmul|linear|bmm"),
+    ("optimizer", r"_foreach|adam"),
+    ("elementwise", r"relu|threshold|add|mul|sub|div|sqrt|exp|neg|copy|fill|"
+                    r"zero|clamp|where|pow"),
+    ("reduction", r"sum|mean|norm|max|min|softmax"),
+)
+
+
+def torch_op_kind(name: str) -> str:
+  for kind, pattern in _TORCH_KINDS:
+    if re.search(pattern, name):
+      return kind
+  return "other"
+
+
+def torch_op_profile(peer: Peer, steps: int) -> tuple[float, dict[str, float],
+                                                      list[tuple[str, float]]]:
+  """(step ms, {kind: ms per step}, [(op, ms per step)] slowest first) of
+  `steps` PyTorch steps: each aten op's self CPU time in the calling thread,
+  which holds its intra-op parallel work, so the kinds sum to the step."""
+  from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+  peer.step()
+  began = time.perf_counter()
+  with profile(activities=[ProfilerActivity.CPU]) as prof:
+    for _ in range(steps):
+      peer.step()
+  step_ms = 1e3 * (time.perf_counter() - began) / steps
+  per_op = {e.key: e.self_cpu_time_total / 1e3 / steps
+            for e in prof.key_averages()}
+  kinds: dict[str, float] = {}
+  for name, ms in per_op.items():
+    kinds[torch_op_kind(name)] = kinds.get(torch_op_kind(name), 0.0) + ms
+  return step_ms, kinds, sorted(per_op.items(), key=lambda kv: -kv[1])
+
+
+def print_torch_op_profile(name: str, peer: Peer, steps: int) -> None:
+  step_ms, kinds, ops = torch_op_profile(peer, steps)
+  total = sum(kinds.values()) or 1.0
+  print(f"\n{name}, PyTorch {peer.layout}: step {step_ms:.1f} ms under the "
+        f"profiler; ops {total:.1f} ms\n| op kind | ms / step | share |\n"
+        "|---|---:|---:|")
+  for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1]):
+    print(f"| {kind} | {ms:.1f} | {ms / total:.0%} |")
+  print("| slowest ops: " + ", ".join(f"{op} {ms:.1f}" for op, ms in ops[:8])
+        + " |")
 
 
 # ------------------------------------------------------------------ report --
