@@ -558,7 +558,8 @@ def torch_op_profile(peer: Peer, steps: int) -> tuple[float, dict[str, float],
             for e in prof.key_averages()}
   kinds: dict[str, float] = {}
   for name, ms in per_op.items():
-    kinds[torch_op_kind(name)] = kinds.get(torch_op_kind(name), 0.0) + ms
+    kind = torch_op_kind(name)
+    kinds[kind] = kinds.get(kind, 0.0) + ms
   return step_ms, kinds, sorted(per_op.items(), key=lambda kv: -kv[1])
 
 
