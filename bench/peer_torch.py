@@ -522,8 +522,10 @@ def run_case(name: str, config, *, steps: int, warmup: int,
 
 # ------------------------------------------------------------ op profile --
 
-# aten op name -> kind, first match wins; the kinds bench/op_profile.py
-# reports for XLA, so the two tables line up.
+# aten op name -> kind, first match wins; coarse groups to read beside
+# bench/op_profile.py's XLA kinds (its convs are custom calls, its BatchNorm
+# elementwise fusions and gemvs). AdamW may run as plain elementwise ops,
+# which then count as elementwise, not optimizer.
 _TORCH_KINDS = (
     ("convolution", r"conv"),
     ("batch norm", r"batch_norm"),
