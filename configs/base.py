@@ -212,6 +212,16 @@ def get_config() -> ml_collections.ConfigDict:
       linear_weight_decays=(0.0, 1e-4, 1e-3, 1e-2),
       optim=optim_config("adamw", 1e-3, weight_decay=1e-4, warmup_steps=20),
       augment=augment_config("medical_safe"),
+      # End-to-end runs (finetune, scratch, last_k) draw init, batch order
+      # and augmentation from the cell's seed + this offset; the label
+      # subset keeps the cell's seed. Workdirs that differ only here train
+      # on the same images: members of an ensemble, or the training
+      # seed's share of the spread.
+      training_seed_offset=0,
+      # Each cell's val/test probabilities and labels beside its JSON
+      # (cells/<method>/<cell>.npz): ensembles (`python -m
+      # ssl_jax.jobs.ensemble`), paired tests and calibration need them.
+      save_predictions=True,
       bootstrap_samples=200,   # test-set resamples for the AUROC CI (0: none)
       ci_level=0.95,           # coverage of that percentile bootstrap CI
       logreg_l2s=(1e-4, 1e-3, 1e-2, 1e-1, 1.0),  # `logreg`: L2 swept on val

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import matplotlib.image
 import pytest
@@ -271,10 +272,12 @@ def test_cells_another_process_finished_meanwhile_are_not_rerun(tmp_path,
   def run_cell(ctx, cell):
     ran.append(cell.key)
     store.put(cells[1], {"seed": 1, "by": "a second process"})  # meanwhile
-    return {"seed": cell.seed}
+    return {"seed": cell.seed}, None
 
   monkeypatch.setattr(cells_lib, "run_cell", run_cell)
   monkeypatch.setattr(cells_lib, "summary_line", lambda cell, result: "")
-  out = cells_lib.run_cells(lambda cell: None, cells, store, progress=False)
+  ctx = types.SimpleNamespace(config=tiny_benchmark_config(
+      **{"finetune.save_predictions": False}))
+  out = cells_lib.run_cells(lambda cell: ctx, cells, store, progress=False)
   assert ran == ["simclr|linear|1|0"]
   assert out["simclr|linear|1|1"]["by"] == "a second process"

@@ -40,8 +40,14 @@ def contexts(medmnist_dir, tmp_path_factory):
   return make(0), make(1)
 
 
+def _score(ctx, preds: Predictions) -> dict:
+  """`score` as a cell calls it, from a context's config, task and labels."""
+  labels = {split: ctx.labels(split) for split in ("val", "test")}
+  return score(ctx.config.finetune, ctx.task, labels, preds.probs, seed=0)
+
+
 def _valid(preds: Predictions, ctx) -> dict:
-  scores = score(ctx, preds, seed=0)
+  scores = _score(ctx, preds)
   for split in ("val", "test"):
     assert preds.probs[split].shape == (len(ctx.labels(split)), 2)
     assert 0.0 <= scores[split]["auroc"] <= 1.0
@@ -194,7 +200,7 @@ def test_scores_give_per_label_auroc_and_ci_for_multi_label():
   ctx = types.SimpleNamespace(
       task=metrics.MULTI_LABEL, labels=lambda split: y,
       config=types.SimpleNamespace(finetune=tiny_benchmark_config().finetune))
-  out = score(ctx, Predictions({"val": probs, "test": probs}), seed=0)
+  out = _score(ctx, Predictions({"val": probs, "test": probs}))
   per_label = out["test"]["auroc_per_class"]
   assert len(per_label) == 3
   assert out["test"]["auroc"] == pytest.approx(np.mean(per_label))
@@ -215,7 +221,7 @@ def test_scores_cut_at_the_threshold_validation_chose():
     ctx = types.SimpleNamespace(
         task=metrics.BINARY, config=types.SimpleNamespace(finetune=ft),
         labels=lambda split: test_labels if split == "test" else labels[split])
-    return score(ctx, Predictions(probs), seed=0)["test"]
+    return _score(ctx, Predictions(probs))["test"]
 
   tuned, fixed = scored("val_balanced", y_test), scored("medmnist", y_test)
   assert tuned["threshold"] == pytest.approx(0.275) and fixed["threshold"] == 0.5

@@ -12,8 +12,8 @@ import pytest
 from flax import nnx
 
 from ssl_jax import pytree
-from ssl_jax.evaluation import protocols
-from ssl_jax.jobs import common, finetune
+from ssl_jax.evaluation import cells, metrics, protocols
+from ssl_jax.jobs import common, ensemble, finetune
 from ssl_jax.objectives import base
 from ssl_jax.train import checkpoint, encoder_weights
 from tests.tiny import tiny_config
@@ -114,6 +114,45 @@ def test_rerun_skips_finished_cells(demo_run, monkeypatch):
                         dataclasses.replace(registered, fn=must_not_run))
   finetune.train_and_evaluate(config, str(workdir / "finetune"))
   assert (workdir / "finetune" / "results.json").read_text() == before
+
+
+def test_cells_store_predictions_that_ensembles_average(demo_run, tmp_path,
+                                                        capsys):
+  """Each cell's .npz scores to its JSON's AUROC; a scratch run that differs
+  only in `training_seed_offset` trains on the same images from another
+  init, and the ensemble scores the mean of the two runs' probabilities."""
+  workdir, _ = demo_run
+  store = cells.CellStore(str(workdir / "finetune" / "cells"))
+  for path in sorted((workdir / "finetune" / "cells" / "simclr").glob("*.json")):
+    result = json.loads(path.read_text())
+    cell = cells.Cell("simclr", result["protocol"], result["fraction"],
+                      result["seed"])
+    stored = store.predictions(cell)
+    assert str(stored["task"]) == metrics.BINARY
+    assert metrics.auroc(stored["test_labels"], stored["test_probs"],
+                         metrics.BINARY) == pytest.approx(result["test"]["auroc"])
+  config = common.load_config(str(workdir / "finetune"))
+  config.finetune.pretrained = str(workdir / "pretrain")
+  config.finetune.protocols, config.finetune.fractions = ("scratch",), (0.1,)
+  config.finetune.training_seed_offset = 1
+  other = tmp_path / "scratch_offset1"
+  finetune.train_and_evaluate(config, str(other))
+  cell = cells.Cell("simclr", "scratch", 0.1, 0)
+  mine, theirs = store.get(cell), cells.CellStore(str(other / "cells")).get(cell)
+  assert (mine["training_seed"], theirs["training_seed"]) == (0, 1)
+  assert mine["n_train"] == theirs["n_train"] == 55
+  a = store.predictions(cell)
+  b = cells.CellStore(str(other / "cells")).predictions(cell)
+  assert not np.allclose(a["test_probs"], b["test_probs"])
+  assert ensemble.main([str(workdir), str(other), "--protocols=scratch",
+                        f"--out={tmp_path / 'ens.json'}"]) == 0
+  assert "| scratch | 10% | 1 |" in capsys.readouterr().out
+  cell_out = json.loads((tmp_path / "ens.json").read_text())["cells"]["scratch|0.1|0"]
+  mean = (a["test_probs"] + b["test_probs"]) / 2
+  assert cell_out["test"]["auroc"] == pytest.approx(
+      metrics.auroc(a["test_labels"], mean, metrics.BINARY))
+  assert cell_out["member_test_auroc"] == [mine["test"]["auroc"],
+                                           theirs["test"]["auroc"]]
 
 
 @pytest.mark.parametrize("field,value,allowed", [

@@ -6,7 +6,9 @@ as its own JSON file, atomically, so a killed job loses at most the cell in
 progress and a rerun skips the finished ones. The finetune job and the
 benchmark job (`jobs/benchmark.py`) share this machinery. Label subsets are
 stratified, nested across fractions and redrawn per seed; each cell's test
-AUROC comes with a percentile-bootstrap CI.
+AUROC comes with a percentile-bootstrap CI. Beside each cell's JSON, its
+val/test probabilities and labels (`.npz`, `finetune.save_predictions`):
+the per-image scores that ensembles and paired tests need.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
+import numpy as np
 from tqdm.auto import tqdm
 
 from ssl_jax import files
@@ -39,8 +42,11 @@ class Cell:
 
   @property
   def filename(self) -> str:
-    return os.path.join(self.method,
-                        f"{self.protocol}_f{self.fraction:g}_s{self.seed}.json")
+    return os.path.join(self.method, f"{self.stem}.json")
+
+  @property
+  def stem(self) -> str:
+    return f"{self.protocol}_f{self.fraction:g}_s{self.seed}"
 
 
 class CellStore:
@@ -49,6 +55,8 @@ class CellStore:
   Written by write-then-rename (`files.write_json_atomic`): a file is
   there whole or not at all, so a SIGKILL mid-write leaves no half cell and
   a rerun recomputes only what has no file. Files are never rewritten.
+  A cell's predictions (`.npz` beside its JSON) are written first: the JSON
+  marks the cell finished, so a finished cell's predictions are whole.
   """
 
   def __init__(self, directory: str):
@@ -57,11 +65,27 @@ class CellStore:
   def path(self, cell: Cell) -> str:
     return os.path.join(self.directory, cell.filename)
 
+  def predictions_path(self, cell: Cell) -> str:
+    return os.path.join(self.directory, cell.method, f"{cell.stem}.npz")
+
   def get(self, cell: Cell) -> dict | None:
     return files.read_json(self.path(cell))
 
-  def put(self, cell: Cell, result: dict) -> None:
+  def put(self, cell: Cell, result: dict,
+          predictions: dict[str, np.ndarray] | None = None) -> None:
+    if predictions is not None:
+      with files.atomic_open(self.predictions_path(cell), "wb") as f:
+        np.savez(f, **predictions)
     files.write_json_atomic(self.path(cell), result)
+
+  def predictions(self, cell: Cell) -> dict[str, np.ndarray] | None:
+    """A finished cell's `{split}_probs` and `{split}_labels` arrays (val,
+    test) and `task`, or None when the cell or its predictions were not stored."""
+    path = self.predictions_path(cell)
+    if self.get(cell) is None or not os.path.exists(path):
+      return None
+    with np.load(path) as stored:
+      return {name: stored[name] for name in stored.files}
 
   def results(self, cells: Iterable[Cell]) -> dict[str, dict]:
     """Finished cells among `cells`, by key, in the given order."""
@@ -73,40 +97,57 @@ class CellStore:
     return out
 
 
-def score(ctx: EncoderContext, preds: Predictions, seed: int) -> dict[str, dict]:
+def score(ft, task: str, labels: dict[str, np.ndarray],
+          probs: dict[str, np.ndarray], seed: int) -> dict[str, dict]:
   """Val and test metrics (AUROC first), per-class/label test AUROC for
   non-binary tasks, and a percentile-bootstrap CI of the test AUROC.
   Thresholded metrics (ACC, F1, ...) cut at `finetune.decision_threshold`'s
-  threshold, chosen from validation scores only; test records it."""
-  ft = ctx.config.finetune
+  threshold (`ft` is the finetune config), chosen from validation scores
+  only; test records it."""
   rule = metrics.THRESHOLD_RULES[ft.get("decision_threshold", "medmnist")]
-  threshold = rule(ctx.labels("val"), preds.probs["val"], ctx.task)
-  out = {s: metrics.classification_metrics(ctx.labels(s), preds.probs[s],
-                                           ctx.task, threshold=threshold)
+  threshold = rule(labels["val"], probs["val"], task)
+  out = {s: metrics.classification_metrics(labels[s], probs[s], task,
+                                           threshold=threshold)
          for s in EVAL_SPLITS}
   if threshold is not None:
     out["test"]["threshold"] = threshold
-  y, p = ctx.labels("test"), preds.probs["test"]
-  if ctx.task != metrics.BINARY:
+  y, p = labels["test"], probs["test"]
+  if task != metrics.BINARY:
     out["test"]["auroc_per_class"] = [
-        float(v) for v in metrics.auroc_per_class(y, p, ctx.task)]
+        float(v) for v in metrics.auroc_per_class(y, p, task)]
   if ft.bootstrap_samples > 0:
     out["test"]["auroc_ci"] = list(metrics.bootstrap_ci(
-        y, p, ctx.task, metrics.auroc, num_samples=ft.bootstrap_samples,
+        y, p, task, metrics.auroc, num_samples=ft.bootstrap_samples,
         seed=seed, alpha=1.0 - ft.ci_level))
   return out
 
 
-def run_cell(ctx: EncoderContext, cell: Cell) -> dict[str, Any]:
-  """The cell's protocol on its label subset, scored, with what it was."""
+def prediction_arrays(ctx: EncoderContext,
+                      preds: Predictions) -> dict[str, np.ndarray]:
+  """What a cell stores beside its JSON: `{split}_probs`, `{split}_labels`
+  and the `task` that scores them."""
+  out = {"task": np.asarray(ctx.task)}
+  for split in EVAL_SPLITS:
+    out[f"{split}_probs"] = np.asarray(preds.probs[split], np.float32)
+    out[f"{split}_labels"] = np.asarray(ctx.labels(split))
+  return out
+
+
+def run_cell(ctx: EncoderContext, cell: Cell) -> tuple[dict[str, Any],
+                                                      Predictions]:
+  """The cell's protocol on its label subset, scored, with what it was;
+  and its predictions."""
   train_idx = ctx.subset(cell.fraction, cell.seed)
   began = time.perf_counter()
   preds = PROTOCOLS.get(cell.protocol)(ctx, train_idx, cell.seed)
-  return dict(score(ctx, preds, cell.seed), **preds.info,
-              method=cell.method, protocol=cell.protocol,
-              fraction=cell.fraction, seed=cell.seed,
-              n_train=int(len(train_idx)),
-              seconds=time.perf_counter() - began)
+  labels = {s: ctx.labels(s) for s in EVAL_SPLITS}
+  result = dict(score(ctx.config.finetune, ctx.task, labels, preds.probs,
+                      cell.seed), **preds.info,
+                method=cell.method, protocol=cell.protocol,
+                fraction=cell.fraction, seed=cell.seed,
+                n_train=int(len(train_idx)),
+                seconds=time.perf_counter() - began)
+  return result, preds
 
 
 def summary_line(cell: Cell, result: dict) -> str:
@@ -142,8 +183,10 @@ def run_cells(context_for: Callable[[Cell], EncoderContext],
       bar.update(1)
       continue
     bar.set_postfix_str(cell.key, refresh=True)
-    result = run_cell(context_for(cell), cell)
-    store.put(cell, result)
+    ctx = context_for(cell)
+    result, preds = run_cell(ctx, cell)
+    save = ctx.config.finetune.get("save_predictions", True)
+    store.put(cell, result, prediction_arrays(ctx, preds) if save else None)
     bar.update(1)
     tqdm.write(summary_line(cell, result))
   bar.close()

@@ -156,6 +156,7 @@ class ClassifierTrainer:
           weights: weights_lib.Flat | None, name: str) -> Predictions:
     from data_pipelines import input_pipeline  # only where data is read
     ft = self.config.finetune
+    seed = training_seed(ft, seed)
     state = self.init_state(seed, weights)
     probed = head_fit(ft) == "linear_probe" and weights is not None
     if probed:
@@ -190,12 +191,20 @@ class ClassifierTrainer:
     params, rest = best.state
     return Predictions(
         {s: self.probs(ctx, params, rest, s) for s in EVAL_SPLITS},
-        {"selected_step": best.step, "steps": self.steps,
+        {"selected_step": best.step, "steps": self.steps, "training_seed": seed,
          "selected_epoch": best.step / steps_per_epoch(
              ft, len(train_idx), self.mesh),
          "selected_val_auroc": best.auroc, "selected_val_loss": best.loss,
          "select_from_step": self.select_from,
          **({"head_probe_val_score": probe_val_score} if probed else {})})
+
+
+def training_seed(ft: ml_collections.ConfigDict, cell_seed: int) -> int:
+  """The seed of a run's init, batch order and augmentation: the cell's,
+  shifted by `finetune.training_seed_offset`. The label subset keeps the
+  cell's seed, so runs that differ only in the offset train on the same
+  images (an ensemble of them, or the training seed's share of the spread)."""
+  return cell_seed + int(ft.get("training_seed_offset", 0))
 
 
 class BestOnVal:

@@ -7,7 +7,8 @@ The protocols are in evaluation/protocols.py, the end-to-end classifier in
 evaluation/classifier.py, the cell store in evaluation/cells.py.
 
 Outputs in the workdir: config.json, data_report.json, cells/<method>/
-(one JSON per finished cell), logs/ (end-to-end runs), results.json,
+(one JSON per finished cell, its val/test probabilities beside it as .npz
+for `python -m ssl_jax.jobs.ensemble`), logs/ (end-to-end runs), results.json,
 results.md, and init_from_report.json when the encoder came from
 `config.init_from`.
 """

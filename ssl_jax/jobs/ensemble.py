@@ -1,0 +1,201 @@
+"""Ensembles of finished stage-2 cells: their stored probabilities averaged.
+
+  python -m ssl_jax.jobs.ensemble WORKDIR[:METHOD] WORKDIR[:METHOD] ... \
+      [--protocols finetune,scratch] [--out ensemble.json]
+
+Why: combining what several pretrainings learned is one of the review's
+guidelines, and averaging the predictions of classifiers fine-tuned from
+different encoders (other pretraining seeds, other methods) is its
+simplest form. Members are workdirs of finetune, pretrain_finetune or
+benchmark jobs (METHOD picks one method of a benchmark's cells). Cells are
+matched by (protocol, label fraction, seed), so every member trained on
+the same label subset; their val and test probabilities (the `.npz` each
+cell stores) are averaged, and the average is scored as a cell is (the
+first member's `finetune` config: decision threshold from validation,
+bootstrap CI). A fair baseline is an ensemble of as many from-scratch runs
+of the same subsets: `finetune.training_seed_offset` gives them other
+inits and batch orders.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+
+from ssl_jax import files
+from ssl_jax.evaluation.cells import Cell, CellStore, score
+from ssl_jax.evaluation.encoder_context import EVAL_SPLITS
+from ssl_jax.jobs import common
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One ensemble member: a workdir's cell store and the method read there."""
+  spec: str
+  store: CellStore
+  method: str
+  finetune: ml_collections.ConfigDict
+
+
+def cells_directory(workdir: str) -> str:
+  """Where a job keeps its cells: <workdir>/cells (finetune, benchmark) or
+  <workdir>/finetune/cells (pretrain_finetune)."""
+  for candidate in (os.path.join(workdir, "cells"),
+                    os.path.join(workdir, "finetune", "cells")):
+    if os.path.isdir(candidate):
+      return candidate
+  raise ValueError(f"ensemble member {workdir!r}: no cells/ or finetune/cells/ "
+                   "in it; expected the workdir of a finished finetune, "
+                   "pretrain_finetune or benchmark job")
+
+
+def member(spec: str) -> Member:
+  """'WORKDIR' or 'WORKDIR:METHOD' (METHOD required when the workdir holds
+  the cells of several methods, as a benchmark's does)."""
+  workdir, method = spec, ""
+  head, sep, tail = spec.rpartition(":")
+  if sep and head and "/" not in tail:
+    workdir, method = head, tail
+  directory = cells_directory(workdir)
+  methods = sorted(name for name in os.listdir(directory)
+                   if os.path.isdir(os.path.join(directory, name)))
+  if method and method not in methods:
+    raise ValueError(f"ensemble member {spec!r}: no cells of method "
+                     f"{method!r}; {directory} holds {', '.join(methods)}")
+  if not method:
+    if len(methods) != 1:
+      raise ValueError(f"ensemble member {spec!r}: {directory} holds the cells "
+                       f"of {', '.join(methods) or 'no method'}; name one as "
+                       f"{workdir}:METHOD")
+    method = methods[0]
+  config = common.load_config(os.path.dirname(directory))
+  return Member(spec, CellStore(directory), method, config.finetune)
+
+
+def finished_cells(m: Member) -> list[Cell]:
+  """The member's finished cells (those with a JSON file)."""
+  directory = os.path.join(m.store.directory, m.method)
+  cells = []
+  for name in sorted(os.listdir(directory)):
+    if name.endswith(".json"):
+      result = files.read_json(os.path.join(directory, name))
+      cells.append(Cell(m.method, result["protocol"], float(result["fraction"]),
+                        int(result["seed"])))
+  return cells
+
+
+def _check_same_images(members: Sequence[Member],
+                       stored: Sequence[dict[str, np.ndarray]], key: str) -> None:
+  """Averaging is only meaningful over predictions of the same images."""
+  for m, arrays in zip(members[1:], stored[1:]):
+    for split in EVAL_SPLITS:
+      if not np.array_equal(arrays[f"{split}_labels"],
+                            stored[0][f"{split}_labels"]):
+        raise ValueError(f"cell {key}: {m.spec}'s {split} labels differ from "
+                         f"{members[0].spec}'s; ensemble members must be "
+                         "scored on the same images")
+
+
+def ensemble_cell(members: Sequence[Member], protocol: str, fraction: float,
+                  seed: int) -> dict[str, Any] | None:
+  """The averaged cell scored, with each member's test AUROC; None when a
+  member lacks the cell or its stored predictions."""
+  cells = [Cell(m.method, protocol, fraction, seed) for m in members]
+  stored = [m.store.predictions(c) for m, c in zip(members, cells)]
+  if any(arrays is None for arrays in stored):
+    return None
+  key = f"{protocol}|{fraction:g}|{seed}"
+  _check_same_images(members, stored, key)
+  task = str(stored[0]["task"])
+  labels = {s: stored[0][f"{s}_labels"] for s in EVAL_SPLITS}
+  probs = {s: np.mean([a[f"{s}_probs"] for a in stored], axis=0)
+           for s in EVAL_SPLITS}
+  out = score(members[0].finetune, task, labels, probs, seed)
+  return dict(out, protocol=protocol, fraction=fraction, seed=seed,
+              members=[m.spec for m in members],
+              member_test_auroc=[m.store.get(c)["test"]["auroc"]
+                                 for m, c in zip(members, cells)])
+
+
+def ensemble(members: Sequence[Member],
+             protocols: Sequence[str] = ()) -> dict[str, dict]:
+  """Every (protocol, fraction, seed) all members finished (and stored
+  predictions for), averaged and scored, by key."""
+  keys = None
+  for m in members:
+    mine = {(c.protocol, c.fraction, c.seed) for c in finished_cells(m)
+            if not protocols or c.protocol in protocols}
+    keys = mine if keys is None else keys & mine
+  out = {}
+  for protocol, fraction, seed in sorted(keys or ()):
+    result = ensemble_cell(members, protocol, fraction, seed)
+    if result is not None:
+      out[f"{protocol}|{fraction:g}|{seed}"] = result
+  return out
+
+
+def _mean_sd(values: Sequence[float]) -> str:
+  sd = statistics.stdev(values) if len(values) > 1 else 0.0
+  return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
+def markdown(results: dict[str, dict], members: Sequence[Member]) -> str:
+  """Per (protocol, fraction): each member's mean test AUROC over the seeds
+  all members share, the ensemble's, and the ensemble minus the members'
+  mean, per seed (mean ± sd)."""
+  groups: dict[tuple[str, float], list[dict]] = {}
+  for result in results.values():
+    groups.setdefault((result["protocol"], result["fraction"]), []).append(result)
+  names = " / ".join(m.spec for m in members)
+  lines = [f"Ensemble of {len(members)} (mean of probabilities): {names}", "",
+           "| protocol | labels | seeds | members' test AUROC | ensemble AUROC "
+           "| ensemble − members' mean | balanced ACC | ACC |",
+           "|---|---:|---:|---|---:|---:|---:|---:|"]
+  for (protocol, fraction), rows in sorted(groups.items()):
+    per_member = np.array([r["member_test_auroc"] for r in rows])
+    gain = [r["test"]["auroc"] - float(np.mean(r["member_test_auroc"]))
+            for r in rows]
+    lines.append(
+        f"| {protocol} | {fraction:.0%} | {len(rows)} | "
+        f"{' / '.join(f'{v:.3f}' for v in per_member.mean(axis=0))} | "
+        f"{_mean_sd([r['test']['auroc'] for r in rows])} | "
+        f"{_mean_sd(gain)} | "
+        f"{_mean_sd([r['test']['balanced_accuracy'] for r in rows])} | "
+        f"{_mean_sd([r['test']['accuracy'] for r in rows])} |")
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m ssl_jax.jobs.ensemble",
+      description="Average the stored predictions of matching stage-2 cells "
+                  "of several workdirs and score the average.")
+  parser.add_argument("members", nargs="+", metavar="WORKDIR[:METHOD]")
+  parser.add_argument("--protocols", default="",
+                      help="comma-separated protocols (default: all shared)")
+  parser.add_argument("--out", default="", help="write the cells as JSON here")
+  args = parser.parse_args(argv)
+  if len(args.members) < 2:
+    parser.error("an ensemble needs at least two members")
+  members = [member(spec) for spec in args.members]
+  protocols = tuple(p for p in args.protocols.split(",") if p)
+  results = ensemble(members, protocols)
+  if not results:
+    print("no cell is finished, with stored predictions, in every member",
+          file=sys.stderr)
+    return 1
+  if args.out:
+    files.write_json_atomic(args.out, {"members": args.members,
+                                       "cells": results})
+  print(markdown(results, members))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

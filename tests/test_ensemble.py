@@ -1,0 +1,87 @@
+"""Ensembles of stored cells (jobs/ensemble.py) on synthetic predictions:
+the average is scored as a cell, and members that cannot be averaged are
+refused by name."""
+import json
+
+import numpy as np
+import pytest
+
+from ssl_jax import files
+from ssl_jax.evaluation import cells, metrics
+from ssl_jax.jobs import ensemble
+from tests.test_benchmark import tiny_benchmark_config
+
+
+def _member(root, name, labels, test_probs, method="simclr", seed=0):
+  """A finetune-like workdir holding one finished end-to-end cell."""
+  workdir = root / name
+  files.write_text_atomic(str(workdir / "config.json"),
+                          tiny_benchmark_config().to_json_best_effort())
+  store = cells.CellStore(str(workdir / "cells"))
+  cell = cells.Cell(method, "finetune", 0.1, seed)
+  store.put(cell, {"protocol": "finetune", "fraction": 0.1, "seed": seed,
+                   "test": {"auroc": metrics.auroc(labels["test"], test_probs,
+                                                   metrics.BINARY)}},
+            {"task": np.asarray(metrics.BINARY),
+             "val_probs": test_probs, "val_labels": labels["val"],
+             "test_probs": test_probs, "test_labels": labels["test"]})
+  return str(workdir)
+
+
+def _noisy(y, rng):
+  p1 = np.clip(0.5 * y + rng.normal(0.25, 0.35, len(y)), 0.0, 1.0)
+  return np.stack([1 - p1, p1], axis=1).astype(np.float32)
+
+
+def test_the_average_of_independent_members_ranks_better(tmp_path):
+  rng = np.random.default_rng(0)
+  y = (rng.random(300) < 0.3).astype(np.int64)
+  labels = {"val": y, "test": y}
+  specs = [_member(tmp_path, f"m{i}", labels, _noisy(y, rng)) for i in range(3)]
+  members = [ensemble.member(s) for s in specs]
+  out = ensemble.ensemble(members)["finetune|0.1|0"]
+  singles = out["member_test_auroc"]
+  assert out["test"]["auroc"] > max(singles)  # independent errors average out
+  stored = [m.store.predictions(cells.Cell("simclr", "finetune", 0.1, 0))
+            for m in members]
+  mean = np.mean([s["test_probs"] for s in stored], axis=0)
+  assert out["test"]["auroc"] == pytest.approx(metrics.auroc(y, mean, metrics.BINARY))
+  low, high = out["test"]["auroc_ci"]
+  assert low <= out["test"]["auroc"] <= high
+  assert "| finetune | 10% | 1 |" in ensemble.markdown({"k": out}, members)
+
+
+def test_members_scored_on_other_images_are_refused(tmp_path):
+  rng = np.random.default_rng(1)
+  y = (rng.random(50) < 0.5).astype(np.int64)
+  a = _member(tmp_path, "a", {"val": y, "test": y}, _noisy(y, rng))
+  b = _member(tmp_path, "b", {"val": y, "test": 1 - y}, _noisy(y, rng))
+  with pytest.raises(ValueError, match="test labels differ"):
+    ensemble.ensemble([ensemble.member(a), ensemble.member(b)])
+
+
+def test_cells_without_a_partner_or_predictions_are_left_out(tmp_path):
+  rng = np.random.default_rng(2)
+  y = (rng.random(40) < 0.5).astype(np.int64)
+  a = _member(tmp_path, "a", {"val": y, "test": y}, _noisy(y, rng), seed=0)
+  b = _member(tmp_path, "b", {"val": y, "test": y}, _noisy(y, rng), seed=1)
+  assert ensemble.ensemble([ensemble.member(a), ensemble.member(b)]) == {}
+  store = cells.CellStore(str(tmp_path / "b" / "cells"))
+  store.put(cells.Cell("simclr", "finetune", 0.1, 0),  # JSON, no .npz
+            {"protocol": "finetune", "fraction": 0.1, "seed": 0})
+  assert store.predictions(cells.Cell("simclr", "finetune", 0.1, 0)) is None
+  assert ensemble.ensemble([ensemble.member(a), ensemble.member(b)]) == {}
+
+
+def test_member_specs_name_what_is_wrong(tmp_path):
+  with pytest.raises(ValueError, match="no cells/ or finetune/cells/"):
+    ensemble.member(str(tmp_path))
+  rng = np.random.default_rng(3)
+  y = (rng.random(20) < 0.5).astype(np.int64)
+  path = _member(tmp_path, "bench", {"val": y, "test": y}, _noisy(y, rng))
+  _member(tmp_path, "bench", {"val": y, "test": y}, _noisy(y, rng), method="vicreg")
+  with pytest.raises(ValueError, match="name one as .*:METHOD"):
+    ensemble.member(path)
+  assert ensemble.member(f"{path}:vicreg").method == "vicreg"
+  with pytest.raises(ValueError, match="no cells of method 'byol'"):
+    ensemble.member(f"{path}:byol")
