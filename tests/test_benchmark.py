@@ -258,6 +258,8 @@ def test_fields_newer_than_a_saved_sweep_bind_only_off_their_default(tmp_path):
   files.write_json_atomic(str(tmp_path / "benchmark.json"),
                           {"fingerprint": saved})
   benchmark.check_resumable(config, str(tmp_path))  # default value: resumes
+  config.finetune.save_predictions = False  # changes no result: resumes
+  benchmark.check_resumable(config, str(tmp_path))
   config.pairs.mode = "patient"
   with pytest.raises(ValueError, match="pairs.mode"):
     benchmark.check_resumable(config, str(tmp_path))
