@@ -1,6 +1,7 @@
-"""Ensembles of stored cells (jobs/ensemble.py) on synthetic predictions:
-the average is scored as a cell, and members that cannot be averaged are
-refused by name."""
+"""Tools over stored cells, on synthetic predictions: ensembles
+(jobs/ensemble.py) score the average as a cell, DeLong comparisons
+(jobs/compare.py) test matched cells, and sources that cannot be combined
+are refused by name (jobs/stored_cells.py)."""
 import json
 
 import numpy as np
@@ -8,18 +9,19 @@ import pytest
 
 from ssl_jax import files
 from ssl_jax.evaluation import cells, metrics
-from ssl_jax.jobs import ensemble
+from ssl_jax.jobs import compare, ensemble, stored_cells
 from tests.test_benchmark import tiny_benchmark_config
 
 
-def _member(root, name, labels, test_probs, method="simclr", seed=0):
-  """A finetune-like workdir holding one finished end-to-end cell."""
+def _member(root, name, labels, test_probs, method="simclr", seed=0,
+            protocol="finetune"):
+  """A finetune-like workdir holding one finished cell."""
   workdir = root / name
   files.write_text_atomic(str(workdir / "config.json"),
                           tiny_benchmark_config().to_json_best_effort())
   store = cells.CellStore(str(workdir / "cells"))
-  cell = cells.Cell(method, "finetune", 0.1, seed)
-  store.put(cell, {"protocol": "finetune", "fraction": 0.1, "seed": seed,
+  cell = cells.Cell(method, protocol, 0.1, seed)
+  store.put(cell, {"protocol": protocol, "fraction": 0.1, "seed": seed,
                    "test": {"auroc": metrics.auroc(labels["test"], test_probs,
                                                    metrics.BINARY)}},
             {"task": np.asarray(metrics.BINARY),
@@ -38,7 +40,7 @@ def test_the_average_of_independent_members_ranks_better(tmp_path):
   y = (rng.random(300) < 0.3).astype(np.int64)
   labels = {"val": y, "test": y}
   specs = [_member(tmp_path, f"m{i}", labels, _noisy(y, rng)) for i in range(3)]
-  members = [ensemble.member(s) for s in specs]
+  members = [stored_cells.source(s) for s in specs]
   out = ensemble.ensemble(members)["finetune|0.1|0"]
   singles = out["member_test_auroc"]
   assert out["test"]["auroc"] > max(singles)  # independent errors average out
@@ -57,7 +59,7 @@ def test_members_scored_on_other_images_are_refused(tmp_path):
   a = _member(tmp_path, "a", {"val": y, "test": y}, _noisy(y, rng))
   b = _member(tmp_path, "b", {"val": y, "test": 1 - y}, _noisy(y, rng))
   with pytest.raises(ValueError, match="test labels differ"):
-    ensemble.ensemble([ensemble.member(a), ensemble.member(b)])
+    ensemble.ensemble([stored_cells.source(a), stored_cells.source(b)])
 
 
 def test_cells_without_a_partner_or_predictions_are_left_out(tmp_path):
@@ -65,23 +67,48 @@ def test_cells_without_a_partner_or_predictions_are_left_out(tmp_path):
   y = (rng.random(40) < 0.5).astype(np.int64)
   a = _member(tmp_path, "a", {"val": y, "test": y}, _noisy(y, rng), seed=0)
   b = _member(tmp_path, "b", {"val": y, "test": y}, _noisy(y, rng), seed=1)
-  assert ensemble.ensemble([ensemble.member(a), ensemble.member(b)]) == {}
+  assert ensemble.ensemble([stored_cells.source(a), stored_cells.source(b)]) == {}
   store = cells.CellStore(str(tmp_path / "b" / "cells"))
   store.put(cells.Cell("simclr", "finetune", 0.1, 0),  # JSON, no .npz
             {"protocol": "finetune", "fraction": 0.1, "seed": 0})
   assert store.predictions(cells.Cell("simclr", "finetune", 0.1, 0)) is None
-  assert ensemble.ensemble([ensemble.member(a), ensemble.member(b)]) == {}
+  assert ensemble.ensemble([stored_cells.source(a), stored_cells.source(b)]) == {}
 
 
 def test_member_specs_name_what_is_wrong(tmp_path):
   with pytest.raises(ValueError, match="no cells/ or finetune/cells/"):
-    ensemble.member(str(tmp_path))
+    stored_cells.source(str(tmp_path))
   rng = np.random.default_rng(3)
   y = (rng.random(20) < 0.5).astype(np.int64)
   path = _member(tmp_path, "bench", {"val": y, "test": y}, _noisy(y, rng))
   _member(tmp_path, "bench", {"val": y, "test": y}, _noisy(y, rng), method="vicreg")
   with pytest.raises(ValueError, match="name one as .*:METHOD"):
-    ensemble.member(path)
-  assert ensemble.member(f"{path}:vicreg").method == "vicreg"
+    stored_cells.source(path)
+  assert stored_cells.source(f"{path}:vicreg").method == "vicreg"
   with pytest.raises(ValueError, match="no cells of method 'byol'"):
-    ensemble.member(f"{path}:byol")
+    stored_cells.source(f"{path}:byol")
+
+
+def test_compare_runs_delong_on_matched_cells(tmp_path, capsys):
+  rng = np.random.default_rng(4)
+  y = (rng.random(200) < 0.3).astype(np.int64)
+  labels = {"val": y, "test": y}
+  strong = np.clip(0.8 * y + rng.normal(0.1, 0.2, 200), 0, 1)
+  weak = _noisy(y, rng)[:, 1]
+  ssl = _member(tmp_path, "w", labels, strong)
+  _member(tmp_path, "w", labels, weak, protocol="scratch")
+  _member(tmp_path, "w", labels, weak, protocol="scratch", seed=1)  # no partner
+  rows = compare.compare(stored_cells.source(ssl), "finetune",
+                         stored_cells.source(ssl), "scratch")
+  assert [(r["fraction"], r["seed"]) for r in rows] == [(0.1, 0)]
+  want = metrics.delong_paired(y, strong, weak)
+  assert rows[0]["difference"] == pytest.approx(want["difference"])
+  assert rows[0]["difference"] > 0.1
+  assert rows[0]["p_value"] < 0.05
+  assert compare.main([ssl]) == 0
+  assert "| 10% | 1 |" in capsys.readouterr().out
+  other = _member(tmp_path, "other", {"val": y, "test": 1 - y}, weak,
+                  protocol="scratch")
+  with pytest.raises(ValueError, match="other test images"):
+    compare.compare(stored_cells.source(ssl), "finetune",
+                    stored_cells.source(other), "scratch")

@@ -17,6 +17,7 @@ crash, and callers (e.g. `bootstrap_ci`) decide what to do.
 """
 from __future__ import annotations
 
+import statistics
 from typing import Callable, Sequence
 
 import numpy as np
@@ -390,6 +391,49 @@ def bootstrap_ci(y_true: np.ndarray, probs: np.ndarray, task: str,
     raise ValueError('every bootstrap resample was degenerate (single class)')
   low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
   return float(low), float(high)
+
+
+def _delong_components(y: np.ndarray, score: np.ndarray
+                       ) -> tuple[float, np.ndarray, np.ndarray]:
+  """AUROC and DeLong's structural components of one score vector: per
+  positive, the share of negatives it outranks (ties: 1/2); per negative,
+  the share of positives that outrank it. Midranks, O(n log n)
+  (Sun & Xu 2014)."""
+  pos, neg = score[y == 1], score[y == 0]
+  m, n = len(pos), len(neg)
+  joint = _average_ranks(np.concatenate([pos, neg]))
+  v_pos = (joint[:m] - _average_ranks(pos)) / n
+  v_neg = 1.0 - (joint[m:] - _average_ranks(neg)) / m
+  return float(v_pos.mean()), v_pos, v_neg
+
+
+def delong_paired(y_true: np.ndarray, score_a: np.ndarray,
+                  score_b: np.ndarray, *, alpha: float = 0.05) -> dict:
+  """DeLong, DeLong & Clarke-Pearson (1988): two AUROCs on the same images.
+
+  Why: SSL and scratch classifiers are scored on one test set, so their
+  AUROCs are correlated; the paired test weighs their difference against
+  the test set's sampling noise (what seeds-paired intervals leave out).
+  Binary tasks: labels in {0, 1}, scores as `auroc` takes them ([N] or
+  [N, 2] probabilities). Returns both AUROCs, their difference (a − b),
+  its standard error, a normal (1 − alpha) interval and the two-sided
+  p-value.
+  """
+  y = _labels(y_true, BINARY)
+  scores = [_probs(s, BINARY, len(y)) for s in (score_a, score_b)]
+  auroc_binary(y, scores[0])  # checks labels in {0, 1}, both classes present
+  parts = [_delong_components(y, s) for s in scores]
+  m, n = int((y == 1).sum()), int((y == 0).sum())
+  cov = (np.cov(np.stack([p[1] for p in parts])) / m
+         + np.cov(np.stack([p[2] for p in parts])) / n)
+  diff = parts[0][0] - parts[1][0]
+  se = float(np.sqrt(max(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1], 0.0)))
+  normal = statistics.NormalDist()
+  half = normal.inv_cdf(1 - alpha / 2) * se
+  p_value = 2 * (1 - normal.cdf(abs(diff) / se)) if se > 0 else (
+      1.0 if diff == 0 else 0.0)
+  return {'auroc_a': parts[0][0], 'auroc_b': parts[1][0], 'difference': diff,
+          'se': se, 'ci': (diff - half, diff + half), 'p_value': float(p_value)}
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:

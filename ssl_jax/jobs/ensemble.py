@@ -19,78 +19,19 @@ inits and batch orders.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
-import statistics
 import sys
 from typing import Any, Sequence
 
-import ml_collections
 import numpy as np
 
 from ssl_jax import files
-from ssl_jax.evaluation.cells import Cell, CellStore, score
+from ssl_jax.evaluation import metrics
+from ssl_jax.evaluation.cells import score
 from ssl_jax.evaluation.encoder_context import EVAL_SPLITS
-from ssl_jax.jobs import common
+from ssl_jax.jobs.stored_cells import Source, source
 
 
-@dataclasses.dataclass(frozen=True)
-class Member:
-  """One ensemble member: a workdir's cell store and the method read there."""
-  spec: str
-  store: CellStore
-  method: str
-  finetune: ml_collections.ConfigDict
-
-
-def cells_directory(workdir: str) -> str:
-  """Where a job keeps its cells: <workdir>/cells (finetune, benchmark) or
-  <workdir>/finetune/cells (pretrain_finetune)."""
-  for candidate in (os.path.join(workdir, "cells"),
-                    os.path.join(workdir, "finetune", "cells")):
-    if os.path.isdir(candidate):
-      return candidate
-  raise ValueError(f"ensemble member {workdir!r}: no cells/ or finetune/cells/ "
-                   "in it; expected the workdir of a finished finetune, "
-                   "pretrain_finetune or benchmark job")
-
-
-def member(spec: str) -> Member:
-  """'WORKDIR' or 'WORKDIR:METHOD' (METHOD required when the workdir holds
-  the cells of several methods, as a benchmark's does)."""
-  workdir, method = spec, ""
-  head, sep, tail = spec.rpartition(":")
-  if sep and head and "/" not in tail:
-    workdir, method = head, tail
-  directory = cells_directory(workdir)
-  methods = sorted(name for name in os.listdir(directory)
-                   if os.path.isdir(os.path.join(directory, name)))
-  if method and method not in methods:
-    raise ValueError(f"ensemble member {spec!r}: no cells of method "
-                     f"{method!r}; {directory} holds {', '.join(methods)}")
-  if not method:
-    if len(methods) != 1:
-      raise ValueError(f"ensemble member {spec!r}: {directory} holds the cells "
-                       f"of {', '.join(methods) or 'no method'}; name one as "
-                       f"{workdir}:METHOD")
-    method = methods[0]
-  config = common.load_config(os.path.dirname(directory))
-  return Member(spec, CellStore(directory), method, config.finetune)
-
-
-def finished_cells(m: Member) -> list[Cell]:
-  """The member's finished cells (those with a JSON file)."""
-  directory = os.path.join(m.store.directory, m.method)
-  cells = []
-  for name in sorted(os.listdir(directory)):
-    if name.endswith(".json"):
-      result = files.read_json(os.path.join(directory, name))
-      cells.append(Cell(m.method, result["protocol"], float(result["fraction"]),
-                        int(result["seed"])))
-  return cells
-
-
-def _check_same_images(members: Sequence[Member],
+def _check_same_images(members: Sequence[Source],
                        stored: Sequence[dict[str, np.ndarray]], key: str) -> None:
   """Averaging is only meaningful over predictions of the same images."""
   for m, arrays in zip(members[1:], stored[1:]):
@@ -102,11 +43,11 @@ def _check_same_images(members: Sequence[Member],
                          "scored on the same images")
 
 
-def ensemble_cell(members: Sequence[Member], protocol: str, fraction: float,
+def ensemble_cell(members: Sequence[Source], protocol: str, fraction: float,
                   seed: int) -> dict[str, Any] | None:
   """The averaged cell scored, with each member's test AUROC; None when a
   member lacks the cell or its stored predictions."""
-  cells = [Cell(m.method, protocol, fraction, seed) for m in members]
+  cells = [m.cell(protocol, fraction, seed) for m in members]
   stored = [m.store.predictions(c) for m, c in zip(members, cells)]
   if any(arrays is None for arrays in stored):
     return None
@@ -123,13 +64,13 @@ def ensemble_cell(members: Sequence[Member], protocol: str, fraction: float,
                                  for m, c in zip(members, cells)])
 
 
-def ensemble(members: Sequence[Member],
+def ensemble(members: Sequence[Source],
              protocols: Sequence[str] = ()) -> dict[str, dict]:
   """Every (protocol, fraction, seed) all members finished (and stored
   predictions for), averaged and scored, by key."""
   keys = None
   for m in members:
-    mine = {(c.protocol, c.fraction, c.seed) for c in finished_cells(m)
+    mine = {(c.protocol, c.fraction, c.seed) for c in m.finished()
             if not protocols or c.protocol in protocols}
     keys = mine if keys is None else keys & mine
   out = {}
@@ -141,11 +82,10 @@ def ensemble(members: Sequence[Member],
 
 
 def _mean_sd(values: Sequence[float]) -> str:
-  sd = statistics.stdev(values) if len(values) > 1 else 0.0
-  return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+  return "{:.3f} ± {:.3f}".format(*metrics.mean_sd(values))
 
 
-def markdown(results: dict[str, dict], members: Sequence[Member]) -> str:
+def markdown(results: dict[str, dict], members: Sequence[Source]) -> str:
   """Per (protocol, fraction): each member's mean test AUROC over the seeds
   all members share, the ensemble's, and the ensemble minus the members'
   mean, per seed (mean ± sd)."""
@@ -183,7 +123,7 @@ def main(argv: Sequence[str]) -> int:
   args = parser.parse_args(argv)
   if len(args.members) < 2:
     parser.error("an ensemble needs at least two members")
-  members = [member(spec) for spec in args.members]
+  members = [source(spec) for spec in args.members]
   protocols = tuple(p for p in args.protocols.split(",") if p)
   results = ensemble(members, protocols)
   if not results:
