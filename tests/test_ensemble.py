@@ -112,3 +112,22 @@ def test_compare_runs_delong_on_matched_cells(tmp_path, capsys):
   with pytest.raises(ValueError, match="other test images"):
     compare.compare(stored_cells.source(ssl), "finetune",
                     stored_cells.source(other), "scratch")
+
+
+def test_a_stored_ensemble_is_a_source_for_compare(tmp_path):
+  """--workdir stores the averaged cells; compare reads them like any."""
+  rng = np.random.default_rng(5)
+  y = (rng.random(120) < 0.4).astype(np.int64)
+  labels = {"val": y, "test": y}
+  specs = [_member(tmp_path, f"m{i}", labels, _noisy(y, rng)) for i in range(2)]
+  single = _member(tmp_path, "single", labels, _noisy(y, rng))
+  out = tmp_path / "ens"
+  assert ensemble.main(specs + [f"--workdir={out}"]) == 0
+  assert ensemble.main(specs + [f"--workdir={out}"]) == 0  # rerun: same members
+  averaged = stored_cells.source(str(out))
+  assert averaged.method == "ensemble"
+  rows = compare.compare(averaged, "finetune", stored_cells.source(single),
+                         "finetune")
+  assert len(rows) == 1 and rows[0]["auroc_a"] == pytest.approx(
+      ensemble.ensemble([stored_cells.source(s) for s in specs])
+      ["finetune|0.1|0"]["test"]["auroc"])

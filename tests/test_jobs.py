@@ -144,15 +144,21 @@ def test_cells_store_predictions_that_ensembles_average(demo_run, tmp_path,
   a = store.predictions(cell)
   b = cells.CellStore(str(other / "cells")).predictions(cell)
   assert not np.allclose(a["test_probs"], b["test_probs"])
+  out = tmp_path / "ens"
   assert ensemble.main([str(workdir), str(other), "--protocols=scratch",
-                        f"--out={tmp_path / 'ens.json'}"]) == 0
+                        f"--workdir={out}"]) == 0
   assert "| scratch | 10% | 1 |" in capsys.readouterr().out
-  cell_out = json.loads((tmp_path / "ens.json").read_text())["cells"]["scratch|0.1|0"]
+  averaged = cells.CellStore(str(out / "cells"))
+  cell_out = averaged.get(cells.Cell("ensemble", "scratch", 0.1, 0))
   mean = (a["test_probs"] + b["test_probs"]) / 2
   assert cell_out["test"]["auroc"] == pytest.approx(
       metrics.auroc(a["test_labels"], mean, metrics.BINARY))
   assert cell_out["member_test_auroc"] == [mine["test"]["auroc"],
                                            theirs["test"]["auroc"]]
+  np.testing.assert_allclose(averaged.predictions(cells.Cell(
+      "ensemble", "scratch", 0.1, 0))["test_probs"], mean, rtol=1e-6)
+  with pytest.raises(ValueError, match="use a fresh --workdir"):
+    ensemble.main([str(other), str(workdir), f"--workdir={out}"])
 
 
 @pytest.mark.parametrize("field,value,allowed", [

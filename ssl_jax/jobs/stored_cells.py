@@ -20,11 +20,12 @@ from ssl_jax.jobs import common
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """One method's cells in one workdir, and the stage-2 config they ran with."""
+  """One method's cells in one workdir, and the stage-2 config they ran with
+  (its `finetune` fields say how cells are scored)."""
   spec: str
   store: CellStore
   method: str
-  finetune: ml_collections.ConfigDict
+  config: ml_collections.ConfigDict
 
   def cell(self, protocol: str, fraction: float, seed: int) -> Cell:
     return Cell(self.method, protocol, fraction, seed)
@@ -72,4 +73,4 @@ def source(spec: str) -> Source:
                        f"{workdir}:METHOD")
     method = methods[0]
   config = common.load_config(os.path.dirname(directory))
-  return Source(spec, CellStore(directory), method, config.finetune)
+  return Source(spec, CellStore(directory), method, config)
