@@ -155,7 +155,8 @@ def method_info(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
 # lives, the display and the devices do not change results.
 _NOT_BINDING = ("benchmark.methods", "benchmark.combine", "benchmark.progress",
                 "finetune.protocols", "finetune.fractions", "finetune.seeds",
-                "finetune.save_predictions", "train.progress", "data.data_dir", "mesh", "distributed")
+                "finetune.save_predictions", "train.progress", "data.data_dir",
+                "mesh", "distributed")
 
 
 def _fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
