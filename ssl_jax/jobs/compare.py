@@ -19,11 +19,9 @@ import statistics
 import sys
 from typing import Any, Sequence
 
-import numpy as np
-
 from ssl_jax import files
 from ssl_jax.evaluation import metrics
-from ssl_jax.jobs.stored_cells import Source, source
+from ssl_jax.jobs.stored_cells import Source, check_same_images, source
 
 
 def compare_cell(a: Source, protocol_a: str, b: Source, protocol_b: str,
@@ -38,10 +36,8 @@ def compare_cell(a: Source, protocol_a: str, b: Source, protocol_b: str,
   if str(stored[0]["task"]) != metrics.BINARY:
     raise ValueError(f"{a.spec}: the task is {stored[0]['task']}; DeLong's "
                      f"test compares {metrics.BINARY} AUROCs")
-  if not np.array_equal(stored[0]["test_labels"], stored[1]["test_labels"]):
-    raise ValueError(f"{a.spec} and {b.spec} scored other test images "
-                     f"(fraction {fraction:g}, seed {seed}); compare cells "
-                     "of the same data")
+  check_same_images((a, b), stored, f"fraction {fraction:g}, seed {seed}",
+                    splits=("test",))
   test = metrics.delong_paired(stored[0]["test_labels"], stored[0]["test_probs"],
                                stored[1]["test_probs"], alpha=alpha)
   return dict(test, fraction=fraction, seed=seed)

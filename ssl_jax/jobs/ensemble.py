@@ -33,21 +33,9 @@ from ssl_jax.evaluation import metrics
 from ssl_jax.evaluation.cells import Cell, CellStore, score
 from ssl_jax.evaluation.encoder_context import EVAL_SPLITS
 from ssl_jax.jobs import common
-from ssl_jax.jobs.stored_cells import Source, source
+from ssl_jax.jobs.stored_cells import Source, check_same_images, source
 
 METHOD = "ensemble"  # the method name of stored ensemble cells
-
-
-def _check_same_images(members: Sequence[Source],
-                       stored: Sequence[dict[str, np.ndarray]], key: str) -> None:
-  """Averaging is only meaningful over predictions of the same images."""
-  for m, arrays in zip(members[1:], stored[1:]):
-    for split in EVAL_SPLITS:
-      if not np.array_equal(arrays[f"{split}_labels"],
-                            stored[0][f"{split}_labels"]):
-        raise ValueError(f"cell {key}: {m.spec}'s {split} labels differ from "
-                         f"{members[0].spec}'s; ensemble members must be "
-                         "scored on the same images")
 
 
 def ensemble_cell(members: Sequence[Source], protocol: str, fraction: float,
@@ -59,8 +47,7 @@ def ensemble_cell(members: Sequence[Source], protocol: str, fraction: float,
   stored = [m.store.predictions(c) for m, c in zip(members, cells)]
   if any(arrays is None for arrays in stored):
     return None
-  key = f"{protocol}|{fraction:g}|{seed}"
-  _check_same_images(members, stored, key)
+  check_same_images(members, stored, f"cell {protocol}|{fraction:g}|{seed}")
   task = str(stored[0]["task"])
   labels = {s: stored[0][f"{s}_labels"] for s in EVAL_SPLITS}
   probs = {s: np.mean([a[f"{s}_probs"] for a in stored], axis=0)

@@ -11,10 +11,14 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from typing import Sequence
+
 import ml_collections
+import numpy as np
 
 from ssl_jax import files
 from ssl_jax.evaluation.cells import Cell, CellStore
+from ssl_jax.evaluation.encoder_context import EVAL_SPLITS
 from ssl_jax.jobs import common
 
 
@@ -74,3 +78,17 @@ def source(spec: str) -> Source:
     method = methods[0]
   config = common.load_config(os.path.dirname(directory))
   return Source(spec, CellStore(directory), method, config)
+
+
+def check_same_images(sources: Sequence[Source],
+                      stored: Sequence[dict[str, np.ndarray]], what: str,
+                      splits: Sequence[str] = EVAL_SPLITS) -> None:
+  """Averaging or comparing cells' scores means something only over the
+  same images: their stored labels must agree, split by split."""
+  for other, arrays in zip(sources[1:], stored[1:]):
+    for split in splits:
+      if not np.array_equal(arrays[f"{split}_labels"],
+                            stored[0][f"{split}_labels"]):
+        raise ValueError(f"{what}: {other.spec}'s {split} labels differ from "
+                         f"{sources[0].spec}'s, so they scored other "
+                         f"{split} images; combine cells of the same data")
