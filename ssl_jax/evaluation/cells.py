@@ -23,8 +23,7 @@ from tqdm.auto import tqdm
 
 from ssl_jax import files
 from ssl_jax.evaluation import metrics
-from ssl_jax.evaluation.encoder_context import (EVAL_SPLITS, EncoderContext,
-                                                Predictions)
+from ssl_jax.evaluation.encoder_context import EVAL_SPLITS, EncoderContext
 from ssl_jax.evaluation.protocols import PROTOCOLS
 
 
@@ -122,21 +121,21 @@ def score(ft, task: str, labels: dict[str, np.ndarray],
   return out
 
 
-def prediction_arrays(ctx: EncoderContext,
-                      preds: Predictions) -> dict[str, np.ndarray]:
-  """What a cell stores beside its JSON: `{split}_probs`, `{split}_labels`
-  and the `task` that scores them."""
-  out = {"task": np.asarray(ctx.task)}
+def prediction_arrays(task: str, labels: dict[str, np.ndarray],
+                      probs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """What a cell stores beside its JSON (the one place that names the
+  layout): `{split}_probs`, `{split}_labels` and the `task` that scores them."""
+  out = {"task": np.asarray(task)}
   for split in EVAL_SPLITS:
-    out[f"{split}_probs"] = np.asarray(preds.probs[split], np.float32)
-    out[f"{split}_labels"] = np.asarray(ctx.labels(split))
+    out[f"{split}_probs"] = np.asarray(probs[split], np.float32)
+    out[f"{split}_labels"] = np.asarray(labels[split])
   return out
 
 
 def run_cell(ctx: EncoderContext, cell: Cell) -> tuple[dict[str, Any],
-                                                      Predictions]:
+                                                      dict[str, np.ndarray]]:
   """The cell's protocol on its label subset, scored, with what it was;
-  and its predictions."""
+  and its predictions as the store keeps them."""
   train_idx = ctx.subset(cell.fraction, cell.seed)
   began = time.perf_counter()
   preds = PROTOCOLS.get(cell.protocol)(ctx, train_idx, cell.seed)
@@ -147,7 +146,7 @@ def run_cell(ctx: EncoderContext, cell: Cell) -> tuple[dict[str, Any],
                 fraction=cell.fraction, seed=cell.seed,
                 n_train=int(len(train_idx)),
                 seconds=time.perf_counter() - began)
-  return result, preds
+  return result, prediction_arrays(ctx.task, labels, preds.probs)
 
 
 def summary_line(cell: Cell, result: dict) -> str:
@@ -184,9 +183,9 @@ def run_cells(context_for: Callable[[Cell], EncoderContext],
       continue
     bar.set_postfix_str(cell.key, refresh=True)
     ctx = context_for(cell)
-    result, preds = run_cell(ctx, cell)
+    result, predictions = run_cell(ctx, cell)
     save = ctx.config.finetune.get("save_predictions", True)
-    store.put(cell, result, prediction_arrays(ctx, preds) if save else None)
+    store.put(cell, result, predictions if save else None)
     bar.update(1)
     tqdm.write(summary_line(cell, result))
   bar.close()

@@ -30,7 +30,7 @@ import numpy as np
 
 from ssl_jax import files
 from ssl_jax.evaluation import metrics
-from ssl_jax.evaluation.cells import Cell, CellStore, score
+from ssl_jax.evaluation.cells import Cell, CellStore, prediction_arrays, score
 from ssl_jax.evaluation.encoder_context import EVAL_SPLITS
 from ssl_jax.jobs import common
 from ssl_jax.jobs.stored_cells import Source, check_same_images, source
@@ -57,10 +57,7 @@ def ensemble_cell(members: Sequence[Source], protocol: str, fraction: float,
                 members=[m.spec for m in members],
                 member_test_auroc=[m.store.get(c)["test"]["auroc"]
                                    for m, c in zip(members, cells)])
-  arrays = {"task": stored[0]["task"],
-            **{f"{s}_probs": probs[s].astype(np.float32) for s in EVAL_SPLITS},
-            **{f"{s}_labels": labels[s] for s in EVAL_SPLITS}}
-  return result, arrays
+  return result, prediction_arrays(task, labels, probs)
 
 
 def ensemble(members: Sequence[Source], protocols: Sequence[str] = (), *,
