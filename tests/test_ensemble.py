@@ -14,7 +14,7 @@ from tests.test_benchmark import tiny_benchmark_config
 
 
 def _member(root, name, labels, test_probs, method="simclr", seed=0,
-            protocol="finetune"):
+            protocol="finetune", task=metrics.BINARY):
   """A finetune-like workdir holding one finished cell."""
   workdir = root / name
   files.write_text_atomic(str(workdir / "config.json"),
@@ -23,8 +23,8 @@ def _member(root, name, labels, test_probs, method="simclr", seed=0,
   cell = cells.Cell(method, protocol, 0.1, seed)
   store.put(cell, {"protocol": protocol, "fraction": 0.1, "seed": seed,
                    "test": {"auroc": metrics.auroc(labels["test"], test_probs,
-                                                   metrics.BINARY)}},
-            {"task": np.asarray(metrics.BINARY),
+                                                   task)}},
+            {"task": np.asarray(task),
              "val_probs": test_probs, "val_labels": labels["val"],
              "test_probs": test_probs, "test_labels": labels["test"]})
   return str(workdir)
@@ -112,6 +112,24 @@ def test_compare_runs_delong_on_matched_cells(tmp_path, capsys):
   with pytest.raises(ValueError, match="other test images"):
     compare.compare(stored_cells.source(ssl), "finetune",
                     stored_cells.source(other), "scratch")
+
+
+def test_compare_tests_multi_class_cells_on_their_macro_auroc(tmp_path):
+  rng = np.random.default_rng(6)
+  y = rng.integers(0, 4, 240)
+  labels = {"val": y, "test": y}
+  logits = rng.normal(size=(240, 4))
+  strong, weak = (np.exp(logits + gain * np.eye(4)[y]) for gain in (2.0, 0.3))
+  strong, weak = (p / p.sum(1, keepdims=True) for p in (strong, weak))
+  task = metrics.MULTI_CLASS
+  ssl = _member(tmp_path, "w", labels, strong, task=task)
+  _member(tmp_path, "w", labels, weak, protocol="scratch", task=task)
+  [row] = compare.compare(stored_cells.source(ssl), "finetune",
+                          stored_cells.source(ssl), "scratch")
+  want = metrics.delong_paired(y, strong, weak, task=task)
+  assert row["se"] == pytest.approx(want["se"])
+  assert row["auroc_a"] == pytest.approx(metrics.auroc(y, strong, task))
+  assert row["difference"] > 0.1 and row["p_value"] < 0.05
 
 
 def test_a_stored_ensemble_is_a_source_for_compare(tmp_path):

@@ -407,32 +407,66 @@ def _delong_components(y: np.ndarray, score: np.ndarray
   return float(v_pos.mean()), v_pos, v_neg
 
 
+def _auroc_and_shares(y: np.ndarray, p: np.ndarray, task: str
+                      ) -> tuple[float, np.ndarray]:
+  """AUROC as `auroc` computes it, and each image's share of its estimate:
+  DeLong's structural components scaled to their class sizes (V10 / m on
+  a one-vs-rest problem's positives, V01 / n on its negatives), averaged
+  over the classes the macro AUROC averages. Summed over the images they
+  give the estimate (twice over), so their spread is its noise."""
+  if task == BINARY:
+    columns = [(y, p)]
+  else:
+    columns = [((y == k).astype(np.int64), p[:, k]) for k in range(p.shape[1])]
+  shares, aurocs = np.zeros(len(y)), []
+  for yk, score in columns:
+    value, v_pos, v_neg = _delong_components(yk, score)
+    shares[yk == 1] += v_pos / len(v_pos)
+    shares[yk == 0] += v_neg / len(v_neg)
+    aurocs.append(value)
+  return float(np.mean(aurocs)), shares / len(columns)
+
+
 def delong_paired(y_true: np.ndarray, score_a: np.ndarray,
-                  score_b: np.ndarray, *, alpha: float = 0.05) -> dict:
+                  score_b: np.ndarray, *, task: str = BINARY,
+                  alpha: float = 0.05) -> dict:
   """DeLong, DeLong & Clarke-Pearson (1988): two AUROCs on the same images.
 
   Why: SSL and scratch classifiers are scored on one test set, so their
   AUROCs are correlated; the paired test weighs their difference against
   the test set's sampling noise (what seeds-paired intervals leave out).
-  Binary tasks: labels in {0, 1}, scores as `auroc` takes them ([N] or
-  [N, 2] probabilities). Returns both AUROCs, their difference (a − b),
-  its standard error, a normal (1 − alpha) interval and the two-sided
-  p-value.
+  Binary tasks as DeLong wrote it; multi-class and ordinal tasks for
+  MedMNIST's macro one-vs-rest AUROC, by the same U-statistic argument:
+  each image's share of the difference (`_auroc_and_shares`), its
+  variance summed over the true classes, whose sizes are held fixed as
+  DeLong holds the positives' and negatives'. For binary tasks that sum
+  is DeLong's S10 / m + S01 / n exactly. Scores as `auroc` takes them.
+  Returns both AUROCs, their difference (a − b), its standard error, a
+  normal (1 − alpha) interval and the two-sided p-value.
   """
-  y = _labels(y_true, BINARY)
-  scores = [_probs(s, BINARY, len(y)) for s in (score_a, score_b)]
-  auroc_binary(y, scores[0])  # checks labels in {0, 1}, both classes present
-  parts = [_delong_components(y, s) for s in scores]
-  m, n = int((y == 1).sum()), int((y == 0).sum())
-  cov = (np.cov(np.stack([p[1] for p in parts])) / m
-         + np.cov(np.stack([p[2] for p in parts])) / n)
-  diff = parts[0][0] - parts[1][0]
-  se = float(np.sqrt(max(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1], 0.0)))
+  _check_task(task)
+  if task == MULTI_LABEL:
+    raise ValueError(f"DeLong's test compares single-label AUROCs "
+                     f"({BINARY}, {MULTI_CLASS}, {ORDINAL}); got {task}")
+  y = _labels(y_true, task)
+  scores = [_probs(s, task, len(y)) for s in (score_a, score_b)]
+  auroc(y, scores[0], task)  # checks labels and that every class is present
+  classes, sizes = np.unique(y, return_counts=True)
+  if sizes.min() < 2:
+    raise ValueError(f"DeLong's test needs at least 2 test images of each "
+                     f"class; class {classes[sizes.argmin()]} has 1")
+  (auroc_a, shares_a), (auroc_b, shares_b) = (
+      _auroc_and_shares(y, s, task) for s in scores)
+  paired = shares_a - shares_b
+  variance = sum(len(paired[y == c]) * np.var(paired[y == c], ddof=1)
+                 for c in classes)
+  diff = auroc_a - auroc_b
+  se = float(np.sqrt(max(variance, 0.0)))
   normal = statistics.NormalDist()
   half = normal.inv_cdf(1 - alpha / 2) * se
   p_value = 2 * (1 - normal.cdf(abs(diff) / se)) if se > 0 else (
       1.0 if diff == 0 else 0.0)
-  return {'auroc_a': parts[0][0], 'auroc_b': parts[1][0], 'difference': diff,
+  return {'auroc_a': auroc_a, 'auroc_b': auroc_b, 'difference': diff,
           'se': se, 'ci': (diff - half, diff + half), 'p_value': float(p_value)}
 
 

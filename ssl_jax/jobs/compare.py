@@ -10,7 +10,8 @@ question (`metrics.delong_paired`): both classifiers scored the same
 images, so their AUROCs are correlated and the paired test is the one that
 fits. Cells are matched by label fraction and seed (so both trained on
 the same label subset); B defaults to A (SSL end to end against scratch in
-one workdir). Binary tasks; needs the cells' stored predictions.
+one workdir). Binary, multi-class and ordinal tasks (MedMNIST's macro
+AUROC); needs the cells' stored predictions.
 """
 from __future__ import annotations
 
@@ -33,13 +34,11 @@ def compare_cell(a: Source, protocol_a: str, b: Source, protocol_b: str,
             for s, p in ((a, protocol_a), (b, protocol_b))]
   if any(arrays is None for arrays in stored):
     return None
-  if str(stored[0]["task"]) != metrics.BINARY:
-    raise ValueError(f"{a.spec}: the task is {stored[0]['task']}; DeLong's "
-                     f"test compares {metrics.BINARY} AUROCs")
   check_same_images((a, b), stored, f"fraction {fraction:g}, seed {seed}",
                     splits=("test",))
   test = metrics.delong_paired(stored[0]["test_labels"], stored[0]["test_probs"],
-                               stored[1]["test_probs"], alpha=alpha)
+                               stored[1]["test_probs"],
+                               task=str(stored[0]["task"]), alpha=alpha)
   return dict(test, fraction=fraction, seed=seed)
 
 
