@@ -222,6 +222,10 @@ def get_config() -> ml_collections.ConfigDict:
       # (cells/<method>/<cell>.npz): ensembles (`python -m
       # ssl_jax.jobs.ensemble`), paired tests and calibration need them.
       save_predictions=True,
+      # Cells run side by side (threads sharing compiled programs); 0 =
+      # auto: 2 on a one-process CPU run, whose small stage-2 steps leave
+      # cores idle, else 1. Results do not depend on it.
+      cells_at_once=0,
       bootstrap_samples=200,   # test-set resamples for the AUROC CI (0: none)
       ci_level=0.95,           # coverage of that percentile bootstrap CI
       logreg_l2s=(1e-4, 1e-3, 1e-2, 1e-1, 1.0),  # `logreg`: L2 swept on val

@@ -3,9 +3,11 @@
 and a sweep SIGKILLed after its first cell that resumes to the same CSV."""
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -283,3 +285,72 @@ def test_cells_another_process_finished_meanwhile_are_not_rerun(tmp_path,
   out = cells_lib.run_cells(lambda cell: ctx, cells, store, progress=False)
   assert ran == ["simclr|linear|1|0"]
   assert out["simclr|linear|1|1"]["by"] == "a second process"
+
+
+def test_cells_side_by_side_give_the_cells_of_one_at_a_time(sweep, tmp_path,
+                                                            medmnist_dir):
+  """The sweep fixture ran two cells at once (auto on CPU); one at a time,
+  from the same pretrained encoders, every cell comes out the same."""
+  full_dir, out = sweep
+  assert cells_lib.cells_at_once(tiny_benchmark_config().finetune) == 2
+  workdir = tmp_path / "serial"
+  shutil.copytree(full_dir / "pretrain", workdir / "pretrain")
+  config = tiny_benchmark_config(**{"data.data_dir": str(medmnist_dir),
+                                    "finetune.cells_at_once": 1})
+  serial = benchmark.train_and_evaluate(config, str(workdir))
+  assert (workdir / "results.csv").read_text() == (full_dir / "results.csv").read_text()
+  for key, cell in out["cells"].items():
+    assert serial["cells"][key]["test"] == cell["test"]
+    assert serial["cells"][key].get("selected_step") == cell.get("selected_step")
+
+
+def _fake_cells(monkeypatch, run):
+  monkeypatch.setattr(cells_lib, "run_cell", run)
+  monkeypatch.setattr(cells_lib, "summary_line", lambda cell, result: "")
+  return types.SimpleNamespace(config=tiny_benchmark_config(
+      **{"finetune.save_predictions": False}))
+
+
+def test_cells_at_once_run_together_and_keep_the_results_of_a_failure(
+    tmp_path, monkeypatch):
+  """Two cells meet at a barrier (only possible side by side); when one
+  fails, the one beside it is still stored before the error is raised."""
+  store = cells_lib.CellStore(str(tmp_path))
+  cells = [cells_lib.Cell("simclr", "linear", 1.0, seed) for seed in range(3)]
+  both = threading.Barrier(2, timeout=20)
+
+  def run_cell(ctx, cell):
+    if cell.seed < 2:
+      both.wait()
+    if cell.seed == 0:
+      time.sleep(0.2)  # the failure is seen after seed 1 has finished
+      raise RuntimeError("cell 0 failed")
+    return {"seed": cell.seed}, None
+
+  ctx = _fake_cells(monkeypatch, run_cell)
+  with pytest.raises(RuntimeError, match="cell 0 failed"):
+    cells_lib.run_cells(lambda cell: ctx, cells, store, progress=False,
+                        at_once=2)
+  assert store.get(cells[0]) is None
+  assert [store.get(c) for c in cells[1:]] == [{"seed": 1}, {"seed": 2}]
+  ran = []
+
+  def rerun(ctx, cell):
+    ran.append(cell.seed)
+    return {"seed": cell.seed}, None
+
+  _fake_cells(monkeypatch, rerun)
+  out = cells_lib.run_cells(lambda cell: ctx, cells, store, progress=False,
+                            at_once=2)
+  assert ran == [0] and list(out) == [c.key for c in cells]  # in cells' order
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, "2"])
+def test_cells_at_once_refuses_what_is_not_a_count(value):
+  ft = tiny_benchmark_config().finetune
+  ft.cells_at_once = 1
+  assert cells_lib.cells_at_once(ft) == 1
+  ft = ft.to_dict()
+  ft["cells_at_once"] = value
+  with pytest.raises(ValueError, match="finetune.cells_at_once"):
+    cells_lib.cells_at_once(ft)

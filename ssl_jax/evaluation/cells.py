@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from concurrent import futures
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
@@ -161,32 +162,94 @@ def summary_line(cell: Cell, result: dict) -> str:
           f"({result['seconds']:.0f} s)")
 
 
+def cells_at_once(ft) -> int:
+  """How many cells run side by side: `finetune.cells_at_once`, where 0
+  (auto) is 2 on a one-process CPU run and 1 elsewhere.
+
+  Why: stage 2 steps at 5-64 images, whose ops leave part of a CPU idle
+  (make demo's cells kept ~1.6 of 2 cores busy), and a second cell fills
+  it; on an accelerator one cell has the device to itself. Hosts of a
+  multi-process run must run their cells in one order, so there it is 1.
+  """
+  n = ft.get("cells_at_once", 0)
+  if not isinstance(n, int) or n < 0:
+    raise ValueError(f"config.finetune.cells_at_once={n!r}: a count >= 1, "
+                     f"or 0 for auto")
+  one_process = jax.process_count() == 1
+  if n == 0:
+    return 2 if one_process and jax.default_backend() == "cpu" else 1
+  if n > 1 and not one_process:
+    raise ValueError(f"config.finetune.cells_at_once={n} needs a single "
+                     f"process; this run has {jax.process_count()}, whose "
+                     f"hosts must run cells in one order")
+  return n
+
+
+def _done(value) -> futures.Future:
+  """A future already holding `value` (a cell run in the calling thread)."""
+  future = futures.Future()
+  future.set_result(value)
+  return future
+
+
 def run_cells(context_for: Callable[[Cell], EncoderContext],
               cells: Sequence[Cell], store: CellStore, *,
-              progress: bool = True) -> dict[str, dict]:
-  """Runs every cell `store` lacks, in order, storing each as it finishes.
+              progress: bool = True, at_once: int = 1) -> dict[str, dict]:
+  """Runs every cell `store` lacks, `at_once` at a time, storing each as it
+  finishes.
 
   `context_for(cell)` gives the cell's EncoderContext (the benchmark builds,
-  and pretrains, lazily there). Shows cells done / total with an ETA (from
-  the cells run in this process) and prints one line per finished cell.
-  Returns all finished cells by key, in `cells` order. Each cell is looked
-  up again just before it runs, so processes sharing a workdir (e.g. one
-  per seed) skip what another has finished.
+  and pretrains, lazily there); it is called in this thread, in `cells`
+  order. With `at_once` > 1 cells run in worker threads and finish in any
+  order; each cell's result does not depend on what runs beside it. If a
+  cell fails, the cells beside it still finish and are stored before the
+  error is raised. Shows cells done / total with an ETA (from the cells run
+  in this process) and prints one line per finished cell. Returns all
+  finished cells by key, in `cells` order. Each cell is looked up again
+  just before it runs, so processes sharing a workdir (e.g. one per seed)
+  skip what another has finished.
   """
   todo = [c for c in cells if store.get(c) is None]
   bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell",
              desc="cells", smoothing=0.0, dynamic_ncols=True,
              disable=not progress or jax.process_index() != 0)
-  for cell in todo:
-    if store.get(cell) is not None:  # another process sharing the workdir
+  running: dict[futures.Future, tuple[Cell, EncoderContext]] = {}
+
+  def collect(wait_for: str) -> None:
+    """Stores the finished cells among `running`; after a failure, once the
+    cells beside it have finished too, raises its error."""
+    done, _ = futures.wait(running, return_when=wait_for)
+    if any(future.exception() for future in done):
+      done, _ = futures.wait(running, return_when=futures.ALL_COMPLETED)
+    error = None
+    for future in [f for f in running if f in done]:  # in launch order
+      cell, ctx = running.pop(future)
+      if future.exception() is not None:
+        error = error or future.exception()
+        continue
+      result, predictions = future.result()
+      save = ctx.config.finetune.get("save_predictions", True)
+      store.put(cell, result, predictions if save else None)
       bar.update(1)
-      continue
-    bar.set_postfix_str(cell.key, refresh=True)
-    ctx = context_for(cell)
-    result, predictions = run_cell(ctx, cell)
-    save = ctx.config.finetune.get("save_predictions", True)
-    store.put(cell, result, predictions if save else None)
-    bar.update(1)
-    tqdm.write(summary_line(cell, result))
+      tqdm.write(summary_line(cell, result))
+    if error is not None:
+      raise error
+
+  with futures.ThreadPoolExecutor(at_once, thread_name_prefix="cell") as pool:
+    for cell in todo:
+      while len(running) >= at_once:
+        collect(futures.FIRST_COMPLETED)
+      if store.get(cell) is not None:  # another process sharing the workdir
+        bar.update(1)
+        continue
+      bar.set_postfix_str(cell.key, refresh=True)
+      ctx = context_for(cell)
+      if at_once == 1:
+        future = _done(run_cell(ctx, cell))
+      else:
+        future = pool.submit(run_cell, ctx, cell)
+      running[future] = (cell, ctx)
+    while running:
+      collect(futures.FIRST_COMPLETED)
   bar.close()
   return store.results(cells)

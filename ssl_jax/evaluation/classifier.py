@@ -19,6 +19,7 @@ features (BatchNorm statistics at their init) are not what training sees.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Callable
 
 import jax
@@ -236,11 +237,15 @@ def trainer_for(ctx: EncoderContext, n_train: int,
   steps = run_length(ctx.config.finetune, n_train, ctx.mesh)
   family = ("trainer", model_key(ctx.config), last_k)  # its first trainer
   key = family + (steps,)
-  if key not in ctx.compiled:
-    ctx.compiled[key] = ClassifierTrainer(ctx, last_k, steps,
-                                          like=ctx.compiled.get(family))
-    ctx.compiled.setdefault(family, ctx.compiled[key])
+  with _BUILDING:  # cells side by side (`cells.run_cells`) build it once
+    if key not in ctx.compiled:
+      ctx.compiled[key] = ClassifierTrainer(ctx, last_k, steps,
+                                            like=ctx.compiled.get(family))
+      ctx.compiled.setdefault(family, ctx.compiled[key])
   return ctx.compiled[key]
+
+
+_BUILDING = threading.Lock()
 
 
 def _inference_programs(graphdef: nnx.GraphDef, multi_label: bool):

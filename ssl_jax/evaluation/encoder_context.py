@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from typing import Any
 
 import ml_collections
@@ -57,6 +58,9 @@ class EncoderContext:
   groups: np.ndarray | None = None
   pretrained: str = ""
   _features: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+  # Shared with the copies `dataclasses.replace` makes, as `_features` is.
+  _features_lock: threading.Lock = dataclasses.field(
+      default_factory=threading.Lock, repr=False, compare=False)
 
   @property
   def task(self) -> str:
@@ -82,24 +86,31 @@ class EncoderContext:
         seed=seed)
 
   def features(self, split: str, layer: str = FINAL) -> np.ndarray:
-    """Frozen encoder features of a split at `layer` (all computed once)."""
-    if not self._features:
-      encoder = weights_lib.built_with(
-          lambda: objectives.base.build_encoder(self.config, self.info,
-                                                nnx.Rngs(self.init_seed)),
-          self.encoder_weights)
-      graphdef, params, rest = state_lib.split_model(encoder)
-      params, rest = parallel.replicate((params, rest), self.mesh)
-      embed = self._embed(graphdef)
-      for name in SPLITS:
-        self._features[name] = inference.batched_apply(
-            embed, self.data[name][0], mesh=self.mesh,
-            batch_size=self.config.finetune.eval_batch_size, args=(params, rest))
+    """Frozen encoder features of a split at `layer` (all computed once,
+    also when cells run side by side)."""
+    with self._features_lock:
+      self._compute_features()
     layers = self._features[split]
     if layer not in layers:
       raise ValueError(f"config.finetune.early_layer={layer!r} is not an "
                        f"encoder layer; allowed: {', '.join(sorted(layers))}")
     return layers[layer]
+
+  def _compute_features(self) -> None:
+    """Every split's features at every layer, unless computed already."""
+    if self._features:
+      return
+    encoder = weights_lib.built_with(
+        lambda: objectives.base.build_encoder(self.config, self.info,
+                                              nnx.Rngs(self.init_seed)),
+        self.encoder_weights)
+    graphdef, params, rest = state_lib.split_model(encoder)
+    params, rest = parallel.replicate((params, rest), self.mesh)
+    embed = self._embed(graphdef)
+    self._features.update({name: inference.batched_apply(
+        embed, self.data[name][0], mesh=self.mesh,
+        batch_size=self.config.finetune.eval_batch_size, args=(params, rest))
+        for name in SPLITS})
 
   def _embed(self, graphdef):
     """The compiled feature extractor of this architecture, shared through

@@ -27,7 +27,7 @@ from typing import Any
 import ml_collections
 
 from ssl_jax import files, objectives, parallel
-from ssl_jax.evaluation.cells import Cell, CellStore, run_cells
+from ssl_jax.evaluation.cells import Cell, CellStore, cells_at_once, run_cells
 from ssl_jax.evaluation.encoder_context import SPLITS, EncoderContext
 from ssl_jax.jobs import common, finetune, pretrain, report
 from ssl_jax.jobs import method_configs
@@ -155,7 +155,8 @@ def method_info(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
 # lives, the display and the devices do not change results.
 _NOT_BINDING = ("benchmark.methods", "benchmark.combine", "benchmark.progress",
                 "finetune.protocols", "finetune.fractions", "finetune.seeds",
-                "finetune.save_predictions", "train.progress", "data.data_dir",
+                "finetune.save_predictions", "finetune.cells_at_once",
+                "train.progress", "data.data_dir",
                 "mesh", "distributed")
 
 
@@ -260,7 +261,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   contexts = Contexts(config, workdir, info=info, mesh=mesh, data=data)
   cells = sweep_cells(config)
   finished = run_cells(contexts, cells, CellStore(os.path.join(workdir, "cells")),
-                       progress=config.benchmark.progress)
+                       progress=config.benchmark.progress,
+                       at_once=cells_at_once(config.finetune))
   meta["this_run_seconds"] = time.perf_counter() - began
   paths = report.write_benchmark_report(workdir, finished, meta)
   print(open(paths["report"]).read())

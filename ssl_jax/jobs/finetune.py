@@ -20,7 +20,7 @@ import jax
 import ml_collections
 
 from ssl_jax import files, parallel
-from ssl_jax.evaluation.cells import Cell, CellStore, run_cells
+from ssl_jax.evaluation.cells import Cell, CellStore, cells_at_once, run_cells
 from ssl_jax.evaluation.encoder_context import SPLITS, EncoderContext
 from ssl_jax.evaluation.protocols import PROTOCOLS
 from ssl_jax.jobs import common, report
@@ -100,7 +100,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
            for fraction in ft.fractions for protocol in ft.protocols]
   finished = run_cells(lambda cell: ctx, cells,
                        CellStore(os.path.join(workdir, "cells")),
-                       progress=config.train.progress)
+                       progress=config.train.progress,
+                       at_once=cells_at_once(ft))
   results = {
       "dataset": config.data.name, "image_size": cfg.data.size,
       "task": info.task, "model": cfg.model.to_dict(),
