@@ -130,6 +130,12 @@ def test_compare_tests_multi_class_cells_on_their_macro_auroc(tmp_path):
   assert row["se"] == pytest.approx(want["se"])
   assert row["auroc_a"] == pytest.approx(metrics.auroc(y, strong, task))
   assert row["difference"] > 0.1 and row["p_value"] < 0.05
+  multi_label = _member(tmp_path, "ml", {"val": np.eye(4)[y], "test": np.eye(4)[y]},
+                        strong, task=metrics.MULTI_LABEL)
+  with pytest.raises(ValueError, match=r"ml finetune vs .*ml finetune, "
+                                       r"fraction 0.1, seed 0: DeLong"):
+    compare.compare(stored_cells.source(multi_label), "finetune",
+                    stored_cells.source(multi_label), "finetune")
 
 
 def test_a_stored_ensemble_is_a_source_for_compare(tmp_path):

@@ -34,11 +34,15 @@ def compare_cell(a: Source, protocol_a: str, b: Source, protocol_b: str,
             for s, p in ((a, protocol_a), (b, protocol_b))]
   if any(arrays is None for arrays in stored):
     return None
-  check_same_images((a, b), stored, f"fraction {fraction:g}, seed {seed}",
-                    splits=("test",))
-  test = metrics.delong_paired(stored[0]["test_labels"], stored[0]["test_probs"],
-                               stored[1]["test_probs"],
-                               task=str(stored[0]["task"]), alpha=alpha)
+  where = f"fraction {fraction:g}, seed {seed}"
+  check_same_images((a, b), stored, where, splits=("test",))
+  try:
+    test = metrics.delong_paired(
+        stored[0]["test_labels"], stored[0]["test_probs"],
+        stored[1]["test_probs"], task=str(stored[0]["task"]), alpha=alpha)
+  except ValueError as error:  # name the cells, not only the arrays
+    raise ValueError(f"{a.spec} {protocol_a} vs {b.spec} {protocol_b}, "
+                     f"{where}: {error}") from error
   return dict(test, fraction=fraction, seed=seed)
 
 
