@@ -345,6 +345,32 @@ def test_cells_at_once_run_together_and_keep_the_results_of_a_failure(
   assert ran == [0] and list(out) == [c.key for c in cells]  # in cells' order
 
 
+def test_a_context_that_fails_does_not_lose_the_cell_running_beside_it(
+    tmp_path, monkeypatch):
+  """The benchmark builds (pretrains) the next method's context while a
+  cell runs; if that fails, the running cell is still stored."""
+  store = cells_lib.CellStore(str(tmp_path))
+  cells = [cells_lib.Cell(m, "linear", 1.0, 0) for m in ("simclr", "byol")]
+  started = threading.Event()
+
+  def run_cell(ctx, cell):
+    started.set()
+    time.sleep(0.3)
+    return {"method": cell.method}, None
+
+  ctx = _fake_cells(monkeypatch, run_cell)
+
+  def context_for(cell):
+    if cell.method == "byol":
+      assert started.wait(20)
+      raise RuntimeError("byol pretraining diverged")
+    return ctx
+
+  with pytest.raises(RuntimeError, match="byol pretraining diverged"):
+    cells_lib.run_cells(context_for, cells, store, progress=False, at_once=2)
+  assert store.get(cells[0]) == {"method": "simclr"}
+
+
 @pytest.mark.parametrize("value", [-1, 1.5, "2"])
 def test_cells_at_once_refuses_what_is_not_a_count(value):
   ft = tiny_benchmark_config().finetune

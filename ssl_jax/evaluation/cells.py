@@ -12,6 +12,7 @@ the per-image scores that ensembles and paired tests need.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -204,8 +205,8 @@ def run_cells(context_for: Callable[[Cell], EncoderContext],
   and pretrains, lazily there); it is called in this thread, in `cells`
   order. With `at_once` > 1 cells run in worker threads and finish in any
   order; each cell's result does not depend on what runs beside it. If a
-  cell fails, the cells beside it still finish and are stored before the
-  error is raised. Shows cells done / total with an ETA (from the cells run
+  cell (or `context_for`) fails, the cells running still finish and are
+  stored before the error is raised. Shows cells done / total with an ETA (from the cells run
   in this process) and prints one line per finished cell. Returns all
   finished cells by key, in `cells` order. Each cell is looked up again
   just before it runs, so processes sharing a workdir (e.g. one per seed)
@@ -238,19 +239,27 @@ def run_cells(context_for: Callable[[Cell], EncoderContext],
       raise error
 
   with futures.ThreadPoolExecutor(at_once, thread_name_prefix="cell") as pool:
-    for cell in todo:
-      while len(running) >= at_once:
-        collect(futures.FIRST_COMPLETED)
-      if store.get(cell) is not None:  # another process sharing the workdir
-        bar.update(1)
-        continue
-      bar.set_postfix_str(cell.key, refresh=True)
-      ctx = context_for(cell)
-      if at_once == 1:
-        future = _done(run_cell(ctx, cell))
-      else:
-        future = pool.submit(run_cell, ctx, cell)
-      running[future] = (cell, ctx)
+    try:
+      for cell in todo:
+        while len(running) >= at_once:
+          collect(futures.FIRST_COMPLETED)
+        if store.get(cell) is not None:  # another process sharing the workdir
+          bar.update(1)
+          continue
+        bar.set_postfix_str(cell.key, refresh=True)
+        ctx = context_for(cell)
+        if at_once == 1:
+          future = _done(run_cell(ctx, cell))
+        else:
+          future = pool.submit(run_cell, ctx, cell)
+        running[future] = (cell, ctx)
+    except BaseException:  # e.g. the next context's pretraining failed
+      if running:  # the worker threads finish their cells either way
+        tqdm.write(f"storing the {len(running)} cell(s) still running "
+                   f"before stopping")
+        with contextlib.suppress(Exception):
+          collect(futures.ALL_COMPLETED)
+      raise
     while running:
       collect(futures.FIRST_COMPLETED)
   bar.close()
