@@ -222,9 +222,11 @@ def get_config() -> ml_collections.ConfigDict:
       # (cells/<method>/<cell>.npz): ensembles (`python -m
       # ssl_jax.jobs.ensemble`), paired tests and calibration need them.
       save_predictions=True,
-      # Cells run side by side (threads sharing compiled programs); 0 =
-      # auto: 2 on a one-process CPU run, whose small stage-2 steps leave
-      # cores idle, else 1. Results do not depend on it.
+      # Cells run side by side; 0 = auto: 2 on a one-process CPU run, whose
+      # small stage-2 steps use two cores poorly, else 1. On CPU each runs
+      # in a worker process pinned to its share of the cores (its numbers
+      # then differ from a one-at-a-time run's in the last digits, the
+      # reduction order of fewer threads; each cell records its `cores`).
       cells_at_once=0,
       bootstrap_samples=200,   # test-set resamples for the AUROC CI (0: none)
       ci_level=0.95,           # coverage of that percentile bootstrap CI

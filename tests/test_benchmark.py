@@ -130,8 +130,10 @@ def test_killed_sweep_resumes_with_identical_cells(sweep, tmp_path, medmnist_dir
       assert proc.poll() is None, log.read_text()[-4000:]
       assert time.monotonic() < deadline, "no cell finished in 600 s"
       time.sleep(0.2)
+    children = _children(proc.pid)  # the cell workers, among others
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+  _assert_exit_within(children, seconds=15)
   before = {p: p.read_bytes() for p in (workdir / "cells").rglob("*.json")}
   assert 1 <= len(before) < 8
 
@@ -141,6 +143,25 @@ def test_killed_sweep_resumes_with_identical_cells(sweep, tmp_path, medmnist_dir
     assert path.read_bytes() == content  # finished cells are never redone
   assert len(list((workdir / "cells").rglob("*.json"))) == 8
   assert (workdir / "results.csv").read_text() == (full_dir / "results.csv").read_text()
+
+
+def _children(pid: int) -> list[int]:
+  path = pathlib.Path(f"/proc/{pid}/task/{pid}/children")
+  return [int(p) for p in path.read_text().split()]
+
+
+def _assert_exit_within(pids: list[int], seconds: float) -> None:
+  """Every process in `pids` has ended (or is a zombie) within `seconds`."""
+  def alive(pid):
+    try:
+      state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1]
+    except FileNotFoundError:
+      return False
+    return state.split()[0] != "Z"
+  deadline = time.monotonic() + seconds
+  while any(map(alive, pids)) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  assert not [p for p in pids if alive(p)], "cell workers outlived their parent"
 
 
 def test_sweep_killed_during_pretraining_resumes_through_run_py(
@@ -292,7 +313,11 @@ def test_cells_side_by_side_give_the_cells_of_one_at_a_time(sweep, tmp_path,
   """The sweep fixture ran two cells at once (auto on CPU); one at a time,
   from the same pretrained encoders, every cell comes out the same."""
   full_dir, out = sweep
-  assert cells_lib.cells_at_once(tiny_benchmark_config().finetune) == 2
+  assert cells_lib.side_by_side(tiny_benchmark_config().finetune) == dict(
+      at_once=2, in_processes=True)
+  cores = len(os.sched_getaffinity(0))
+  # each ran in a worker process pinned to its half of the cores
+  assert {c["cores"] for c in out["cells"].values()} == {max(cores // 2, 1)}
   workdir = tmp_path / "serial"
   shutil.copytree(full_dir / "pretrain", workdir / "pretrain")
   config = tiny_benchmark_config(**{"data.data_dir": str(medmnist_dir),
@@ -300,6 +325,7 @@ def test_cells_side_by_side_give_the_cells_of_one_at_a_time(sweep, tmp_path,
   serial = benchmark.train_and_evaluate(config, str(workdir))
   assert (workdir / "results.csv").read_text() == (full_dir / "results.csv").read_text()
   for key, cell in out["cells"].items():
+    assert serial["cells"][key]["cores"] == cores
     assert serial["cells"][key]["test"] == cell["test"]
     assert serial["cells"][key].get("selected_step") == cell.get("selected_step")
 
@@ -369,6 +395,12 @@ def test_a_context_that_fails_does_not_lose_the_cell_running_beside_it(
   with pytest.raises(RuntimeError, match="byol pretraining diverged"):
     cells_lib.run_cells(context_for, cells, store, progress=False, at_once=2)
   assert store.get(cells[0]) == {"method": "simclr"}
+
+
+def test_core_shares_split_the_cores_without_overlap():
+  assert cells_lib.core_shares([3, 0, 1, 2], 2) == [[0, 1], [2, 3]]
+  assert cells_lib.core_shares(range(5), 2) == [[0, 1], [2, 3, 4]]
+  assert cells_lib.core_shares([0, 1], 3) == [[0], [1], [0]]
 
 
 @pytest.mark.parametrize("value", [-1, 1.5, "2"])

@@ -106,6 +106,27 @@ def test_contexts_of_a_sweep_compile_the_feature_extractor_once(contexts):
   assert not np.allclose(first.features("test"), second.features("test"))
 
 
+def test_a_context_pickled_for_a_cell_worker_keeps_what_it_computes_with(
+    contexts):
+  """A context copied to a worker process (cells.py) has the same data,
+  features and mesh shape, a lock of its own, and shares a compiled dict
+  there exactly with the copies that shared one here."""
+  import pickle  # noqa: PLC0415
+  ctx, peer = contexts
+  shared: dict = {}
+  first, second = (EncoderContext(**{**vars(c), "compiled": shared,
+                                     "_features": {}}) for c in (ctx, peer))
+  first.features("train")
+  combined = EncoderContext(**{**vars(ctx), "peers": (second,)})
+  one, two, three = pickle.loads(pickle.dumps((first, second, combined)))
+  np.testing.assert_array_equal(one.features("test"), first.features("test"))
+  np.testing.assert_array_equal(one.data["val"][0], first.data["val"][0])
+  assert one.mesh.shape == first.mesh.shape
+  assert one.compiled is two.compiled is three.peers[0].compiled
+  assert one.compiled == {} and three.compiled is not one.compiled
+  assert one._features_lock is not first._features_lock
+
+
 def test_trainers_of_other_run_lengths_share_init_and_inference(contexts):
   """Only the step holds the run length (its lr schedule): a trainer for
   another length reuses the init and predict programs, starts from the

@@ -26,6 +26,10 @@ def tiny_config(**overrides):
   c.finetune.log_every = 2
   c.finetune.eval_batch_size = 64
   c.finetune.fractions = (0.1, 1.0)
+  # One cell at a time: worker processes (auto on CPU) would add their
+  # start-up and compiles to every test; tests/test_benchmark.py and
+  # tests/test_jobs.py run cells side by side.
+  c.finetune.cells_at_once = 1
   return apply_overrides(c, overrides)
 
 

@@ -12,9 +12,14 @@ the per-image scores that ensembles and paired tests need.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import hashlib
+import multiprocessing
 import os
+import pickle
+import threading
 import time
 from concurrent import futures
 from typing import Any, Callable, Iterable, Sequence
@@ -147,7 +152,8 @@ def run_cell(ctx: EncoderContext, cell: Cell) -> tuple[dict[str, Any],
                 method=cell.method, protocol=cell.protocol,
                 fraction=cell.fraction, seed=cell.seed,
                 n_train=int(len(train_idx)),
-                seconds=time.perf_counter() - began)
+                seconds=time.perf_counter() - began,
+                cores=len(os.sched_getaffinity(0)))  # its reduction order
   return result, prediction_arrays(ctx.task, labels, preds.probs)
 
 
@@ -167,12 +173,12 @@ def cells_at_once(ft) -> int:
   """How many cells run side by side: `finetune.cells_at_once`, where 0
   (auto) is 2 on a one-process CPU run and 1 elsewhere.
 
-  Why: stage 2 steps at 5-64 images, whose ops leave part of a CPU idle
-  (make demo's cells kept ~1.6 of 2 cores busy), and a second cell fills
-  it (README "Performance": a 2D seed sweep in 0.92x the time, 3D cells
-  in 0.89x); on an accelerator one cell has the device to itself. Hosts
-  of a multi-process run must run their cells in one order, so there it
-  is 1.
+  Why: stage 2 steps at 5-64 images, whose small ops keep only ~1.6 of 2
+  cores busy and use them poorly (one core ran the demo's step at 77 % of
+  what both gave); two cells, each on its own core, did the demo's stage 2
+  in 0.77x the time (README "Performance"). On an accelerator one cell has
+  the device to itself. Hosts of a multi-process run must run their cells
+  in one order, so there it is 1.
   """
   n = ft.get("cells_at_once", 0)
   if not isinstance(n, int) or n < 0:
@@ -188,6 +194,99 @@ def cells_at_once(ft) -> int:
   return n
 
 
+def side_by_side(ft) -> dict[str, Any]:
+  """`run_cells`' keywords for this run: `at_once` (`cells_at_once`) and,
+  on CPU, `in_processes`.
+
+  Why processes on CPU: cells in threads of one process share its XLA
+  thread pool, and two cells there did no more work than one after the
+  other (each op split over both cores, twice); a worker process pinned to
+  its own core runs its cell's ops whole. A cell's numbers then come from
+  one core's reduction order instead of two's: the same maths, last digits
+  apart, as on another CPU count.
+  """
+  n = cells_at_once(ft)
+  return dict(at_once=n, in_processes=n > 1 and jax.default_backend() == "cpu")
+
+
+def core_shares(cores: Sequence[int], workers: int) -> list[list[int]]:
+  """`cores` split into `workers` contiguous, near-equal shares (one core
+  each, reused in turn, when there are fewer cores than workers)."""
+  cores = sorted(cores)
+  if len(cores) < workers:
+    return [[cores[i % len(cores)]] for i in range(workers)]
+  return [cores[i * len(cores) // workers:(i + 1) * len(cores) // workers]
+          for i in range(workers)]
+
+
+class _CellThreads:
+  """Cells in worker threads of this process (sharing its compiled programs)."""
+
+  def __init__(self, at_once: int):
+    self.pool = futures.ThreadPoolExecutor(at_once, thread_name_prefix="cell")
+
+  def submit(self, ctx: EncoderContext, cell: Cell) -> futures.Future:
+    return self.pool.submit(run_cell, ctx, cell)
+
+
+class _CellProcesses:
+  """Cells in `at_once` spawned worker processes, each pinned to its share
+  of this process's cores before JAX starts there (so XLA's thread pool
+  there is that share). A context is pickled once here; a worker keeps the
+  copies of its latest contexts, with their compiled programs and
+  features, across the cells that use them."""
+
+  def __init__(self, at_once: int):
+    spawn = multiprocessing.get_context("spawn")  # JAX's threads rule out fork
+    shares = spawn.Queue()
+    for share in core_shares(os.sched_getaffinity(0), at_once):
+      shares.put(share)
+    self.pool = futures.ProcessPoolExecutor(
+        at_once, mp_context=spawn, initializer=_start_worker,
+        initargs=(shares, os.getpid(), jax.config.jax_compilation_cache_dir))
+    self._pickled: collections.OrderedDict[int, tuple] = collections.OrderedDict()
+
+  def submit(self, ctx: EncoderContext, cell: Cell) -> futures.Future:
+    if id(ctx) not in self._pickled:
+      payload = pickle.dumps(ctx, protocol=pickle.HIGHEST_PROTOCOL)
+      digest = hashlib.blake2b(payload, digest_size=16).hexdigest()
+      self._pickled[id(ctx)] = (ctx, digest, payload)  # ctx: keeps id(ctx) its own
+      while len(self._pickled) > _CONTEXTS_KEPT:
+        self._pickled.popitem(last=False)
+    _, digest, payload = self._pickled[id(ctx)]
+    return self.pool.submit(_run_in_worker, digest, payload, cell)
+
+
+_CONTEXTS_KEPT = 2  # a benchmark moves from method to method; one lags behind
+_WORKER_CONTEXTS: collections.OrderedDict[str, EncoderContext] = (
+    collections.OrderedDict())
+
+
+def _start_worker(shares, parent: int, compilation_cache: str | None) -> None:
+  """A cell worker's first act: its cores, before anything starts JAX; the
+  parent's compilation cache; and an exit when the parent is gone."""
+  os.sched_setaffinity(0, shares.get())
+  if compilation_cache:
+    jax.config.update("jax_compilation_cache_dir", compilation_cache)
+  threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
+
+
+def _exit_without(parent: int) -> None:
+  """Ends this worker once its parent has died (e.g. SIGKILLed), rather
+  than leave it waiting for cells that will not come."""
+  while os.getppid() == parent:
+    time.sleep(1.0)
+  os._exit(1)
+
+
+def _run_in_worker(digest: str, payload: bytes, cell: Cell):
+  ctx = _WORKER_CONTEXTS.pop(digest, None) or pickle.loads(payload)
+  _WORKER_CONTEXTS[digest] = ctx
+  while len(_WORKER_CONTEXTS) > _CONTEXTS_KEPT:
+    _WORKER_CONTEXTS.popitem(last=False)
+  return run_cell(ctx, cell)
+
+
 def _done(value) -> futures.Future:
   """A future already holding `value` (a cell run in the calling thread)."""
   future = futures.Future()
@@ -197,14 +296,16 @@ def _done(value) -> futures.Future:
 
 def run_cells(context_for: Callable[[Cell], EncoderContext],
               cells: Sequence[Cell], store: CellStore, *,
-              progress: bool = True, at_once: int = 1) -> dict[str, dict]:
+              progress: bool = True, at_once: int = 1,
+              in_processes: bool = False) -> dict[str, dict]:
   """Runs every cell `store` lacks, `at_once` at a time, storing each as it
   finishes.
 
   `context_for(cell)` gives the cell's EncoderContext (the benchmark builds,
   and pretrains, lazily there); it is called in this thread, in `cells`
-  order. With `at_once` > 1 cells run in worker threads and finish in any
-  order; each cell's result does not depend on what runs beside it. If a
+  order. With `at_once` > 1 cells run in worker threads, or worker
+  processes (`in_processes`, see `side_by_side`), and finish in any order;
+  each cell's result does not depend on what runs beside it. If a
   cell (or `context_for`) fails, the cells running still finish and are
   stored before the error is raised. Shows cells done / total with an ETA (from the cells run
   in this process) and prints one line per finished cell. Returns all
@@ -238,7 +339,8 @@ def run_cells(context_for: Callable[[Cell], EncoderContext],
     if error is not None:
       raise error
 
-  with futures.ThreadPoolExecutor(at_once, thread_name_prefix="cell") as pool:
+  workers = (_CellProcesses if in_processes and at_once > 1 else _CellThreads)(at_once)
+  with workers.pool:
     try:
       for cell in todo:
         while len(running) >= at_once:
@@ -251,7 +353,7 @@ def run_cells(context_for: Callable[[Cell], EncoderContext],
         if at_once == 1:
           future = _done(run_cell(ctx, cell))
         else:
-          future = pool.submit(run_cell, ctx, cell)
+          future = workers.submit(ctx, cell)
         running[future] = (cell, ctx)
     except BaseException:  # e.g. the next context's pretraining failed
       if running:  # the worker threads finish their cells either way

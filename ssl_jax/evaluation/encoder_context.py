@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import threading
 from typing import Any
 
@@ -61,6 +62,25 @@ class EncoderContext:
   # Shared with the copies `dataclasses.replace` makes, as `_features` is.
   _features_lock: threading.Lock = dataclasses.field(
       default_factory=threading.Lock, repr=False, compare=False)
+
+  def __getstate__(self) -> dict:
+    """What a copy in another process (a stage-2 cell worker, `cells.py`)
+    gets: everything but the device mesh, the compiled programs and the
+    lock, which are this process's. The mesh travels as its shape, and
+    `compiled` as a token, so copies of contexts that share one dict here
+    share one there too."""
+    state = dict(self.__dict__)
+    state["mesh"] = (int(self.mesh.devices.size),
+                     int(self.mesh.shape.get(parallel.MODEL_AXIS, 1)))
+    state["compiled"] = (os.getpid(), id(self.compiled))
+    del state["_features_lock"]
+    return state
+
+  def __setstate__(self, state: dict) -> None:
+    state = dict(state, mesh=parallel.make_mesh(*state["mesh"]),
+                 compiled=_COMPILED_HERE.setdefault(state["compiled"], {}),
+                 _features_lock=threading.Lock())
+    self.__dict__.update(state)
 
   @property
   def task(self) -> str:
@@ -125,6 +145,11 @@ class EncoderContext:
 
       self.compiled[key] = runtime.jit(embed, graphdef)
     return self.compiled[key]
+
+
+# The `compiled` dicts of contexts unpickled in this process, by the dict
+# they had where they were pickled (`EncoderContext.__setstate__`).
+_COMPILED_HERE: dict[tuple[int, int], dict] = {}
 
 
 def model_key(config: ml_collections.ConfigDict) -> str:

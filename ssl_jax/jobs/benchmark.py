@@ -27,7 +27,7 @@ from typing import Any
 import ml_collections
 
 from ssl_jax import files, objectives, parallel
-from ssl_jax.evaluation.cells import Cell, CellStore, cells_at_once, run_cells
+from ssl_jax.evaluation.cells import Cell, CellStore, run_cells, side_by_side
 from ssl_jax.evaluation.encoder_context import SPLITS, EncoderContext
 from ssl_jax.jobs import common, finetune, pretrain, report
 from ssl_jax.jobs import method_configs
@@ -262,7 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cells = sweep_cells(config)
   finished = run_cells(contexts, cells, CellStore(os.path.join(workdir, "cells")),
                        progress=config.benchmark.progress,
-                       at_once=cells_at_once(config.finetune))
+                       **side_by_side(config.finetune))
   meta["this_run_seconds"] = time.perf_counter() - began
   paths = report.write_benchmark_report(workdir, finished, meta)
   print(open(paths["report"]).read())

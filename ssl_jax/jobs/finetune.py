@@ -20,7 +20,7 @@ import jax
 import ml_collections
 
 from ssl_jax import files, parallel
-from ssl_jax.evaluation.cells import Cell, CellStore, cells_at_once, run_cells
+from ssl_jax.evaluation.cells import Cell, CellStore, run_cells, side_by_side
 from ssl_jax.evaluation.encoder_context import SPLITS, EncoderContext
 from ssl_jax.evaluation.protocols import PROTOCOLS
 from ssl_jax.jobs import common, report
@@ -101,7 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   finished = run_cells(lambda cell: ctx, cells,
                        CellStore(os.path.join(workdir, "cells")),
                        progress=config.train.progress,
-                       at_once=cells_at_once(ft))
+                       **side_by_side(ft))
   results = {
       "dataset": config.data.name, "image_size": cfg.data.size,
       "task": info.task, "model": cfg.model.to_dict(),
