@@ -315,7 +315,7 @@ def test_cells_side_by_side_give_the_cells_of_one_at_a_time(sweep, tmp_path,
   full_dir, out = sweep
   assert cells_lib.side_by_side(tiny_benchmark_config().finetune) == dict(
       at_once=2, in_processes=True)
-  cores = len(os.sched_getaffinity(0))
+  cores = cells_lib.cores_here()
   # each ran in a worker process pinned to its half of the cores
   assert {c["cores"] for c in out["cells"].values()} == {max(cores // 2, 1)}
   workdir = tmp_path / "serial"

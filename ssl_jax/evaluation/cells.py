@@ -153,7 +153,7 @@ def run_cell(ctx: EncoderContext, cell: Cell) -> tuple[dict[str, Any],
                 fraction=cell.fraction, seed=cell.seed,
                 n_train=int(len(train_idx)),
                 seconds=time.perf_counter() - began,
-                cores=len(os.sched_getaffinity(0)))  # its reduction order
+                cores=cores_here())  # sets its reduction order
   return result, prediction_arrays(ctx.task, labels, preds.probs)
 
 
@@ -196,7 +196,7 @@ def cells_at_once(ft) -> int:
 
 def side_by_side(ft) -> dict[str, Any]:
   """`run_cells`' keywords for this run: `at_once` (`cells_at_once`) and,
-  on CPU, `in_processes`.
+  on CPU, `in_processes` (where the OS can pin a process to cores).
 
   Why processes on CPU: cells in threads of one process share its XLA
   thread pool, and two cells there did no more work than one after the
@@ -206,7 +206,16 @@ def side_by_side(ft) -> dict[str, Any]:
   apart, as on another CPU count.
   """
   n = cells_at_once(ft)
-  return dict(at_once=n, in_processes=n > 1 and jax.default_backend() == "cpu")
+  return dict(at_once=n, in_processes=(n > 1 and jax.default_backend() == "cpu"
+                                       and hasattr(os, "sched_setaffinity")))
+
+
+def cores_here() -> int:
+  """The cores this process may run on (all of them where the OS cannot
+  say, e.g. macOS)."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
 
 
 def core_shares(cores: Sequence[int], workers: int) -> list[list[int]]:
@@ -280,6 +289,8 @@ def _exit_without(parent: int) -> None:
 
 
 def _run_in_worker(digest: str, payload: bytes, cell: Cell):
+  """`run_cell` in a worker, on its copy of the context `payload` pickles
+  (unpickled once per context: its compiled programs stay)."""
   ctx = _WORKER_CONTEXTS.pop(digest, None) or pickle.loads(payload)
   _WORKER_CONTEXTS[digest] = ctx
   while len(_WORKER_CONTEXTS) > _CONTEXTS_KEPT:
