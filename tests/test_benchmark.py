@@ -310,8 +310,11 @@ def test_cells_another_process_finished_meanwhile_are_not_rerun(tmp_path,
 
 def test_cells_side_by_side_give_the_cells_of_one_at_a_time(sweep, tmp_path,
                                                             medmnist_dir):
-  """The sweep fixture ran two cells at once (auto on CPU); one at a time,
-  from the same pretrained encoders, every cell comes out the same."""
+  """The sweep fixture ran two cells at once (auto on CPU), each in a
+  worker process on half the cores; one at a time, on all of them, from
+  the same pretrained encoders, every cell comes out the same (at this
+  width fewer threads sum in the same order; the demo's cells move in
+  their last digits, README "Performance")."""
   full_dir, out = sweep
   assert cells_lib.side_by_side(tiny_benchmark_config().finetune) == dict(
       at_once=2, in_processes=True)
