@@ -256,19 +256,29 @@ class _CellProcesses:
     self._pickled: collections.OrderedDict[int, tuple] = collections.OrderedDict()
 
   def submit(self, ctx: EncoderContext, cell: Cell) -> futures.Future:
-    if id(ctx) not in self._pickled:
-      payload = pickle.dumps(ctx, protocol=pickle.HIGHEST_PROTOCOL)
-      digest = hashlib.blake2b(payload, digest_size=16).hexdigest()
-      self._pickled[id(ctx)] = (ctx, digest, payload)  # ctx: keeps id(ctx) its own
-      while len(self._pickled) > _CONTEXTS_KEPT:
-        self._pickled.popitem(last=False)
-    _, digest, payload = self._pickled[id(ctx)]
+    _, digest, payload = _latest(self._pickled, id(ctx), lambda: _pickled(ctx))
     return self.pool.submit(_run_in_worker, digest, payload, cell)
+
+
+def _pickled(ctx: EncoderContext) -> tuple[EncoderContext, str, bytes]:
+  """(ctx, digest, payload): ctx is kept so that its id stays its own."""
+  payload = pickle.dumps(ctx, protocol=pickle.HIGHEST_PROTOCOL)
+  return ctx, hashlib.blake2b(payload, digest_size=16).hexdigest(), payload
 
 
 _CONTEXTS_KEPT = 2  # a benchmark moves from method to method; one lags behind
 _WORKER_CONTEXTS: collections.OrderedDict[str, EncoderContext] = (
     collections.OrderedDict())
+
+
+def _latest(cache: collections.OrderedDict, key, make: Callable[[], Any]):
+  """`cache[key]`, made if missing; the cache keeps its `_CONTEXTS_KEPT`
+  most recently used entries."""
+  value = cache.pop(key) if key in cache else make()
+  cache[key] = value
+  while len(cache) > _CONTEXTS_KEPT:
+    cache.popitem(last=False)
+  return value
 
 
 def _start_worker(shares, parent: int, compilation_cache: str | None) -> None:
@@ -291,10 +301,7 @@ def _exit_without(parent: int) -> None:
 def _run_in_worker(digest: str, payload: bytes, cell: Cell):
   """`run_cell` in a worker, on its copy of the context `payload` pickles
   (unpickled once per context: its compiled programs stay)."""
-  ctx = _WORKER_CONTEXTS.pop(digest, None) or pickle.loads(payload)
-  _WORKER_CONTEXTS[digest] = ctx
-  while len(_WORKER_CONTEXTS) > _CONTEXTS_KEPT:
-    _WORKER_CONTEXTS.popitem(last=False)
+  ctx = _latest(_WORKER_CONTEXTS, digest, lambda: pickle.loads(payload))
   return run_cell(ctx, cell)
 
 
@@ -367,7 +374,7 @@ def run_cells(context_for: Callable[[Cell], EncoderContext],
           future = workers.submit(ctx, cell)
         running[future] = (cell, ctx)
     except BaseException:  # e.g. the next context's pretraining failed
-      if running:  # the worker threads finish their cells either way
+      if running:  # the workers finish their cells either way
         tqdm.write(f"storing the {len(running)} cell(s) still running "
                    f"before stopping")
         with contextlib.suppress(Exception):
