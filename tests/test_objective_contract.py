@@ -98,7 +98,8 @@ def declared_inputs(name: str, n: int = 16):
 
 def declared_columns(reads: tuple[str, ...]):
   """Batch columns the objective declares it reads (Objective.reads), made
-  up: partners are the batch rolled by one, numbers a month apart."""
+  up: partners are the batch rolled by one, numbers a month apart, a
+  distillation target two-class probabilities."""
   if not reads:
     return None
 
@@ -108,6 +109,9 @@ def declared_columns(reads: tuple[str, ...]):
     for key in reads:
       base = 30.0 * np.arange(n, dtype=np.float32)
       out[key] = np.roll(base, 1) if key.startswith("pair_") else base
+    if "target" in reads:  # a teacher's class probabilities, rows sum to 1
+      first = np.linspace(0.1, 0.9, n, dtype=np.float32)
+      out["target"] = np.stack([first, 1.0 - first], axis=1)
     return out
   return columns
 

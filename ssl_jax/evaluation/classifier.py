@@ -18,6 +18,7 @@ features (BatchNorm statistics at their init) are not what training sees.
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 from typing import Any, Callable
@@ -88,14 +89,20 @@ class ClassifierTrainer:
 
   def __init__(self, ctx: EncoderContext, last_k: int | None = None,
                steps: int | None = None,
-               like: "ClassifierTrainer | None" = None):
+               like: "ClassifierTrainer | None" = None,
+               objective: dict | None = None):
     """`like`: a trainer of the same architecture and trainable set for
-    another run length, whose init, predict and encode programs this one
-    reuses: only the step holds the run length (its learning-rate
-    schedule); the optimizer state it starts from is the same zeros."""
+    another run length or objective, whose init, predict and encode
+    programs this one reuses: only the step holds the run length (its
+    learning-rate schedule) and the loss; the optimizer state it starts
+    from is the same zeros. `objective`: fields replacing the supervised
+    objective's (a distillation student's: evaluation/distill.py)."""
     ft = ctx.config.finetune
     self.steps = ft.steps if steps is None else steps
     self.config = with_class_weights(ctx.config, ctx.labels("train"), ctx.info)
+    if objective:
+      self.config = self.config.copy_and_resolve_references()
+      self.config.objective.update(objective)
     self.info, self.mesh = ctx.info, ctx.mesh
     self.bound = objectives.bind(self.config, ctx.info)
     tx, schedule = optim.make_optimizer(ft.optim, ft.batch_size, self.steps)
@@ -154,7 +161,14 @@ class ClassifierTrainer:
     return with_head(state, *probe.on_raw_features()), probe.val_score
 
   def run(self, ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
-          weights: weights_lib.Flat | None, name: str) -> Predictions:
+          weights: weights_lib.Flat | None, name: str,
+          soft_targets: tuple[np.ndarray, np.ndarray] | None = None,
+          score: tuple[str, ...] = EVAL_SPLITS) -> Predictions:
+    """Trains on the labelled train rows `train_idx`, or with
+    `soft_targets=(rows, targets)` on those train rows against those class
+    probabilities (a distillation student; no label of `rows` is read, an
+    LP-FT head still fits on `train_idx` alone); returns the selected
+    model's probabilities on the `score` splits."""
     from data_pipelines import input_pipeline  # only where data is read
     ft = self.config.finetune
     seed = training_seed(ft, seed)
@@ -163,9 +177,13 @@ class ClassifierTrainer:
     if probed:
       state, probe_val_score = self.fit_head(ctx, state, train_idx, seed)
     images, labels = ctx.data["train"]
+    rows, fed, extra = train_idx, labels[train_idx], None
+    if soft_targets is not None:
+      rows, targets = soft_targets
+      fed, extra = hard_labels(targets, ctx.info.multi_label), {"target": targets}
     keep = last_batch(ft) == "keep"
     batches = input_pipeline.make_iterator(
-        images[train_idx], labels[train_idx],
+        images[rows], fed, extra=extra,
         batch_size=parallel.local_batch_size(ft.batch_size), shuffle=True,
         repeat=True, seed=seed, drop_remainder=not keep, per_epoch=keep,
         batch_multiple=local_data_devices(self.mesh))
@@ -185,19 +203,26 @@ class ClassifierTrainer:
     loop.run(state, self.step_fn, batches, mesh=self.mesh, num_steps=self.steps,
              writer=writer, log_every=min(ft.log_every, self.steps),
              eval_fn=select_on_val,
-             eval_every=eval_interval(ft, len(train_idx), self.steps,
-                                      self.mesh),
+             eval_every=eval_interval(ft, len(rows), self.steps, self.mesh),
              desc=name, progress=self.config.train.progress, nested=True)
     writer.close()
     params, rest = best.state
     return Predictions(
-        {s: self.probs(ctx, params, rest, s) for s in EVAL_SPLITS},
+        {s: self.probs(ctx, params, rest, s) for s in score},
         {"selected_step": best.step, "steps": self.steps, "training_seed": seed,
-         "selected_epoch": best.step / steps_per_epoch(
-             ft, len(train_idx), self.mesh),
+         "selected_epoch": best.step / steps_per_epoch(ft, len(rows),
+                                                       self.mesh),
          "selected_val_auroc": best.auroc, "selected_val_loss": best.loss,
          "select_from_step": self.select_from,
          **({"head_probe_val_score": probe_val_score} if probed else {})})
+
+
+def hard_labels(targets: np.ndarray, multi_label: bool) -> np.ndarray:
+  """The labels class probabilities stand for (argmax; multi-label: each
+  label above 0.5), as the batches' label column."""
+  if multi_label:
+    return (targets > 0.5).astype(np.int32)
+  return np.argmax(targets, axis=-1).astype(np.int32)
 
 
 def training_seed(ft: ml_collections.ConfigDict, cell_seed: int) -> int:
@@ -229,18 +254,20 @@ class BestOnVal:
     return True
 
 
-def trainer_for(ctx: EncoderContext, n_train: int,
-                last_k: int | None = None) -> ClassifierTrainer:
-  """The compiled trainer for this architecture, trainable set and run
-  length (epoch-based runs differ in length by label fraction); trainers
-  of other lengths lend it their init and inference programs."""
+def trainer_for(ctx: EncoderContext, n_train: int, last_k: int | None = None,
+                objective: dict | None = None) -> ClassifierTrainer:
+  """The compiled trainer for this architecture, trainable set, run length
+  (epoch-based runs differ in length by label fraction) and objective
+  fields; trainers of other lengths or objectives lend it their init and
+  inference programs."""
   steps = run_length(ctx.config.finetune, n_train, ctx.mesh)
   family = ("trainer", model_key(ctx.config), last_k)  # its first trainer
-  key = family + (steps,)
+  key = family + (steps, json.dumps(objective or {}, sort_keys=True))
   with _BUILDING:  # cells side by side (`cells.run_cells`) build it once
     if key not in ctx.compiled:
       ctx.compiled[key] = ClassifierTrainer(ctx, last_k, steps,
-                                            like=ctx.compiled.get(family))
+                                            like=ctx.compiled.get(family),
+                                            objective=objective)
       ctx.compiled.setdefault(family, ctx.compiled[key])
   return ctx.compiled[key]
 

@@ -6,6 +6,10 @@ Registered by name, chosen by `finetune.protocols`:
 - `knn`: weighted cosine kNN on the same frozen features;
 - `finetune`: end-to-end training of encoder + linear head;
 - `scratch`: the `finetune` architecture, steps and optimizer from random init;
+- `distill`: `finetune`, then a student from the same encoder trained on
+  every train image against the fine-tuned teacher's probabilities
+  (SimCLRv2's self-distillation on the unlabelled rest; distill.py);
+  `scratch_distill`: the same from random init, its control;
 - `logreg`: the `linear` model solved to convergence by full-batch L-BFGS,
   with an L2 sweep chosen on val (`finetune.logreg_*`);
 - `early_layer`: the `linear` probe on an earlier stage's pooled features
@@ -33,7 +37,7 @@ from typing import Callable
 
 import numpy as np
 
-from ssl_jax.evaluation import classifier, probes, zero_shot
+from ssl_jax.evaluation import classifier, distill, probes, zero_shot
 from ssl_jax.evaluation.encoder_context import (EVAL_SPLITS, EncoderContext,
                                                 Predictions)
 from ssl_jax.registry import Registry
@@ -53,12 +57,14 @@ def _applies_always(ctx: EncoderContext) -> None:
 @dataclasses.dataclass(frozen=True)
 class Protocol:
   """A registered protocol: its function, what it trains (one of KINDS),
-  the label tables give it, and `check(ctx)`, raising before any cell runs
-  when it cannot apply. Called like the function."""
+  the label tables give it, `check(ctx)`, raising before any cell runs
+  when it cannot apply, and whether it reads a pretrained encoder (the
+  from-scratch controls do not). Called like the function."""
   fn: ProtocolFn
   kind: str
   label: str
   check: Callable[[EncoderContext], None] = _applies_always
+  needs_encoder: bool = True
 
   def __call__(self, ctx: EncoderContext, train_idx: np.ndarray,
                seed: int) -> Predictions:
@@ -69,7 +75,8 @@ PROTOCOLS: Registry[Protocol] = Registry("fine-tuning protocol")
 
 
 def register(name: str, *, kind: str, label: str,
-             check: Callable[[EncoderContext], None] = _applies_always
+             check: Callable[[EncoderContext], None] = _applies_always,
+             needs_encoder: bool = True
              ) -> Callable[[ProtocolFn], ProtocolFn]:
   """Decorator: `fn` becomes protocol `name`. Its kind and label are said
   here, once; reports and plots read them from the registry. Tables list
@@ -79,7 +86,7 @@ def register(name: str, *, kind: str, label: str,
                      f"{', '.join(KINDS)}")
 
   def add(fn: ProtocolFn) -> ProtocolFn:
-    PROTOCOLS.add(name, Protocol(fn, kind, label, check))
+    PROTOCOLS.add(name, Protocol(fn, kind, label, check, needs_encoder))
     return fn
   return add
 
@@ -132,13 +139,30 @@ def end_to_end(ctx: EncoderContext, train_idx: np.ndarray,
       name=f"finetune_n{len(train_idx)}_s{seed}")
 
 
-@register("scratch", kind=END_TO_END,
+@register("scratch", kind=END_TO_END, needs_encoder=False,
           label="from scratch (same net, same budget)")
 def from_scratch(ctx: EncoderContext, train_idx: np.ndarray,
                  seed: int) -> Predictions:
   return classifier.trainer_for(ctx, len(train_idx)).run(
       ctx, train_idx, seed, weights=None,
       name=f"scratch_n{len(train_idx)}_s{seed}")
+
+
+@register("distill", kind=END_TO_END,
+          label="SSL + fine-tune, self-distilled on unlabelled images")
+def self_distilled(ctx: EncoderContext, train_idx: np.ndarray,
+                   seed: int) -> Predictions:
+  return distill.self_distill(ctx, train_idx, seed,
+                              weights=ctx.encoder_weights,
+                              name=f"distill_n{len(train_idx)}_s{seed}")
+
+
+@register("scratch_distill", kind=END_TO_END, needs_encoder=False,
+          label="from scratch, self-distilled on unlabelled images")
+def scratch_self_distilled(ctx: EncoderContext, train_idx: np.ndarray,
+                           seed: int) -> Predictions:
+  return distill.self_distill(ctx, train_idx, seed, weights=None,
+                              name=f"scratch_distill_n{len(train_idx)}_s{seed}")
 
 
 @register("logreg", kind=FROZEN,

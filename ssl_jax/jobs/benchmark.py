@@ -29,6 +29,7 @@ import ml_collections
 from ssl_jax import files, objectives, parallel
 from ssl_jax.evaluation.cells import Cell, CellStore, run_cells, side_by_side
 from ssl_jax.evaluation.encoder_context import SPLITS, EncoderContext
+from ssl_jax.evaluation.protocols import PROTOCOLS
 from ssl_jax.jobs import common, finetune, pretrain, report
 from ssl_jax.jobs import method_configs
 from ssl_jax.jobs import workdir as workdir_lib
@@ -109,10 +110,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
                          "the sweep's backbone is config.benchmark.budget."
                          "model (the config arg's backbone=vit for ViTs)"
                          ) from None
-  if "scratch" in protocols:
-    raise ValueError("config.finetune.protocols has 'scratch': in the benchmark "
-                     f"the from-scratch baseline is method {NONE!r} with "
-                     "protocol 'finetune'")
+  for name in protocols:
+    if not PROTOCOLS.get(name).needs_encoder:
+      raise ValueError(f"config.finetune.protocols has {name!r}: in the "
+                       f"benchmark the from-scratch baselines are method "
+                       f"{NONE!r} with the protocols that read an encoder "
+                       "('finetune', 'distill')")
   if COMBINE in protocols:
     if len(bench.combine) < 2 or not set(bench.combine) <= set(bench.methods):
       raise ValueError(f"protocol {COMBINE!r} needs config.benchmark.combine to "

@@ -58,7 +58,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     workdir_lib.check_writable(workdir)
   ft = config.finetune
-  needs_encoder = any(p != "scratch" for p in ft.protocols)
+  needs_encoder = any(PROTOCOLS.get(p).needs_encoder for p in ft.protocols)
   pre_config, weights = (read_pretrained(ft.pretrained)
                          if ft.pretrained else (None, None))
   # Transfer without SSL (e.g. ImageNet weights): config.init_from.

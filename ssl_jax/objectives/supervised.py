@@ -79,6 +79,49 @@ def make_supervised_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
   return loss_fn
 
 
+def soft_target_loss(logits: Array, targets: Array, multi_label: bool,
+                     temperature: float = 1.0,
+                     class_weights: Array | None = None) -> Array:
+  """Cross-entropy against class probabilities `targets` [B, C] (a
+  teacher's, already tempered), the student's logits divided by
+  `temperature` (Hinton et al. 2015; SimCLRv2's distillation). Sigmoid BCE
+  per label for multi-label targets. `class_weights` [C] weigh an example
+  by its expected class weight, sum_c target_c * w_c, normalised as
+  `classification_loss` does."""
+  logits = logits.astype(jnp.float32) / temperature
+  targets = targets.astype(jnp.float32)
+  if multi_label:
+    return optax.sigmoid_binary_cross_entropy(logits, targets).mean()
+  per_example = optax.softmax_cross_entropy(logits, targets)
+  if class_weights is None:
+    return per_example.mean()
+  weight = targets @ jnp.asarray(class_weights, jnp.float32)
+  return (per_example * weight).sum() / jnp.maximum(weight.sum(), 1e-12)
+
+
+def make_distillation_loss(hp: base.HParams,
+                           ctx: base.RunContext) -> base.LossFn:
+  """The supervised step's loss with batch['target'] (soft) in place of
+  labels: stage 2's self-distillation student (evaluation/distill.py)."""
+  policy, multi_label = ctx.policy, bool(hp.multi_label)
+  class_weights = hp.class_weights
+  if class_weights is not None and multi_label:
+    raise ValueError("config.objective.class_weights needs a single-label "
+                     "task; objective.multi_label is True")
+
+  def loss_fn(model, batch, rng, extra):
+    x = augment.standardize(views.apply(policy, rng, batch["image"]))
+    logits = model(x, train=True)
+    targets = batch["target"]
+    loss = soft_target_loss(logits, targets, multi_label, hp.temperature,
+                            class_weights)
+    agrees = ((logits > 0) == (targets > 0.5)).mean(-1) if multi_label else (
+        jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
+    return loss, {"train_agreement": agrees.astype(jnp.float32).mean()}, extra
+
+  return loss_fn
+
+
 base.register(base.Objective(
     name="supervised", category="supervised",
     paper="cross-entropy on labels (the review's from-scratch / supervised baseline)",
@@ -88,3 +131,18 @@ base.register(base.Objective(
     ranks=(2, 3),
     accumulates_exactly=True,
     build_model=build_classifier, make_loss=make_supervised_loss))
+
+base.register(base.Objective(
+    name="distillation", category="supervised",
+    paper="Hinton et al. 2015, \"Distilling the Knowledge in a Neural "
+          "Network\"; Chen et al., NeurIPS 2020, \"Big Self-Supervised "
+          "Models are Strong Semi-Supervised Learners\" (SimCLRv2)",
+    # targets: batch['target'] [B, C], class probabilities; temperature
+    # divides the student's logits (the teacher's are tempered by the
+    # caller); class_weights and head_init as for 'supervised'.
+    hparams=dict(multi_label=False, class_weights=None, head_init="zeros",
+                 temperature=1.0),
+    reads=lambda hp: ("target",),
+    ranks=(2, 3),
+    accumulates_exactly=True,
+    build_model=build_classifier, make_loss=make_distillation_loss))

@@ -1,0 +1,82 @@
+"""Self-distillation on the unlabelled rest of the train split (stage 2).
+
+SimCLRv2's third step (Chen et al., NeurIPS 2020, "Big Self-Supervised
+Models are Strong Semi-Supervised Learners"): the classifier fine-tuned on
+the labelled subset (the teacher, exactly the `finetune` cell of the same
+subset and seed) labels every train image with its class probabilities,
+and a student of the same architecture, started from the same encoder,
+trains on all of them: the labelled images against their labels, the rest
+against the teacher's probabilities, both tempered by
+`finetune.distill_temperature`. At 10 % of BreastMNIST's labels the
+fine-tune sees 55 images and the student all 546, none of whose other
+labels is read. The student is selected on val AUROC as every end-to-end
+run is; its cell records the teacher's selection beside its own.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ssl_jax.evaluation import classifier
+from ssl_jax.evaluation.encoder_context import (EVAL_SPLITS, EncoderContext,
+                                                Predictions)
+from ssl_jax.train import encoder_weights as weights_lib
+
+
+def tempered(probs: np.ndarray, temperature: float,
+             multi_label: bool) -> np.ndarray:
+  """`probs` re-scaled as if their logits were divided by `temperature`
+  (softmax over classes; per-label sigmoid for multi-label)."""
+  probs = np.clip(np.asarray(probs, np.float64), 1e-7, 1.0 - 1e-7)
+  if multi_label:
+    logits = np.log(probs) - np.log1p(-probs)
+    return (1.0 / (1.0 + np.exp(-logits / temperature))).astype(np.float32)
+  logits = np.log(probs) / temperature
+  logits -= logits.max(axis=-1, keepdims=True)
+  out = np.exp(logits)
+  return (out / out.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def label_targets(labels: np.ndarray, num_classes: int,
+                  multi_label: bool) -> np.ndarray:
+  """Labels as the probabilities a student trains against (one-hot, or
+  the multi-hot labels themselves)."""
+  if multi_label:
+    return np.asarray(labels, np.float32)
+  return np.eye(num_classes, dtype=np.float32)[np.asarray(labels).reshape(-1)]
+
+
+def student_targets(ctx: EncoderContext, train_idx: np.ndarray,
+                    teacher_train_probs: np.ndarray,
+                    temperature: float) -> np.ndarray:
+  """[N_train, C]: the teacher's tempered probabilities on every train
+  image, with the labelled rows `train_idx` set to their labels."""
+  info = ctx.info
+  targets = tempered(teacher_train_probs, temperature, info.multi_label)
+  targets[train_idx] = label_targets(ctx.labels("train")[train_idx],
+                                     info.num_classes, info.multi_label)
+  return targets
+
+
+def self_distill(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
+                 weights: weights_lib.Flat | None, name: str) -> Predictions:
+  """The teacher fine-tuned on `train_idx` from `weights`, then the student
+  from `weights` on every train image (module doc)."""
+  temperature = float(ctx.config.finetune.distill_temperature)
+  if temperature <= 0:
+    raise ValueError("config.finetune.distill_temperature must be > 0, got "
+                     f"{temperature}")
+  teacher = classifier.trainer_for(ctx, len(train_idx)).run(
+      ctx, train_idx, seed, weights=weights, name=f"{name}_teacher",
+      score=("train",) + EVAL_SPLITS)
+  targets = student_targets(ctx, train_idx, teacher.probs["train"],
+                            temperature)
+  rows = np.arange(len(targets))
+  student = classifier.trainer_for(
+      ctx, len(rows), objective=dict(name="distillation",
+                                     temperature=temperature)).run(
+      ctx, train_idx, seed, weights=weights, name=f"{name}_student",
+      soft_targets=(rows, targets))
+  return Predictions(student.probs, dict(
+      student.info, temperature=temperature, rows_trained=len(rows),
+      **{f"teacher_{k}": v for k, v in teacher.info.items()
+         if k.startswith("selected_")}))
