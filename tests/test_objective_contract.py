@@ -202,7 +202,9 @@ def test_accumulation_matches_the_whole_batch(name, medmnist_dir, monkeypatch):
     config.optim.name = "sgd"
     config.optim.momentum = 0.0
     config.train.grad_accum_steps = k
-    _, state, step_fn, batch = compiled_on_fixed_batch(config)
+    columns, vocab = declared_inputs(name)
+    _, state, step_fn, batch = compiled_on_fixed_batch(
+        config, columns=columns, vocab=vocab)
     state, _ = step_fn(state, batch)
     updated.append(_leaves(state.params))
   for whole, split in zip(*updated, strict=True):

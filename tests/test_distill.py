@@ -1,0 +1,126 @@
+"""Stage 2's self-distillation (`distill`, `scratch_distill`): the soft-target
+loss, the student's targets, and a student that reads no label outside the
+labelled subset."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssl_jax.evaluation import distill
+from ssl_jax.evaluation.protocols import PROTOCOLS
+from ssl_jax.jobs import benchmark
+from ssl_jax.objectives import supervised
+from tests.test_benchmark import tiny_benchmark_config
+from tests.test_benchmark_protocols import _valid, contexts  # noqa: F401
+
+
+def _log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_soft_target_loss_on_one_hot_targets_is_the_labelled_loss():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(10, 3)), jnp.float32)
+  labels = rng.integers(0, 3, size=10)
+  one_hot = jnp.eye(3)[labels]
+  class_w = jnp.asarray([0.5, 2.0, 1.0])
+  for weights in (None, class_w):
+    soft = supervised.soft_target_loss(logits, one_hot, False,
+                                       class_weights=weights)
+    hard, _ = supervised.classification_loss(logits, jnp.asarray(labels),
+                                             False, class_weights=weights)
+    assert float(soft) == pytest.approx(float(hard), rel=1e-6)
+
+
+def test_soft_target_loss_divides_the_students_logits_by_the_temperature():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(6, 2)).astype(np.float32)
+  targets = np.array([[0.3, 0.7]] * 6, np.float32)
+  loss = supervised.soft_target_loss(jnp.asarray(logits), jnp.asarray(targets),
+                                     False, temperature=2.0)
+  expected = -(targets * _log_softmax(logits / 2.0)).sum(-1).mean()
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+  # Its gradient vanishes where the student's tempered probabilities are the
+  # targets: the minimum of a cross-entropy against soft labels.
+  at_targets = jnp.asarray(np.log(targets) * 2.0)
+  grad = jax.grad(lambda z: supervised.soft_target_loss(
+      z, jnp.asarray(targets), False, temperature=2.0))(at_targets)
+  np.testing.assert_allclose(np.asarray(grad), 0.0, atol=1e-6)
+
+
+def test_tempering_keeps_the_ranking_and_flattens_with_the_temperature():
+  probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
+  np.testing.assert_allclose(distill.tempered(probs, 1.0, False), probs,
+                             atol=1e-6)
+  warm = distill.tempered(probs, 4.0, False)
+  np.testing.assert_allclose(warm.sum(-1), 1.0, atol=1e-6)
+  assert 0.5 < warm[0, 0] < 0.9 and 0.5 < warm[1, 1] < 0.8
+  assert warm[2, 0] == pytest.approx(0.5)
+  sharp = distill.tempered(probs, 0.25, False)
+  assert sharp[0, 0] > 0.99
+  multi = distill.tempered(np.array([[0.9, 0.2]]), 2.0, True)
+  np.testing.assert_allclose(multi, [[0.75, 1 / 3]], atol=1e-6)  # sqrt odds
+
+
+def test_student_targets_keep_the_labels_of_the_labelled_rows(contexts):  # noqa: F811
+  ctx, _ = contexts
+  train_idx = ctx.subset(0.1, 0)
+  teacher = np.tile(np.array([[0.6, 0.4]], np.float32),
+                    (len(ctx.labels("train")), 1))
+  targets = distill.student_targets(ctx, train_idx, teacher, 1.0)
+  labels = ctx.labels("train").reshape(-1)
+  np.testing.assert_array_equal(targets[train_idx].argmax(-1),
+                                labels[train_idx])
+  assert set(np.unique(targets[train_idx])) == {0.0, 1.0}
+  rest = np.setdiff1d(np.arange(len(labels)), train_idx)
+  np.testing.assert_allclose(targets[rest], teacher[rest], atol=1e-6)
+
+
+def test_the_student_reads_no_label_outside_the_labelled_subset(contexts):  # noqa: F811
+  """Shuffling the labels of the unlabelled rows (class counts kept, so
+  the balanced loss weights stay) changes neither the teacher nor the
+  student: only the labelled subset's labels reach stage 2."""
+  ctx, _ = contexts
+  train_idx = ctx.subset(0.1, 0)
+  images, labels = ctx.data["train"]
+  rest = np.setdiff1d(np.arange(len(labels)), train_idx)
+  shuffled = labels.copy()
+  shuffled[rest] = labels[np.random.default_rng(0).permutation(rest)]
+  assert (shuffled[rest] != labels[rest]).any()
+  other = dataclasses.replace(ctx, data=dict(ctx.data, train=(images, shuffled)))
+  runs = [PROTOCOLS.get("distill")(c, train_idx, 0) for c in (ctx, other)]
+  for split in ("val", "test"):
+    np.testing.assert_array_equal(runs[0].probs[split], runs[1].probs[split])
+  preds = runs[0]
+  _valid(preds, ctx)
+  assert preds.info["rows_trained"] == len(labels) > len(train_idx)
+  assert preds.info["temperature"] == 1.0
+  assert preds.info["teacher_selected_step"] in (2, 4)
+  # The teacher is the `finetune` cell of the same subset and seed.
+  finetuned = PROTOCOLS.get("finetune")(ctx, train_idx, 0)
+  assert finetuned.info["selected_step"] == preds.info["teacher_selected_step"]
+  assert (finetuned.info["selected_val_auroc"]
+          == preds.info["teacher_selected_val_auroc"])
+
+
+def test_scratch_distill_needs_no_encoder_and_the_benchmark_refuses_it():
+  assert not PROTOCOLS.get("scratch_distill").needs_encoder
+  assert PROTOCOLS.get("distill").needs_encoder
+  config = tiny_benchmark_config(**{
+      "finetune.protocols": ("finetune", "scratch_distill")})
+  with pytest.raises(ValueError, match=r"protocols has 'scratch_distill': in "
+                     r"the benchmark the from-scratch baselines are method "
+                     r"'none'"):
+    benchmark.validate(config)
+
+
+def test_a_non_positive_temperature_is_refused(contexts):  # noqa: F811
+  ctx, _ = contexts
+  bad = ctx.config.copy_and_resolve_references()
+  bad.finetune.distill_temperature = 0.0
+  with pytest.raises(ValueError, match="distill_temperature must be > 0"):
+    PROTOCOLS.get("distill")(dataclasses.replace(ctx, config=bad),
+                             ctx.subset(0.1, 0), 0)
