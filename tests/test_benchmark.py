@@ -206,7 +206,9 @@ def test_rerun_with_another_budget_is_refused(sweep):
 
 @pytest.mark.parametrize("overrides,message", [
     ({"benchmark.methods": ("none", "simclrr")}, "no configs/simclrr.py"),
-    ({"finetune.protocols": ("linear", "scratch")}, "method 'none' with protocol 'finetune'"),
+    ({"finetune.protocols": ("linear", "scratch")},
+     "protocols has 'scratch': in the benchmark the from-scratch baselines are "
+     "method 'none' with the protocols that read an encoder"),
     ({"finetune.protocols": ("combine",), "benchmark.combine": ("none", "simclr")},
      "name >= 2 of config.benchmark.methods"),
     ({"benchmark.method_args": ("supervised:chestmnist",)}, "'method=arg'"),
