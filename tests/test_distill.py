@@ -2,9 +2,11 @@
 loss, the student's targets, and a student that reads no label outside the
 labelled subset."""
 import dataclasses
+import types
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -124,3 +126,14 @@ def test_a_non_positive_temperature_is_refused(contexts):  # noqa: F811
   with pytest.raises(ValueError, match="distill_temperature must be > 0"):
     PROTOCOLS.get("distill")(dataclasses.replace(ctx, config=bad),
                              ctx.subset(0.1, 0), 0)
+
+
+@pytest.mark.parametrize("make_loss", [supervised.make_supervised_loss,
+                                       supervised.make_distillation_loss])
+def test_class_weights_on_a_multi_label_objective_are_refused(make_loss):
+  hp = ml_collections.ConfigDict(dict(multi_label=True, class_weights=(1.0, 2.0),
+                                      temperature=1.0))
+  with pytest.raises(ValueError, match="class_weights needs a single-label"):
+    make_loss(hp, types.SimpleNamespace(policy=None))
+  hp.class_weights = None
+  assert callable(make_loss(hp, types.SimpleNamespace(policy=None)))

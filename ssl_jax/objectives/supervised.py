@@ -59,13 +59,19 @@ def build_classifier(hp: base.HParams, ctx: base.RunContext,
                     rngs=rngs, head_init=hp.head_init)
 
 
+def single_label_class_weights(hp: base.HParams):
+  """`hp.class_weights`, refused when the objective is set multi-label
+  (class weights weigh one class per example)."""
+  if hp.class_weights is not None and hp.multi_label:
+    raise ValueError("config.objective.class_weights needs a single-label "
+                     "task; objective.multi_label is True")
+  return hp.class_weights
+
+
 def make_supervised_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
   policy = ctx.policy
   configured = hp.multi_label
-  class_weights = hp.class_weights
-  if class_weights is not None and configured:
-    raise ValueError("config.objective.class_weights needs a single-label "
-                     "task; objective.multi_label is True")
+  class_weights = single_label_class_weights(hp)
 
   def loss_fn(model, batch, rng, extra):
     x = augment.standardize(views.apply(policy, rng, batch["image"]))
@@ -104,10 +110,7 @@ def make_distillation_loss(hp: base.HParams,
   """The supervised step's loss with batch['target'] (soft) in place of
   labels: stage 2's self-distillation student (evaluation/distill.py)."""
   policy, multi_label = ctx.policy, bool(hp.multi_label)
-  class_weights = hp.class_weights
-  if class_weights is not None and multi_label:
-    raise ValueError("config.objective.class_weights needs a single-label "
-                     "task; objective.multi_label is True")
+  class_weights = single_label_class_weights(hp)
 
   def loss_fn(model, batch, rng, extra):
     x = augment.standardize(views.apply(policy, rng, batch["image"]))
