@@ -236,6 +236,7 @@ def get_config() -> ml_collections.ConfigDict:
       logreg_memory=10,        # `logreg`: L-BFGS history length
       last_k=1,                # `last_k`: ResNet stages / ViT blocks trained
       distill_temperature=1.0,  # `distill`: divides teacher's and student's logits
+      distill_rounds=1,         # `distill`: students in turn, each teaching the next
       early_layer="stage3",    # `early_layer`: ResNet 'stageN', ViT 'blockN'
       # `zero_shot` (image-text pretraining only): one prompt per class in
       # label order, e.g. ('no finding', 'a malignant mass'); () = the

@@ -119,11 +119,12 @@ def test_scratch_distill_needs_no_encoder_and_the_benchmark_refuses_it():
     benchmark.validate(config)
 
 
-def test_a_non_positive_temperature_is_refused(contexts):  # noqa: F811
+def test_a_non_positive_temperature_or_no_round_is_refused(contexts):  # noqa: F811
   ctx, _ = contexts
   bad = ctx.config.copy_and_resolve_references()
   bad.finetune.distill_temperature = 0.0
-  with pytest.raises(ValueError, match="distill_temperature must be > 0"):
+  with pytest.raises(ValueError, match="distill_temperature must be > 0 and "
+                     "distill_rounds >= 1, got 0.0 and 1"):
     PROTOCOLS.get("distill")(dataclasses.replace(ctx, config=bad),
                              ctx.subset(0.1, 0), 0)
 
@@ -137,3 +138,20 @@ def test_class_weights_on_a_multi_label_objective_are_refused(make_loss):
     make_loss(hp, types.SimpleNamespace(policy=None))
   hp.class_weights = None
   assert callable(make_loss(hp, types.SimpleNamespace(policy=None)))
+
+
+def test_each_round_teaches_the_next_student(contexts, monkeypatch):  # noqa: F811
+  """With distill_rounds=2 the second student's targets are the first
+  student's probabilities on the train images, not the teacher's."""
+  ctx, _ = contexts
+  two = ctx.config.copy_and_resolve_references()
+  two.finetune.distill_rounds = 2
+  taught = []
+  monkeypatch.setattr(distill, "student_targets", lambda c, idx, probs, t: (
+      taught.append(probs) or np.asarray(probs, np.float32).copy()))
+  preds = PROTOCOLS.get("distill")(dataclasses.replace(ctx, config=two),
+                                   ctx.subset(0.1, 0), 0)
+  _valid(preds, ctx)
+  assert preds.info["rounds"] == 2 and len(taught) == 2
+  assert taught[0].shape == taught[1].shape == (len(ctx.labels("train")), 2)
+  assert not np.allclose(taught[0], taught[1])

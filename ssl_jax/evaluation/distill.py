@@ -10,7 +10,10 @@ against the teacher's probabilities, both tempered by
 `finetune.distill_temperature`. At 10 % of BreastMNIST's labels the
 fine-tune sees 55 images and the student all 546, none of whose other
 labels is read. The student is selected on val AUROC as every end-to-end
-run is; its cell records the teacher's selection beside its own.
+run is; its cell records the first teacher's selection beside its own.
+With `finetune.distill_rounds` = r > 1 each student teaches the next, from
+the same encoder again (Noisy Student's iteration, Xie et al., CVPR 2020;
+the student's views are its noise).
 """
 from __future__ import annotations
 
@@ -59,24 +62,32 @@ def student_targets(ctx: EncoderContext, train_idx: np.ndarray,
 
 def self_distill(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
                  weights: weights_lib.Flat | None, name: str) -> Predictions:
-  """The teacher fine-tuned on `train_idx` from `weights`, then the student
-  from `weights` on every train image (module doc)."""
-  temperature = float(ctx.config.finetune.distill_temperature)
-  if temperature <= 0:
-    raise ValueError("config.finetune.distill_temperature must be > 0, got "
-                     f"{temperature}")
-  teacher = classifier.trainer_for(ctx, len(train_idx)).run(
+  """The teacher fine-tuned on `train_idx` from `weights`, then
+  `distill_rounds` students from `weights` on every train image, each
+  taught by the one before (module doc)."""
+  ft = ctx.config.finetune
+  temperature, rounds = float(ft.distill_temperature), int(ft.distill_rounds)
+  if temperature <= 0 or rounds < 1:
+    raise ValueError("config.finetune.distill_temperature must be > 0 and "
+                     f"distill_rounds >= 1, got {temperature} and {rounds}")
+  with_train = ("train",) + EVAL_SPLITS
+  first = teacher = classifier.trainer_for(ctx, len(train_idx)).run(
       ctx, train_idx, seed, weights=weights, name=f"{name}_teacher",
-      score=("train",) + EVAL_SPLITS)
-  targets = student_targets(ctx, train_idx, teacher.probs["train"],
-                            temperature)
-  rows = np.arange(len(targets))
+      score=with_train)
+  rows = np.arange(len(ctx.labels("train")))
   student = classifier.trainer_for(
       ctx, len(rows), objective=dict(name="distillation",
-                                     temperature=temperature)).run(
-      ctx, train_idx, seed, weights=weights, name=f"{name}_student",
-      soft_targets=(rows, targets))
-  return Predictions(student.probs, dict(
-      student.info, temperature=temperature, rows_trained=len(rows),
-      **{f"teacher_{k}": v for k, v in teacher.info.items()
+                                     temperature=temperature))
+  for r in range(rounds):
+    targets = student_targets(ctx, train_idx, teacher.probs["train"],
+                              temperature)
+    teacher = student.run(
+        ctx, train_idx, seed, weights=weights,
+        name=f"{name}_student" + (f"{r + 1}" if r else ""),
+        soft_targets=(rows, targets),
+        score=EVAL_SPLITS if r == rounds - 1 else with_train)
+  return Predictions(teacher.probs, dict(
+      teacher.info, temperature=temperature, rounds=rounds,
+      rows_trained=len(rows),
+      **{f"teacher_{k}": v for k, v in first.info.items()
          if k.startswith("selected_")}))
