@@ -237,6 +237,10 @@ def get_config() -> ml_collections.ConfigDict:
       last_k=1,                # `last_k`: ResNet stages / ViT blocks trained
       distill_temperature=1.0,  # `distill`: divides teacher's and student's logits
       distill_rounds=1,         # `distill`: students in turn, each teaching the next
+      # `fixmatch`: the weak view's top probability that makes a pseudo-label,
+      # the unlabelled term's weight, the strong view's augment preset.
+      fixmatch_threshold=0.95, fixmatch_weight=1.0,
+      fixmatch_strong_policy="simclr",
       early_layer="stage3",    # `early_layer`: ResNet 'stageN', ViT 'blockN'
       # `zero_shot` (image-text pretraining only): one prompt per class in
       # label order, e.g. ('no finding', 'a malignant mass'); () = the

@@ -293,15 +293,17 @@ def test_each_protocol_registers_its_kind_and_label_once():
   from ssl_jax.evaluation import protocols  # noqa: PLC0415
   assert list(protocols.labels()) == [
       "linear", "knn", "finetune", "scratch", "distill", "scratch_distill",
-      "logreg", "early_layer", "last_k", "combine", "zero_shot"]
+      "fixmatch", "scratch_fixmatch", "logreg", "early_layer", "last_k", "combine", "zero_shot"]
   assert protocols.kinds() == {
       "finetune": "end-to-end", "scratch": "end-to-end",
       "distill": "end-to-end", "scratch_distill": "end-to-end",
+      "fixmatch": "end-to-end", "scratch_fixmatch": "end-to-end",
       "last_k": "partial fine-tune", "linear": "frozen", "knn": "frozen",
       "logreg": "frozen", "early_layer": "frozen", "combine": "frozen",
       "zero_shot": "frozen"}
-  assert list(protocols.kinds())[:5] == [
-      "finetune", "scratch", "distill", "scratch_distill", "last_k"]
+  assert list(protocols.kinds())[:7] == [
+      "finetune", "scratch", "distill", "scratch_distill", "fixmatch",
+      "scratch_fixmatch", "last_k"]
   assert protocols.labels()["scratch"] == "from scratch (same net, same budget)"
   with pytest.raises(ValueError, match="allowed: end-to-end, partial"):
     protocols.register("svm", kind="frozen features", label="SVM")

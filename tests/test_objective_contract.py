@@ -99,7 +99,8 @@ def declared_inputs(name: str, n: int = 16):
 def declared_columns(reads: tuple[str, ...]):
   """Batch columns the objective declares it reads (Objective.reads), made
   up: partners are the batch rolled by one, numbers a month apart, a
-  distillation target two-class probabilities."""
+  distillation target two-class probabilities, FixMatch's labelled mask
+  every other row."""
   if not reads:
     return None
 
@@ -112,6 +113,8 @@ def declared_columns(reads: tuple[str, ...]):
     if "target" in reads:  # a teacher's class probabilities, rows sum to 1
       first = np.linspace(0.1, 0.9, n, dtype=np.float32)
       out["target"] = np.stack([first, 1.0 - first], axis=1)
+    if "labelled" in reads:
+      out["labelled"] = (np.arange(n) % 2).astype(np.float32)
     return out
   return columns
 

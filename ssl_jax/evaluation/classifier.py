@@ -18,6 +18,7 @@ features (BatchNorm statistics at their init) are not what training sees.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -162,13 +163,12 @@ class ClassifierTrainer:
 
   def run(self, ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
           weights: weights_lib.Flat | None, name: str,
-          soft_targets: tuple[np.ndarray, np.ndarray] | None = None,
+          feed: Feed | None = None,
           score: tuple[str, ...] = EVAL_SPLITS) -> Predictions:
-    """Trains on the labelled train rows `train_idx`, or with
-    `soft_targets=(rows, targets)` on those train rows against those class
-    probabilities (a distillation student; no label of `rows` is read, an
-    LP-FT head still fits on `train_idx` alone); returns the selected
-    model's probabilities on the `score` splits."""
+    """Trains on the labelled train rows `train_idx`, or on what `feed`
+    gives (a distillation student's soft targets, FixMatch's labelled and
+    unlabelled rows; an LP-FT head still fits on `train_idx` alone);
+    returns the selected model's probabilities on the `score` splits."""
     from data_pipelines import input_pipeline  # only where data is read
     ft = self.config.finetune
     seed = training_seed(ft, seed)
@@ -177,13 +177,12 @@ class ClassifierTrainer:
     if probed:
       state, probe_val_score = self.fit_head(ctx, state, train_idx, seed)
     images, labels = ctx.data["train"]
-    rows, fed, extra = train_idx, labels[train_idx], None
-    if soft_targets is not None:
-      rows, targets = soft_targets
-      fed, extra = hard_labels(targets, ctx.info.multi_label), {"target": targets}
+    if feed is None:
+      feed = Feed(train_idx, labels[train_idx])
+    rows = feed.rows
     keep = last_batch(ft) == "keep"
     batches = input_pipeline.make_iterator(
-        images[rows], fed, extra=extra,
+        images[rows], feed.labels, extra=feed.extra,
         batch_size=parallel.local_batch_size(ft.batch_size), shuffle=True,
         repeat=True, seed=seed, drop_remainder=not keep, per_epoch=keep,
         batch_multiple=local_data_devices(self.mesh))
@@ -215,6 +214,33 @@ class ClassifierTrainer:
          "selected_val_auroc": best.auroc, "selected_val_loss": best.loss,
          "select_from_step": self.select_from,
          **({"head_probe_val_score": probe_val_score} if probed else {})})
+
+
+@dataclasses.dataclass(frozen=True)
+class Feed:
+  """What a run's batches hold: train rows `rows`, their label column and
+  extra columns (the objective's `reads`)."""
+  rows: np.ndarray
+  labels: np.ndarray
+  extra: dict[str, np.ndarray] | None = None
+
+
+def soft_target_feed(rows: np.ndarray, targets: np.ndarray,
+                     multi_label: bool) -> Feed:
+  """Train rows against class probabilities `targets` (a distillation
+  student's): no label of `rows` is read, the label column holds what the
+  targets stand for."""
+  return Feed(rows, hard_labels(targets, multi_label), {"target": targets})
+
+
+def semi_supervised_feed(labels: np.ndarray, train_idx: np.ndarray) -> Feed:
+  """Every train row, labelled where in `train_idx` (column 'labelled' 1)
+  and -1 elsewhere: no label outside the subset reaches the step."""
+  labelled = np.zeros(len(labels), np.float32)
+  labelled[train_idx] = 1.0
+  masked = np.where(labelled.reshape((-1,) + (1,) * (labels.ndim - 1)) > 0,
+                    labels, -1).astype(np.int32)
+  return Feed(np.arange(len(labels)), masked, {"labelled": labelled})
 
 
 def hard_labels(targets: np.ndarray, multi_label: bool) -> np.ndarray:

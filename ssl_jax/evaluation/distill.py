@@ -84,7 +84,8 @@ def self_distill(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
     teacher = student.run(
         ctx, train_idx, seed, weights=weights,
         name=f"{name}_student" + (f"{r + 1}" if r else ""),
-        soft_targets=(rows, targets),
+        feed=classifier.soft_target_feed(rows, targets,
+                                         ctx.info.multi_label),
         score=EVAL_SPLITS if r == rounds - 1 else with_train)
   return Predictions(teacher.probs, dict(
       teacher.info, temperature=temperature, rounds=rounds,

@@ -10,6 +10,9 @@ Registered by name, chosen by `finetune.protocols`:
   every train image against the fine-tuned teacher's probabilities
   (SimCLRv2's self-distillation on the unlabelled rest; distill.py);
   `scratch_distill`: the same from random init, its control;
+- `fixmatch`: `finetune` on every train image, the unlabelled ones against
+  the model's own confident predictions on a stronger view (Sohn et al.
+  2020; `finetune.fixmatch_*`); `scratch_fixmatch`: its control;
 - `logreg`: the `linear` model solved to convergence by full-batch L-BFGS,
   with an L2 sweep chosen on val (`finetune.logreg_*`);
 - `early_layer`: the `linear` probe on an earlier stage's pooled features
@@ -163,6 +166,46 @@ def scratch_self_distilled(ctx: EncoderContext, train_idx: np.ndarray,
                            seed: int) -> Predictions:
   return distill.self_distill(ctx, train_idx, seed, weights=None,
                               name=f"scratch_distill_n{len(train_idx)}_s{seed}")
+
+
+def _fixmatch(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
+              weights, name: str) -> Predictions:
+  """`finetune` on every train image at once: the labelled subset against
+  its labels, the rest against the model's own confident predictions on a
+  stronger view (objective 'fixmatch'); no other label is read."""
+  ft = ctx.config.finetune
+  labels = ctx.labels("train")
+  trainer = classifier.trainer_for(ctx, len(labels), objective=dict(
+      name="fixmatch", threshold=float(ft.fixmatch_threshold),
+      unlabelled_weight=float(ft.fixmatch_weight),
+      strong_policy=ft.fixmatch_strong_policy))
+  out = trainer.run(ctx, train_idx, seed, weights=weights, name=name,
+                    feed=classifier.semi_supervised_feed(labels, train_idx))
+  return dataclasses.replace(out, info=dict(out.info, rows_trained=len(labels)))
+
+
+def _single_label(ctx: EncoderContext) -> None:
+  if ctx.info.multi_label:
+    raise ValueError("protocols 'fixmatch' and 'scratch_fixmatch' need a "
+                     f"single-label task; {ctx.config.data.name} is "
+                     "multi-label")
+
+
+@register("fixmatch", kind=END_TO_END, check=_single_label,
+          label="SSL + fine-tune with FixMatch on unlabelled images")
+def fixmatch(ctx: EncoderContext, train_idx: np.ndarray,
+             seed: int) -> Predictions:
+  return _fixmatch(ctx, train_idx, seed, weights=ctx.encoder_weights,
+                   name=f"fixmatch_n{len(train_idx)}_s{seed}")
+
+
+@register("scratch_fixmatch", kind=END_TO_END, check=_single_label,
+          needs_encoder=False,
+          label="from scratch, FixMatch on unlabelled images")
+def scratch_fixmatch(ctx: EncoderContext, train_idx: np.ndarray,
+                     seed: int) -> Predictions:
+  return _fixmatch(ctx, train_idx, seed, weights=None,
+                   name=f"scratch_fixmatch_n{len(train_idx)}_s{seed}")
 
 
 @register("logreg", kind=FROZEN,

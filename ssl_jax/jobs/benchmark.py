@@ -29,7 +29,7 @@ import ml_collections
 from ssl_jax import files, objectives, parallel
 from ssl_jax.evaluation.cells import Cell, CellStore, run_cells, side_by_side
 from ssl_jax.evaluation.encoder_context import SPLITS, EncoderContext
-from ssl_jax.evaluation.protocols import PROTOCOLS
+from ssl_jax.evaluation.protocols import END_TO_END, PROTOCOLS
 from ssl_jax.jobs import common, finetune, pretrain, report
 from ssl_jax.jobs import method_configs
 from ssl_jax.jobs import workdir as workdir_lib
@@ -112,10 +112,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
                          ) from None
   for name in protocols:
     if not PROTOCOLS.get(name).needs_encoder:
+      readers = [n for n, p in PROTOCOLS.items()
+                 if p.needs_encoder and p.kind == END_TO_END]
       raise ValueError(f"config.finetune.protocols has {name!r}: in the "
                        f"benchmark the from-scratch baselines are method "
                        f"{NONE!r} with the protocols that read an encoder "
-                       "('finetune', 'distill')")
+                       f"({', '.join(readers)})")
   if COMBINE in protocols:
     if len(bench.combine) < 2 or not set(bench.combine) <= set(bench.methods):
       raise ValueError(f"protocol {COMBINE!r} needs config.benchmark.combine to "

@@ -125,6 +125,62 @@ def make_distillation_loss(hp: base.HParams,
   return loss_fn
 
 
+def consistency_loss(weak_logits: Array, strong_logits: Array,
+                     unlabelled: Array, threshold: float,
+                     class_weights: Array | None = None
+                     ) -> tuple[Array, Array]:
+  """FixMatch's unlabelled term: cross-entropy of the strong view's logits
+  against the weak view's argmax, kept where the weak view's top
+  probability reaches `threshold`, averaged over the unlabelled rows
+  (`unlabelled` [B], 1 = unlabelled) so the term grows as confidence
+  spreads. `class_weights` [C] weigh a row by its pseudo-label's class, the
+  normaliser by the same weights. Returns (loss, share of unlabelled rows
+  kept); no gradient flows through the weak view."""
+  probs = jax.nn.softmax(jax.lax.stop_gradient(weak_logits).astype(jnp.float32))
+  pseudo = jnp.argmax(probs, -1)
+  kept = (probs.max(-1) >= threshold).astype(jnp.float32) * unlabelled
+  per_example = optax.softmax_cross_entropy_with_integer_labels(
+      strong_logits.astype(jnp.float32), pseudo)
+  by_class = (jnp.ones_like(kept) if class_weights is None else
+              jnp.asarray(class_weights, jnp.float32)[pseudo])
+  loss = (per_example * by_class * kept).sum() / jnp.maximum(
+      (by_class * unlabelled).sum(), 1e-12)
+  return loss, kept.sum() / jnp.maximum(unlabelled.sum(), 1.0)
+
+
+def make_fixmatch_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
+  """Labelled rows (batch['labelled'] = 1) against their labels on the weak
+  view; unlabelled rows (their label column is -1, never read) against the
+  weak view's confident predictions on a strong view. Both views go
+  through the model as one batch, so BatchNorm sees both."""
+  if hp.multi_label:
+    raise ValueError("objective 'fixmatch' needs a single-label task; "
+                     "objective.multi_label is True")
+  weak = ctx.policy
+  strong = base.view_policy({"policy": hp.strong_policy}, ctx.spatial_dims)
+  class_weights = single_label_class_weights(hp)
+
+  def loss_fn(model, batch, rng, extra):
+    k_weak, k_strong = jax.random.split(rng)
+    images = batch["image"]
+    x = jnp.concatenate([
+        augment.standardize(views.apply(weak, k_weak, images)),
+        augment.standardize(views.apply(strong, k_strong, images))])
+    weak_logits, strong_logits = jnp.split(model(x, train=True), 2)
+    labelled = batch["labelled"].astype(jnp.float32)
+    supervised, accuracy = classification_loss(
+        weak_logits, batch["label"], False, weights=labelled,
+        class_weights=class_weights)
+    unsupervised, kept = consistency_loss(weak_logits, strong_logits,
+                                          1.0 - labelled, hp.threshold,
+                                          class_weights)
+    return supervised + hp.unlabelled_weight * unsupervised, {
+        "train_acc": accuracy, "unlabelled_loss": unsupervised,
+        "pseudo_label_rate": kept}, extra
+
+  return loss_fn
+
+
 base.register(base.Objective(
     name="supervised", category="supervised",
     paper="cross-entropy on labels (the review's from-scratch / supervised baseline)",
@@ -149,3 +205,18 @@ base.register(base.Objective(
     ranks=(2, 3),
     accumulates_exactly=True,
     build_model=build_classifier, make_loss=make_distillation_loss))
+
+base.register(base.Objective(
+    name="fixmatch", category="supervised",
+    paper="Sohn et al., NeurIPS 2020, \"FixMatch: Simplifying Semi-Supervised "
+          "Learning with Consistency and Confidence\"",
+    # batch['labelled'] [B] (1 = labelled); threshold on the weak view's
+    # top probability; unlabelled_weight: FixMatch's lambda_u; strong_policy:
+    # the augment preset of the strong view (the weak one is the run's).
+    # Single-label only; class_weights and head_init as for 'supervised'.
+    hparams=dict(multi_label=False, class_weights=None, head_init="zeros",
+                 threshold=0.95, unlabelled_weight=1.0,
+                 strong_policy="simclr"),
+    reads=lambda hp: ("labelled",),
+    ranks=(2, 3),
+    build_model=build_classifier, make_loss=make_fixmatch_loss))
