@@ -2,7 +2,9 @@
 
 The `finetune`, `last_k` and `scratch` protocols all train this classifier
 with the shared step and loop; they differ only in the initial encoder and
-in which parameters the optimizer may move. The run lasts `finetune.steps`,
+in which parameters the optimizer may move. `distill` and `fixmatch` train
+it on every train image with another objective, whose batch columns a
+`Feed` gives. The run lasts `finetune.steps`,
 or with `finetune.epochs` > 0 that many passes over the labelled subset;
 the step with the best val AUROC (ties: lower val loss) is the one scored,
 chosen from the end of the learning-rate warmup on (`finetune.select_from`).
