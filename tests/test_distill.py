@@ -81,24 +81,30 @@ def test_student_targets_keep_the_labels_of_the_labelled_rows(contexts):  # noqa
   np.testing.assert_allclose(targets[rest], teacher[rest], atol=1e-6)
 
 
-def test_the_student_reads_no_label_outside_the_labelled_subset(contexts):  # noqa: F811
-  """Shuffling the labels of the unlabelled rows (class counts kept, so
-  the balanced loss weights stay) changes neither the teacher nor the
-  student: only the labelled subset's labels reach stage 2."""
-  ctx, _ = contexts
-  train_idx = ctx.subset(0.1, 0)
+def unmoved_by_unlabelled_labels(ctx, protocol: str, train_idx):
+  """`protocol`'s predictions on the labelled subset `train_idx`, checked
+  to be identical when the labels of the other train rows are shuffled
+  (class counts kept, so the balanced loss weights stay): only the
+  subset's labels reach stage 2."""
   images, labels = ctx.data["train"]
   rest = np.setdiff1d(np.arange(len(labels)), train_idx)
   shuffled = labels.copy()
   shuffled[rest] = labels[np.random.default_rng(0).permutation(rest)]
   assert (shuffled[rest] != labels[rest]).any()
   other = dataclasses.replace(ctx, data=dict(ctx.data, train=(images, shuffled)))
-  runs = [PROTOCOLS.get("distill")(c, train_idx, 0) for c in (ctx, other)]
+  runs = [PROTOCOLS.get(protocol)(c, train_idx, 0) for c in (ctx, other)]
   for split in ("val", "test"):
     np.testing.assert_array_equal(runs[0].probs[split], runs[1].probs[split])
-  preds = runs[0]
-  _valid(preds, ctx)
-  assert preds.info["rows_trained"] == len(labels) > len(train_idx)
+  _valid(runs[0], ctx)
+  assert runs[0].info["rows_trained"] == len(labels) > len(train_idx)
+  return runs[0]
+
+
+def test_the_student_reads_no_label_outside_the_labelled_subset(contexts):  # noqa: F811
+  """Neither the teacher nor the student reads a label outside the subset."""
+  ctx, _ = contexts
+  train_idx = ctx.subset(0.1, 0)
+  preds = unmoved_by_unlabelled_labels(ctx, "distill", train_idx)
   assert preds.info["temperature"] == 1.0
   assert preds.info["teacher_selected_step"] in (2, 4)
   # The teacher is the `finetune` cell of the same subset and seed.
@@ -108,14 +114,17 @@ def test_the_student_reads_no_label_outside_the_labelled_subset(contexts):  # no
           == preds.info["teacher_selected_val_auroc"])
 
 
-def test_scratch_distill_needs_no_encoder_and_the_benchmark_refuses_it():
-  assert not PROTOCOLS.get("scratch_distill").needs_encoder
-  assert PROTOCOLS.get("distill").needs_encoder
-  config = tiny_benchmark_config(**{
-      "finetune.protocols": ("finetune", "scratch_distill")})
-  with pytest.raises(ValueError, match=r"protocols has 'scratch_distill': in "
-                     r"the benchmark the from-scratch baselines are method "
-                     r"'none'"):
+@pytest.mark.parametrize("control,protocol", [
+    ("scratch_distill", "distill"), ("scratch_fixmatch", "fixmatch")])
+def test_a_from_scratch_control_needs_no_encoder_and_the_benchmark_refuses_it(
+    control, protocol):
+  assert not PROTOCOLS.get(control).needs_encoder
+  assert PROTOCOLS.get(protocol).needs_encoder
+  config = tiny_benchmark_config(**{"finetune.protocols": ("finetune", control)})
+  with pytest.raises(ValueError, match=rf"protocols has '{control}': in the "
+                     r"benchmark the from-scratch baselines are method 'none' "
+                     r"with the protocols that read an encoder \(finetune, "
+                     r"distill, fixmatch\)"):
     benchmark.validate(config)
 
 

@@ -10,10 +10,9 @@ import pytest
 
 from ssl_jax.evaluation import classifier
 from ssl_jax.evaluation.protocols import PROTOCOLS
-from ssl_jax.jobs import benchmark
 from ssl_jax.objectives import supervised
-from tests.test_benchmark import tiny_benchmark_config
-from tests.test_benchmark_protocols import _valid, contexts  # noqa: F401
+from tests.test_benchmark_protocols import contexts  # noqa: F401
+from tests.test_distill import unmoved_by_unlabelled_labels
 
 
 def test_consistency_keeps_only_confident_unlabelled_rows():
@@ -49,33 +48,8 @@ def test_the_feed_masks_every_label_outside_the_subset():
 
 
 def test_fixmatch_reads_no_label_outside_the_labelled_subset(contexts):  # noqa: F811
-  """Shuffling the labels of the unlabelled rows (class counts kept, so
-  the balanced loss weights stay) changes no output."""
   ctx, _ = contexts
-  train_idx = ctx.subset(0.1, 0)
-  images, labels = ctx.data["train"]
-  rest = np.setdiff1d(np.arange(len(labels)), train_idx)
-  shuffled = labels.copy()
-  shuffled[rest] = labels[np.random.default_rng(0).permutation(rest)]
-  assert (shuffled[rest] != labels[rest]).any()
-  other = dataclasses.replace(ctx, data=dict(ctx.data, train=(images, shuffled)))
-  runs = [PROTOCOLS.get("fixmatch")(c, train_idx, 0) for c in (ctx, other)]
-  for split in ("val", "test"):
-    np.testing.assert_array_equal(runs[0].probs[split], runs[1].probs[split])
-  _valid(runs[0], ctx)
-  assert runs[0].info["rows_trained"] == len(labels) > len(train_idx)
-
-
-def test_scratch_fixmatch_needs_no_encoder_and_the_benchmark_refuses_it():
-  assert not PROTOCOLS.get("scratch_fixmatch").needs_encoder
-  assert PROTOCOLS.get("fixmatch").needs_encoder
-  config = tiny_benchmark_config(**{
-      "finetune.protocols": ("finetune", "scratch_fixmatch")})
-  with pytest.raises(ValueError, match=r"protocols has 'scratch_fixmatch': "
-                     r"in the benchmark the from-scratch baselines are method "
-                     r"'none' with the protocols that read an encoder "
-                     r"\(finetune, distill, fixmatch\)"):
-    benchmark.validate(config)
+  unmoved_by_unlabelled_labels(ctx, "fixmatch", ctx.subset(0.1, 0))
 
 
 def test_a_multi_label_task_is_refused(contexts):  # noqa: F811
