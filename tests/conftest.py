@@ -25,10 +25,19 @@ if not os.environ.get("SSL_JAX_TEST_OPTIMIZED"):
   os.environ["XLA_FLAGS"] = " ".join(
       _flags + [f for f in FAST_COMPILE_FLAGS if f not in _flags])
 
-# run.py keeps compiled programs in the user cache; tests (and their run.py
-# subprocesses) compile fresh unless a test turns it on in a directory of
-# its own (tests/test_compilation_cache.py).
+# run.py keeps compiled programs in the user cache; tests never touch it.
+# The suite (its xdist workers and their run.py subprocesses inherit this
+# environment) shares one cache of its own instead, removed at exit by the
+# process that made it: many tests compile the same tiny programs.
+# tests/test_compilation_cache.py tests the cache in directories of its own.
 os.environ.setdefault("SSL_JAX_COMPILE_CACHE", "0")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit
+  import shutil
+  import tempfile
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="ssl_jax_test_xla_")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
