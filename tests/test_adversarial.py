@@ -54,7 +54,7 @@ def test_each_player_learns_only_from_its_own_term():
       _, metrics, _ = loss_fn(nnx.merge(graphdef, p, rest, copy=True), batch,
                               jax.random.PRNGKey(1), {})
       return metrics[name]
-    return jax.grad(f)(params)
+    return jax.jit(jax.grad(f))(params)
 
   def reached(grads):
     return {part for part in grads if any(
