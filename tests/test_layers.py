@@ -220,7 +220,7 @@ def test_resnet_impls_share_params_and_agree():
     def f(params):
       return jnp.sum(nnx.merge(graphdef, params, rest, copy=True)(
           x, train=True) ** 2)
-    return jax.value_and_grad(f)(params)
+    return jax.jit(jax.value_and_grad(f))(params)
 
   (l1, g1), (l2, g2) = loss(fast), loss(ref)
   np.testing.assert_allclose(l1, l2, rtol=1e-4)

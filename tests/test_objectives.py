@@ -119,7 +119,7 @@ def test_online_probe_trains_its_head_without_touching_the_encoder():
     def f(p):
       return loss_fn(nnx.merge(graphdef, p, rest, copy=True), batch,
                      jax.random.PRNGKey(1), {})[0]
-    return jax.grad(f)(params)
+    return jax.jit(jax.grad(f))(params)
 
   with_probe, without = grads(probed), grads(plain)
   for a, b in zip(jax.tree.leaves(with_probe["encoder"]),
