@@ -60,6 +60,12 @@ def two_views(policy, rng: Array, images: Array,
           apply(policy, k2, images, out_size=out_size))
 
 
+def train_view(policy, rng: Array, images: Array) -> Array:
+  """The augmented, standardized training input for either rank: what an
+  objective's model reads (`eval_view`'s counterpart)."""
+  return augment.standardize(apply(policy, rng, images))
+
+
 def eval_view(images: Array, *, out_size: int | None = None) -> Array:
   """The deterministic, standardized evaluation input for either rank."""
   return ops_for(images).eval_view(images, out_size=out_size)

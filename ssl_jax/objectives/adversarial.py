@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssl_jax import augment, views
+from ssl_jax import views
 from ssl_jax.models.decoders import ConvDecoder
 from ssl_jax.objectives import base
 
@@ -116,7 +116,7 @@ def make_bigan_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
 
   def loss_fn(model, batch, rng, extra):
     view_rng, z_rng = jax.random.split(rng)
-    x_real = augment.standardize(views.apply(policy, view_rng, batch["image"]))
+    x_real = views.train_view(policy, view_rng, batch["image"])
     z_fake = jax.random.normal(z_rng, (x_real.shape[0], latent_dim))
     z_real = model.encode(x_real, train=True)
     x_fake = model.generate(z_fake, train=True)

@@ -121,7 +121,7 @@ def make_autoencoder_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn
   policy = ctx.policy
 
   def loss_fn(model, batch, rng, extra):
-    x = augment.standardize(views.apply(policy, rng, batch["image"]))
+    x = views.train_view(policy, rng, batch["image"])
     loss = mse(model(x, train=True), x)
     return loss, {"recon_mse": loss}, extra
 
@@ -160,7 +160,7 @@ def make_vae_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
 
   def loss_fn(model, batch, rng, extra):
     view_rng, z_rng = jax.random.split(rng)
-    x = augment.standardize(views.apply(policy, view_rng, batch["image"]))
+    x = views.train_view(policy, view_rng, batch["image"])
     recon, mean, logvar = model(x, z_rng, train=True)
     recon_loss = mse(recon, x)
     kl = jnp.mean(gaussian_kl(mean, logvar))

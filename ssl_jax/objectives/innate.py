@@ -74,11 +74,6 @@ def _build_crops_classifier(hp: base.HParams, ctx: base.RunContext,
   return CropsClassifier(encoder, head, num_crops)
 
 
-def _view(policy: augment.Policy, rng: Array, images: Array) -> Array:
-  """The augmented, standardised full image every pretext task starts from."""
-  return augment.standardize(views.apply(policy, rng, images))
-
-
 # --------------------------------------------------------------- rotation --
 
 NUM_ROTATIONS = 4
@@ -113,7 +108,7 @@ def make_rotation_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
 
   def loss_fn(model, batch, rng, extra):
     view_rng, rot_rng = jax.random.split(rng)
-    x = _view(policy, view_rng, batch["image"])
+    x = views.train_view(policy, view_rng, batch["image"])
     if all_rotations:
       k = jnp.repeat(jnp.arange(NUM_ROTATIONS), x.shape[0])
       x = rotations(x).reshape((-1,) + x.shape[1:])
@@ -255,7 +250,7 @@ def make_jigsaw_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
 
   def loss_fn(model, batch, rng, extra):
     view_rng, perm_rng, crop_rng = jax.random.split(rng, 3)
-    tiles = to_tiles(crop_to_grid(_view(policy, view_rng, batch["image"]),
+    tiles = to_tiles(crop_to_grid(views.train_view(policy, view_rng, batch["image"]),
                                   grid), grid)
     b, t, cell = tiles.shape[:3]
     if not 0 <= gap < cell:
@@ -343,7 +338,7 @@ def make_relative_patch_loss(hp: base.HParams, ctx: base.RunContext) -> base.Los
 
   def loss_fn(model, batch, rng, extra):
     view_rng, label_rng, place_rng = jax.random.split(rng, 3)
-    x = _view(policy, view_rng, batch["image"])
+    x = views.train_view(policy, view_rng, batch["image"])
     label = jax.random.randint(label_rng, (x.shape[0],), 0, len(NEIGHBOURS))
     centre, neighbour = patch_pair_corners(
         place_rng, label, image_hw=x.shape[1:3], patch_size=size, gap=gap,

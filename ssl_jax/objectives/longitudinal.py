@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 import optax
 
-from ssl_jax import augment, views
+from ssl_jax import views
 from ssl_jax.models.heads import MLPHead
 from ssl_jax.objectives import base
 
@@ -87,8 +87,8 @@ def make_longitudinal_loss(hp: base.HParams,
           f"(data_pipelines/folder.py) and pairs.mode='patient'; the batch "
           f"has {sorted(batch)}")
     k1, k2 = jax.random.split(rng)
-    first = augment.standardize(views.apply(policy, k1, batch["image"]))
-    second = augment.standardize(views.apply(policy, k2, batch["pair_image"]))
+    first = views.train_view(policy, k1, batch["image"])
+    second = views.train_view(policy, k2, batch["pair_image"])
     dt = (batch[f"pair_{column}"] - batch[column]).astype(jnp.float32)
     out = model(first, second, train=True)
     loss, metrics = pair_time_loss(out, dt / hp.interval_scale,

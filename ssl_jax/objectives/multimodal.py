@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssl_jax import augment, columns, views
+from ssl_jax import columns, views
 from ssl_jax.models.heads import MLPHead
 from ssl_jax.models.text import TextTransformer
 from ssl_jax.objectives import base
@@ -224,7 +224,7 @@ def make_pair_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
           f"the batch lacks {missing}: the pretrain job derives them from "
           "the metadata with the objective's vocabularies "
           f"(data_pipelines/vocab.py); the batch has {sorted(batch)}")
-    x = augment.standardize(views.apply(policy, rng, batch["image"]))
+    x = views.train_view(policy, rng, batch["image"])
     loss, metrics = symmetric_infonce(
         model.embed_image(x, train=True), model.embed_paired(batch, train=True),
         model.logit_scale(), hp.image_weight)

@@ -66,7 +66,7 @@ def masked_view(policy, rng: Array, images: Array, num_patches: int,
   """One standardised augmented view and its random patch mask (MAE, SimMIM);
   the mask keeps `policy.min_visible` of the patches visible."""
   view_rng, mask_rng = jax.random.split(rng)
-  x = augment.standardize(views.apply(policy, view_rng, images))
+  x = views.train_view(policy, view_rng, images)
   return x, random_masking(mask_rng, x.shape[0], num_patches, mask_ratio,
                            policy.min_visible)
 
@@ -76,7 +76,6 @@ def masked_view(policy, rng: Array, images: Array, num_patches: int,
 # the smallest fraction of a view its mask can leave visible; sampling caps
 # random unions (in-painting boxes), so only what one mask unit fixes is
 # checked (jobs/common.py, against the view policy's min_visible).
-
 
 
 def _mask_ratio_visible(obj: base.HParams) -> base.Visible:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 import optax
 
-from ssl_jax import augment, views
+from ssl_jax import views
 from ssl_jax.models.heads import Classifier
 from ssl_jax.objectives import base
 
@@ -74,7 +74,7 @@ def make_supervised_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
   class_weights = single_label_class_weights(hp)
 
   def loss_fn(model, batch, rng, extra):
-    x = augment.standardize(views.apply(policy, rng, batch["image"]))
+    x = views.train_view(policy, rng, batch["image"])
     labels = batch["label"]
     multi_label = is_multi_label(labels) if configured is None else configured
     loss, accuracy = classification_loss(
@@ -113,7 +113,7 @@ def make_distillation_loss(hp: base.HParams,
   class_weights = single_label_class_weights(hp)
 
   def loss_fn(model, batch, rng, extra):
-    x = augment.standardize(views.apply(policy, rng, batch["image"]))
+    x = views.train_view(policy, rng, batch["image"])
     logits = model(x, train=True)
     targets = batch["target"]
     loss = soft_target_loss(logits, targets, multi_label, hp.temperature,
@@ -158,14 +158,14 @@ def make_fixmatch_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
                      "objective.multi_label is True")
   weak = ctx.policy
   strong = base.view_policy({"policy": hp.strong_policy}, ctx.spatial_dims)
-  class_weights = single_label_class_weights(hp)
+  class_weights = hp.class_weights
 
   def loss_fn(model, batch, rng, extra):
     k_weak, k_strong = jax.random.split(rng)
     images = batch["image"]
     x = jnp.concatenate([
-        augment.standardize(views.apply(weak, k_weak, images)),
-        augment.standardize(views.apply(strong, k_strong, images))])
+        views.train_view(weak, k_weak, images),
+        views.train_view(strong, k_strong, images)])
     weak_logits, strong_logits = jnp.split(model(x, train=True), 2)
     labelled = batch["labelled"].astype(jnp.float32)
     supervised, accuracy = classification_loss(
