@@ -241,6 +241,10 @@ def get_config() -> ml_collections.ConfigDict:
       # the unlabelled term's weight, the strong view's augment preset.
       fixmatch_threshold=0.95, fixmatch_weight=1.0,
       fixmatch_strong_policy="simclr",
+      # End-to-end runs validate and score an exponential moving average of
+      # their weights with this decay per step (0 = off; FixMatch: 0.999
+      # over 2^20 steps; here runs last hundreds, so ~0.99).
+      weight_average=0.0,
       early_layer="stage3",    # `early_layer`: ResNet 'stageN', ViT 'blockN'
       # `zero_shot` (image-text pretraining only): one prompt per class in
       # label order, e.g. ('no finding', 'a malignant mass'); () = the

@@ -11,6 +11,7 @@ import pytest
 from ssl_jax.evaluation import classifier
 from ssl_jax.jobs import finetune
 from ssl_jax.objectives import supervised
+from ssl_jax.train.state import TrainState
 from tests.tiny import tiny_config
 
 
@@ -213,3 +214,50 @@ def test_the_published_recipe_cuts_at_half_where_stage_2_matches_priors():
   from configs import base, medmnist_baseline  # noqa: PLC0415
   assert medmnist_baseline.get_config().finetune.decision_threshold == "medmnist"
   assert base.get_config().finetune.decision_threshold == "val_prior"
+
+
+def test_weight_average_blends_float_leaves_step_by_step():
+  """avg_k = d avg_(k-1) + (1 - d) w_k from the starting weights; integer
+  leaves (rng counters) follow the trained state."""
+  decay, trajectory = 0.5, [2.0, 4.0, 8.0]
+
+  def step(state, batch):
+    return state.replace(params={"w": jnp.asarray(trajectory[batch])},
+                         rest={"count": state.rest["count"] + 1}), {}
+
+  state = TrainState(step=jnp.zeros((), jnp.int32), params={"w": jnp.asarray(1.0)},
+                     rest={"count": jnp.asarray(0)}, opt_state=(), extra={},
+                     rng=jnp.zeros((2,), jnp.uint32))
+  state = classifier.start_average(state)
+  averaged = classifier.with_weight_average(step, decay)
+  for i in range(3):
+    state, _ = averaged(state, i)
+  params, rest = classifier.evaluated_weights(state)
+  want = 1.0
+  for w in trajectory:
+    want = decay * want + (1 - decay) * w
+  assert float(params["w"]) == pytest.approx(want)  # 6.0625, the trained 8.0
+  assert int(rest["count"]) == 3
+  assert float(state.params["w"]) == 8.0  # training itself is untouched
+  for bad in (1.0, -0.1):
+    with pytest.raises(ValueError, match="finetune.weight_average"):
+      classifier.weight_average_decay(_ft(weight_average=bad))
+
+
+def test_weight_average_changes_what_is_scored_not_what_is_trained(
+    tmp_path, medmnist_dir):
+  plain, plain_evals = _scratch_run(tmp_path / "plain", medmnist_dir)
+  averaged, averaged_evals = _scratch_run(
+      tmp_path / "averaged", medmnist_dir, **{"finetune.weight_average": 0.5})
+  assert averaged["weight_average"] == 0.5 and "weight_average" not in plain
+  train_losses = [_train_losses(tmp_path / d, cell) for d, cell in
+                  (("plain", plain), ("averaged", averaged))]
+  assert train_losses[0] and train_losses[0] == train_losses[1]
+  assert ([r["val/loss"] for r in plain_evals]
+          != [r["val/loss"] for r in averaged_evals])
+
+
+def _train_losses(workdir, cell) -> list:
+  path = workdir / "logs" / f"scratch_n{cell['n_train']}_s0" / "metrics.jsonl"
+  return [row["train/loss"] for row in map(json.loads, path.open())
+          if "train/loss" in row]

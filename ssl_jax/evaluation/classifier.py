@@ -17,6 +17,10 @@ as a linear probe fitted on its frozen features (LP-FT, Kumar et al. 2022),
 so training begins from a calibrated classifier instead of a zero head.
 From-scratch cells keep their head: an untrained encoder's eval-mode
 features (BatchNorm statistics at their init) are not what training sees.
+`finetune.weight_average` = d > 0 validates and scores an exponential
+moving average of the weights and BatchNorm statistics (decay d per step,
+from the run's starting weights) instead of the trained ones, as FixMatch
+and Mean Teacher evaluate; training itself is unchanged.
 """
 from __future__ import annotations
 
@@ -110,6 +114,7 @@ class ClassifierTrainer:
     self.bound = objectives.bind(self.config, ctx.info)
     tx, schedule = optim.make_optimizer(ft.optim, ft.batch_size, self.steps)
     self.select_from = selection_start(ft, self.steps)
+    self.average = weight_average_decay(ft)
     shape = nnx.eval_shape(lambda: self._model(0))
     self.tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
                                     trainable_labels(shape, last_k))
@@ -122,16 +127,20 @@ class ClassifierTrainer:
       graphdef, shardings, self._init = like.graphdef, like.shardings, like._init
       self.predict, self.encode = like.predict, like.encode
     self.graphdef, self.shardings = graphdef, shardings
-    self.step_fn = step_lib.compile_step(step_lib.make_from_objective(
-        graphdef, self.bound, self.tx, schedule), shardings, graphdef=graphdef)
+    step = step_lib.make_from_objective(graphdef, self.bound, self.tx, schedule)
+    if self.average:
+      step = with_weight_average(step, self.average)
+    self.step_fn = step_lib.compile_step(step, shardings, graphdef=graphdef)
 
   def _model(self, seed) -> nnx.Module:
     return self.bound.build_model(nnx.Rngs(jax.random.key(seed)))
 
   def _state(self, seed) -> tuple[nnx.GraphDef, state_lib.TrainState]:
-    """Model and train state drawn from `seed` (traced inside `init`)."""
-    return state_lib.create(self._model(seed), self.tx, {},
-                            jax.random.PRNGKey(seed))
+    """Model and train state drawn from `seed` (traced inside `init`);
+    with a weight average, its slot in `extra` (set by `start_average`)."""
+    graphdef, state = state_lib.create(self._model(seed), self.tx, {},
+                                       jax.random.PRNGKey(seed))
+    return graphdef, start_average(state) if self.average else state
 
   def init_state(self, seed: int,
                  weights: weights_lib.Flat | None) -> state_lib.TrainState:
@@ -178,6 +187,8 @@ class ClassifierTrainer:
     probed = head_fit(ft) == "linear_probe" and weights is not None
     if probed:
       state, probe_val_score = self.fit_head(ctx, state, train_idx, seed)
+    if self.average:  # from the weights training starts from
+      state = start_average(state)
     images, labels = ctx.data["train"]
     if feed is None:
       feed = Feed(train_idx, labels[train_idx])
@@ -191,10 +202,11 @@ class ClassifierTrainer:
     best = BestOnVal(self.select_from)
 
     def select_on_val(step: int, state) -> dict[str, float]:
-      probs = self.probs(ctx, state.params, state.rest, "val")
+      weights = evaluated_weights(state)
+      probs = self.probs(ctx, *weights, "val")
       scores = metrics.classification_metrics(ctx.labels("val"), probs, ctx.task)
       scores["loss"] = metrics.log_loss(ctx.labels("val"), probs, ctx.task)
-      best.offer(step, scores, lambda: jax.device_get((state.params, state.rest)))
+      best.offer(step, scores, lambda: jax.device_get(weights))
       return scores
 
     writer = MetricWriter(os.path.join(ctx.log_dir or ctx.workdir, name),
@@ -215,7 +227,51 @@ class ClassifierTrainer:
                                                        self.mesh),
          "selected_val_auroc": best.auroc, "selected_val_loss": best.loss,
          "select_from_step": self.select_from,
+         **({"weight_average": self.average} if self.average else {}),
          **({"head_probe_val_score": probe_val_score} if probed else {})})
+
+
+AVERAGE = "weight_average"  # its slot in TrainState.extra
+
+
+def weight_average_decay(ft: ml_collections.ConfigDict) -> float:
+  """`finetune.weight_average` (absent: 0, off), refused outside [0, 1)."""
+  decay = float(ft.get("weight_average", 0.0))
+  if not 0.0 <= decay < 1.0:
+    raise ValueError(f"config.finetune.weight_average={decay}: expected a "
+                     "decay in [0, 1) (0 = off, e.g. 0.99)")
+  return decay
+
+
+def start_average(state: state_lib.TrainState) -> state_lib.TrainState:
+  """The state with its weight average reset to its current weights
+  (copies: the step donates the state, so no buffer may appear twice)."""
+  weights = jax.tree.map(jnp.copy, (state.params, state.rest))
+  return state.replace(extra=dict(state.extra, **{AVERAGE: weights}))
+
+
+def with_weight_average(step_fn, decay: float):
+  """`step_fn`, then avg <- decay * avg + (1 - decay) * new for every float
+  weight and statistic; other leaves (rng counters) are taken as they are."""
+  def blend(avg, new):
+    if not jnp.issubdtype(new.dtype, jnp.floating):
+      return new
+    return (decay * avg + (1.0 - decay) * new).astype(new.dtype)
+
+  def step(state, batch):
+    state, step_metrics = step_fn(state, batch)
+    average = jax.tree.map(blend, state.extra[AVERAGE], (state.params, state.rest))
+    return state.replace(extra=dict(state.extra, **{AVERAGE: average})), step_metrics
+
+  return step
+
+
+def evaluated_weights(state: state_lib.TrainState) -> tuple:
+  """(params, rest) that validation selects and the test scores: the
+  weight average when the run keeps one, else the trained weights."""
+  if isinstance(state.extra, dict) and AVERAGE in state.extra:
+    return state.extra[AVERAGE]
+  return state.params, state.rest
 
 
 @dataclasses.dataclass(frozen=True)
