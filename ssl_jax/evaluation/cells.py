@@ -131,10 +131,13 @@ def score(ft, task: str, labels: dict[str, np.ndarray],
 def prediction_arrays(task: str, labels: dict[str, np.ndarray],
                       probs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """What a cell stores beside its JSON (the one place that names the
-  layout): `{split}_probs`, `{split}_labels` and the `task` that scores them."""
+  layout): `{split}_probs`, `{split}_labels` and the `task` that scores them.
+  Probabilities keep the precision they were scored at: rounding a probe's
+  float64 ones to float32 can tie two images and move the AUROC the cell's
+  JSON records."""
   out = {"task": np.asarray(task)}
   for split in EVAL_SPLITS:
-    out[f"{split}_probs"] = np.asarray(probs[split], np.float32)
+    out[f"{split}_probs"] = np.asarray(probs[split])
     out[f"{split}_labels"] = np.asarray(labels[split])
   return out
 
