@@ -21,6 +21,7 @@ from tests.tiny import tiny_config
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_FLAGS = [
     "--config.model.width_multiplier=0.0625",
+    "--config.model.stage_sizes=(1,1,1,1)",  # as tests/tiny.py
     "--config.objective.proj_hidden_dim=32", "--config.objective.proj_dim=16",
     "--config.train.steps=4", "--config.train.batch_size=16",
     "--config.train.checkpoint_every=2", "--config.train.progress=False",

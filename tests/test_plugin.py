@@ -30,7 +30,8 @@ def test_readme_objective_registers_from_outside_and_trains(tmp_path,
   overrides = ["--config.job=pretrain", "--config.train.steps=2",
                "--config.train.batch_size=16", "--config.train.log_every=1",
                "--config.optim.warmup_steps=1", "--config.train.progress=False",
-               "--config.model.width_multiplier=0.0625"]
+               "--config.model.width_multiplier=0.0625",
+               "--config.model.stage_sizes=(1,1,1,1)"]
   out = subprocess.run(
       [sys.executable, str(ROOT / "run.py"),
        f"--config={tmp_path / 'my_config.py'}", f"--workdir={workdir}",
