@@ -85,9 +85,18 @@ def _scratch_run(tmp_path, medmnist_dir, protocol="scratch",
   return cell, evals
 
 
-def test_epoch_based_scratch_run_records_its_selection(tmp_path, medmnist_dir):
-  cell, evals = _scratch_run(tmp_path, medmnist_dir,
-                             **{"finetune.class_weights": "balanced"})
+BALANCED = {"finetune.class_weights": "balanced"}
+
+
+@pytest.fixture(scope="module")
+def balanced_run(tmp_path_factory, medmnist_dir):
+  """A class-weighted scratch cell (`_scratch_run`) and its workdir."""
+  workdir = tmp_path_factory.mktemp("balanced")
+  return (workdir, *_scratch_run(workdir, medmnist_dir, **BALANCED))
+
+
+def test_epoch_based_scratch_run_records_its_selection(balanced_run):
+  _, cell, evals = balanced_run
   # 10 % of 546 = 55 images, 2 epochs at batch 16 -> 7 steps, checked every
   # 3 steps (one epoch) and at the end.
   assert cell["steps"] == 7
@@ -245,13 +254,13 @@ def test_weight_average_blends_float_leaves_step_by_step():
 
 
 def test_weight_average_changes_what_is_scored_not_what_is_trained(
-    tmp_path, medmnist_dir):
-  plain, plain_evals = _scratch_run(tmp_path / "plain", medmnist_dir)
+    balanced_run, tmp_path, medmnist_dir):
+  plain_dir, plain, plain_evals = balanced_run
   averaged, averaged_evals = _scratch_run(
-      tmp_path / "averaged", medmnist_dir, **{"finetune.weight_average": 0.5})
+      tmp_path, medmnist_dir, **BALANCED, **{"finetune.weight_average": 0.5})
   assert averaged["weight_average"] == 0.5 and "weight_average" not in plain
-  train_losses = [_train_losses(tmp_path / d, cell) for d, cell in
-                  (("plain", plain), ("averaged", averaged))]
+  train_losses = [_train_losses(d, cell) for d, cell in
+                  ((plain_dir, plain), (tmp_path, averaged))]
   assert train_losses[0] and train_losses[0] == train_losses[1]
   assert ([r["val/loss"] for r in plain_evals]
           != [r["val/loss"] for r in averaged_evals])
