@@ -234,7 +234,8 @@ def test_weight_average_blends_float_leaves_step_by_step():
     return state.replace(params={"w": jnp.asarray(trajectory[batch])},
                          rest={"count": state.rest["count"] + 1}), {}
 
-  state = TrainState(step=jnp.zeros((), jnp.int32), params={"w": jnp.asarray(1.0)},
+  state = TrainState(step=jnp.zeros((), jnp.int32),
+                     params={"w": jnp.asarray(1.0)},
                      rest={"count": jnp.asarray(0)}, opt_state=(), extra={},
                      rng=jnp.zeros((2,), jnp.uint32))
   state = classifier.start_average(state)

@@ -260,8 +260,10 @@ def with_weight_average(step_fn, decay: float):
 
   def step(state, batch):
     state, step_metrics = step_fn(state, batch)
-    average = jax.tree.map(blend, state.extra[AVERAGE], (state.params, state.rest))
-    return state.replace(extra=dict(state.extra, **{AVERAGE: average})), step_metrics
+    average = jax.tree.map(blend, state.extra[AVERAGE],
+                           (state.params, state.rest))
+    extra = dict(state.extra, **{AVERAGE: average})
+    return state.replace(extra=extra), step_metrics
 
   return step
 

@@ -250,8 +250,8 @@ def make_jigsaw_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
 
   def loss_fn(model, batch, rng, extra):
     view_rng, perm_rng, crop_rng = jax.random.split(rng, 3)
-    tiles = to_tiles(crop_to_grid(views.train_view(policy, view_rng, batch["image"]),
-                                  grid), grid)
+    x = views.train_view(policy, view_rng, batch["image"])
+    tiles = to_tiles(crop_to_grid(x, grid), grid)
     b, t, cell = tiles.shape[:3]
     if not 0 <= gap < cell:
       raise ValueError(f"config.objective.tile_gap={gap} must be in "
