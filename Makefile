@@ -35,13 +35,11 @@ demo: venv
 	$(RUN) $(BIN)/python run.py --config=$(CONFIG) --workdir=$(WORKDIR)
 
 # Two workers (pytest-xdist), a test file each at a time so module fixtures
-# run once (tests/conftest.py groups them, and spreads the long objective
-# contract test by test at the end): XLA compiles on one thread, and
-# compiling is most of the suite.
+# run once: XLA compiles on one thread, and compiling is most of the suite.
 TEST_WORKERS ?= 2
 
 test: venv
-	$(RUN) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
+	$(RUN) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 clean:
 	rm -rf workdirs

@@ -73,21 +73,3 @@ def medmnist_dir() -> pathlib.Path:
       pytest.fail(reason, pytrace=False)
     pytest.skip(reason)
   return MEDMNIST_DIR
-
-
-# `make test` schedules by group (pytest-xdist --dist loadgroup): each file
-# is one group, kept on one worker so its module fixtures run once, except
-# the files below, whose tests share nothing costly and are spread over the
-# workers one by one, last, so that the workers finish together instead of
-# one of them running a 400-s file alone at the end.
-SPREAD_LAST = ("test_objective_contract",)
-
-
-def pytest_collection_modifyitems(config, items):
-  del config
-  def spread(item):
-    return item.module.__name__.rsplit(".", 1)[-1] in SPREAD_LAST
-  for item in items:
-    if not spread(item):
-      item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-  items.sort(key=spread)  # stable: files keep their order, spread ones last
