@@ -271,7 +271,7 @@ def with_weight_average(step_fn, decay: float):
 def evaluated_weights(state: state_lib.TrainState) -> tuple:
   """(params, rest) that validation selects and the test scores: the
   weight average when the run keeps one, else the trained weights."""
-  if isinstance(state.extra, dict) and AVERAGE in state.extra:
+  if AVERAGE in state.extra:  # stage 2's extra is a dict: {} or this slot
     return state.extra[AVERAGE]
   return state.params, state.rest
 
