@@ -237,6 +237,7 @@ def get_config() -> ml_collections.ConfigDict:
       last_k=1,                # `last_k`: ResNet stages / ViT blocks trained
       distill_temperature=1.0,  # `distill`: divides teacher's and student's logits
       distill_rounds=1,         # `distill`: students in turn, each teaching the next
+      distill_teacher="finetune",  # `distill`: the first teacher's protocol ('fixmatch')
       # `fixmatch`: the weak view's top probability that makes a pseudo-label,
       # the unlabelled term's weight, the strong view's augment preset.
       fixmatch_threshold=0.95, fixmatch_weight=1.0,

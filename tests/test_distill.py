@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ssl_jax.evaluation import distill
+from ssl_jax.evaluation import distill, metrics
 from ssl_jax.evaluation.protocols import PROTOCOLS
 from ssl_jax.jobs import benchmark
 from ssl_jax.objectives import supervised
@@ -112,6 +112,29 @@ def test_the_student_reads_no_label_outside_the_labelled_subset(contexts):  # no
   assert finetuned.info["selected_step"] == preds.info["teacher_selected_step"]
   assert (finetuned.info["selected_val_auroc"]
           == preds.info["teacher_selected_val_auroc"])
+  for split in ("val", "test"):
+    assert preds.info[f"teacher_{split}_auroc"] == metrics.auroc(
+        ctx.labels(split), finetuned.probs[split], ctx.task)
+
+
+def test_a_fixmatch_teacher_is_the_fixmatch_cell(contexts):  # noqa: F811
+  """`finetune.distill_teacher='fixmatch'`: the first teacher is exactly the
+  `fixmatch` cell of the same subset and seed."""
+  ctx, _ = contexts
+  config = ctx.config.copy_and_resolve_references()
+  config.finetune.distill_teacher = "fixmatch"
+  train_idx = ctx.subset(0.1, 0)
+  preds = PROTOCOLS.get("distill")(dataclasses.replace(ctx, config=config),
+                                   train_idx, 0)
+  _valid(preds, ctx)
+  fixmatched = PROTOCOLS.get("fixmatch")(ctx, train_idx, 0)
+  assert fixmatched.info["selected_step"] == preds.info["teacher_selected_step"]
+  assert preds.info["teacher_test_auroc"] == metrics.auroc(
+      ctx.labels("test"), fixmatched.probs["test"], ctx.task)
+  config.finetune.distill_teacher = "mean_teacher"
+  with pytest.raises(ValueError, match=r"distill_teacher must be one of "
+                     r"\['finetune', 'fixmatch'\], got 'mean_teacher'"):
+    PROTOCOLS.get("distill").check(dataclasses.replace(ctx, config=config))
 
 
 @pytest.mark.parametrize("control,protocol", [

@@ -57,6 +57,14 @@ def test_a_multi_label_task_is_refused(contexts):  # noqa: F811
   multi = dataclasses.replace(
       ctx, info=dataclasses.replace(ctx.info, multi_label=True))
   for name in ("fixmatch", "scratch_fixmatch"):
-    with pytest.raises(ValueError, match="need a single-label task; "
+    with pytest.raises(ValueError, match="needs a single-label task; "
                        "breastmnist is multi-label"):
       PROTOCOLS.get(name).check(multi)
+  PROTOCOLS.get("distill").check(multi)  # its default teacher is `finetune`
+  multi.config.finetune.distill_teacher = "fixmatch"
+  try:
+    for name in ("distill", "scratch_distill"):
+      with pytest.raises(ValueError, match="needs a single-label task"):
+        PROTOCOLS.get(name).check(multi)
+  finally:
+    multi.config.finetune.distill_teacher = "finetune"

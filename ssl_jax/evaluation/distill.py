@@ -2,8 +2,9 @@
 
 SimCLRv2's third step (Chen et al., NeurIPS 2020, "Big Self-Supervised
 Models are Strong Semi-Supervised Learners"): the classifier fine-tuned on
-the labelled subset (the teacher, exactly the `finetune` cell of the same
-subset and seed) labels every train image with its class probabilities,
+the labelled subset (the teacher: exactly the `finetune` cell of the same
+subset and seed, or with `finetune.distill_teacher='fixmatch'` the
+`fixmatch` one) labels every train image with its class probabilities,
 and a student of the same architecture, started from the same encoder,
 trains on all of them: the labelled images against their labels, the rest
 against the teacher's probabilities, both tempered by
@@ -17,9 +18,11 @@ the student's views are its noise).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
-from ssl_jax.evaluation import classifier
+from ssl_jax.evaluation import classifier, metrics
 from ssl_jax.evaluation.encoder_context import (EVAL_SPLITS, EncoderContext,
                                                 Predictions)
 from ssl_jax.train import encoder_weights as weights_lib
@@ -61,19 +64,21 @@ def student_targets(ctx: EncoderContext, train_idx: np.ndarray,
 
 
 def self_distill(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
-                 weights: weights_lib.Flat | None, name: str) -> Predictions:
-  """The teacher fine-tuned on `train_idx` from `weights`, then
+                 weights: weights_lib.Flat | None, name: str,
+                 teach: Callable[..., Predictions]) -> Predictions:
+  """The teacher `teach` trains on `train_idx` from `weights`, then
   `distill_rounds` students from `weights` on every train image, each
-  taught by the one before (module doc)."""
+  taught by the one before (module doc). The cell records the first
+  teacher's own val and test AUROC, so a student pairs with its teacher
+  without running the teacher's protocol again."""
   ft = ctx.config.finetune
   temperature, rounds = float(ft.distill_temperature), int(ft.distill_rounds)
   if temperature <= 0 or rounds < 1:
     raise ValueError("config.finetune.distill_temperature must be > 0 and "
                      f"distill_rounds >= 1, got {temperature} and {rounds}")
   with_train = ("train",) + EVAL_SPLITS
-  first = teacher = classifier.trainer_for(ctx, len(train_idx)).run(
-      ctx, train_idx, seed, weights=weights, name=f"{name}_teacher",
-      score=with_train)
+  first = teacher = teach(ctx, train_idx, seed, weights=weights,
+                          name=f"{name}_teacher", score=with_train)
   rows = np.arange(len(ctx.labels("train")))
   student = classifier.trainer_for(
       ctx, len(rows), objective=dict(name="distillation",
@@ -91,4 +96,7 @@ def self_distill(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
       teacher.info, temperature=temperature, rounds=rounds,
       rows_trained=len(rows),
       **{f"teacher_{k}": v for k, v in first.info.items()
-         if k.startswith("selected_")}))
+         if k.startswith("selected_")},
+      **{f"teacher_{split}_auroc": metrics.auroc(
+          ctx.labels(split), first.probs[split], ctx.task)
+         for split in EVAL_SPLITS}))

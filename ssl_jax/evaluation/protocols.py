@@ -6,9 +6,10 @@ Registered by name, chosen by `finetune.protocols`:
 - `knn`: weighted cosine kNN on the same frozen features;
 - `finetune`: end-to-end training of encoder + linear head;
 - `scratch`: the `finetune` architecture, steps and optimizer from random init;
-- `distill`: `finetune`, then a student from the same encoder trained on
-  every train image against the fine-tuned teacher's probabilities
-  (SimCLRv2's self-distillation on the unlabelled rest; distill.py);
+- `distill`: `finetune` (or `fixmatch`: `finetune.distill_teacher`), then
+  a student from the same encoder trained on every train image against
+  that teacher's probabilities (SimCLRv2's self-distillation on the
+  unlabelled rest; distill.py);
   `scratch_distill`: the same from random init, its control;
 - `fixmatch`: `finetune` on every train image, the unlabelled ones against
   the model's own confident predictions on a stronger view (Sohn et al.
@@ -133,43 +134,33 @@ def knn_probe(ctx: EncoderContext, train_idx: np.ndarray,
       temperature=ft.knn_temperature) for split in EVAL_SPLITS})
 
 
+def _fine_tuned(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
+                weights, name: str,
+                score: tuple[str, ...] = EVAL_SPLITS) -> Predictions:
+  """Encoder + linear head trained end to end on the labelled subset."""
+  return classifier.trainer_for(ctx, len(train_idx)).run(
+      ctx, train_idx, seed, weights=weights, name=name, score=score)
+
+
 @register("finetune", kind=END_TO_END,
           label="SSL + end-to-end fine-tune")
 def end_to_end(ctx: EncoderContext, train_idx: np.ndarray,
                seed: int) -> Predictions:
-  return classifier.trainer_for(ctx, len(train_idx)).run(
-      ctx, train_idx, seed, weights=ctx.encoder_weights,
-      name=f"finetune_n{len(train_idx)}_s{seed}")
+  return _fine_tuned(ctx, train_idx, seed, weights=ctx.encoder_weights,
+                     name=f"finetune_n{len(train_idx)}_s{seed}")
 
 
 @register("scratch", kind=END_TO_END, needs_encoder=False,
           label="from scratch (same net, same budget)")
 def from_scratch(ctx: EncoderContext, train_idx: np.ndarray,
                  seed: int) -> Predictions:
-  return classifier.trainer_for(ctx, len(train_idx)).run(
-      ctx, train_idx, seed, weights=None,
-      name=f"scratch_n{len(train_idx)}_s{seed}")
-
-
-@register("distill", kind=END_TO_END,
-          label="SSL + fine-tune, self-distilled on unlabelled images")
-def self_distilled(ctx: EncoderContext, train_idx: np.ndarray,
-                   seed: int) -> Predictions:
-  return distill.self_distill(ctx, train_idx, seed,
-                              weights=ctx.encoder_weights,
-                              name=f"distill_n{len(train_idx)}_s{seed}")
-
-
-@register("scratch_distill", kind=END_TO_END, needs_encoder=False,
-          label="from scratch, self-distilled on unlabelled images")
-def scratch_self_distilled(ctx: EncoderContext, train_idx: np.ndarray,
-                           seed: int) -> Predictions:
-  return distill.self_distill(ctx, train_idx, seed, weights=None,
-                              name=f"scratch_distill_n{len(train_idx)}_s{seed}")
+  return _fine_tuned(ctx, train_idx, seed, weights=None,
+                     name=f"scratch_n{len(train_idx)}_s{seed}")
 
 
 def _fixmatch(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
-              weights, name: str) -> Predictions:
+              weights, name: str,
+              score: tuple[str, ...] = EVAL_SPLITS) -> Predictions:
   """`finetune` on every train image at once: the labelled subset against
   its labels, the rest against the model's own confident predictions on a
   stronger view (objective 'fixmatch'); no other label is read."""
@@ -180,15 +171,55 @@ def _fixmatch(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
       unlabelled_weight=float(ft.fixmatch_weight),
       strong_policy=ft.fixmatch_strong_policy))
   out = trainer.run(ctx, train_idx, seed, weights=weights, name=name,
-                    feed=classifier.semi_supervised_feed(labels, train_idx))
+                    feed=classifier.semi_supervised_feed(labels, train_idx),
+                    score=score)
   return dataclasses.replace(out, info=dict(out.info, rows_trained=len(labels)))
 
 
 def _single_label(ctx: EncoderContext) -> None:
   if ctx.info.multi_label:
-    raise ValueError("protocols 'fixmatch' and 'scratch_fixmatch' need a "
+    raise ValueError("FixMatch (protocols 'fixmatch', 'scratch_fixmatch', "
+                     "or finetune.distill_teacher='fixmatch') needs a "
                      f"single-label task; {ctx.config.data.name} is "
                      "multi-label")
+
+
+# Who labels the unlabelled train images for `distill`'s students
+# (`finetune.distill_teacher`): each runs from the protocol's own weights.
+DISTILL_TEACHERS = {"finetune": _fine_tuned, "fixmatch": _fixmatch}
+
+
+def _distill_teacher(ctx: EncoderContext):
+  name = ctx.config.finetune.get("distill_teacher", "finetune")
+  if name not in DISTILL_TEACHERS:
+    raise ValueError(f"config.finetune.distill_teacher must be one of "
+                     f"{sorted(DISTILL_TEACHERS)}, got {name!r}")
+  return DISTILL_TEACHERS[name]
+
+
+def _distill_applies(ctx: EncoderContext) -> None:
+  if _distill_teacher(ctx) is _fixmatch:
+    _single_label(ctx)
+
+
+@register("distill", kind=END_TO_END, check=_distill_applies,
+          label="SSL + fine-tune, self-distilled on unlabelled images")
+def self_distilled(ctx: EncoderContext, train_idx: np.ndarray,
+                   seed: int) -> Predictions:
+  return distill.self_distill(ctx, train_idx, seed,
+                              weights=ctx.encoder_weights,
+                              teach=_distill_teacher(ctx),
+                              name=f"distill_n{len(train_idx)}_s{seed}")
+
+
+@register("scratch_distill", kind=END_TO_END, check=_distill_applies,
+          needs_encoder=False,
+          label="from scratch, self-distilled on unlabelled images")
+def scratch_self_distilled(ctx: EncoderContext, train_idx: np.ndarray,
+                           seed: int) -> Predictions:
+  return distill.self_distill(ctx, train_idx, seed, weights=None,
+                              teach=_distill_teacher(ctx),
+                              name=f"scratch_distill_n{len(train_idx)}_s{seed}")
 
 
 @register("fixmatch", kind=END_TO_END, check=_single_label,
