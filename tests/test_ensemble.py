@@ -130,12 +130,25 @@ def test_compare_tests_multi_class_cells_on_their_macro_auroc(tmp_path):
   assert row["se"] == pytest.approx(want["se"])
   assert row["auroc_a"] == pytest.approx(metrics.auroc(y, strong, task))
   assert row["difference"] > 0.1 and row["p_value"] < 0.05
-  multi_label = _member(tmp_path, "ml", {"val": np.eye(4)[y], "test": np.eye(4)[y]},
-                        strong, task=metrics.MULTI_LABEL)
-  with pytest.raises(ValueError, match=r"ml finetune vs .*ml finetune, "
+  # Multi-label cells (the one-hot labels read as four labels): the mean
+  # AUROC over labels, tested on the images' influences.
+  hot = np.eye(4)[y]
+  multi_label = _member(tmp_path, "ml", {"val": hot, "test": hot}, strong,
+                        task=metrics.MULTI_LABEL)
+  _member(tmp_path, "ml", {"val": hot, "test": hot}, weak,
+          protocol="scratch", task=metrics.MULTI_LABEL)
+  [row] = compare.compare(stored_cells.source(multi_label), "finetune",
+                          stored_cells.source(multi_label), "scratch")
+  want = metrics.delong_paired(hot, strong, weak, task=metrics.MULTI_LABEL)
+  assert row["se"] == pytest.approx(want["se"])
+  assert row["difference"] > 0.1 and row["p_value"] < 0.05
+  hot[:, 3] = np.arange(len(y)) == 0  # label 3: one positive test image
+  rare = _member(tmp_path, "rare", {"val": hot, "test": hot}, strong,
+                 task=metrics.MULTI_LABEL)
+  with pytest.raises(ValueError, match=r"rare finetune vs .*rare finetune, "
                                        r"fraction 0.1, seed 0: DeLong"):
-    compare.compare(stored_cells.source(multi_label), "finetune",
-                    stored_cells.source(multi_label), "finetune")
+    compare.compare(stored_cells.source(rare), "finetune",
+                    stored_cells.source(rare), "finetune")
 
 
 def test_a_stored_ensemble_is_a_source_for_compare(tmp_path):

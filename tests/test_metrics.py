@@ -364,10 +364,70 @@ def test_delong_multi_class_holds_its_level_under_the_null():
   assert 0.02 < np.mean(np.array(null) < 0.05) < 0.09
 
 
+def test_delong_on_one_label_as_multi_label_is_binary_delong():
+  """One label: the images' influences give DeLong's binary variance up to
+  its (m - 1) / m and n / (n - 1) small-sample factors."""
+  rng = np.random.default_rng(5)
+  y = (rng.random(200) < 0.35).astype(int)
+  a = rng.random(200) * 0.6 + 0.4 * y
+  b = rng.random(200) * 0.8 + 0.2 * y
+  binary = metrics.delong_paired(y, a, b)
+  multi = metrics.delong_paired(y[:, None], a[:, None], b[:, None],
+                                task=metrics.MULTI_LABEL)
+  for key in ('auroc_a', 'auroc_b', 'difference'):
+    assert multi[key] == pytest.approx(binary[key], rel=1e-12)
+  assert multi['se'] == pytest.approx(binary['se'], rel=0.03)
+
+
+def _correlated_multi_label(rng, n, b_strength, num_labels=4):
+  """Labels that share images (a common factor), and two correlated
+  scorers (signal 3 for a, 2 * `b_strength` for b) whose errors share a
+  per-image part across labels: the labels' AUROC errors then move
+  together, and treating them as independent would understate the
+  standard error by about a third."""
+  common = rng.normal(size=(n, 1))
+  y = (common + rng.normal(size=(n, num_labels)) > 0.3).astype(int)
+  shared = rng.normal(size=(n, num_labels))
+
+  def scorer(strength):
+    noise = 2 * rng.normal(size=(n, 1)) + 0.5 * rng.normal(size=y.shape)
+    return 1 / (1 + np.exp(-(shared + noise + 2 * strength * y)))
+  return y, scorer(1.5), scorer(b_strength)
+
+
+def test_delong_multi_label_matches_auroc_and_an_image_bootstrap():
+  rng = np.random.default_rng(13)
+  y, a, b = _correlated_multi_label(rng, 400, b_strength=1.0)
+  out = metrics.delong_paired(y, a, b, task=metrics.MULTI_LABEL)
+  assert out['auroc_a'] == pytest.approx(metrics.auroc(y, a, metrics.MULTI_LABEL))
+  assert out['auroc_b'] == pytest.approx(metrics.auroc(y, b, metrics.MULTI_LABEL))
+  diffs = []
+  for _ in range(300):
+    idx = rng.integers(0, len(y), len(y))
+    diffs.append(metrics.auroc(y[idx], a[idx], metrics.MULTI_LABEL)
+                 - metrics.auroc(y[idx], b[idx], metrics.MULTI_LABEL))
+  assert out['se'] == pytest.approx(np.std(diffs, ddof=1), rel=0.15)
+  assert out['difference'] > 0 and out['p_value'] < 0.05
+
+
+def test_delong_multi_label_holds_its_level_under_the_null():
+  rng = np.random.default_rng(2)
+  null = []
+  for _ in range(300):
+    y, a, b = _correlated_multi_label(rng, 160, b_strength=1.5)
+    null.append(metrics.delong_paired(y, a, b, task=metrics.MULTI_LABEL)['p_value'])
+  assert 0.02 < np.mean(np.array(null) < 0.05) < 0.09
+
+
 def test_delong_refuses_what_it_cannot_test():
   y, probs = _multi_label(0, n=40)
-  with pytest.raises(ValueError, match='single-label AUROCs'):
+  y[:, 3] = 0
+  y[7, 3] = 1
+  with pytest.raises(ValueError, match='2 positive and 2 negative test images '
+                     'of each label; label 3 has 1 of 40 positive'):
     metrics.delong_paired(y, probs, probs, task=metrics.MULTI_LABEL)
+  with pytest.raises(ValueError, match=r'probs shaped like y_true \(40, 5\)'):
+    metrics.delong_paired(y, probs, probs[:, :4], task=metrics.MULTI_LABEL)
   y = np.array([0, 0, 1, 1, 2, 2, 2])
   probs = _softmax(np.eye(3)[y])
   with pytest.raises(ValueError, match='undefined for class/label'):

@@ -427,6 +427,37 @@ def _auroc_and_shares(y: np.ndarray, p: np.ndarray, task: str
   return float(np.mean(aurocs)), shares / len(columns)
 
 
+def _multi_label_variance(y: np.ndarray, scores: Sequence[np.ndarray]
+                          ) -> tuple[float, float, float]:
+  """Both macro AUROCs over labels, and their difference's variance.
+
+  An image is a positive of some labels and a negative of others, so no
+  class partition holds sizes fixed; the images themselves are the draw.
+  Each image's centred share of each label's estimate (DeLong's
+  structural component minus that label's AUROC, over its positives' or
+  negatives' count) summed over its labels is its influence on the macro
+  AUROC; the variance is the images' spread of the paired influences, so
+  labels that share images (and their errors) are weighed together.
+  """
+  n, num_labels = y.shape
+  for k in range(num_labels):
+    count = int(y[:, k].sum())
+    if min(count, n - count) < 2:
+      raise ValueError(f"DeLong's test needs at least 2 positive and 2 "
+                       f"negative test images of each label; label {k} has "
+                       f"{count} of {n} positive")
+  aurocs, influence = np.zeros(2), np.zeros(n)
+  for side, (p, sign) in enumerate(zip(scores, (1.0, -1.0))):
+    for k in range(num_labels):
+      yk = y[:, k]
+      value, v_pos, v_neg = _delong_components(yk, p[:, k])
+      influence[yk == 1] += sign * (v_pos - value) / len(v_pos) / num_labels
+      influence[yk == 0] += sign * (v_neg - value) / len(v_neg) / num_labels
+      aurocs[side] += value / num_labels
+  return float(aurocs[0]), float(aurocs[1]), n / (n - 1) * float(
+      np.sum(influence ** 2))
+
+
 def delong_paired(y_true: np.ndarray, score_a: np.ndarray,
                   score_b: np.ndarray, *, task: str = BINARY,
                   alpha: float = 0.05) -> dict:
@@ -440,26 +471,32 @@ def delong_paired(y_true: np.ndarray, score_a: np.ndarray,
   each image's share of the difference (`_auroc_and_shares`), its
   variance summed over the true classes, whose sizes are held fixed as
   DeLong holds the positives' and negatives'. For binary tasks that sum
-  is DeLong's S10 / m + S01 / n exactly. Scores as `auroc` takes them.
-  Returns both AUROCs, their difference (a − b), its standard error, a
-  normal (1 − alpha) interval and the two-sided p-value.
+  is DeLong's S10 / m + S01 / n exactly. Multi-label tasks' mean AUROC
+  over labels by the images' influences (`_multi_label_variance`).
+  Scores as `auroc` takes them. Returns both AUROCs, their difference
+  (a − b), its standard error, a normal (1 − alpha) interval and the
+  two-sided p-value.
   """
   _check_task(task)
-  if task == MULTI_LABEL:
-    raise ValueError(f"DeLong's test compares single-label AUROCs "
-                     f"({BINARY}, {MULTI_CLASS}, {ORDINAL}); got {task}")
   y = _labels(y_true, task)
   scores = [_probs(s, task, len(y)) for s in (score_a, score_b)]
-  auroc(y, scores[0], task)  # checks labels and that every class is present
-  classes, sizes = np.unique(y, return_counts=True)
-  if sizes.min() < 2:
-    raise ValueError(f"DeLong's test needs at least 2 test images of each "
-                     f"class; class {classes[sizes.argmin()]} has 1")
-  (auroc_a, shares_a), (auroc_b, shares_b) = (
-      _auroc_and_shares(y, s, task) for s in scores)
-  paired = shares_a - shares_b
-  variance = sum(len(paired[y == c]) * np.var(paired[y == c], ddof=1)
-                 for c in classes)
+  if task == MULTI_LABEL:
+    for s in scores:
+      if s.shape != y.shape:
+        raise ValueError(f"{task} needs probs shaped like y_true {y.shape}, "
+                         f"got {s.shape}")
+    auroc_a, auroc_b, variance = _multi_label_variance(y, scores)
+  else:
+    auroc(y, scores[0], task)  # checks labels and that every class is present
+    classes, sizes = np.unique(y, return_counts=True)
+    if sizes.min() < 2:
+      raise ValueError(f"DeLong's test needs at least 2 test images of each "
+                       f"class; class {classes[sizes.argmin()]} has 1")
+    (auroc_a, shares_a), (auroc_b, shares_b) = (
+        _auroc_and_shares(y, s, task) for s in scores)
+    paired = shares_a - shares_b
+    variance = sum(len(paired[y == c]) * np.var(paired[y == c], ddof=1)
+                   for c in classes)
   diff = auroc_a - auroc_b
   se = float(np.sqrt(max(variance, 0.0)))
   normal = statistics.NormalDist()

@@ -11,7 +11,8 @@ images, so their AUROCs are correlated and the paired test is the one that
 fits. Cells are matched by label fraction and seed (so both trained on
 the same label subset); B defaults to A (SSL end to end against scratch in
 one workdir). Binary, multi-class and ordinal tasks (MedMNIST's macro
-AUROC); needs the cells' stored predictions.
+AUROC) and multi-label ones (the mean AUROC over labels); needs the cells'
+stored predictions.
 """
 from __future__ import annotations
 
