@@ -182,6 +182,21 @@ POLICIES.add("simclr", Policy(
         "crops of 8-100% area, hflip, jitter p=0.8, grayscale p=0.2, blur "
         "p=0.5. Avoids nothing: a baseline, not medical-safe.")))
 
+POLICIES.add("medical_strong", Policy(
+    crop_min_area=0.5, hflip_prob=0.5,
+    brightness=0.4, contrast=0.4, jitter_prob=0.8,
+    blur_prob=0.5, blur_sigma=(0.1, 1.5),
+    description=(
+        "A strong view that keeps `medical_safe`'s geometry: crops keep >= "
+        "50% of the area and only horizontal flips, with SimCLR-strength "
+        "brightness/contrast 0.4 and blur p=0.5. For recipes that want a "
+        "hard view, such as FixMatch's strong view "
+        "(finetune.fixmatch_strong_policy), where the label a pseudo-label "
+        "gives the view must still be visible in it. Avoids SimCLR's 8% "
+        "crops (they can cut the lesion out), vertical flips and rotations "
+        "(anatomical orientation), and hue, saturation, grayscale and "
+        "solarize (colour is diagnostic).")))
+
 POLICIES.add("none", Policy(
     jitter_prob=0.0,
     description="Identity (no crop, flip or jitter); for evaluation views."))

@@ -47,7 +47,18 @@ def test_presets_registered_described_and_floors_consistent():
   assert augment.get("histology").hed_sigma > 0
 
 
-@pytest.mark.parametrize("name", MEDICAL)
+def test_the_strong_medical_view_keeps_the_safe_geometry():
+  safe, strong = augment.get("medical_safe"), augment.get("medical_strong")
+  geometry = ("crop_min_area", "crop_max_area", "crop_aspect", "hflip_prob",
+              "vflip_prob", "rot90")
+  assert [getattr(strong, f) for f in geometry] == [getattr(safe, f) for f in geometry]
+  assert strong.brightness > safe.brightness and strong.contrast > safe.contrast
+  assert strong.blur_prob > safe.blur_prob
+  assert strong.hue == strong.saturation == strong.grayscale_prob == 0
+  assert "Avoids" in strong.description
+
+
+@pytest.mark.parametrize("name", MEDICAL + ("medical_strong",))
 def test_preset_runs_on_gray_and_rgb(name):
   p = augment.get(name)
   for c in (1, 3):
