@@ -36,10 +36,11 @@ demo: venv
 
 # Two workers (pytest-xdist), a test file each at a time so module fixtures
 # run once: XLA compiles on one thread, and compiling is most of the suite.
+# Files go out in collection order, the slowest first (tests/conftest.py).
 TEST_WORKERS ?= 2
 
 test: venv
-	$(RUN) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(RUN) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 clean:
 	rm -rf workdirs

@@ -75,22 +75,25 @@ def medmnist_dir() -> pathlib.Path:
   return MEDMNIST_DIR
 
 
-# The slowest files, slowest first (seconds of one 2-worker run, 2026-12-02):
-# `make test` hands whole files to its two workers in collection order, so
-# with these first the long ones start early and the short ones fill in at
-# the end, and neither worker idles while the other finishes a long file.
-# Any other file keeps its place after them; a stale entry only costs time.
+# The slowest files, slowest first (seconds of one 2-worker run, 2026-12-02).
+# `make test` hands whole files to its two workers in collection order
+# (--no-loadscope-reorder: xdist would otherwise order files by how many
+# tests they hold), so the long ones start early, the short ones fill in
+# at the end, and neither worker idles while the other finishes a long
+# file. Any other file keeps its place after them; a stale entry only
+# costs time.
 SLOWEST_FILES = (
-    "test_objective_contract.py",  # 468
-    "test_train.py",               # 170
-    "test_benchmark.py",           # 153
-    "test_adversarial.py",         # 94
-    "test_scale_sharding.py",      # 92
-    "test_jobs.py",                # 73
-    "test_stage2_convergence.py",  # 60
-    "test_models.py",              # 53
+    "test_objective_contract.py",  # 452
+    "test_train.py",               # 206
+    "test_benchmark.py",           # 140
+    "test_scale_sharding.py",      # 89
+    "test_adversarial.py",         # 86
+    "test_jobs.py",                # 78
+    "test_stage2_convergence.py",  # 71
+    "test_scale_throughput.py",    # 61
+    "test_models.py",              # 59
+    "test_volumes.py",             # 54
     "test_self_prediction.py",     # 51
-    "test_scale_throughput.py",    # 51
 )
 
 
