@@ -8,10 +8,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Tests run tiny programs a few times, so XLA's compile time is most of the
 # suite: compile without LLVM's optimisation passes (the same HLO and the
 # same maths, slower code; a tiny run.py pretrain + stage 2 took 42 s of CPU
-# instead of 102). Subprocesses inherit it. SSL_JAX_TEST_OPTIMIZED=1 keeps
-# XLA's defaults.
+# instead of 102), and with XLA:CPU's older LLVM-IR fusion emitters, which
+# compile faster than its MLIR ones without those passes (five objectives'
+# init and train step: 37 s of CPU instead of 58; with them, run.py's case,
+# the demo step took 44 s instead of 16, so run.py keeps XLA's default).
+# Subprocesses inherit it.
+# SSL_JAX_TEST_OPTIMIZED=1 keeps XLA's defaults.
 FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0",
-                      "--xla_llvm_disable_expensive_passes=true")
+                      "--xla_llvm_disable_expensive_passes=true",
+                      "--xla_cpu_use_fusion_emitters=false")
 
 
 def subprocess_xla_flags(*extra: str) -> str:

@@ -72,7 +72,8 @@ def tiny_method_config(method: str):
 
 # Compile time is all that counts for a few tiny steps on this CPU.
 FAST_COMPILE = {"xla_backend_optimization_level": 0,
-                "xla_llvm_disable_expensive_passes": True}
+                "xla_llvm_disable_expensive_passes": True,
+                "xla_cpu_use_fusion_emitters": False}
 
 
 def compiled_on_fixed_batch(config, *, batch_size: int = 16, data_dir=None,
