@@ -239,9 +239,13 @@ def get_config() -> ml_collections.ConfigDict:
       distill_rounds=1,         # `distill`: students in turn, each teaching the next
       distill_teacher="finetune",  # `distill`: the first teacher's protocol ('fixmatch')
       # `fixmatch`: the weak view's top probability that makes a pseudo-label,
-      # the unlabelled term's weight, the strong view's augment preset.
+      # the unlabelled term's weight, the strong view's augment preset; how
+      # the bar is set ('fixed': that threshold; 'self_adaptive': FreeMatch's
+      # per-class bars from moving averages of the model's confidence, with
+      # this momentum per step).
       fixmatch_threshold=0.95, fixmatch_weight=1.0,
       fixmatch_strong_policy="simclr",
+      fixmatch_threshold_rule="fixed", fixmatch_threshold_momentum=0.999,
       # End-to-end runs validate and score an exponential moving average of
       # their weights with this decay per step (0 = off; FixMatch: 0.999
       # over 2^20 steps; here runs last hundreds, so ~0.99).

@@ -11,6 +11,7 @@ import pytest
 from ssl_jax.evaluation import classifier
 from ssl_jax.evaluation.protocols import PROTOCOLS
 from ssl_jax.objectives import supervised
+from ssl_jax.train.metrics_writer import read_rows
 from tests.test_benchmark_protocols import contexts  # noqa: F401
 from tests.test_distill import unmoved_by_unlabelled_labels
 
@@ -37,6 +38,74 @@ def test_consistency_keeps_only_confident_unlabelled_rows():
   np.testing.assert_array_equal(np.asarray(grad), 0.0)
   nothing, none_kept = supervised.consistency_loss(weak, strong, unlabelled, 1.0)
   assert float(nothing) == 0.0 and float(none_kept) == 0.0
+
+
+def test_self_adaptive_bars_follow_the_unlabelled_predictions():
+  """FreeMatch's statistics move toward the unlabelled rows' mean
+  confidence and class probabilities; the class predicted less gets the
+  lower bar; labelled rows count for nothing."""
+  stats = supervised.self_adaptive_stats(2)
+  np.testing.assert_allclose(stats["class_probs"], [0.5, 0.5])
+  probs = jnp.asarray([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.0, 1.0]])
+  unlabelled = jnp.asarray([1.0, 1.0, 1.0, 0.0])  # row 3 is labelled
+  new = supervised.update_self_adaptive(stats, probs, unlabelled, 0.9)
+  # Unlabelled means: top probability 0.8, class probabilities (2/3, 1/3).
+  assert float(new["confidence"]) == pytest.approx(0.9 * 0.5 + 0.1 * 0.8)
+  class_probs = 0.9 * 0.5 + 0.1 * np.array([2 / 3, 1 / 3])
+  np.testing.assert_allclose(new["class_probs"], class_probs, rtol=1e-6)
+  bars = np.asarray(supervised.self_adaptive_bars(new, 0.95, 2))
+  np.testing.assert_allclose(
+      bars, 0.53 * class_probs / class_probs.max(), rtol=1e-6)
+  assert bars[1] < bars[0] == pytest.approx(0.53)
+  unchanged = supervised.update_self_adaptive(new, probs, 0.0 * unlabelled, 0.9)
+  for key in new:
+    np.testing.assert_array_equal(unchanged[key], new[key])
+
+
+def test_bars_per_class_keep_rows_by_their_pseudo_label():
+  weak = jnp.asarray([[4.0, 0.0], [0.0, 1.0], [0.0, 5.0]])  # p 0.98, 0.73, 0.99
+  strong = jnp.zeros((3, 2))
+  unlabelled = jnp.ones(3)
+  fixed = supervised.fixed_bars({}, 0.95, 2)
+  assert (supervised.consistency_loss(weak, strong, unlabelled, fixed)
+          == supervised.consistency_loss(weak, strong, unlabelled, 0.95))
+  _, kept = supervised.consistency_loss(weak, strong, unlabelled,
+                                        jnp.asarray([0.95, 0.7]))
+  assert float(kept) == pytest.approx(1.0)  # class 1's bar lets row 1 in
+  _, kept = supervised.consistency_loss(weak, strong, unlabelled,
+                                        jnp.asarray([0.99, 0.95]))
+  assert float(kept) == pytest.approx(1 / 3)  # only row 2 (0.993)
+  with pytest.raises(ValueError, match="threshold_rule must be one of "
+                     r"\['fixed', 'self_adaptive'\], got 'adaptive'"):
+    supervised.threshold_rule("adaptive")
+
+
+def test_self_adaptive_rule_trains_in_stage_2(contexts, tmp_path):  # noqa: F811
+  """`finetune.fixmatch_threshold_rule='self_adaptive'` reaches the step:
+  its statistics live in the train state (a trainer of its own init), and
+  from the uniform start (momentum 0.999, a few steps) its bars stay near
+  1/2, where a fixed 0.95 bar lets almost nothing in."""
+  ctx, _ = contexts
+  config = ctx.config.copy_and_resolve_references()
+  config.finetune.fixmatch_threshold_rule = "self_adaptive"
+  adaptive = dataclasses.replace(ctx, config=config, workdir=str(tmp_path))
+  train_idx = ctx.subset(0.1, 0)
+  preds = PROTOCOLS.get("fixmatch")(adaptive, train_idx, 0)
+  assert preds.probs["test"].shape == (len(ctx.labels("test")), 2)
+  rows = [r for r in read_rows(tmp_path / f"fixmatch_n{len(train_idx)}_s0")
+          if "train/pseudo_label_bar" in r]
+  assert rows
+  for row in rows:
+    assert 0.5 <= row["train/pseudo_label_bar"] < 0.55, row
+    assert row["train/pseudo_label_rate"] > 0.9, row
+  fixed = dataclasses.replace(ctx, workdir=str(tmp_path / "fixed"))
+  PROTOCOLS.get("fixmatch")(fixed, train_idx, 0)
+  rows = read_rows(tmp_path / "fixed" / f"fixmatch_n{len(train_idx)}_s0")
+  rows = [r for r in rows if "train/pseudo_label_bar" in r]
+  assert rows
+  for row in rows:
+    assert row["train/pseudo_label_bar"] == pytest.approx(0.95), row
+    assert row["train/pseudo_label_rate"] < 0.1, row
 
 
 def test_the_feed_masks_every_label_outside_the_subset():

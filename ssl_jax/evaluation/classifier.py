@@ -118,13 +118,19 @@ class ClassifierTrainer:
     shape = nnx.eval_shape(lambda: self._model(0))
     self.tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
                                     trainable_labels(shape, last_k))
-    if like is None:
+    # The objective's extra state (FixMatch's pseudo-label statistics), as
+    # shapes: a `like` trainer's init serves only a state of the same tree.
+    self.extra_tree = jax.tree.structure(
+        jax.eval_shape(lambda: self.bound.init_extra(shape)))
+    if like is None or like.extra_tree != self.extra_tree:
       graphdef, _, shardings, self._init = state_lib.shape_first(
           self._state, self.mesh, parallel.config_rules(self.config), args=(0,))
+    else:
+      graphdef, shardings, self._init = like.graphdef, like.shardings, like._init
+    if like is None:
       self.predict, self.encode = _inference_programs(graphdef,
                                                       ctx.info.multi_label)
     else:
-      graphdef, shardings, self._init = like.graphdef, like.shardings, like._init
       self.predict, self.encode = like.predict, like.encode
     self.graphdef, self.shardings = graphdef, shardings
     step = step_lib.make_from_objective(graphdef, self.bound, self.tx, schedule)
@@ -136,9 +142,12 @@ class ClassifierTrainer:
     return self.bound.build_model(nnx.Rngs(jax.random.key(seed)))
 
   def _state(self, seed) -> tuple[nnx.GraphDef, state_lib.TrainState]:
-    """Model and train state drawn from `seed` (traced inside `init`);
-    with a weight average, its slot in `extra` (set by `start_average`)."""
-    graphdef, state = state_lib.create(self._model(seed), self.tx, {},
+    """Model and train state drawn from `seed` (traced inside `init`), its
+    `extra` the objective's (FixMatch's pseudo-label statistics); with a
+    weight average, its slot in `extra` too (set by `start_average`)."""
+    model = self._model(seed)
+    graphdef, state = state_lib.create(model, self.tx,
+                                       self.bound.init_extra(model),
                                        jax.random.PRNGKey(seed))
     return graphdef, start_average(state) if self.average else state
 

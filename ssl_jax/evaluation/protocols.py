@@ -168,6 +168,8 @@ def _fixmatch(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
   labels = ctx.labels("train")
   trainer = classifier.trainer_for(ctx, len(labels), objective=dict(
       name="fixmatch", threshold=float(ft.fixmatch_threshold),
+      threshold_rule=ft.get("fixmatch_threshold_rule", "fixed"),
+      threshold_momentum=float(ft.get("fixmatch_threshold_momentum", 0.999)),
       unlabelled_weight=float(ft.fixmatch_weight),
       strong_policy=ft.fixmatch_strong_policy))
   out = trainer.run(ctx, train_idx, seed, weights=weights, name=name,

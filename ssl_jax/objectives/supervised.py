@@ -4,6 +4,9 @@ supervised pretraining all train through this one objective, so "SSL" and
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -126,19 +129,22 @@ def make_distillation_loss(hp: base.HParams,
 
 
 def consistency_loss(weak_logits: Array, strong_logits: Array,
-                     unlabelled: Array, threshold: float,
+                     unlabelled: Array, threshold: Array | float,
                      class_weights: Array | None = None
                      ) -> tuple[Array, Array]:
   """FixMatch's unlabelled term: cross-entropy of the strong view's logits
   against the weak view's argmax, kept where the weak view's top
-  probability reaches `threshold`, averaged over the unlabelled rows
-  (`unlabelled` [B], 1 = unlabelled) so the term grows as confidence
-  spreads. `class_weights` [C] weigh a row by its pseudo-label's class, the
+  probability reaches `threshold` (a number, or [C]: the bar of each
+  pseudo-label's class), averaged over the unlabelled rows (`unlabelled`
+  [B], 1 = unlabelled) so the term grows as confidence spreads.
+  `class_weights` [C] weigh a row by its pseudo-label's class, the
   normaliser by the same weights. Returns (loss, share of unlabelled rows
   kept); no gradient flows through the weak view."""
   probs = jax.nn.softmax(jax.lax.stop_gradient(weak_logits).astype(jnp.float32))
   pseudo = jnp.argmax(probs, -1)
-  kept = (probs.max(-1) >= threshold).astype(jnp.float32) * unlabelled
+  bar = jnp.broadcast_to(jnp.asarray(threshold, jnp.float32),
+                         probs.shape[-1:])[pseudo]
+  kept = (probs.max(-1) >= bar).astype(jnp.float32) * unlabelled
   per_example = optax.softmax_cross_entropy_with_integer_labels(
       strong_logits.astype(jnp.float32), pseudo)
   by_class = (jnp.ones_like(kept) if class_weights is None else
@@ -148,17 +154,97 @@ def consistency_loss(weak_logits: Array, strong_logits: Array,
   return loss, kept.sum() / jnp.maximum(unlabelled.sum(), 1.0)
 
 
+# How FixMatch's pseudo-labelling bar is set, by name
+# (`objective.threshold_rule`, stage 2's `finetune.fixmatch_threshold_rule`).
+# Each rule: init(num_classes) -> running statistics (kept in the train
+# state's `extra`); update(stats, weak probs [B, C], unlabelled [B],
+# momentum) -> stats after this batch; bars(stats, threshold, num_classes)
+# -> [C].
+@dataclasses.dataclass(frozen=True)
+class ThresholdRule:
+  init: Callable[[int], dict]
+  update: Callable[[dict, Array, Array, float], dict]
+  bars: Callable[[dict, float, int], Array]
+
+
+def fixed_bars(stats: dict, threshold: float, num_classes: int) -> Array:
+  """FixMatch: one fixed confidence bar for every class."""
+  del stats
+  return jnp.full((num_classes,), threshold, jnp.float32)
+
+
+def self_adaptive_stats(num_classes: int) -> dict:
+  """FreeMatch's statistics before any batch: the uniform prediction."""
+  uniform = jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)
+  return {"confidence": jnp.asarray(1.0 / num_classes, jnp.float32),
+          "class_probs": uniform}
+
+
+def update_self_adaptive(stats: dict, probs: Array, unlabelled: Array,
+                         momentum: float) -> dict:
+  """Moving averages over the unlabelled rows of the weak view's top
+  probability and of its class probabilities (a batch without unlabelled
+  rows leaves them as they were)."""
+  count = unlabelled.sum()
+  mean = lambda x: (x * unlabelled.reshape((-1,) + (1,) * (x.ndim - 1))  # noqa: E731
+                    ).sum(0) / jnp.maximum(count, 1.0)
+  keep = jnp.where(count > 0, momentum, 1.0)
+  return {"confidence": keep * stats["confidence"]
+                        + (1.0 - keep) * mean(probs.max(-1)),
+          "class_probs": keep * stats["class_probs"]
+                         + (1.0 - keep) * mean(probs)}
+
+
+def self_adaptive_bars(stats: dict, threshold: float,
+                       num_classes: int) -> Array:
+  """FreeMatch's bars: the model's mean confidence on unlabelled rows,
+  scaled per class by that class's mean probability over the largest
+  one's, so classes the model rarely predicts (a minority class) get a
+  lower bar. Rises from 1/C as the model grows confident; `threshold`
+  is not used."""
+  del threshold, num_classes
+  class_probs = stats["class_probs"]
+  return stats["confidence"] * class_probs / class_probs.max()
+
+
+THRESHOLD_RULES = {
+    "fixed": ThresholdRule(
+        init=lambda num_classes: {},
+        update=lambda stats, probs, unlabelled, momentum: stats,
+        bars=fixed_bars),
+    "self_adaptive": ThresholdRule(
+        init=self_adaptive_stats, update=update_self_adaptive,
+        bars=self_adaptive_bars),
+}
+
+
+def threshold_rule(name: str) -> ThresholdRule:
+  if name not in THRESHOLD_RULES:
+    raise ValueError(f"objective 'fixmatch': threshold_rule must be one of "
+                     f"{sorted(THRESHOLD_RULES)}, got {name!r}")
+  return THRESHOLD_RULES[name]
+
+
+def init_fixmatch_extra(model: nnx.Module, hp: base.HParams,
+                        ctx: base.RunContext) -> dict:
+  del model
+  return {"pseudo_label_stats": threshold_rule(hp.threshold_rule).init(
+      ctx.info.num_classes)}
+
+
 def make_fixmatch_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
   """Labelled rows (batch['labelled'] = 1) against their labels on the weak
   view; unlabelled rows (their label column is -1, never read) against the
-  weak view's confident predictions on a strong view. Both views go
-  through the model as one batch, so BatchNorm sees both."""
+  weak view's confident predictions on a strong view, confident by the
+  bars of `hp.threshold_rule`. Both views go through the model as one
+  batch, so BatchNorm sees both."""
   if hp.multi_label:
     raise ValueError("objective 'fixmatch' needs a single-label task; "
                      "objective.multi_label is True")
   weak = ctx.policy
   strong = base.view_policy({"policy": hp.strong_policy}, ctx.spatial_dims)
   class_weights = hp.class_weights
+  rule = threshold_rule(hp.threshold_rule)
 
   def loss_fn(model, batch, rng, extra):
     k_weak, k_strong = jax.random.split(rng)
@@ -171,12 +257,17 @@ def make_fixmatch_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
     supervised, accuracy = classification_loss(
         weak_logits, batch["label"], False, weights=labelled,
         class_weights=class_weights)
+    weak_probs = jax.nn.softmax(
+        jax.lax.stop_gradient(weak_logits).astype(jnp.float32))
+    stats = rule.update(extra["pseudo_label_stats"], weak_probs,
+                        1.0 - labelled, hp.threshold_momentum)
+    bars = rule.bars(stats, hp.threshold, weak_probs.shape[-1])
     unsupervised, kept = consistency_loss(weak_logits, strong_logits,
-                                          1.0 - labelled, hp.threshold,
-                                          class_weights)
+                                          1.0 - labelled, bars, class_weights)
     return supervised + hp.unlabelled_weight * unsupervised, {
         "train_acc": accuracy, "unlabelled_loss": unsupervised,
-        "pseudo_label_rate": kept}, extra
+        "pseudo_label_rate": kept, "pseudo_label_bar": bars.mean()}, dict(
+            extra, pseudo_label_stats=stats)
 
   return loss_fn
 
@@ -211,12 +302,17 @@ base.register(base.Objective(
     paper="Sohn et al., NeurIPS 2020, \"FixMatch: Simplifying Semi-Supervised "
           "Learning with Consistency and Confidence\"",
     # batch['labelled'] [B] (1 = labelled); threshold on the weak view's
-    # top probability; unlabelled_weight: FixMatch's lambda_u; strong_policy:
-    # the augment preset of the strong view (the weak one is the run's).
-    # Single-label only; class_weights and head_init as for 'supervised'.
+    # top probability (the 'fixed' rule's bar); threshold_rule: a name in
+    # THRESHOLD_RULES ('self_adaptive': FreeMatch, Wang et al., ICLR 2023,
+    # its bars moving averages with threshold_momentum per step);
+    # unlabelled_weight: FixMatch's lambda_u; strong_policy: the augment
+    # preset of the strong view (the weak one is the run's). Single-label
+    # only; class_weights and head_init as for 'supervised'.
     hparams=dict(multi_label=False, class_weights=None, head_init="zeros",
-                 threshold=0.95, unlabelled_weight=1.0,
+                 threshold=0.95, threshold_rule="fixed",
+                 threshold_momentum=0.999, unlabelled_weight=1.0,
                  strong_policy="simclr"),
     reads=lambda hp: ("labelled",),
     ranks=(2, 3),
-    build_model=build_classifier, make_loss=make_fixmatch_loss))
+    build_model=build_classifier, make_loss=make_fixmatch_loss,
+    init_extra=init_fixmatch_extra))
