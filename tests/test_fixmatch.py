@@ -137,3 +137,13 @@ def test_a_multi_label_task_is_refused(contexts):  # noqa: F811
         PROTOCOLS.get(name).check(multi)
   finally:
     multi.config.finetune.distill_teacher = "finetune"
+
+
+def test_an_unknown_threshold_rule_is_refused_before_any_cell(contexts):  # noqa: F811
+  ctx, _ = contexts
+  config = ctx.config.copy_and_resolve_references()
+  config.finetune.fixmatch_threshold_rule = "adaptive"
+  for name in ("fixmatch", "scratch_fixmatch"):
+    with pytest.raises(ValueError, match="fixmatch_threshold_rule must be one "
+                       r"of \['fixed', 'self_adaptive'\], got 'adaptive'"):
+      PROTOCOLS.get(name).check(dataclasses.replace(ctx, config=config))

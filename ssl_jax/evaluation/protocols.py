@@ -44,6 +44,7 @@ import numpy as np
 from ssl_jax.evaluation import classifier, distill, probes, zero_shot
 from ssl_jax.evaluation.encoder_context import (EVAL_SPLITS, EncoderContext,
                                                 Predictions)
+from ssl_jax.objectives import supervised
 from ssl_jax.registry import Registry
 
 ProtocolFn = Callable[[EncoderContext, np.ndarray, int], Predictions]
@@ -178,12 +179,17 @@ def _fixmatch(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
   return dataclasses.replace(out, info=dict(out.info, rows_trained=len(labels)))
 
 
-def _single_label(ctx: EncoderContext) -> None:
+def _fixmatch_applies(ctx: EncoderContext) -> None:
+  """Before any cell runs: a single-label task and a known threshold rule."""
   if ctx.info.multi_label:
     raise ValueError("FixMatch (protocols 'fixmatch', 'scratch_fixmatch', "
                      "or finetune.distill_teacher='fixmatch') needs a "
                      f"single-label task; {ctx.config.data.name} is "
                      "multi-label")
+  rule = ctx.config.finetune.get("fixmatch_threshold_rule", "fixed")
+  if rule not in supervised.THRESHOLD_RULES:
+    raise ValueError(f"config.finetune.fixmatch_threshold_rule must be one "
+                     f"of {sorted(supervised.THRESHOLD_RULES)}, got {rule!r}")
 
 
 # Who labels the unlabelled train images for `distill`'s students
@@ -201,7 +207,7 @@ def _distill_teacher(ctx: EncoderContext):
 
 def _distill_applies(ctx: EncoderContext) -> None:
   if _distill_teacher(ctx) is _fixmatch:
-    _single_label(ctx)
+    _fixmatch_applies(ctx)
 
 
 @register("distill", kind=END_TO_END, check=_distill_applies,
@@ -224,7 +230,7 @@ def scratch_self_distilled(ctx: EncoderContext, train_idx: np.ndarray,
                               name=f"scratch_distill_n{len(train_idx)}_s{seed}")
 
 
-@register("fixmatch", kind=END_TO_END, check=_single_label,
+@register("fixmatch", kind=END_TO_END, check=_fixmatch_applies,
           label="SSL + fine-tune with FixMatch on unlabelled images")
 def fixmatch(ctx: EncoderContext, train_idx: np.ndarray,
              seed: int) -> Predictions:
@@ -232,7 +238,7 @@ def fixmatch(ctx: EncoderContext, train_idx: np.ndarray,
                    name=f"fixmatch_n{len(train_idx)}_s{seed}")
 
 
-@register("scratch_fixmatch", kind=END_TO_END, check=_single_label,
+@register("scratch_fixmatch", kind=END_TO_END, check=_fixmatch_applies,
           needs_encoder=False,
           label="from scratch, FixMatch on unlabelled images")
 def scratch_fixmatch(ctx: EncoderContext, train_idx: np.ndarray,
