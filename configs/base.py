@@ -242,10 +242,15 @@ def get_config() -> ml_collections.ConfigDict:
       # the unlabelled term's weight, the strong view's augment preset; how
       # the bar is set ('fixed': that threshold; 'self_adaptive': FreeMatch's
       # per-class bars from moving averages of the model's confidence, with
-      # this momentum per step).
+      # this momentum per step); ReMixMatch's distribution alignment of the
+      # weak view's probabilities before they name a pseudo-label ('none',
+      # 'class_prior': the labelled subset's class proportions, 'uniform'), its
+      # running mean prediction with this momentum (0.99 ~ ReMixMatch's
+      # 128 batches).
       fixmatch_threshold=0.95, fixmatch_weight=1.0,
       fixmatch_strong_policy="simclr",
       fixmatch_threshold_rule="fixed", fixmatch_threshold_momentum=0.999,
+      fixmatch_alignment="none", fixmatch_alignment_momentum=0.99,
       # End-to-end runs validate and score an exponential moving average of
       # their weights with this decay per step (0 = off; FixMatch: 0.999
       # over 2^20 steps; here runs last hundreds, so ~0.99).

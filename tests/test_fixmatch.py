@@ -17,7 +17,8 @@ from tests.test_distill import unmoved_by_unlabelled_labels
 
 
 def test_consistency_keeps_only_confident_unlabelled_rows():
-  weak = jnp.asarray([[4.0, 0.0], [0.2, 0.0], [0.0, 5.0], [6.0, 0.0]])
+  weak = jax.nn.softmax(
+      jnp.asarray([[4.0, 0.0], [0.2, 0.0], [0.0, 5.0], [6.0, 0.0]]))
   strong = jnp.asarray([[1.0, 0.0], [0.0, 3.0], [0.5, 0.0], [0.0, 2.0]])
   unlabelled = jnp.asarray([1.0, 1.0, 1.0, 0.0])  # row 3 is labelled
   loss, kept = supervised.consistency_loss(weak, strong, unlabelled, 0.95)
@@ -63,7 +64,8 @@ def test_self_adaptive_bars_follow_the_unlabelled_predictions():
 
 
 def test_bars_per_class_keep_rows_by_their_pseudo_label():
-  weak = jnp.asarray([[4.0, 0.0], [0.0, 1.0], [0.0, 5.0]])  # p 0.98, 0.73, 0.99
+  weak = jax.nn.softmax(  # p 0.98, 0.73, 0.99
+      jnp.asarray([[4.0, 0.0], [0.0, 1.0], [0.0, 5.0]]))
   strong = jnp.zeros((3, 2))
   unlabelled = jnp.ones(3)
   fixed = supervised.fixed_bars({}, 0.95, 2)
@@ -78,6 +80,59 @@ def test_bars_per_class_keep_rows_by_their_pseudo_label():
   with pytest.raises(ValueError, match="threshold_rule must be one of "
                      r"\['fixed', 'self_adaptive'\], got 'adaptive'"):
     supervised.threshold_rule("adaptive")
+
+
+def test_alignment_rescales_by_the_target_over_the_running_mean():
+  """ReMixMatch's distribution alignment: the running mean of the
+  unlabelled rows' predictions is bias-corrected (after one batch it is
+  that batch's mean, whatever the momentum), labelled rows and batches
+  without unlabelled rows leave it unmoved, and each row is multiplied by
+  target / mean and renormalised."""
+  probs = jnp.asarray([[0.9, 0.1], [0.7, 0.3], [0.6, 0.4], [0.0, 1.0]])
+  unlabelled = jnp.asarray([1.0, 1.0, 1.0, 0.0])  # row 3 is labelled
+  stats = supervised.update_alignment(supervised.alignment_stats(2), probs,
+                                      unlabelled, 0.99)
+  mean = np.array([2.2, 0.8]) / 3  # rows 0-2
+  np.testing.assert_allclose(stats["mean"] / stats["weight"], mean, rtol=1e-6)
+  again = supervised.update_alignment(stats, probs, 0.0 * unlabelled, 0.99)
+  for key in stats:
+    np.testing.assert_array_equal(again[key], stats[key])
+  target = jnp.asarray([0.5, 0.5])
+  out = np.asarray(supervised.aligned(probs, stats, target))
+  expected = np.asarray(probs) * 0.5 / mean
+  np.testing.assert_allclose(out, expected / expected.sum(1, keepdims=True),
+                             rtol=1e-5)
+  # The model over-predicts class 0 (mean 0.73); aligned to uniform, row 1
+  # (0.7) and row 2 (0.6) fall to class 1, and the rows' mean moves to the
+  # target.
+  np.testing.assert_array_equal(out.argmax(1), [0, 1, 1, 1])
+  assert abs(out[:3].mean(0)[0] - 0.5) < abs(mean[0] - 0.5)
+  # A second batch weighs in with 1 - momentum.
+  other = jnp.asarray([[0.2, 0.8]] * 4)
+  later = supervised.update_alignment(stats, other, jnp.ones(4), 0.9)
+  np.testing.assert_allclose(
+      later["mean"] / later["weight"],
+      (0.9 * 0.01 * mean + 0.1 * np.array([0.2, 0.8])) / (0.9 * 0.01 + 0.1),
+      rtol=1e-5)
+
+
+def test_alignment_targets_and_their_refusals():
+  hp = lambda **kw: dict(alignment="none", class_prior=None, **kw)  # noqa: E731
+  as_hp = lambda d: type("HP", (), d)  # noqa: E731
+  assert supervised.alignment_target(as_hp(hp()), 2) is None
+  np.testing.assert_allclose(
+      supervised.alignment_target(as_hp(dict(alignment="uniform",
+                                             class_prior=None)), 4), 0.25)
+  np.testing.assert_allclose(supervised.alignment_target(as_hp(dict(
+      alignment="class_prior", class_prior=(0.25, 0.75))), 2), [0.25, 0.75])
+  with pytest.raises(ValueError, match="alignment must be one of "
+                     r"\['class_prior', 'none', 'uniform'\], got 'prior'"):
+    supervised.alignment_target(as_hp(dict(alignment="prior",
+                                           class_prior=None)), 2)
+  with pytest.raises(ValueError, match="needs objective.class_prior, 2 "
+                     r"class proportions; got \(1.0,\)"):
+    supervised.alignment_target(as_hp(dict(alignment="class_prior",
+                                           class_prior=(1.0,))), 2)
 
 
 def test_self_adaptive_rule_trains_in_stage_2(contexts, tmp_path):  # noqa: F811
@@ -141,9 +196,38 @@ def test_a_multi_label_task_is_refused(contexts):  # noqa: F811
 
 def test_an_unknown_threshold_rule_is_refused_before_any_cell(contexts):  # noqa: F811
   ctx, _ = contexts
+  for field, value, message in (
+      ("fixmatch_threshold_rule", "adaptive",
+       r"\['fixed', 'self_adaptive'\], got 'adaptive'"),
+      ("fixmatch_alignment", "prior",
+       r"\['class_prior', 'none', 'uniform'\], got 'prior'")):
+    config = ctx.config.copy_and_resolve_references()
+    config.finetune[field] = value
+    for name in ("fixmatch", "scratch_fixmatch"):
+      with pytest.raises(ValueError, match=f"{field} must be one of {message}"):
+        PROTOCOLS.get(name).check(dataclasses.replace(ctx, config=config))
+
+
+def test_alignment_reads_only_the_labelled_subsets_proportions(
+    contexts, tmp_path):  # noqa: F811
+  """`finetune.fixmatch_alignment='class_prior'` trains in stage 2 with the
+  labelled subset's class proportions as its target (not the split's), and
+  still reads no other label."""
+  ctx, _ = contexts
   config = ctx.config.copy_and_resolve_references()
-  config.finetune.fixmatch_threshold_rule = "adaptive"
-  for name in ("fixmatch", "scratch_fixmatch"):
-    with pytest.raises(ValueError, match="fixmatch_threshold_rule must be one "
-                       r"of \['fixed', 'self_adaptive'\], got 'adaptive'"):
-      PROTOCOLS.get(name).check(dataclasses.replace(ctx, config=config))
+  config.finetune.fixmatch_alignment = "class_prior"
+  aligned = dataclasses.replace(ctx, config=config, workdir=str(tmp_path))
+  train_idx = ctx.subset(0.1, 0)
+  unmoved_by_unlabelled_labels(aligned, "fixmatch", train_idx)
+  subset = np.bincount(ctx.labels("train")[train_idx].reshape(-1),
+                       minlength=2) / len(train_idx)
+  split = np.bincount(ctx.labels("train").reshape(-1), minlength=2)
+  assert not np.allclose(subset, split / split.sum())  # tells them apart
+  priors = [t.config.objective.class_prior for t in ctx.compiled.values()
+            if getattr(t, "config", None) is not None
+            and t.config.objective.get("alignment") == "class_prior"]
+  assert len(priors) == 1
+  np.testing.assert_allclose(priors[0], subset)
+  rows = [r for r in read_rows(tmp_path / f"fixmatch_n{len(train_idx)}_s0")
+          if "train/pseudo_label_rate" in r]
+  assert rows and all(0.0 <= r["train/pseudo_label_rate"] <= 1.0 for r in rows)

@@ -474,11 +474,22 @@ def eval_interval(ft: ml_collections.ConfigDict, n_train: int,
   return int(np.clip(every, 1, steps))
 
 
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """[C] float counts of single-label `labels` ([N] or [N, 1])."""
+  return np.bincount(np.asarray(labels).reshape(-1).astype(np.int64),
+                     minlength=num_classes).astype(np.float64)
+
+
+def class_proportions(labels: np.ndarray, num_classes: int) -> tuple:
+  """Each class's share of `labels`: FixMatch's alignment target."""
+  counts = class_counts(labels, num_classes)
+  return tuple(float(c) for c in counts / counts.sum())
+
+
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> tuple:
   """n / (C * count_c) per class (sklearn's 'balanced'): every class weighs
   as much in the loss as if the classes were equally frequent."""
-  counts = np.bincount(np.asarray(labels).reshape(-1).astype(np.int64),
-                       minlength=num_classes).astype(np.float64)
+  counts = class_counts(labels, num_classes)
   weights = counts.sum() / (num_classes * np.maximum(counts, 1.0))
   return tuple(float(w) for w in weights)
 

@@ -167,12 +167,20 @@ def _fixmatch(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
   stronger view (objective 'fixmatch'); no other label is read."""
   ft = ctx.config.finetune
   labels = ctx.labels("train")
+  alignment = ft.get("fixmatch_alignment", "none")
   trainer = classifier.trainer_for(ctx, len(labels), objective=dict(
       name="fixmatch", threshold=float(ft.fixmatch_threshold),
       threshold_rule=ft.get("fixmatch_threshold_rule", "fixed"),
       threshold_momentum=float(ft.get("fixmatch_threshold_momentum", 0.999)),
       unlabelled_weight=float(ft.fixmatch_weight),
-      strong_policy=ft.fixmatch_strong_policy))
+      strong_policy=ft.fixmatch_strong_policy,
+      alignment=alignment,
+      alignment_momentum=float(ft.get("fixmatch_alignment_momentum", 0.99)),
+      # Only the labelled rows' proportions, and only where read (a trainer
+      # compiles per distinct objective).
+      class_prior=classifier.class_proportions(labels[train_idx],
+                                              ctx.info.num_classes)
+      if alignment == "class_prior" else None))
   out = trainer.run(ctx, train_idx, seed, weights=weights, name=name,
                     feed=classifier.semi_supervised_feed(labels, train_idx),
                     score=score)
@@ -180,16 +188,21 @@ def _fixmatch(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
 
 
 def _fixmatch_applies(ctx: EncoderContext) -> None:
-  """Before any cell runs: a single-label task and a known threshold rule."""
+  """Before any cell runs: a single-label task, a known threshold rule and
+  alignment."""
   if ctx.info.multi_label:
     raise ValueError("FixMatch (protocols 'fixmatch', 'scratch_fixmatch', "
                      "or finetune.distill_teacher='fixmatch') needs a "
                      f"single-label task; {ctx.config.data.name} is "
                      "multi-label")
-  rule = ctx.config.finetune.get("fixmatch_threshold_rule", "fixed")
-  if rule not in supervised.THRESHOLD_RULES:
-    raise ValueError(f"config.finetune.fixmatch_threshold_rule must be one "
-                     f"of {sorted(supervised.THRESHOLD_RULES)}, got {rule!r}")
+  ft = ctx.config.finetune
+  for field, default, names in (
+      ("fixmatch_threshold_rule", "fixed", supervised.THRESHOLD_RULES),
+      ("fixmatch_alignment", "none", supervised.ALIGNMENT_TARGETS)):
+    name = ft.get(field, default)
+    if name not in names:
+      raise ValueError(f"config.finetune.{field} must be one of "
+                       f"{sorted(names)}, got {name!r}")
 
 
 # Who labels the unlabelled train images for `distill`'s students

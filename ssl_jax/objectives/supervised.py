@@ -128,7 +128,7 @@ def make_distillation_loss(hp: base.HParams,
   return loss_fn
 
 
-def consistency_loss(weak_logits: Array, strong_logits: Array,
+def consistency_loss(weak_probs: Array, strong_logits: Array,
                      unlabelled: Array, threshold: Array | float,
                      class_weights: Array | None = None
                      ) -> tuple[Array, Array]:
@@ -137,10 +137,12 @@ def consistency_loss(weak_logits: Array, strong_logits: Array,
   probability reaches `threshold` (a number, or [C]: the bar of each
   pseudo-label's class), averaged over the unlabelled rows (`unlabelled`
   [B], 1 = unlabelled) so the term grows as confidence spreads.
-  `class_weights` [C] weigh a row by its pseudo-label's class, the
-  normaliser by the same weights. Returns (loss, share of unlabelled rows
-  kept); no gradient flows through the weak view."""
-  probs = jax.nn.softmax(jax.lax.stop_gradient(weak_logits).astype(jnp.float32))
+  `weak_probs` [B, C] are the weak view's class probabilities (aligned,
+  when a distribution alignment is on). `class_weights` [C] weigh a row by
+  its pseudo-label's class, the normaliser by the same weights. Returns
+  (loss, share of unlabelled rows kept); no gradient flows through the
+  weak view."""
+  probs = jax.lax.stop_gradient(weak_probs).astype(jnp.float32)
   pseudo = jnp.argmax(probs, -1)
   bar = jnp.broadcast_to(jnp.asarray(threshold, jnp.float32),
                          probs.shape[-1:])[pseudo]
@@ -152,6 +154,73 @@ def consistency_loss(weak_logits: Array, strong_logits: Array,
   loss = (per_example * by_class * kept).sum() / jnp.maximum(
       (by_class * unlabelled).sum(), 1e-12)
   return loss, kept.sum() / jnp.maximum(unlabelled.sum(), 1.0)
+
+
+def unlabelled_mean(x: Array, unlabelled: Array) -> Array:
+  """The mean of `x` [B, ...] over the unlabelled rows (0 when none)."""
+  weights = unlabelled.reshape((-1,) + (1,) * (x.ndim - 1))
+  return (x * weights).sum(0) / jnp.maximum(unlabelled.sum(), 1.0)
+
+
+# Distribution alignment (ReMixMatch, Berthelot et al., ICLR 2020): the weak
+# view's probabilities are multiplied by target / (the model's running mean
+# prediction on unlabelled rows) and renormalised before they name a
+# pseudo-label, so pseudo-labels follow the target's class proportions
+# instead of the model's drift (`objective.alignment`, stage 2's
+# `finetune.fixmatch_alignment`). Each target: (class_prior, num_classes)
+# -> [C]; 'none' leaves the probabilities as they are.
+ALIGNMENT_TARGETS = {
+    "none": None,
+    # ReMixMatch's: the labelled data's class proportions.
+    "class_prior": lambda class_prior, num_classes: jnp.asarray(
+        class_prior, jnp.float32),
+    # Every class equally often (for a model trained to balance classes).
+    "uniform": lambda class_prior, num_classes: jnp.full(
+        (num_classes,), 1.0 / num_classes, jnp.float32),
+}
+
+
+def alignment_target(hp: base.HParams, num_classes: int) -> Array | None:
+  """[C] target proportions of `hp.alignment`, or None when off; refuses
+  an unknown name and a class prior of the wrong length."""
+  if hp.alignment not in ALIGNMENT_TARGETS:
+    raise ValueError(f"objective 'fixmatch': alignment must be one of "
+                     f"{sorted(ALIGNMENT_TARGETS)}, got {hp.alignment!r}")
+  target = ALIGNMENT_TARGETS[hp.alignment]
+  if target is None:
+    return None
+  if hp.alignment == "class_prior" and (
+      hp.class_prior is None or len(hp.class_prior) != num_classes):
+    raise ValueError(f"objective 'fixmatch': alignment='class_prior' needs "
+                     f"objective.class_prior, {num_classes} class "
+                     f"proportions; got {hp.class_prior!r}")
+  return target(hp.class_prior, num_classes)
+
+
+def alignment_stats(num_classes: int) -> dict:
+  """No batch seen: a zero moving sum and zero weight (bias-corrected, so
+  the first batch's mean is the estimate, whatever the momentum)."""
+  return {"mean": jnp.zeros((num_classes,), jnp.float32),
+          "weight": jnp.zeros((), jnp.float32)}
+
+
+def update_alignment(stats: dict, probs: Array, unlabelled: Array,
+                     momentum: float) -> dict:
+  """The moving average of the unlabelled rows' mean prediction (Adam's
+  bias correction: the estimate is mean / weight); a batch without
+  unlabelled rows leaves it as it was."""
+  keep = jnp.where(unlabelled.sum() > 0, momentum, 1.0)
+  return {"mean": keep * stats["mean"]
+                  + (1.0 - keep) * unlabelled_mean(probs, unlabelled),
+          "weight": keep * stats["weight"] + (1.0 - keep)}
+
+
+def aligned(probs: Array, stats: dict, target: Array) -> Array:
+  """probs * target / the model's running mean prediction, renormalised
+  per row (ReMixMatch's distribution alignment)."""
+  model_mean = stats["mean"] / jnp.maximum(stats["weight"], 1e-12)
+  scaled = probs * target / jnp.maximum(model_mean, 1e-6)
+  return scaled / scaled.sum(-1, keepdims=True)
 
 
 # How FixMatch's pseudo-labelling bar is set, by name
@@ -185,14 +254,12 @@ def update_self_adaptive(stats: dict, probs: Array, unlabelled: Array,
   """Moving averages over the unlabelled rows of the weak view's top
   probability and of its class probabilities (a batch without unlabelled
   rows leaves them as they were)."""
-  count = unlabelled.sum()
-  mean = lambda x: (x * unlabelled.reshape((-1,) + (1,) * (x.ndim - 1))  # noqa: E731
-                    ).sum(0) / jnp.maximum(count, 1.0)
-  keep = jnp.where(count > 0, momentum, 1.0)
+  keep = jnp.where(unlabelled.sum() > 0, momentum, 1.0)
   return {"confidence": keep * stats["confidence"]
-                        + (1.0 - keep) * mean(probs.max(-1)),
+                        + (1.0 - keep) * unlabelled_mean(probs.max(-1),
+                                                         unlabelled),
           "class_probs": keep * stats["class_probs"]
-                         + (1.0 - keep) * mean(probs)}
+                         + (1.0 - keep) * unlabelled_mean(probs, unlabelled)}
 
 
 def self_adaptive_bars(stats: dict, threshold: float,
@@ -227,17 +294,24 @@ def threshold_rule(name: str) -> ThresholdRule:
 
 def init_fixmatch_extra(model: nnx.Module, hp: base.HParams,
                         ctx: base.RunContext) -> dict:
+  """The threshold rule's statistics and, with an alignment on, the running
+  mean prediction it divides by."""
   del model
-  return {"pseudo_label_stats": threshold_rule(hp.threshold_rule).init(
-      ctx.info.num_classes)}
+  num_classes = ctx.info.num_classes
+  extra = {"pseudo_label_stats": threshold_rule(hp.threshold_rule).init(
+      num_classes)}
+  if alignment_target(hp, num_classes) is not None:
+    extra["alignment_stats"] = alignment_stats(num_classes)
+  return extra
 
 
 def make_fixmatch_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
   """Labelled rows (batch['labelled'] = 1) against their labels on the weak
   view; unlabelled rows (their label column is -1, never read) against the
   weak view's confident predictions on a strong view, confident by the
-  bars of `hp.threshold_rule`. Both views go through the model as one
-  batch, so BatchNorm sees both."""
+  bars of `hp.threshold_rule`, after `hp.alignment`'s distribution
+  alignment. Both views go through the model as one batch, so BatchNorm
+  sees both."""
   if hp.multi_label:
     raise ValueError("objective 'fixmatch' needs a single-label task; "
                      "objective.multi_label is True")
@@ -245,6 +319,7 @@ def make_fixmatch_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
   strong = base.view_policy({"policy": hp.strong_policy}, ctx.spatial_dims)
   class_weights = hp.class_weights
   rule = threshold_rule(hp.threshold_rule)
+  target = alignment_target(hp, ctx.info.num_classes)
 
   def loss_fn(model, batch, rng, extra):
     k_weak, k_strong = jax.random.split(rng)
@@ -254,20 +329,28 @@ def make_fixmatch_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
         views.train_view(strong, k_strong, images)])
     weak_logits, strong_logits = jnp.split(model(x, train=True), 2)
     labelled = batch["labelled"].astype(jnp.float32)
+    unlabelled = 1.0 - labelled
     supervised, accuracy = classification_loss(
         weak_logits, batch["label"], False, weights=labelled,
         class_weights=class_weights)
     weak_probs = jax.nn.softmax(
         jax.lax.stop_gradient(weak_logits).astype(jnp.float32))
-    stats = rule.update(extra["pseudo_label_stats"], weak_probs,
-                        1.0 - labelled, hp.threshold_momentum)
-    bars = rule.bars(stats, hp.threshold, weak_probs.shape[-1])
-    unsupervised, kept = consistency_loss(weak_logits, strong_logits,
-                                          1.0 - labelled, bars, class_weights)
+    extra = dict(extra)
+    if target is not None:
+      extra["alignment_stats"] = update_alignment(
+          extra["alignment_stats"], weak_probs, unlabelled,
+          hp.alignment_momentum)
+      weak_probs = aligned(weak_probs, extra["alignment_stats"], target)
+    extra["pseudo_label_stats"] = rule.update(
+        extra["pseudo_label_stats"], weak_probs, unlabelled,
+        hp.threshold_momentum)
+    bars = rule.bars(extra["pseudo_label_stats"], hp.threshold,
+                     weak_probs.shape[-1])
+    unsupervised, kept = consistency_loss(weak_probs, strong_logits,
+                                          unlabelled, bars, class_weights)
     return supervised + hp.unlabelled_weight * unsupervised, {
         "train_acc": accuracy, "unlabelled_loss": unsupervised,
-        "pseudo_label_rate": kept, "pseudo_label_bar": bars.mean()}, dict(
-            extra, pseudo_label_stats=stats)
+        "pseudo_label_rate": kept, "pseudo_label_bar": bars.mean()}, extra
 
   return loss_fn
 
@@ -306,12 +389,16 @@ base.register(base.Objective(
     # THRESHOLD_RULES ('self_adaptive': FreeMatch, Wang et al., ICLR 2023,
     # its bars moving averages with threshold_momentum per step);
     # unlabelled_weight: FixMatch's lambda_u; strong_policy: the augment
-    # preset of the strong view (the weak one is the run's). Single-label
-    # only; class_weights and head_init as for 'supervised'.
+    # preset of the strong view (the weak one is the run's); alignment: a
+    # name in ALIGNMENT_TARGETS (ReMixMatch's distribution alignment, its
+    # running mean with alignment_momentum per step; 'class_prior' reads
+    # class_prior, [C] proportions). Single-label only; class_weights and
+    # head_init as for 'supervised'.
     hparams=dict(multi_label=False, class_weights=None, head_init="zeros",
                  threshold=0.95, threshold_rule="fixed",
                  threshold_momentum=0.999, unlabelled_weight=1.0,
-                 strong_policy="simclr"),
+                 strong_policy="simclr", alignment="none",
+                 alignment_momentum=0.99, class_prior=None),
     reads=lambda hp: ("labelled",),
     ranks=(2, 3),
     build_model=build_classifier, make_loss=make_fixmatch_loss,
