@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The MedMNIST v2 ResNet-18 (28) recipe on BreastMNIST over 10 seeds, in
-# the four arms of the two questions left open (README "Results"):
+# the four arms of the two questions left open (docs/results.md "The published baseline"):
 #   last_batch  keep (PyTorch's DataLoader: each epoch ends with its short
 #               batch, 500 steps; the config's default) | carry (427 full
 #               batches running across epoch boundaries, as measured before)

@@ -171,8 +171,8 @@ def get_config() -> ml_collections.ConfigDict:
   # best val AUROC (ties: lower val loss) is kept. `select_from`:
   # warmup_end (candidates from the end of optim's warmup on) | first_eval
   # (every evaluation; at 1 % of the labels, validated every step, that kept
-  # steps 2-8, a barely moved zero head: README "Pretraining ten times
-  # longer"). `class_weights`:
+  # steps 2-8, a barely moved zero head: docs/results.md "Pretraining
+  # ten times longer"). `class_weights`:
   # none | balanced (loss weights n / (C * count), single-label tasks).
   # `decision_threshold`: where ACC, F1, sensitivity and specificity cut
   # the scores (AUROC never depends on it; argmax tasks ignore it):

@@ -16,10 +16,10 @@ over 3 seeds (--config.seed=S --config.finetune.seeds=S) are in README.md.
 Without the class weights the end-to-end rows at 1 % and 10 % predicted
 only the majority class; so did the 1 % row while selection could keep a
 step inside the stage-2 warmup (finetune.select_from).
-Pretrained 10x longer (--config.train.steps=1500, README "Pretraining ten
-times longer", 5 stage-2 seeds): the frozen features gain (100 % labels:
-kNN 0.893, linear probe 0.895 AUROC), end to end barely (0.905 +- 0.020);
-end to end minus scratch, paired: +0.040 [-0.042, 0.122] at 1 %, +0.063
+Pretrained 10x longer (--config.train.steps=1500, docs/results.md
+"Pretraining ten times longer", 5 stage-2 seeds): the frozen features gain
+(100 % labels: kNN 0.893, linear probe 0.895 AUROC), end to end barely
+(0.905 +- 0.020); end to end minus scratch, paired: +0.040 [-0.042, 0.122] at 1 %, +0.063
 [0.005, 0.121] at 10 %, +0.020 [-0.013, 0.053] at 100 %. Ten stage-2
 seeds at 10 % (cut at val_prior): +0.053 [0.027, 0.078] (0.823 +-
 0.036); twenty at 1 %: +0.041 [0.020, 0.063] (0.656 +- 0.098), and

@@ -14,10 +14,10 @@ same within a seed's noise)); 165 images/s on the shared 2-core CPU. At 150
 steps MAE's features are no better than the random-init ViT's.
 Reproduce: the zoo command in README "Methods" (dataset=breastmnist,backbone=vit,
 methods ('none', 'mae')).
-Ten times that pretraining (1500 steps, README "Ten times longer in the
-benchmark", 3 seeds): linear probe 0.825 +- 0.016 at 100 % (above the
-random-init ViT's 0.790 on every seed), 0.753 at 10 % (+0.100 [0.003,
-0.196] over scratch end to end, paired); end to end 0.772 at 100 %, level
+Ten times that pretraining (1500 steps, docs/results.md "Ten times
+longer in the benchmark", 3 seeds): linear probe 0.825 +- 0.016 at 100 %
+(above the random-init ViT's 0.790 on every seed), 0.753 at 10 %
+(+0.100 [0.003, 0.196] over scratch end to end, paired); end to end 0.772 at 100 %, level
 with scratch (0.776), 0.735 at 10 %: fine-tuning erodes what the frozen
 features rank.
 """

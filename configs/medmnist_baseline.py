@@ -19,7 +19,8 @@ row differ only in the encoder's starting weights.
 
 Published (MedMNIST v2, Table: ResNet-18 (28)): BreastMNIST AUC 0.901 /
 ACC 0.863; RetinaMNIST AUC 0.717 / ACC 0.524. Measured with this config
-(README "Results", `bash bench/gpu_baseline.sh` on one H200):
+(docs/results.md "The published baseline", `bash bench/gpu_baseline.sh`
+on one H200):
 BreastMNIST test AUROC 0.880 ± 0.019, ACC 0.806 ± 0.068 over 10 seeds
 (0.890 / 0.823 over a first 3); RetinaMNIST AUROC 0.745, ACC 0.517 (1 seed).
 Those runs carried batches across epochs (`last_batch='carry'`, 427 steps).

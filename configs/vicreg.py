@@ -16,13 +16,13 @@ from scratch 0.865 +- 0.016; end to end minus scratch, paired by seed,
 shared 2-core CPU.
 Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
 methods ('none', 'vicreg')).
-Ten times that pretraining (1500 steps, README "Ten times longer in the
-benchmark", 3 seeds, selection from the stage-2 warmup's end): end to end
+Ten times that pretraining (1500 steps, docs/results.md "Ten times
+longer in the benchmark", 3 seeds, selection from the stage-2 warmup's end): end to end
 0.882 +- 0.006 at 100 % (lower than at 150 steps), 0.801 +- 0.027 at 10 %
 (+0.077 [0.016, 0.139] over scratch, paired), 0.586 at 1 %; linear probe
 0.857 at 100 %; the kNN monitor flattens after ~1000 steps.
 In the 10x demo's place (ResNet-18 x1/4, 1500 steps x 128, the demo's
-stage 2; README "Ensembles"): 10 % 0.807 +- 0.025 over ten stage-2 seeds,
+stage 2; docs/results.md "Ensembles"): 10 % 0.807 +- 0.025 over ten stage-2 seeds,
 +0.037 [0.020, 0.054] over scratch, 1 % 0.633 +- 0.100, 100 % 0.916 +-
 0.011 over five (+0.032 [0.024, 0.039]); over three pretrainings
 (--config.seed=0, 1, 2) 0.643 / 0.804 / 0.911 at 1 / 10 / 100 %, minus
