@@ -13,7 +13,7 @@ of the program is one trace event, so the sums add up to the step; on GPU
 the trace holds kernels instead, and the grouping is by kernel name.
 
 This is how the transposed copies behind the ViT's kernel gradients were
-found (README "Performance"): pass the same `--config.*` overrides as the
+found (docs/performance.md): pass the same `--config.*` overrides as the
 figure you want to explain.
 """
 from __future__ import annotations

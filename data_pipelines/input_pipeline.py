@@ -7,7 +7,7 @@ ahead on tf.data's threads (`Dataset.from_generator`), which bought nothing
 and cost a stall each time such an iterator was dropped: the main thread
 waited in tf.data's iterator destructor with every core idle, 20 s after
 `make demo`'s pretraining and 4-9 s after its stage-2 cells, 35 s of a
-254 s run (py-spy --native; README "Performance"). TensorFlow is now only
+254 s run (py-spy --native; docs/performance.md). TensorFlow is now only
 imported by `tfds:` sources (tfds_source.py).
 
 Design, and why:

@@ -3,10 +3,10 @@ model holds, and the compiled programs kept across runs.
 
 jaxlib 0.10 hands convolutions, among them every weight gradient, to
 YNNPACK by default. On this kind of CPU that path ran 1.5-3x slower than
-XLA's own Eigen convolutions for ResNet shapes (bench/conv_ops.py, README
-"Performance"), while YNNPACK's dots help a ViT. So programs of a model that
-holds a convolution compile with YNNPACK fusions off, and every other
-program keeps jaxlib's defaults. Off CPU nothing changes.
+XLA's own Eigen convolutions for ResNet shapes (bench/conv_ops.py,
+docs/performance.md), while YNNPACK's dots help a ViT. So programs of a
+model that holds a convolution compile with YNNPACK fusions off, and every
+other program keeps jaxlib's defaults. Off CPU nothing changes.
 
 A flag the user sets in XLA_FLAGS is a process default; the options here
 override it for conv programs only. SSL_JAX_NO_CPU_OPTIONS=1 turns them off

@@ -316,7 +316,7 @@ def test_cells_side_by_side_give_the_cells_of_one_at_a_time(sweep, tmp_path,
   worker process on half the cores; one at a time, on all of them, from
   the same pretrained encoders, every cell comes out the same (at this
   width fewer threads sum in the same order; the demo's cells move in
-  their last digits, README "Performance")."""
+  their last digits, docs/performance.md)."""
   full_dir, out = sweep
   assert cells_lib.side_by_side(tiny_benchmark_config().finetune) == dict(
       at_once=2, in_processes=True)

@@ -305,6 +305,6 @@ def _fusions_transposing_a_relu(impl: str) -> int:
 def test_cpu_conv_weight_gradient_transposes_the_stored_activation():
   """The cause `conv_impl='cpu'` removes: XLA fuses the ReLU that produced
   a conv's input into the transpose its weight gradient needs, recomputing
-  it in transposed order (README "Performance")."""
+  it in transposed order (docs/performance.md)."""
   assert _fusions_transposing_a_relu('matmul_1x1') >= 1
   assert _fusions_transposing_a_relu('cpu') == 0

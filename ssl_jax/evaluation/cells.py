@@ -179,7 +179,7 @@ def cells_at_once(ft) -> int:
   Why: stage 2 steps at 5-64 images, whose small ops keep only ~1.6 of 2
   cores busy and use them poorly (one core ran the demo's step at 77 % of
   what both gave); two cells, each on its own core, did the demo's stage 2
-  in 0.83x the time (README "Performance"). On an accelerator one cell has
+  in 0.83x the time (docs/performance.md). On an accelerator one cell has
   the device to itself. Hosts of a multi-process run must run their cells
   in one order, so there it is 1.
   """

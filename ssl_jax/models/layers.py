@@ -121,8 +121,8 @@ def unfused(fn, args: tuple, witness: Array):
   ReLU, the residual add) into whatever consumes it, recomputing them. In
   a conv weight gradient the consumer is a transpose to batch-minor
   layout, and the fused loop then reads its inputs in transposed order: on
-  XLA:CPU 5x slower than transposing the stored tensor (README
-  "Performance"). A conditional is a boundary fusion does not cross, so fn
+  XLA:CPU 5x slower than transposing the stored tensor (docs/performance.md).
+  A conditional is a boundary fusion does not cross, so fn
   runs as both branches of one whose predicate XLA cannot fold (from
   `witness`, any small traced array, e.g. a replicated param); either
   branch gives the same result. XLA:CPU drops `lax.optimization_barrier`

@@ -4,7 +4,7 @@ XLA:CPU runs convolutions through Eigen, and they are most of a small
 ResNet's training step; at its narrow widths (16-128 channels) Eigen's
 weight gradients ran at 47-179 GFLOP/s on two cores where oneDNN's run at
 157-284, and its forward and input gradients up to 1.4x and 3.4x slower
-(README "Performance"). `onednn_conv.cc` exposes oneDNN's forward, input-gradient
+(docs/performance.md). `onednn_conv.cc` exposes oneDNN's forward, input-gradient
 and weight-gradient convolutions as XLA FFI handlers; here they are built
 (once per source and jaxlib version, into the user cache), registered, and
 joined into one differentiable conv with the same `kernel` layout and

@@ -2,7 +2,7 @@
 //
 // Why: XLA:CPU runs convolutions through Eigen, and the narrow ones of a
 // small ResNet (16-128 channels) at 30-100 GFLOP/s; oneDNN's AVX-512 kernels
-// run the same convs 2-6x faster (README "Performance"). Activations stay
+// run the same convs 2-6x faster (docs/performance.md). Activations stay
 // in JAX's NHWC layout and kernels in HWIO; only the (small) kernel is
 // reordered into the blocked layout oneDNN's fast kernels want.
 //
