@@ -2,6 +2,7 @@
 the batches' masked labels, and a run that reads no label outside the
 labelled subset."""
 import dataclasses
+import types
 
 import jax
 import jax.numpy as jnp
@@ -117,22 +118,18 @@ def test_alignment_rescales_by_the_target_over_the_running_mean():
 
 
 def test_alignment_targets_and_their_refusals():
-  hp = lambda **kw: dict(alignment="none", class_prior=None, **kw)  # noqa: E731
-  as_hp = lambda d: type("HP", (), d)  # noqa: E731
-  assert supervised.alignment_target(as_hp(hp()), 2) is None
-  np.testing.assert_allclose(
-      supervised.alignment_target(as_hp(dict(alignment="uniform",
-                                             class_prior=None)), 4), 0.25)
-  np.testing.assert_allclose(supervised.alignment_target(as_hp(dict(
-      alignment="class_prior", class_prior=(0.25, 0.75))), 2), [0.25, 0.75])
+  target = lambda alignment, class_prior=None, num_classes=2: (  # noqa: E731
+      supervised.alignment_target(types.SimpleNamespace(
+          alignment=alignment, class_prior=class_prior), num_classes))
+  assert target("none") is None
+  np.testing.assert_allclose(target("uniform", num_classes=4), 0.25)
+  np.testing.assert_allclose(target("class_prior", (0.25, 0.75)), [0.25, 0.75])
   with pytest.raises(ValueError, match="alignment must be one of "
                      r"\['class_prior', 'none', 'uniform'\], got 'prior'"):
-    supervised.alignment_target(as_hp(dict(alignment="prior",
-                                           class_prior=None)), 2)
+    target("prior")
   with pytest.raises(ValueError, match="needs objective.class_prior, 2 "
                      r"class proportions; got \(1.0,\)"):
-    supervised.alignment_target(as_hp(dict(alignment="class_prior",
-                                           class_prior=(1.0,))), 2)
+    target("class_prior", (1.0,))
 
 
 def test_self_adaptive_rule_trains_in_stage_2(contexts, tmp_path):  # noqa: F811

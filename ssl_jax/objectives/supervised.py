@@ -168,33 +168,35 @@ def unlabelled_mean(x: Array, unlabelled: Array) -> Array:
 # pseudo-label, so pseudo-labels follow the target's class proportions
 # instead of the model's drift (`objective.alignment`, stage 2's
 # `finetune.fixmatch_alignment`). Each target: (class_prior, num_classes)
-# -> [C]; 'none' leaves the probabilities as they are.
-ALIGNMENT_TARGETS = {
-    "none": None,
-    # ReMixMatch's: the labelled data's class proportions.
-    "class_prior": lambda class_prior, num_classes: jnp.asarray(
-        class_prior, jnp.float32),
-    # Every class equally often (for a model trained to balance classes).
-    "uniform": lambda class_prior, num_classes: jnp.full(
-        (num_classes,), 1.0 / num_classes, jnp.float32),
-}
+# -> [C], refusing what it cannot use; 'none' leaves the probabilities as
+# they are.
+def class_prior_target(class_prior, num_classes: int) -> Array:
+  """ReMixMatch's: the labelled data's class proportions."""
+  if class_prior is None or len(class_prior) != num_classes:
+    raise ValueError(f"objective 'fixmatch': alignment='class_prior' needs "
+                     f"objective.class_prior, {num_classes} class "
+                     f"proportions; got {class_prior!r}")
+  return jnp.asarray(class_prior, jnp.float32)
+
+
+def uniform_target(class_prior, num_classes: int) -> Array:
+  """Every class equally often (for a model trained to balance classes)."""
+  del class_prior
+  return jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)
+
+
+ALIGNMENT_TARGETS = {"none": None, "class_prior": class_prior_target,
+                     "uniform": uniform_target}
 
 
 def alignment_target(hp: base.HParams, num_classes: int) -> Array | None:
   """[C] target proportions of `hp.alignment`, or None when off; refuses
-  an unknown name and a class prior of the wrong length."""
+  an unknown name."""
   if hp.alignment not in ALIGNMENT_TARGETS:
     raise ValueError(f"objective 'fixmatch': alignment must be one of "
                      f"{sorted(ALIGNMENT_TARGETS)}, got {hp.alignment!r}")
   target = ALIGNMENT_TARGETS[hp.alignment]
-  if target is None:
-    return None
-  if hp.alignment == "class_prior" and (
-      hp.class_prior is None or len(hp.class_prior) != num_classes):
-    raise ValueError(f"objective 'fixmatch': alignment='class_prior' needs "
-                     f"objective.class_prior, {num_classes} class "
-                     f"proportions; got {hp.class_prior!r}")
-  return target(hp.class_prior, num_classes)
+  return None if target is None else target(hp.class_prior, num_classes)
 
 
 def alignment_stats(num_classes: int) -> dict:
