@@ -255,6 +255,12 @@ def get_config() -> ml_collections.ConfigDict:
       # their weights with this decay per step (0 = off; FixMatch: 0.999
       # over 2^20 steps; here runs last hundreds, so ~0.99).
       weight_average=0.0,
+      # Layer-wise learning-rate decay for a pretrained encoder's end-to-end
+      # runs: the head and the last unit (ResNet stage, ViT block) at the
+      # full rate, each unit below at this factor times the one above
+      # (1 = off; MAE fine-tunes ViT-B with 0.75). From-scratch runs keep
+      # one rate.
+      layer_decay=1.0,
       early_layer="stage3",    # `early_layer`: ResNet 'stageN', ViT 'blockN'
       # `zero_shot` (image-text pretraining only): one prompt per class in
       # label order, e.g. ('no finding', 'a malignant mass'); () = the

@@ -190,6 +190,69 @@ def test_last_k_mask_follows_stage_and_block_names():
   assert moved == {k for k, v in _labels(resnet, 1).items() if v == "train"}
 
 
+def test_unit_depths_count_from_the_stem_to_the_head():
+  rngs = nnx.Rngs(0)
+  resnet = Classifier(models.get("resnet18")(
+      in_channels=1, image_size=28, rngs=rngs, width_multiplier=1 / 16,
+      stage_sizes=(1, 1, 1, 1)), 2, rngs=rngs)
+  vit = Classifier(models.get("vit_tiny")(
+      in_channels=1, image_size=28, rngs=rngs, depth=3, hidden_dim=32,
+      num_heads=2), 2, rngs=rngs)
+  for model, expected in (
+      (resnet, {("encoder", "stem_conv", "kernel"): 0,
+                ("encoder", "stages", 0): 1, ("encoder", "stages", 3): 4,
+                ("head", "linear", "kernel"): 5}),
+      (vit, {("encoder", "patch_embed", "kernel"): 0,
+             ("encoder", "blocks", 0): 1, ("encoder", "blocks", 2): 3,
+             ("encoder", "norm", "scale"): 4, ("head", "linear", "bias"): 4})):
+    depth, _ = classifier.unit_depths(model, "test")
+    flat = jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]
+    depths = {path_keys(p)[:3]: depth(p) for p, _ in flat}
+    assert {k: depths[k] for k in expected} == expected
+  mlp = types.SimpleNamespace(encoder=object())
+  with pytest.raises(ValueError, match="config.finetune.layer_decay needs an "
+                     "encoder that declares its blocks"):
+    classifier.layer_decay_scales(mlp, 0.5)
+
+
+def test_layer_decay_scales_each_unit_s_step(contexts):
+  """One step from the same weights and batch: with layer_decay d every
+  weight moves d ** (units + 1 - depth) times as far as at d = 1 (the
+  head at the full rate, the stem at d ** 5); a from-scratch encoder's
+  trainer keeps one rate."""
+  ctx, _ = contexts
+  cfg = ctx.config.copy_and_resolve_references()
+  cfg.finetune.optim.warmup_steps = 0  # the first step at the peak rate
+  cfg.finetune.layer_decay = 0.5
+  ctx = EncoderContext(**{**vars(ctx), "config": cfg, "compiled": {}})
+  plain = classifier.ClassifierTrainer(ctx, steps=4)
+  decayed = classifier.ClassifierTrainer(ctx, steps=4, like=plain,
+                                         layer_decay=0.5)
+  assert decayed._init is not plain._init  # its optimizer state differs
+  batch = {"image": ctx.data["train"][0][:16],
+           "label": ctx.labels("train")[:16]}
+  moved = []
+  for trainer in (plain, decayed):
+    state = trainer.init_state(0, None)
+    before = jax.device_get(state.params)
+    state, _ = trainer.step_fn(state, batch)
+    moved.append(jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b),
+                              jax.device_get(state.params), before))
+  depth, units = classifier.unit_depths(
+      nnx.eval_shape(lambda: plain._model(0)), "test")
+  flat_plain = jax.tree_util.tree_flatten_with_path(moved[0])[0]
+  flat_decayed = jax.tree.leaves(moved[1])
+  for (path, step_plain), step_decayed in zip(flat_plain, flat_decayed):
+    factor = 0.5 ** (units + 1 - depth(path))
+    np.testing.assert_allclose(step_decayed, factor * step_plain,
+                               rtol=1e-3, atol=1e-7, err_msg=str(path))
+  stem = [np.abs(m).max() for p, m in flat_plain
+          if path_keys(p)[:2] == ("encoder", "stem_conv")]
+  assert min(stem) > 0  # the plain step moved the stem: the ratio is tested
+  assert classifier.trainer_for(ctx, 20).layer_decay == 0.5
+  assert classifier.trainer_for(ctx, 20, pretrained=False).layer_decay == 1.0
+
+
 def test_logreg_matches_sklearn_at_convergence():
   sklearn = pytest.importorskip("sklearn.linear_model")
   rng = np.random.default_rng(0)

@@ -287,6 +287,11 @@ def test_read_only_workdir_fails_in_pretraining_with_its_name(medmnist_dir):
     ("finetune.optim.warmup_steps", 9, r"config.finetune.optim.warmup_steps=9; "
      r"expected <= config.finetune.steps=4"),
     ("finetune.optim.lr", -1e-3, r"config.finetune.optim.lr=-0.001"),
+    ("finetune.layer_decay", 0.0, r"config.finetune.layer_decay=0.0: "
+     r"expected a factor in \(0, 1\]"),
+    ("finetune.layer_decay", 1.5, r"config.finetune.layer_decay=1.5"),
+    ("finetune.weight_average", 1.0, r"config.finetune.weight_average=1.0: "
+     r"expected a decay in \[0, 1\)"),
 ])
 def test_optimizer_fields_are_checked(field, value, message):
   with pytest.raises(ValueError, match=message):

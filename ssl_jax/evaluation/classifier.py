@@ -47,6 +47,29 @@ from ssl_jax.train import loop, optim, step as step_lib
 from ssl_jax.train import state as state_lib
 from ssl_jax.train.metrics_writer import MetricWriter
 
+def unit_depths(model: nnx.Module, field: str) -> tuple[Callable, int]:
+  """(param path -> depth, number of units) for stage 2's optimizer: depth
+  0 before the encoder's units (stem, patch embedding), i + 1 for unit i
+  (ResNet stage, ViT block), units + 1 after them (ViT's final norm) and
+  for the head. `field` names the setting that needs it in the error an
+  encoder without declared units gets."""
+  kind = type(model.encoder).__name__
+  attr = getattr(model.encoder, "block_attr", None)
+  if attr is None:
+    raise ValueError(f"{field} needs an encoder that declares its blocks "
+                     f"(block_attr, after_blocks); {kind} does not")
+  trailing = tuple(model.encoder.after_blocks)
+  units = len(getattr(model.encoder, attr))
+
+  def depth(path) -> int:
+    keys = path_keys(path)
+    if keys[0] != "encoder" or keys[1] in trailing:
+      return units + 1
+    return keys[2] + 1 if keys[1] == attr else 0
+
+  return depth, units
+
+
 def trainable_labels(model: nnx.Module, last_k: int | None) -> Callable:
   """params -> same-shaped tree of 'train' / 'frozen' for optax.multi_transform.
 
@@ -58,27 +81,34 @@ def trainable_labels(model: nnx.Module, last_k: int | None) -> Callable:
   """
   if last_k is None:
     return lambda params: jax.tree.map(lambda _: "train", params)
-  kind = type(model.encoder).__name__
-  attr = getattr(model.encoder, "block_attr", None)
-  if attr is None:
-    raise ValueError(f"last_k needs an encoder that declares its blocks "
-                     f"(block_attr, after_blocks); {kind} does not")
-  trailing = tuple(model.encoder.after_blocks)
-  units = len(getattr(model.encoder, attr))
+  depth, units = unit_depths(model, "last_k")
   if not 0 <= last_k <= units:
     raise ValueError(f"config.finetune.last_k={last_k} must be in [0, {units}] "
-                     f"for {kind} ({units} {attr})")
-  train_units = set(range(units - last_k, units))
+                     f"for {type(model.encoder).__name__} ({units} "
+                     f"{model.encoder.block_attr})")
 
   def label(path, _) -> str:
-    keys = path_keys(path)
-    if keys[0] != "encoder":
+    if path_keys(path)[0] != "encoder":
       return "train"  # the head
-    if keys[1] == attr and keys[2] in train_units:
-      return "train"
-    return "train" if keys[1] in trailing and last_k > 0 else "frozen"
+    return "train" if last_k > 0 and depth(path) > units - last_k else "frozen"
 
   return lambda params: jax.tree_util.tree_map_with_path(label, params)
+
+
+def layer_decay_scales(model: nnx.Module,
+                       decay: float) -> optax.GradientTransformation:
+  """Every update scaled by decay ** (units + 1 - depth) (`unit_depths`):
+  the head and what follows the last unit at the full learning rate, each
+  unit below at `decay` times the rate of the one above, the stem lowest.
+  Layer-wise learning-rate decay (BEiT; MAE fine-tunes with 0.75): the
+  pretrained early layers, which hold the most general features, move
+  least. Applied after the optimizer, so weight decay scales with it, as
+  a per-layer learning rate does."""
+  depth, units = unit_depths(model, "config.finetune.layer_decay")
+  return optax.multi_transform(
+      {d: optax.scale(decay ** (units + 1 - d)) for d in range(units + 2)},
+      lambda params: jax.tree_util.tree_map_with_path(
+          lambda path, _: depth(path), params))
 
 
 class ClassifierTrainer:
@@ -97,13 +127,14 @@ class ClassifierTrainer:
   def __init__(self, ctx: EncoderContext, last_k: int | None = None,
                steps: int | None = None,
                like: "ClassifierTrainer | None" = None,
-               objective: dict | None = None):
+               objective: dict | None = None, layer_decay: float = 1.0):
     """`like`: a trainer of the same architecture and trainable set for
     another run length or objective, whose init, predict and encode
     programs this one reuses: only the step holds the run length (its
     learning-rate schedule) and the loss; the optimizer state it starts
     from is the same zeros. `objective`: fields replacing the supervised
-    objective's (a distillation student's: evaluation/distill.py)."""
+    objective's (a distillation student's: evaluation/distill.py).
+    `layer_decay` < 1: layer-wise learning rates (`layer_decay_scales`)."""
     ft = ctx.config.finetune
     self.steps = ft.steps if steps is None else steps
     self.config = with_class_weights(ctx.config, ctx.labels("train"), ctx.info)
@@ -118,11 +149,16 @@ class ClassifierTrainer:
     shape = nnx.eval_shape(lambda: self._model(0))
     self.tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
                                     trainable_labels(shape, last_k))
-    # The objective's extra state (FixMatch's pseudo-label statistics), as
-    # shapes: a `like` trainer's init serves only a state of the same tree.
-    self.extra_tree = jax.tree.structure(
-        jax.eval_shape(lambda: self.bound.init_extra(shape)))
-    if like is None or like.extra_tree != self.extra_tree:
+    self.layer_decay = layer_decay
+    if layer_decay < 1.0:
+      self.tx = optax.chain(self.tx, layer_decay_scales(shape, layer_decay))
+    # What the init program builds beyond the weights, as shapes: the
+    # objective's extra state (FixMatch's pseudo-label statistics) and the
+    # optimizer's (layer decay adds a transform): a `like` trainer's init
+    # serves only a state of the same trees.
+    self.layout = (jax.tree.structure(
+        jax.eval_shape(lambda: self.bound.init_extra(shape))), layer_decay < 1.0)
+    if like is None or like.layout != self.layout:
       graphdef, _, shardings, self._init = state_lib.shape_first(
           self._state, self.mesh, parallel.config_rules(self.config), args=(0,))
     else:
@@ -236,8 +272,20 @@ class ClassifierTrainer:
                                                        self.mesh),
          "selected_val_auroc": best.auroc, "selected_val_loss": best.loss,
          "select_from_step": self.select_from,
+         **({"layer_decay": self.layer_decay} if self.layer_decay < 1 else {}),
          **({"weight_average": self.average} if self.average else {}),
          **({"head_probe_val_score": probe_val_score} if probed else {})})
+
+
+def layer_decay(ft: ml_collections.ConfigDict) -> float:
+  """`finetune.layer_decay` (absent: 1, every layer at the full rate),
+  refused outside (0, 1]."""
+  decay = float(ft.get("layer_decay", 1.0))
+  if not 0.0 < decay <= 1.0:
+    raise ValueError(f"config.finetune.layer_decay={decay}: expected a "
+                     "factor in (0, 1] (1 = off; MAE fine-tunes ViT-B "
+                     "with 0.75)")
+  return decay
 
 
 AVERAGE = "weight_average"  # its slot in TrainState.extra
@@ -350,19 +398,24 @@ class BestOnVal:
 
 
 def trainer_for(ctx: EncoderContext, n_train: int, last_k: int | None = None,
-                objective: dict | None = None) -> ClassifierTrainer:
+                objective: dict | None = None,
+                pretrained: bool = True) -> ClassifierTrainer:
   """The compiled trainer for this architecture, trainable set, run length
-  (epoch-based runs differ in length by label fraction) and objective
-  fields; trainers of other lengths or objectives lend it their init and
-  inference programs."""
-  steps = run_length(ctx.config.finetune, n_train, ctx.mesh)
+  (epoch-based runs differ in length by label fraction), objective fields
+  and layer decay (`finetune.layer_decay`, for `pretrained` encoders only:
+  a random one has no early features to keep); trainers of other lengths
+  or objectives lend it their init and inference programs."""
+  ft = ctx.config.finetune
+  steps = run_length(ft, n_train, ctx.mesh)
+  decay = layer_decay(ft) if pretrained else 1.0
   family = ("trainer", model_key(ctx.config), last_k)  # its first trainer
-  key = family + (steps, json.dumps(objective or {}, sort_keys=True))
+  key = family + (steps, json.dumps(objective or {}, sort_keys=True), decay)
   with _BUILDING:  # cells side by side (`cells.run_cells`) build it once
     if key not in ctx.compiled:
       ctx.compiled[key] = ClassifierTrainer(ctx, last_k, steps,
                                             like=ctx.compiled.get(family),
-                                            objective=objective)
+                                            objective=objective,
+                                            layer_decay=decay)
       ctx.compiled.setdefault(family, ctx.compiled[key])
   return ctx.compiled[key]
 

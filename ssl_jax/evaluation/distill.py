@@ -82,7 +82,8 @@ def self_distill(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
   rows = np.arange(len(ctx.labels("train")))
   student = classifier.trainer_for(
       ctx, len(rows), objective=dict(name="distillation",
-                                     temperature=temperature))
+                                     temperature=temperature),
+      pretrained=weights is not None)
   for r in range(rounds):
     targets = student_targets(ctx, train_idx, teacher.probs["train"],
                               temperature)

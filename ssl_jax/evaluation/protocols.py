@@ -139,7 +139,8 @@ def _fine_tuned(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
                 weights, name: str,
                 score: tuple[str, ...] = EVAL_SPLITS) -> Predictions:
   """Encoder + linear head trained end to end on the labelled subset."""
-  return classifier.trainer_for(ctx, len(train_idx)).run(
+  return classifier.trainer_for(
+      ctx, len(train_idx), pretrained=weights is not None).run(
       ctx, train_idx, seed, weights=weights, name=name, score=score)
 
 
@@ -180,7 +181,8 @@ def _fixmatch(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
       # compiles per distinct objective).
       class_prior=classifier.class_proportions(labels[train_idx],
                                               ctx.info.num_classes)
-      if alignment == "class_prior" else None))
+      if alignment == "class_prior" else None),
+      pretrained=weights is not None)
   out = trainer.run(ctx, train_idx, seed, weights=weights, name=name,
                     feed=classifier.semi_supervised_feed(labels, train_idx),
                     score=score)

@@ -71,6 +71,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_name("finetune.protocols", protocol, PROTOCOLS.names())
   check_name("finetune.last_batch", ft.get("last_batch", "carry"),
              classifier.LAST_BATCH)
+  classifier.layer_decay(ft)  # each refuses a factor out of its range
+  classifier.weight_average_decay(ft)
   if not tuple(ft.fractions):
     raise ValueError("config.finetune.fractions is empty: nothing would be "
                      "trained or evaluated; give at least one label fraction "
