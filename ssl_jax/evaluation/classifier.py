@@ -21,6 +21,9 @@ features (BatchNorm statistics at their init) are not what training sees.
 moving average of the weights and BatchNorm statistics (decay d per step,
 from the run's starting weights) instead of the trained ones, as FixMatch
 and Mean Teacher evaluate; training itself is unchanged.
+`finetune.layer_decay` = d < 1 gives a pretrained encoder's units their
+own learning rates, d times the rate of the unit above (the head at the
+full rate), so its early layers move least (BEiT, MAE's fine-tuning).
 """
 from __future__ import annotations
 
