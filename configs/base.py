@@ -261,6 +261,11 @@ def get_config() -> ml_collections.ConfigDict:
       # (1 = off; MAE fine-tunes ViT-B with 0.75). From-scratch runs keep
       # one rate.
       layer_decay=1.0,
+      # Validate and score class probabilities averaged over the mirrorings
+      # the fine-tuning views train with (finetune.augment's flips; 2^k
+      # views for k flipped axes), so the test image is seen as training
+      # saw it; every end-to-end protocol, from scratch too.
+      test_time_flips=False,
       early_layer="stage3",    # `early_layer`: ResNet 'stageN', ViT 'blockN'
       # `zero_shot` (image-text pretraining only): one prompt per class in
       # label order, e.g. ('no finding', 'a malignant mass'); () = the

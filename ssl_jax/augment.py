@@ -456,6 +456,13 @@ def random_flip(image: Array, rng: Array, *, hflip_prob: float,
   return image
 
 
+def flip_axes(policy: Policy) -> tuple[int, ...]:
+  """The axes of an [H, W, C] image the policy may mirror: 0 (up-down)
+  when vflip_prob > 0, 1 (left-right) when hflip_prob > 0."""
+  return tuple(axis for axis, prob in ((0, policy.vflip_prob),
+                                       (1, policy.hflip_prob)) if prob > 0)
+
+
 def random_rot90(image: Array, rng: Array) -> Array:
   """Rotates one square image by a uniform multiple of 90 degrees."""
   k = jax.random.randint(rng, (), 0, 4)

@@ -174,6 +174,13 @@ def random_flip(volume: Array, rng: Array, *,
   return volume
 
 
+def flip_axes(policy: Policy3D | augment.Policy) -> tuple[int, ...]:
+  """The axes of a [D, H, W, C] volume the policy may mirror (its
+  flip_probs > 0; a 2D policy lifted by `from_2d`)."""
+  probs = as_policy3d(policy).flip_probs
+  return tuple(axis for axis, p in zip(SPATIAL_AXES, probs) if p > 0)
+
+
 def random_rot90_hw(volume: Array, rng: Array) -> Array:
   """Rotates each axial (H-W) slice by the same multiple of 90 degrees."""
   k = jax.random.randint(rng, (), 0, 4)

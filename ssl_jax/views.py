@@ -12,6 +12,7 @@ import dataclasses
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 
 from ssl_jax import augment, augment3d
 from ssl_jax.registry import Registry
@@ -25,12 +26,15 @@ class ViewOps:
   apply: Callable[..., Array]      # (policy, rng, uint8, *, out_size) -> [0, 1]
   eval_view: Callable[..., Array]  # (uint8, *, out_size) -> standardized
   policy_types: tuple[type, ...]   # policies `apply` accepts
+  flip_axes: Callable[..., tuple[int, ...]]  # policy -> axes of one example
 
 
 BY_RANK: Registry[ViewOps] = Registry("input rank")
-BY_RANK.add("4", ViewOps(augment.apply, augment.eval_view, (augment.Policy,)))
+BY_RANK.add("4", ViewOps(augment.apply, augment.eval_view, (augment.Policy,),
+                         augment.flip_axes))
 BY_RANK.add("5", ViewOps(augment3d.apply, augment3d.eval_view,
-                         (augment3d.Policy3D, augment.Policy)))
+                         (augment3d.Policy3D, augment.Policy),
+                         augment3d.flip_axes))
 
 
 def ops_for(images: Array) -> ViewOps:
@@ -69,3 +73,15 @@ def train_view(policy, rng: Array, images: Array) -> Array:
 def eval_view(images: Array, *, out_size: int | None = None) -> Array:
   """The deterministic, standardized evaluation input for either rank."""
   return ops_for(images).eval_view(images, out_size=out_size)
+
+
+def flipped_views(policy, images: Array) -> list[Array]:
+  """`images` under every combination of the mirrorings `policy` trains
+  with (identity first; 2^k views for k flipped axes): the test-time views
+  a model trained on that policy is invariant to, and only those (a
+  policy without vertical flips never sees an upside-down image)."""
+  axes = [a + 1 for a in ops_for(images).flip_axes(policy)]  # batch axis
+  out = [images]
+  for axis in axes:
+    out += [jnp.flip(x, axis) for x in out]
+  return out

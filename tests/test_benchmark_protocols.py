@@ -253,6 +253,45 @@ def test_layer_decay_scales_each_unit_s_step(contexts):
   assert classifier.trainer_for(ctx, 20, pretrained=False).layer_decay == 1.0
 
 
+def test_flipped_views_are_the_mirrorings_the_policy_trains_with():
+  from ssl_jax import augment, augment3d, views  # noqa: PLC0415
+  images = jnp.arange(2 * 3 * 4 * 1).reshape(2, 3, 4, 1)
+  safe = views.flipped_views(augment.get("medical_safe"), images)
+  assert len(safe) == 2  # left-right only: an upside-down view is never seen
+  np.testing.assert_array_equal(safe[1], images[:, :, ::-1])
+  both = views.flipped_views(augment.get("fundus"), images)
+  np.testing.assert_array_equal(both[3], images[:, ::-1, ::-1])
+  assert len(views.flipped_views(augment.get("none"), images)) == 1
+  volumes = jnp.arange(2 * 2 * 3 * 4).reshape(2, 2, 3, 4, 1)
+  lifted = views.flipped_views(
+      augment3d.from_2d(augment.get("medical_safe")), volumes)
+  np.testing.assert_array_equal(lifted[1], volumes[:, :, :, ::-1])
+
+
+def test_test_time_flips_average_the_flipped_predictions(contexts):
+  """A trainer with finetune.test_time_flips predicts the mean of the
+  plain predictions on the image and on its mirror image (the tiny
+  config's views flip left-right only), which differ."""
+  ctx, _ = contexts
+  cfg = ctx.config.copy_and_resolve_references()
+  cfg.finetune.test_time_flips = True
+  flipped = classifier.ClassifierTrainer(
+      EncoderContext(**{**vars(ctx), "config": cfg, "compiled": {}}), steps=4)
+  plain = classifier.ClassifierTrainer(ctx, steps=4)
+  state = plain.init_state(0, None)
+  rng = np.random.default_rng(0)
+  dim = ctx.features("train").shape[1]
+  state = classifier.with_head(state, rng.normal(size=(dim, 2)).astype(np.float32),
+                               np.zeros(2, np.float32))
+  images = ctx.data["test"][0][:32]
+  one, mirror = (np.asarray(plain.predict(state.params, state.rest, x))
+                 for x in (images, images[:, :, ::-1]))
+  assert np.abs(one - mirror).max() > 1e-3  # the flip changes predictions
+  np.testing.assert_allclose(
+      flipped.predict(state.params, state.rest, images), (one + mirror) / 2,
+      rtol=1e-5, atol=1e-6)
+
+
 def test_logreg_matches_sklearn_at_convergence():
   sklearn = pytest.importorskip("sklearn.linear_model")
   rng = np.random.default_rng(0)

@@ -298,6 +298,14 @@ def test_optimizer_fields_are_checked(field, value, message):
     common.validate(tiny_config(**{field: value}))
 
 
+def test_test_time_flips_need_a_policy_that_flips():
+  common.validate(tiny_config(**{"finetune.test_time_flips": True}))
+  with pytest.raises(ValueError, match=r"finetune.augment.policy='none' "
+                     r"\(with its overrides\) flips no axis"):
+    common.validate(tiny_config(**{"finetune.test_time_flips": True,
+                                   "finetune.augment.policy": "none"}))
+
+
 @pytest.mark.parametrize("method,field,value", [
     ("mae", "optim.b2", 1.0), ("mae", "optim.b1", -0.1),
     ("simclr", "optim.momentum", 1.2)])

@@ -24,6 +24,8 @@ and Mean Teacher evaluate; training itself is unchanged.
 `finetune.layer_decay` = d < 1 gives a pretrained encoder's units their
 own learning rates, d times the rate of the unit above (the head at the
 full rate), so its early layers move least (BEiT, MAE's fine-tuning).
+`finetune.test_time_flips` scores (and selects on) class probabilities
+averaged over the mirrorings the fine-tuning views train with.
 """
 from __future__ import annotations
 
@@ -166,9 +168,11 @@ class ClassifierTrainer:
           self._state, self.mesh, parallel.config_rules(self.config), args=(0,))
     else:
       graphdef, shardings, self._init = like.graphdef, like.shardings, like._init
+    self.flip_views = test_time_flips(ft)
     if like is None:
-      self.predict, self.encode = _inference_programs(graphdef,
-                                                      ctx.info.multi_label)
+      self.predict, self.encode = _inference_programs(
+          graphdef, ctx.info.multi_label,
+          self.bound.ctx.policy if self.flip_views else None)
     else:
       self.predict, self.encode = like.predict, like.encode
     self.graphdef, self.shardings = graphdef, shardings
@@ -276,8 +280,18 @@ class ClassifierTrainer:
          "selected_val_auroc": best.auroc, "selected_val_loss": best.loss,
          "select_from_step": self.select_from,
          **({"layer_decay": self.layer_decay} if self.layer_decay < 1 else {}),
+         **({"test_time_flips": True} if self.flip_views else {}),
          **({"weight_average": self.average} if self.average else {}),
          **({"head_probe_val_score": probe_val_score} if probed else {})})
+
+
+def test_time_flips(ft: ml_collections.ConfigDict) -> bool:
+  """`finetune.test_time_flips` (absent: off), refused unless a bool."""
+  flips = ft.get("test_time_flips", False)
+  if not isinstance(flips, bool):
+    raise ValueError(f"config.finetune.test_time_flips={flips!r}: expected "
+                     "True or False")
+  return flips
 
 
 def layer_decay(ft: ml_collections.ConfigDict) -> float:
@@ -426,12 +440,21 @@ def trainer_for(ctx: EncoderContext, n_train: int, last_k: int | None = None,
 _BUILDING = threading.Lock()
 
 
-def _inference_programs(graphdef: nnx.GraphDef, multi_label: bool):
+def _inference_programs(graphdef: nnx.GraphDef, multi_label: bool,
+                        flip_policy=None):
   """(predict, encode): class probabilities and pooled encoder features of
-  images, in eval mode, from (params, rest)."""
-  predict = runtime.jit(lambda p, r, x: _to_probs(
-      nnx.merge(graphdef, p, r)(views.eval_view(x), train=False), multi_label),
-      graphdef)
+  images, in eval mode, from (params, rest). With `flip_policy`, the
+  probabilities are averaged over the images' mirrorings that policy
+  trains with (`views.flipped_views`; test-time augmentation)."""
+  def predict(params, rest, images):
+    model = nnx.merge(graphdef, params, rest)
+    inputs = ([images] if flip_policy is None
+              else views.flipped_views(flip_policy, images))
+    return jnp.mean(jnp.stack([
+        _to_probs(model(views.eval_view(x), train=False), multi_label)
+        for x in inputs]), axis=0)
+
+  predict = runtime.jit(predict, graphdef)
   encode = runtime.jit(lambda p, r, x: nnx.merge(graphdef, p, r).encoder(
       views.eval_view(x), train=False), graphdef)
   return predict, encode

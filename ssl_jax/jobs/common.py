@@ -9,9 +9,10 @@ import ml_collections
 
 import data_pipelines
 from data_pipelines import pairs
-from ssl_jax import augment, files, models, objectives
+from ssl_jax import augment, files, models, objectives, views
 from ssl_jax.evaluation import classifier, metrics, monitor
 from ssl_jax.evaluation.protocols import PROTOCOLS
+from ssl_jax.objectives.base import view_policy
 from ssl_jax.jobs import method_configs
 from ssl_jax.train import metrics_writer, optim
 
@@ -73,6 +74,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
              classifier.LAST_BATCH)
   classifier.layer_decay(ft)  # each refuses a factor out of its range
   classifier.weight_average_decay(ft)
+  check_test_time_flips(config)
   if not tuple(ft.fractions):
     raise ValueError("config.finetune.fractions is empty: nothing would be "
                      "trained or evaluated; give at least one label fraction "
@@ -102,6 +104,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check_fit(config)
   check_pairs(config)
   check_monitor(config)
+
+
+def check_test_time_flips(config: ml_collections.ConfigDict) -> None:
+  """`finetune.test_time_flips` needs a fine-tuning view policy that
+  mirrors: its test-time views are the flips the model trains with."""
+  ft = config.finetune
+  if not classifier.test_time_flips(ft):
+    return
+  dims = getattr(data_info(config), "spatial_dims", 2)
+  policy = view_policy(ft.augment, dims)
+  if not views.BY_RANK.get(str(dims + 2)).flip_axes(policy):
+    raise ValueError(
+        "config.finetune.test_time_flips=True averages over the flips the "
+        f"fine-tuning views train with, but finetune.augment.policy="
+        f"{ft.augment.policy!r} (with its overrides) flips no axis; set a "
+        "flip probability (e.g. --config.finetune.augment.overrides."
+        "hflip_prob=0.5) or test_time_flips=False")
 
 
 def check_monitor(config: ml_collections.ConfigDict) -> None:
