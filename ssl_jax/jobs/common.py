@@ -12,8 +12,8 @@ from data_pipelines import pairs
 from ssl_jax import augment, files, models, objectives, views
 from ssl_jax.evaluation import classifier, metrics, monitor
 from ssl_jax.evaluation.protocols import PROTOCOLS
-from ssl_jax.objectives.base import view_policy
 from ssl_jax.jobs import method_configs
+from ssl_jax.objectives.base import view_policy
 from ssl_jax.train import metrics_writer, optim
 
 
