@@ -1,6 +1,7 @@
 """The stage-2 protocols the benchmark adds (logreg, early_layer, combine,
-last_k), the last-k optax mask, and the scoring every cell goes through
-(bootstrap CI; per-label AUROC for multi-label tasks)."""
+last_k), the last-k optax mask, layer-wise learning rates and test-time
+flips, and the scoring every cell goes through (bootstrap CI; per-label
+AUROC for multi-label tasks)."""
 import types
 
 import jax
@@ -10,7 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
-from ssl_jax import models, parallel
+from ssl_jax import augment, augment3d, models, parallel, views
 from ssl_jax.evaluation import classifier, metrics, probes
 from ssl_jax.evaluation.cells import score
 from ssl_jax.evaluation.encoder_context import (FINAL, SPLITS, EncoderContext,
@@ -215,7 +216,7 @@ def test_unit_depths_count_from_the_stem_to_the_head():
     classifier.layer_decay_scales(mlp, 0.5)
 
 
-def test_layer_decay_scales_each_unit_s_step(contexts):
+def test_layer_decay_scales_each_units_step(contexts):
   """One step from the same weights and batch: with layer_decay d every
   weight moves d ** (units + 1 - depth) times as far as at d = 1 (the
   head at the full rate, the stem at d ** 5); a from-scratch encoder's
@@ -254,7 +255,6 @@ def test_layer_decay_scales_each_unit_s_step(contexts):
 
 
 def test_flipped_views_are_the_mirrorings_the_policy_trains_with():
-  from ssl_jax import augment, augment3d, views  # noqa: PLC0415
   images = jnp.arange(2 * 3 * 4 * 1).reshape(2, 3, 4, 1)
   safe = views.flipped_views(augment.get("medical_safe"), images)
   assert len(safe) == 2  # left-right only: an upside-down view is never seen
