@@ -75,6 +75,11 @@ def eval_view(images: Array, *, out_size: int | None = None) -> Array:
   return ops_for(images).eval_view(images, out_size=out_size)
 
 
+def flip_axes(policy, spatial_dims: int) -> tuple[int, ...]:
+  """The axes of one example (an image or a volume) `policy` may mirror."""
+  return BY_RANK.get(str(spatial_dims + 2)).flip_axes(policy)
+
+
 def flipped_views(policy, images: Array) -> list[Array]:
   """`images` under every combination of the mirrorings `policy` trains
   with (identity first; 2^k views for k flipped axes): the test-time views

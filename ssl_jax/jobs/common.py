@@ -114,7 +114,7 @@ def check_test_time_flips(config: ml_collections.ConfigDict) -> None:
     return
   dims = getattr(data_info(config), "spatial_dims", 2)
   policy = view_policy(ft.augment, dims)
-  if not views.BY_RANK.get(str(dims + 2)).flip_axes(policy):
+  if not views.flip_axes(policy, dims):
     raise ValueError(
         "config.finetune.test_time_flips=True averages over the flips the "
         f"fine-tuning views train with, but finetune.augment.policy="
