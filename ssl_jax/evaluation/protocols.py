@@ -190,14 +190,19 @@ def _fixmatch(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
 
 
 def _fixmatch_applies(ctx: EncoderContext) -> None:
-  """Before any cell runs: a single-label task, a known threshold rule and
-  alignment."""
+  """Before any cell runs: a single-label task, no mixup or label
+  smoothing, a known threshold rule and alignment."""
   if ctx.info.multi_label:
     raise ValueError("FixMatch (protocols 'fixmatch', 'scratch_fixmatch', "
                      "or finetune.distill_teacher='fixmatch') needs a "
                      f"single-label task; {ctx.config.data.name} is "
                      "multi-label")
   ft = ctx.config.finetune
+  if any(supervised.target_regularizers(ft, field="finetune")):
+    raise ValueError("FixMatch (protocols 'fixmatch', 'scratch_fixmatch', "
+                     "or finetune.distill_teacher='fixmatch') takes no "
+                     "finetune.mixup_alpha or label_smoothing: set both to 0 "
+                     "and run the other protocols with them in another job")
   for field, default, names in (
       ("fixmatch_threshold_rule", "fixed", supervised.THRESHOLD_RULES),
       ("fixmatch_alignment", "none", supervised.ALIGNMENT_TARGETS)):

@@ -13,6 +13,7 @@ from ssl_jax import augment, files, models, objectives, views
 from ssl_jax.evaluation import classifier, metrics, monitor
 from ssl_jax.evaluation.protocols import PROTOCOLS
 from ssl_jax.jobs import method_configs
+from ssl_jax.objectives import supervised
 from ssl_jax.objectives.base import view_policy
 from ssl_jax.train import metrics_writer, optim
 
@@ -75,6 +76,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   classifier.layer_decay(ft)  # each refuses a factor out of its range
   classifier.weight_average_decay(ft)
   check_test_time_flips(config)
+  supervised.target_regularizers(ft, field="finetune")
   if not tuple(ft.fractions):
     raise ValueError("config.finetune.fractions is empty: nothing would be "
                      "trained or evaluated; give at least one label fraction "

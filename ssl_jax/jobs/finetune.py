@@ -48,7 +48,9 @@ def stage2_config(config: ml_collections.ConfigDict,
     c.data.size = pre_config.data.size
   c.objective = ml_collections.ConfigDict(
       {"name": "supervised", "multi_label": bool(info.multi_label),
-       "head_init": config.finetune.get("head_init", "zeros")})
+       "head_init": config.finetune.get("head_init", "zeros"),
+       "mixup_alpha": float(config.finetune.get("mixup_alpha", 0.0)),
+       "label_smoothing": float(config.finetune.get("label_smoothing", 0.0))})
   c.augment = config.finetune.augment
   return c
 

@@ -71,19 +71,97 @@ def single_label_class_weights(hp: base.HParams):
   return hp.class_weights
 
 
+def target_regularizers(hp, field: str = "objective") -> tuple[float, float]:
+  """(`mixup_alpha`, `label_smoothing`) of `hp` (an objective's hparams, or
+  the `finetune` block that sets them: `field` names it), refused out of
+  range: alpha >= 0, smoothing in [0, 1); 0 = off, also when absent."""
+  alpha = float(hp.get("mixup_alpha", 0.0))
+  smoothing = float(hp.get("label_smoothing", 0.0))
+  if alpha < 0.0:
+    raise ValueError(f"config.{field}.mixup_alpha={alpha}: expected >= 0 "
+                     "(0 = off; Zhang et al. use 0.1-0.4, MAE 0.8)")
+  if not 0.0 <= smoothing < 1.0:
+    raise ValueError(f"config.{field}.label_smoothing={smoothing}: expected "
+                     "a share in [0, 1) (0 = off; MAE and DeiT use 0.1)")
+  return alpha, smoothing
+
+
+def label_targets(labels: Array, num_classes: int, multi_label: bool) -> Array:
+  """[B, C] float targets: multi-hot labels as they are, class indices
+  one-hot."""
+  if multi_label:
+    return labels.astype(jnp.float32)
+  return jax.nn.one_hot(labels.reshape(-1), num_classes, dtype=jnp.float32)
+
+
+def smoothed(targets: Array, smoothing: float, multi_label: bool) -> Array:
+  """Label smoothing (Szegedy et al., CVPR 2016): (1 - e) * targets + e / K,
+  K the classes (softmax) or 2 per label (sigmoid: toward 0.5)."""
+  outcomes = 2 if multi_label else targets.shape[-1]
+  return targets * (1.0 - smoothing) + smoothing / outcomes
+
+
+def mixed(rng: Array, images: Array, targets: Array,
+          alpha: float) -> tuple[Array, Array]:
+  """mixup (Zhang et al., ICLR 2018): one lam ~ Beta(alpha, alpha) per
+  batch; each image blended with a partner from a permutation of the
+  batch, lam * own + (1 - lam) * partner, its targets by the same lam."""
+  k_lam, k_perm = jax.random.split(rng)
+  lam = jax.random.beta(k_lam, alpha, alpha)
+  partner = jax.random.permutation(k_perm, images.shape[0])
+  blend = lambda a: lam * a + (1.0 - lam) * a[partner]
+  return blend(images), blend(targets)
+
+
+def regularized_targets(rng: Array, images: Array, targets: Array,
+                        hp: base.HParams, multi_label: bool
+                        ) -> tuple[Array, Array]:
+  """The views and [B, C] targets a stage-2 step trains on with
+  `hp.label_smoothing` and `hp.mixup_alpha` (MAE's fine-tuning recipe
+  uses both); unchanged when both are 0."""
+  alpha, smoothing = target_regularizers(hp)
+  if smoothing:
+    targets = smoothed(targets, smoothing, multi_label)
+  if alpha:
+    images, targets = mixed(rng, images, targets, alpha)
+  return images, targets
+
+
+def agreement(logits: Array, targets: Array, multi_label: bool) -> Array:
+  """Share of predictions matching the targets' larger side (per label for
+  multi-label): the train accuracy of soft or mixed targets."""
+  if multi_label:
+    return ((logits > 0) == (targets > 0.5)).mean(-1).astype(
+        jnp.float32).mean()
+  return (jnp.argmax(logits, -1) == jnp.argmax(targets, -1)).astype(
+      jnp.float32).mean()
+
+
 def make_supervised_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
+  """Cross-entropy on the labels; with label smoothing or mixup
+  (`regularized_targets`) on the soft targets they make, class weights
+  weighing each row by its targets' expected weight."""
   policy = ctx.policy
   configured = hp.multi_label
   class_weights = single_label_class_weights(hp)
+  alpha, smoothing = target_regularizers(hp)
+  num_classes = ctx.info.num_classes if alpha or smoothing else None
 
   def loss_fn(model, batch, rng, extra):
     x = views.train_view(policy, rng, batch["image"])
     labels = batch["label"]
     multi_label = is_multi_label(labels) if configured is None else configured
-    loss, accuracy = classification_loss(
-        model(x, train=True), labels, multi_label,
-        class_weights=None if multi_label else class_weights)
-    return loss, {"train_acc": accuracy}, extra
+    weights = None if multi_label else class_weights
+    if not (alpha or smoothing):
+      loss, accuracy = classification_loss(model(x, train=True), labels,
+                                           multi_label, class_weights=weights)
+      return loss, {"train_acc": accuracy}, extra
+    x, targets = regularized_targets(
+        jax.random.fold_in(rng, 1), x,
+        label_targets(labels, num_classes, multi_label), hp, multi_label)
+    logits = model(x, train=True)
+    loss = soft_target_loss(logits, targets, multi_label, class_weights=weights)
+    return loss, {"train_acc": agreement(logits, targets, multi_label)}, extra
 
   return loss_fn
 
@@ -114,16 +192,19 @@ def make_distillation_loss(hp: base.HParams,
   labels: stage 2's self-distillation student (evaluation/distill.py)."""
   policy, multi_label = ctx.policy, bool(hp.multi_label)
   class_weights = single_label_class_weights(hp)
+  alpha, smoothing = target_regularizers(hp)
 
   def loss_fn(model, batch, rng, extra):
     x = views.train_view(policy, rng, batch["image"])
-    logits = model(x, train=True)
     targets = batch["target"]
+    if alpha or smoothing:
+      x, targets = regularized_targets(jax.random.fold_in(rng, 1), x, targets,
+                                       hp, multi_label)
+    logits = model(x, train=True)
     loss = soft_target_loss(logits, targets, multi_label, hp.temperature,
                             class_weights)
-    agrees = ((logits > 0) == (targets > 0.5)).mean(-1) if multi_label else (
-        jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
-    return loss, {"train_agreement": agrees.astype(jnp.float32).mean()}, extra
+    return loss, {"train_agreement": agreement(logits, targets, multi_label)
+                  }, extra
 
   return loss_fn
 
@@ -317,6 +398,10 @@ def make_fixmatch_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
   if hp.multi_label:
     raise ValueError("objective 'fixmatch' needs a single-label task; "
                      "objective.multi_label is True")
+  if any(target_regularizers(hp)):
+    raise ValueError("objective 'fixmatch' takes no mixup_alpha or "
+                     "label_smoothing: its labelled rows are a few per batch "
+                     "and its unlabelled ones have no label to mix or smooth")
   weak = ctx.policy
   strong = base.view_policy({"policy": hp.strong_policy}, ctx.spatial_dims)
   class_weights = hp.class_weights
@@ -361,8 +446,11 @@ base.register(base.Objective(
     name="supervised", category="supervised",
     paper="cross-entropy on labels (the review's from-scratch / supervised baseline)",
     # multi_label None: from the labels' shape; class_weights [C] or None;
-    # head_init: zeros | torch_default (models/heads.py HEAD_INITS).
-    hparams=dict(multi_label=None, class_weights=None, head_init="zeros"),
+    # head_init: zeros | torch_default (models/heads.py HEAD_INITS);
+    # mixup_alpha, label_smoothing: 0 = off (`regularized_targets`; mixup
+    # draws in-batch partners, so with it on grad accumulation is inexact).
+    hparams=dict(multi_label=None, class_weights=None, head_init="zeros",
+                 mixup_alpha=0.0, label_smoothing=0.0),
     ranks=(2, 3),
     accumulates_exactly=True,
     build_model=build_classifier, make_loss=make_supervised_loss))
@@ -374,9 +462,10 @@ base.register(base.Objective(
           "Models are Strong Semi-Supervised Learners\" (SimCLRv2)",
     # targets: batch['target'] [B, C], class probabilities; temperature
     # divides the student's logits (the teacher's are tempered by the
-    # caller); class_weights and head_init as for 'supervised'.
+    # caller); class_weights, head_init, mixup_alpha and label_smoothing
+    # (applied to the targets) as for 'supervised'.
     hparams=dict(multi_label=False, class_weights=None, head_init="zeros",
-                 temperature=1.0),
+                 mixup_alpha=0.0, label_smoothing=0.0, temperature=1.0),
     reads=lambda hp: ("target",),
     ranks=(2, 3),
     accumulates_exactly=True,
@@ -395,8 +484,10 @@ base.register(base.Objective(
     # name in ALIGNMENT_TARGETS (ReMixMatch's distribution alignment, its
     # running mean with alignment_momentum per step; 'class_prior' reads
     # class_prior, [C] proportions). Single-label only; class_weights and
-    # head_init as for 'supervised'.
+    # head_init as for 'supervised'; mixup_alpha and label_smoothing must
+    # stay 0.
     hparams=dict(multi_label=False, class_weights=None, head_init="zeros",
+                 mixup_alpha=0.0, label_smoothing=0.0,
                  threshold=0.95, threshold_rule="fixed",
                  threshold_momentum=0.999, unlabelled_weight=1.0,
                  strong_policy="simclr", alignment="none",

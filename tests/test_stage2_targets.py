@@ -1,0 +1,165 @@
+"""Stage 2's target regularizers: mixup and label smoothing on the
+supervised and distillation losses, their ranges, and FixMatch's refusal."""
+import types
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from ssl_jax import augment
+from ssl_jax.evaluation.protocols import PROTOCOLS
+from ssl_jax.jobs import common, finetune
+from ssl_jax.objectives import supervised
+from tests.tiny import tiny_config
+
+
+def test_mixup_blends_each_image_and_its_targets_with_one_partner_by_one_lam():
+  batch = 8
+  images = jnp.arange(batch, dtype=jnp.float32).reshape(batch, 1, 1, 1)
+  targets = jnp.eye(batch)  # row i's target names image i
+  mixed_images, mixed_targets = supervised.mixed(jax.random.key(3), images,
+                                                 targets, alpha=0.4)
+  mixed_targets = np.asarray(mixed_targets)
+  np.testing.assert_allclose(mixed_targets.sum(-1), 1.0, atol=1e-6)
+  lams, partners = [], []
+  for row in range(batch):
+    own = mixed_targets[row, row]
+    others = np.delete(mixed_targets[row], row)
+    if own < 1.0 - 1e-6:  # blended with another image
+      partner = int(np.argmax(np.where(np.arange(batch) == row, -1.0,
+                                       mixed_targets[row])))
+      assert others.sum() == pytest.approx(1.0 - own, abs=1e-6)
+    else:
+      partner = row
+    lams.append(own)
+    partners.append(partner)
+    # The image blends the same two images by the same weights.
+    expected = own * row + (1.0 - own) * partner
+    assert float(mixed_images[row, 0, 0, 0]) == pytest.approx(expected,
+                                                             abs=1e-5)
+  # One lam for the batch (rows whose partner is themselves read 1).
+  blended = [lam for lam, p, r in zip(lams, partners, range(batch)) if p != r]
+  assert blended and 0.0 < blended[0] < 1.0
+  np.testing.assert_allclose(blended, blended[0], atol=1e-6)
+  assert sorted(partners) == list(range(batch))  # a permutation of the batch
+
+
+def test_label_smoothing_moves_a_share_to_uniform():
+  one_hot = supervised.label_targets(jnp.asarray([2, 0]), 4, False)
+  np.testing.assert_allclose(supervised.smoothed(one_hot, 0.2, False),
+                             [[0.05, 0.05, 0.85, 0.05],
+                              [0.85, 0.05, 0.05, 0.05]], atol=1e-6)
+  multi_hot = supervised.label_targets(jnp.asarray([[1, 0, 1]]), 3, True)
+  np.testing.assert_allclose(supervised.smoothed(multi_hot, 0.2, True),
+                             [[0.9, 0.1, 0.9]], atol=1e-6)
+
+
+def _linear_model(kernel):
+  return lambda x, train: x.reshape(x.shape[0], -1) @ kernel
+
+
+def _loss_inputs(num_classes=3):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, size=(6, 4, 4, 1)).astype(np.uint8)
+  labels = rng.integers(0, num_classes, size=6)
+  kernel = jnp.asarray(rng.normal(size=(16, num_classes)), jnp.float32)
+  ctx = types.SimpleNamespace(policy=augment.get("none"),
+                              info=types.SimpleNamespace(
+                                  num_classes=num_classes))
+  return images, labels, kernel, ctx
+
+
+def _hparams(**fields):
+  return ml_collections.ConfigDict(dict(
+      dict(multi_label=False, class_weights=None, temperature=1.0,
+           mixup_alpha=0.0, label_smoothing=0.0), **fields))
+
+
+@pytest.mark.parametrize("objective", ["supervised", "distillation"])
+def test_label_smoothing_trains_on_cross_entropy_against_smoothed_targets(
+    objective):
+  images, labels, kernel, ctx = _loss_inputs()
+  one_hot = np.eye(3, dtype=np.float32)[labels]
+  batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels),
+           "target": jnp.asarray(one_hot)}
+  make = {"supervised": supervised.make_supervised_loss,
+          "distillation": supervised.make_distillation_loss}[objective]
+  loss_fn = make(_hparams(label_smoothing=0.3), ctx)
+  loss, _, _ = loss_fn(_linear_model(kernel), batch, jax.random.key(0), {})
+  logits = np.asarray(_linear_model(kernel)(
+      augment.standardize(jnp.asarray(images, jnp.float32) / 255.0), True))
+  log_probs = logits - logits.max(-1, keepdims=True)
+  log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+  expected = -((one_hot * 0.7 + 0.1) * log_probs).sum(-1).mean()
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+  plain, _, _ = make(_hparams(), ctx)(_linear_model(kernel), batch,
+                                      jax.random.key(0), {})
+  assert float(plain) != pytest.approx(expected, rel=1e-3)
+
+
+def test_mixup_trains_on_the_blend_the_regularizer_draws():
+  images, labels, kernel, ctx = _loss_inputs()
+  hp = _hparams(mixup_alpha=0.4)
+  batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
+  rng = jax.random.key(5)
+  loss, metrics, _ = supervised.make_supervised_loss(hp, ctx)(
+      _linear_model(kernel), batch, rng, {})
+  x = augment.standardize(jnp.asarray(images, jnp.float32) / 255.0)
+  x, targets = supervised.regularized_targets(
+      jax.random.fold_in(rng, 1), x, jnp.eye(3)[labels], hp, False)
+  expected = supervised.soft_target_loss(_linear_model(kernel)(x, True),
+                                         targets, False)
+  assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+  hard, _ = supervised.classification_loss(
+      _linear_model(kernel)(x, True), jnp.asarray(labels), False)
+  assert float(loss) != pytest.approx(float(hard), rel=1e-3)
+  assert 0.0 <= float(metrics["train_acc"]) <= 1.0
+
+
+def test_without_regularizers_the_loss_is_the_labelled_cross_entropy():
+  images, labels, kernel, ctx = _loss_inputs()
+  batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
+  loss, _, _ = supervised.make_supervised_loss(_hparams(), ctx)(
+      _linear_model(kernel), batch, jax.random.key(0), {})
+  x = augment.standardize(jnp.asarray(images, jnp.float32) / 255.0)
+  hard, _ = supervised.classification_loss(_linear_model(kernel)(x, True),
+                                           jnp.asarray(labels), False)
+  assert float(loss) == float(hard)
+
+
+def test_stage2_objective_carries_the_finetune_regularizers():
+  config = tiny_config()
+  config.finetune.mixup_alpha = 0.2
+  config.finetune.label_smoothing = 0.1
+  info = types.SimpleNamespace(multi_label=False)
+  objective = finetune.stage2_config(config, None, info).objective
+  assert (objective.name, objective.mixup_alpha,
+          objective.label_smoothing) == ("supervised", 0.2, 0.1)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("mixup_alpha", -0.1, r"config.finetune.mixup_alpha=-0.1: expected >= 0"),
+    ("label_smoothing", 1.0,
+     r"config.finetune.label_smoothing=1.0: expected a share in \[0, 1\)"),
+])
+def test_regularizers_out_of_range_are_refused_before_anything_runs(
+    field, value, message):
+  config = tiny_config()
+  config.finetune[field] = value
+  with pytest.raises(ValueError, match=message):
+    common.validate(config)
+
+
+def test_fixmatch_refuses_mixup_and_label_smoothing():
+  config = tiny_config()
+  config.finetune.label_smoothing = 0.1
+  ctx = types.SimpleNamespace(config=config, info=types.SimpleNamespace(
+      multi_label=False))
+  with pytest.raises(ValueError, match="takes no finetune.mixup_alpha or "
+                     "label_smoothing"):
+    PROTOCOLS.get("fixmatch").check(ctx)
+  hp = _hparams(mixup_alpha=0.2)
+  with pytest.raises(ValueError, match="'fixmatch' takes no mixup_alpha"):
+    supervised.make_fixmatch_loss(hp, types.SimpleNamespace(policy=None))
