@@ -251,6 +251,10 @@ def get_config() -> ml_collections.ConfigDict:
       fixmatch_strong_policy="simclr",
       fixmatch_threshold_rule="fixed", fixmatch_threshold_momentum=0.999,
       fixmatch_alignment="none", fixmatch_alignment_momentum=0.99,
+      # The labelled rows' share of FixMatch's feed: 0 = the subset's own
+      # (10 % of the labels: ~6 of 64 rows per batch; 1 %: ~0.6); above it,
+      # labelled rows repeat to make it (FixMatch's mu = 7: 0.125).
+      fixmatch_labelled_share=0.0,
       # End-to-end runs validate and score an exponential moving average of
       # their weights with this decay per step (0 = off; FixMatch: 0.999
       # over 2^20 steps; here runs last hundreds, so ~0.99).

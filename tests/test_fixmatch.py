@@ -168,6 +168,26 @@ def test_the_feed_masks_every_label_outside_the_subset():
   np.testing.assert_array_equal(feed.extra["labelled"], [0, 1, 0, 1, 0])
 
 
+def test_a_labelled_share_repeats_each_labelled_row_to_make_it():
+  labels = np.arange(100) % 2
+  train_idx = np.array([4, 9])
+  feed = classifier.semi_supervised_feed(labels, train_idx, 0.125)
+  # 98 unlabelled rows once; 7 copies of each labelled row: 14 / 112.
+  assert classifier.labelled_repeats(2, 98, 0.125) == 7
+  assert len(feed.rows) == 112
+  assert feed.extra["labelled"].mean() == pytest.approx(0.125)
+  counts = np.bincount(feed.rows, minlength=100)
+  np.testing.assert_array_equal(np.flatnonzero(counts == 7), train_idx)
+  assert set(counts[np.setdiff1d(np.arange(100), train_idx)]) == {1}
+  # Every row keeps its own label column: labels where labelled, else -1.
+  np.testing.assert_array_equal(
+      feed.labels, np.where(feed.extra["labelled"] > 0, labels[feed.rows], -1))
+  # 0, or a share the subset already holds, keeps every row once.
+  for share in (0.0, 0.01):
+    natural = classifier.semi_supervised_feed(labels, train_idx, share)
+    np.testing.assert_array_equal(natural.rows, np.arange(100))
+
+
 def test_fixmatch_reads_no_label_outside_the_labelled_subset(contexts):  # noqa: F811
   ctx, _ = contexts
   unmoved_by_unlabelled_labels(ctx, "fixmatch", ctx.subset(0.1, 0))
@@ -203,6 +223,11 @@ def test_an_unknown_threshold_rule_is_refused_before_any_cell(contexts):  # noqa
     for name in ("fixmatch", "scratch_fixmatch"):
       with pytest.raises(ValueError, match=f"{field} must be one of {message}"):
         PROTOCOLS.get(name).check(dataclasses.replace(ctx, config=config))
+  config = ctx.config.copy_and_resolve_references()
+  config.finetune.fixmatch_labelled_share = 1.0
+  with pytest.raises(ValueError, match=r"fixmatch_labelled_share=1.0: "
+                     r"expected a share in \[0, 1\)"):
+    PROTOCOLS.get("fixmatch").check(dataclasses.replace(ctx, config=config))
 
 
 def test_alignment_reads_only_the_labelled_subsets_proportions(

@@ -367,14 +367,44 @@ def soft_target_feed(rows: np.ndarray, targets: np.ndarray,
   return Feed(rows, hard_labels(targets, multi_label), {"target": targets})
 
 
-def semi_supervised_feed(labels: np.ndarray, train_idx: np.ndarray) -> Feed:
+def fixmatch_labelled_share(ft: ml_collections.ConfigDict) -> float:
+  """`finetune.fixmatch_labelled_share` (absent: 0, the subset's own),
+  refused outside [0, 1)."""
+  share = float(ft.get("fixmatch_labelled_share", 0.0))
+  if not 0.0 <= share < 1.0:
+    raise ValueError(f"config.finetune.fixmatch_labelled_share={share}: "
+                     "expected a share in [0, 1) (0 = the subset's own; "
+                     "FixMatch's mu = 7 is 0.125)")
+  return share
+
+
+def semi_supervised_feed(labels: np.ndarray, train_idx: np.ndarray,
+                         labelled_share: float = 0.0) -> Feed:
   """Every train row, labelled where in `train_idx` (column 'labelled' 1)
-  and -1 elsewhere: no label outside the subset reaches the step."""
+  and -1 elsewhere: no label outside the subset reaches the step. With
+  `labelled_share` above the subset's own share, each labelled row is
+  repeated `labelled_repeats` times, so shuffled batches hold that share
+  of labelled rows on average (FixMatch draws 1 labelled per mu
+  unlabelled: 1 / (1 + mu) = 0.125 at its mu = 7)."""
   labelled = np.zeros(len(labels), np.float32)
   labelled[train_idx] = 1.0
   masked = np.where(labelled.reshape((-1,) + (1,) * (labels.ndim - 1)) > 0,
                     labels, -1).astype(np.int32)
-  return Feed(np.arange(len(labels)), masked, {"labelled": labelled})
+  repeats = labelled_repeats(len(train_idx), len(labels) - len(train_idx),
+                             labelled_share)
+  rows = np.concatenate([np.arange(len(labels))]
+                        + [np.asarray(train_idx)] * (repeats - 1))
+  return Feed(rows, masked[rows], {"labelled": labelled[rows]})
+
+
+def labelled_repeats(n_labelled: int, n_unlabelled: int,
+                     share: float) -> int:
+  """How often each labelled row appears so that labelled rows make
+  `share` (in [0, 1)) of the feed: the nearest whole number, at least
+  once (0, or a share below the natural one, keeps every row once)."""
+  if n_labelled == 0:
+    return 1
+  return max(1, round(share * n_unlabelled / ((1.0 - share) * n_labelled)))
 
 
 def hard_labels(targets: np.ndarray, multi_label: bool) -> np.ndarray:

@@ -183,21 +183,25 @@ def _fixmatch(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
                                               ctx.info.num_classes)
       if alignment == "class_prior" else None),
       pretrained=weights is not None)
+  feed = classifier.semi_supervised_feed(
+      labels, train_idx, classifier.fixmatch_labelled_share(ft))
   out = trainer.run(ctx, train_idx, seed, weights=weights, name=name,
-                    feed=classifier.semi_supervised_feed(labels, train_idx),
-                    score=score)
-  return dataclasses.replace(out, info=dict(out.info, rows_trained=len(labels)))
+                    feed=feed, score=score)
+  return dataclasses.replace(out, info=dict(
+      out.info, rows_trained=len(labels),
+      labelled_share=float(feed.extra["labelled"].mean())))
 
 
 def _fixmatch_applies(ctx: EncoderContext) -> None:
-  """Before any cell runs: a single-label task, no mixup or label
-  smoothing, a known threshold rule and alignment."""
+  """Before any cell runs: a single-label task, a labelled share in range,
+  no mixup or label smoothing, a known threshold rule and alignment."""
   if ctx.info.multi_label:
     raise ValueError("FixMatch (protocols 'fixmatch', 'scratch_fixmatch', "
                      "or finetune.distill_teacher='fixmatch') needs a "
                      f"single-label task; {ctx.config.data.name} is "
                      "multi-label")
   ft = ctx.config.finetune
+  classifier.fixmatch_labelled_share(ft)  # refuses a share out of range
   if any(supervised.target_regularizers(ft, field="finetune")):
     raise ValueError("FixMatch (protocols 'fixmatch', 'scratch_fixmatch', "
                      "or finetune.distill_teacher='fixmatch') takes no "
