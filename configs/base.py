@@ -270,11 +270,13 @@ def get_config() -> ml_collections.ConfigDict:
       # views for k flipped axes), so the test image is seen as training
       # saw it; every end-to-end protocol, from scratch too.
       test_time_flips=False,
-      # The supervised targets of end-to-end runs (finetune, scratch,
-      # last_k, distill students; not FixMatch): mixup (Zhang et al., ICLR
+      # Regularizers of the supervised targets: mixup (Zhang et al., ICLR
       # 2018; one Beta(alpha, alpha) blend per batch) and label smoothing
-      # (the share moved to uniform); 0 = off. MAE fine-tunes with 0.8 and
-      # 0.1 (and CutMix, which can cut a lesion out: not offered).
+      # (the share moved to uniform); 0 = off. They apply to finetune,
+      # scratch, last_k and every distill student (a FixMatch teacher's
+      # too); FixMatch cells refuse them and FixMatch teachers train
+      # without. MAE fine-tunes with 0.8 and 0.1 (and CutMix, which can cut
+      # a lesion out: not offered).
       mixup_alpha=0.0, label_smoothing=0.0,
       early_layer="stage3",    # `early_layer`: ResNet 'stageN', ViT 'blockN'
       # `zero_shot` (image-text pretraining only): one prompt per class in

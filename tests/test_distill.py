@@ -119,10 +119,12 @@ def test_the_student_reads_no_label_outside_the_labelled_subset(contexts):  # no
 
 def test_a_fixmatch_teacher_is_the_fixmatch_cell(contexts):  # noqa: F811
   """`finetune.distill_teacher='fixmatch'`: the first teacher is exactly the
-  `fixmatch` cell of the same subset and seed."""
+  `fixmatch` cell of the same subset and seed, also when the students
+  train with mixup (FixMatch trains without it)."""
   ctx, _ = contexts
   config = ctx.config.copy_and_resolve_references()
   config.finetune.distill_teacher = "fixmatch"
+  config.finetune.mixup_alpha = config.objective.mixup_alpha = 0.4
   train_idx = ctx.subset(0.1, 0)
   preds = PROTOCOLS.get("distill")(dataclasses.replace(ctx, config=config),
                                    train_idx, 0)

@@ -157,9 +157,13 @@ def test_fixmatch_refuses_mixup_and_label_smoothing():
   config.finetune.label_smoothing = 0.1
   ctx = types.SimpleNamespace(config=config, info=types.SimpleNamespace(
       multi_label=False))
-  with pytest.raises(ValueError, match="takes no finetune.mixup_alpha or "
-                     "label_smoothing"):
-    PROTOCOLS.get("fixmatch").check(ctx)
+  for name in ("fixmatch", "scratch_fixmatch"):
+    with pytest.raises(ValueError, match="'scratch_fixmatch' take no "
+                       "finetune.mixup_alpha or label_smoothing"):
+      PROTOCOLS.get(name).check(ctx)
+  # A FixMatch teacher trains without them; its students take them.
+  config.finetune.distill_teacher = "fixmatch"
+  PROTOCOLS.get("distill").check(ctx)
   hp = _hparams(mixup_alpha=0.2)
   with pytest.raises(ValueError, match="'fixmatch' takes no mixup_alpha"):
     supervised.make_fixmatch_loss(hp, types.SimpleNamespace(policy=None))

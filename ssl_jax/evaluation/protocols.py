@@ -175,6 +175,9 @@ def _fixmatch(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
       threshold_momentum=float(ft.get("fixmatch_threshold_momentum", 0.999)),
       unlabelled_weight=float(ft.fixmatch_weight),
       strong_policy=ft.fixmatch_strong_policy,
+      # The supervised targets' regularizers are for the other protocols
+      # (and a FixMatch teacher's distilled students): never FixMatch's.
+      mixup_alpha=0.0, label_smoothing=0.0,
       alignment=alignment,
       alignment_momentum=float(ft.get("fixmatch_alignment_momentum", 0.99)),
       # Only the labelled rows' proportions, and only where read (a trainer
@@ -193,8 +196,9 @@ def _fixmatch(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
 
 
 def _fixmatch_applies(ctx: EncoderContext) -> None:
-  """Before any cell runs: a single-label task, a labelled share in range,
-  no mixup or label smoothing, a known threshold rule and alignment."""
+  """Before any FixMatch run (a cell's, or a distillation teacher's): a
+  single-label task, a labelled share in range, a known threshold rule and
+  alignment."""
   if ctx.info.multi_label:
     raise ValueError("FixMatch (protocols 'fixmatch', 'scratch_fixmatch', "
                      "or finetune.distill_teacher='fixmatch') needs a "
@@ -202,11 +206,6 @@ def _fixmatch_applies(ctx: EncoderContext) -> None:
                      "multi-label")
   ft = ctx.config.finetune
   classifier.fixmatch_labelled_share(ft)  # refuses a share out of range
-  if any(supervised.target_regularizers(ft, field="finetune")):
-    raise ValueError("FixMatch (protocols 'fixmatch', 'scratch_fixmatch', "
-                     "or finetune.distill_teacher='fixmatch') takes no "
-                     "finetune.mixup_alpha or label_smoothing: set both to 0 "
-                     "and run the other protocols with them in another job")
   for field, default, names in (
       ("fixmatch_threshold_rule", "fixed", supervised.THRESHOLD_RULES),
       ("fixmatch_alignment", "none", supervised.ALIGNMENT_TARGETS)):
@@ -214,6 +213,17 @@ def _fixmatch_applies(ctx: EncoderContext) -> None:
     if name not in names:
       raise ValueError(f"config.finetune.{field} must be one of "
                        f"{sorted(names)}, got {name!r}")
+
+
+def _fixmatch_cell_applies(ctx: EncoderContext) -> None:
+  """A FixMatch cell also refuses the supervised targets' regularizers,
+  which it would not apply (a FixMatch teacher's students do)."""
+  _fixmatch_applies(ctx)
+  if any(supervised.target_regularizers(ctx.config.finetune,
+                                        field="finetune")):
+    raise ValueError("protocols 'fixmatch' and 'scratch_fixmatch' take no "
+                     "finetune.mixup_alpha or label_smoothing: set both to 0 "
+                     "and run the other protocols with them in another job")
 
 
 # Who labels the unlabelled train images for `distill`'s students
@@ -254,7 +264,7 @@ def scratch_self_distilled(ctx: EncoderContext, train_idx: np.ndarray,
                               name=f"scratch_distill_n{len(train_idx)}_s{seed}")
 
 
-@register("fixmatch", kind=END_TO_END, check=_fixmatch_applies,
+@register("fixmatch", kind=END_TO_END, check=_fixmatch_cell_applies,
           label="SSL + fine-tune with FixMatch on unlabelled images")
 def fixmatch(ctx: EncoderContext, train_idx: np.ndarray,
              seed: int) -> Predictions:
@@ -262,7 +272,7 @@ def fixmatch(ctx: EncoderContext, train_idx: np.ndarray,
                    name=f"fixmatch_n{len(train_idx)}_s{seed}")
 
 
-@register("scratch_fixmatch", kind=END_TO_END, check=_fixmatch_applies,
+@register("scratch_fixmatch", kind=END_TO_END, check=_fixmatch_cell_applies,
           needs_encoder=False,
           label="from scratch, FixMatch on unlabelled images")
 def scratch_fixmatch(ctx: EncoderContext, train_idx: np.ndarray,
