@@ -19,7 +19,11 @@ pretrains on the target's training labels (all of them) unless
 `benchmark.method_args` names another source (e.g. "supervised=chestmnist",
 same channels and size): read it as a reference, not a label-efficient
 result. `combine` concatenates the frozen features of the `benchmark.combine`
-methods (same seed) and fits the linear probe on them.
+methods (same seed) and fits the linear probe on them. Stage 2 is one
+recipe for every method unless `benchmark.finetune_by_method` gives a
+method its own fields, e.g.
+--config.benchmark.finetune_by_method="('mae.layer_decay=0.75',)" (MAE's
+layer-wise learning rates; report.md names every such field).
 
 Outputs in the workdir: report.md, results.csv, relative_to_scratch.png,
 strategies.png, protocols.png, label_efficiency.png, one JSON per finished
@@ -125,6 +129,10 @@ def get_config(arg: str = "dataset=breastmnist"):
       combine=backbone["combine"],
       # "method=arg": get_config(arg) instead of get_config(dataset).
       method_args=(),
+      # "method.field=value": that method's stage 2 sets finetune.<field>
+      # (e.g. "mae.layer_decay=0.75", MAE's own recipe); every other
+      # method, and `none`, keep the shared one. Empty = one stage 2 for all.
+      finetune_by_method=(),
       # Applied to every method: `model` replaces its backbone, `train` and
       # `optim` fields override its own.
       budget=dict(model=budget["models"][args["backbone"]],

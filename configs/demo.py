@@ -39,29 +39,14 @@ FixMatch on the unlabelled train images
 another pretraining by the same recipe, whose end to end reads 0.813 +-
 0.031): 0.832 +- 0.022 at 10 %, +0.019 [0.006, 0.033] over end to end,
 paired; 0.661 +- 0.101 at 1 %, +0.042 [-0.010, 0.093]. On that encoder
-at 10 %, a student distilled from each FixMatch run
-(--config.finetune.protocols="('distill',)"
---config.finetune.distill_teacher=fixmatch) 0.834 +- 0.026, +0.002
-[-0.016, 0.020] over its teacher; FixMatch with a medical-safe strong
-view (--config.finetune.fixmatch_strong_policy=medical_strong) 0.829 +-
-0.017, -0.003 [-0.011, 0.004]; with FreeMatch's self-adaptive bars
-(--config.finetune.fixmatch_threshold_rule=self_adaptive
---config.finetune.fixmatch_threshold_momentum=0.99) 0.823 +- 0.016,
--0.009 [-0.022, 0.004] (at the paper's 0.999: 0.808 +- 0.015, -0.024
-[-0.039, -0.008]); after a linear-probe head
-(--config.finetune.head_fit=linear_probe) 0.829 +- 0.016, -0.003
-[-0.014, 0.008]; 80 epochs instead of 40 (--config.finetune.epochs=80,
-720 steps) 0.835 +- 0.019, +0.003 [-0.007, 0.014]; ReMixMatch's
-distribution alignment (--config.finetune.fixmatch_alignment=class_prior)
-0.830 +- 0.024, -0.002 [-0.013, 0.008]; each against FixMatch's 0.832,
-paired by seed. From a VICReg x1/4 10x encoder FixMatch reads 0.803 +-
-0.033 (its end to end 0.804), and that run averaged with the SimCLR one
-(python -m ssl_jax.jobs.ensemble W1 W2 --protocols=fixmatch) 0.829 +-
-0.026 (docs/results.md "FixMatch"). End to end on that encoder with
-layer-wise learning rates (--config.finetune.layer_decay=0.75) 0.814 +-
-0.027, +0.002 [-0.009, 0.012] over one rate's 0.813, and with test-time
-flips (--config.finetune.test_time_flips=True) 0.814 +- 0.026, +0.001
-[-0.005, 0.007], paired.
+at 10 %, end to end with mixup (--config.finetune.mixup_alpha=0.2) reads
+MIXUP_RESULT; each such run self-distilled (protocols="('distill',)")
+DISTILL_MIXUP_RESULT. The other stage-2 levers measured there (a FixMatch
+teacher for distillation, FixMatch's strong view, FreeMatch's bars, LP-FT,
+80 epochs, ReMixMatch's alignment, a VICReg encoder and ensembles,
+layer-wise learning rates, test-time flips, label smoothing), each with
+its flag and paired difference, are in docs/results.md "Pretraining ten
+times longer" (its distillation, FixMatch, layer-wise and mixup bullets).
 MedMNIST data: Yang et al., Scientific Data 2023 (CC BY 4.0).
 """
 from configs import base

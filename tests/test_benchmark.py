@@ -105,6 +105,16 @@ def test_report_has_table_csv_and_four_plots(sweep):
     assert image[..., :3].std() > 0.05  # drawn on, not a blank canvas
 
 
+def test_the_report_names_every_methods_own_stage_2_recipe():
+  assert report.own_recipes({}) == report.own_recipes(
+      {"finetune_by_method": {}}) == []
+  lines = report.own_recipes({"finetune_by_method": {
+      "mae": {"layer_decay": 0.75, "head_fit": "linear_probe"}}})
+  assert lines[0] == ("Stage 2 differs by method (every other one shares the "
+                      "one above): mae: `finetune.layer_decay=0.75`, "
+                      "`finetune.head_fit='linear_probe'`.")
+
+
 def test_report_can_be_rebuilt_from_the_cell_files(sweep):
   workdir, _ = sweep
   csv = (workdir / "results.csv").read_text()
@@ -287,6 +297,64 @@ def test_fields_newer_than_a_saved_sweep_bind_only_off_their_default(tmp_path):
   benchmark.check_resumable(config, str(tmp_path))
   config.pairs.mode = "patient"
   with pytest.raises(ValueError, match="pairs.mode"):
+    benchmark.check_resumable(config, str(tmp_path))
+
+
+def test_a_method_can_bring_its_own_stage_2_recipe():
+  config = tiny_benchmark_config(**{"benchmark.finetune_by_method": (
+      "rotation.layer_decay=0.75", "rotation.optim.lr=5e-4",
+      "rotation.head_fit=linear_probe")})
+  assert benchmark.finetune_by_method(config) == {"rotation": {
+      "layer_decay": 0.75, "optim.lr": 5e-4,
+      "head_fit": "linear_probe"}}
+  benchmark.validate(config)
+  own = benchmark.with_method_finetune(
+      config, benchmark.finetune_by_method(config)["rotation"])
+  assert (own.finetune.layer_decay, own.finetune.optim.lr,
+          own.finetune.head_fit) == (0.75, 5e-4, "linear_probe")
+  # The shared recipe is untouched, for `none` and every other method.
+  assert (config.finetune.layer_decay, config.finetune.optim.lr,
+          config.finetune.head_fit) == (1.0, 1e-3, "none")
+
+
+def test_each_stage_2_recipe_gets_its_own_contexts_and_programs(tmp_path):
+  config = tiny_benchmark_config(**{
+      "benchmark.finetune_by_method": ("none.layer_decay=0.5",),
+      "benchmark.methods": ("none", "rotation")})
+  contexts = benchmark.Contexts(config, str(tmp_path), mesh=None, data={},
+                                info=types.SimpleNamespace(multi_label=False))
+  scratch = contexts.get("none", 0)
+  assert scratch.config.finetune.layer_decay == 0.5
+  assert config.finetune.layer_decay == 1.0
+  assert scratch.compiled is contexts.compiled['{"layer_decay": 0.5}']
+  assert scratch.compiled is not contexts.compiled.setdefault("{}", {})
+
+
+@pytest.mark.parametrize("entry,message", [
+    ("mae.layer_decay=0.75", r"'mae' is not in config.benchmark.methods"),
+    ("rotation.seeds=(0,)", r"finetune.seeds defines the sweep"),
+    ("rotation.layer_decy=0.75", r"config.finetune has no field 'layer_decy'"),
+    ("rotation.optim.learning_rate=0.1",
+     r"config.finetune has no field 'optim.learning_rate'"),
+    ("rotation=0.75", r"each entry is 'method.field=value'"),
+    ("rotation.layer_decay=1.5", r"layer_decay=1.5: expected a factor"),
+])
+def test_a_stage_2_recipe_mistake_fails_before_anything_trains(entry, message):
+  config = tiny_benchmark_config(**{"benchmark.finetune_by_method": (entry,)})
+  with pytest.raises(ValueError, match=message):
+    benchmark.validate(config)
+
+
+def test_a_stage_2_recipe_binds_a_sweep_and_none_keeps_old_sweeps_resumable(
+    tmp_path):
+  config = tiny_benchmark_config()
+  saved = benchmark._fingerprint(config)
+  assert "benchmark.finetune_by_method" not in saved  # as sweeps saved before
+  files.write_json_atomic(str(tmp_path / "benchmark.json"),
+                          {"fingerprint": saved})
+  benchmark.check_resumable(config, str(tmp_path))
+  config.benchmark.finetune_by_method = ("rotation.layer_decay=0.75",)
+  with pytest.raises(ValueError, match="benchmark.finetune_by_method"):
     benchmark.check_resumable(config, str(tmp_path))
 
 

@@ -19,7 +19,9 @@ needs them, so a resumed sweep does no work for finished (method, seed)s.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import json
 import os
 import time
 from typing import Any
@@ -47,6 +49,71 @@ def method_args(config: ml_collections.ConfigDict) -> dict[str, str]:
                        "entry is 'method=arg', e.g. 'supervised=chestmnist'")
     out[method] = arg
   return out
+
+
+# Fields that define the sweep itself: the same for every method.
+_SWEEP_FIELDS = ("protocols", "fractions", "seeds", "pretrained",
+                 "cells_at_once", "save_predictions")
+
+
+def finetune_by_method(config: ml_collections.ConfigDict
+                       ) -> dict[str, dict[str, Any]]:
+  """`benchmark.finetune_by_method` entries 'method.field=value' (e.g.
+  'mae.layer_decay=0.75', 'mae.optim.lr=5e-4') as {method:
+  {field path under finetune: value}}: a method's own stage-2 recipe in
+  place of the shared one. Refuses a method outside the sweep, a field
+  finetune does not have, and the fields that define the sweep."""
+  out: dict[str, dict[str, Any]] = {}
+  for item in config.benchmark.get("finetune_by_method", ()):
+    target, sep, text = item.partition("=")
+    method, dot, field = target.partition(".")
+    if not (sep and dot and field):
+      raise ValueError(f"config.benchmark.finetune_by_method has {item!r}; "
+                       "each entry is 'method.field=value', e.g. "
+                       "'mae.layer_decay=0.75'")
+    if method not in config.benchmark.methods:
+      raise ValueError(f"config.benchmark.finetune_by_method has {item!r}: "
+                       f"{method!r} is not in config.benchmark.methods "
+                       f"{tuple(config.benchmark.methods)}")
+    if field.split(".")[0] in _SWEEP_FIELDS:
+      raise ValueError(f"config.benchmark.finetune_by_method has {item!r}: "
+                       f"finetune.{field} defines the sweep, the same for "
+                       "every method")
+    _check_finetune_field(config.finetune, field, item)
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text  # a bare word: a string, e.g. linear_probe
+    out.setdefault(method, {})[field] = value
+  return out
+
+
+def _check_finetune_field(ft: ml_collections.ConfigDict, field: str,
+                          item: str) -> None:
+  node = ft
+  for key in field.split("."):
+    if not hasattr(node, "keys") or key not in node:
+      raise ValueError(f"config.benchmark.finetune_by_method has {item!r}: "
+                       f"config.finetune has no field {field!r}")
+    node = node[key]
+  return node
+
+
+def with_method_finetune(config: ml_collections.ConfigDict,
+                         overrides: dict[str, Any]
+                         ) -> ml_collections.ConfigDict:
+  """`config` with a method's stage-2 overrides in `finetune` (a copy when
+  there are any)."""
+  if not overrides:
+    return config
+  config = config.copy_and_resolve_references()
+  for field, value in overrides.items():
+    *parents, last = field.split(".")
+    node = config.finetune
+    for key in parents:
+      node = node[key]
+    node[last] = value
+  return config
 
 
 def budgeted(c: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
@@ -124,6 +191,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        "name >= 2 of config.benchmark.methods, got "
                        f"{tuple(bench.combine)}")
   method_args(config)
+  for method, overrides in finetune_by_method(config).items():
+    common.validate(with_method_finetune(budgeted(config, config, config.seed),
+                                         overrides))
 
 
 def sweep_cells(config: ml_collections.ConfigDict) -> list[Cell]:
@@ -166,7 +236,10 @@ _NOT_BINDING = ("benchmark.methods", "benchmark.combine", "benchmark.progress",
 
 
 def _fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return workdir_lib.flatten(config, _NOT_BINDING)
+  flat = workdir_lib.flatten(config, _NOT_BINDING)
+  if not flat.get("benchmark.finetune_by_method"):  # none: as sweeps before it
+    flat.pop("benchmark.finetune_by_method", None)
+  return flat
 
 
 def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -192,7 +265,10 @@ class Contexts:
                info, mesh, data):
     self.config, self.workdir = config, workdir
     self.info, self.mesh, self.data = info, mesh, data
-    self.compiled: dict = {}  # one architecture: trainers compile once
+    # One architecture: trainers compile once per stage-2 recipe (a
+    # method's own, `finetune_by_method`, gets its own programs).
+    self.compiled: dict[str, dict] = {}
+    self.overrides = finetune_by_method(config)
     self.groups = common.patient_groups(config)
     self._cache: dict[tuple[str, int], EncoderContext] = {}
 
@@ -222,7 +298,9 @@ class Contexts:
 
   def get(self, method: str, seed: int) -> EncoderContext:
     if (method, seed) not in self._cache:
-      base = budgeted(self.config, self.config, seed)
+      overrides = self.overrides.get(method, {})
+      base = with_method_finetune(budgeted(self.config, self.config, seed),
+                                  overrides)
       pre_config, weights, pre_dir = None, None, ""
       if method != NONE:
         pre_dir = self.pretrained_dir(method, seed)
@@ -232,7 +310,9 @@ class Contexts:
           workdir=self.workdir, mesh=self.mesh, info=self.info, data=self.data,
           encoder_weights=weights, init_seed=seed,
           log_dir=os.path.join(self.workdir, "logs", method, f"seed{seed}"),
-          compiled=self.compiled, groups=self.groups, pretrained=pre_dir)
+          compiled=self.compiled.setdefault(
+              json.dumps(overrides, sort_keys=True), {}),
+          groups=self.groups, pretrained=pre_dir)
     return self._cache[(method, seed)]
 
 
@@ -257,6 +337,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "finetune_augment": config.finetune.augment.policy,
       "decision_threshold": config.finetune.decision_threshold,
       "methods": method_info(config),
+      "finetune_by_method": finetune_by_method(config),
       "protocols": list(config.finetune.protocols),
       "fractions": list(config.finetune.fractions),
       "seeds": list(config.finetune.seeds),

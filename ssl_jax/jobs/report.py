@@ -234,6 +234,19 @@ def _pm(value: tuple[float, float], seeds: int, fmt: str = ".3f") -> str:
           else f"{mean:{fmt}}")
 
 
+def own_recipes(meta: dict) -> list[str]:
+  """The methods fine-tuned with their own stage-2 fields
+  (`benchmark.finetune_by_method`), as report lines; none: no lines."""
+  by_method = meta.get("finetune_by_method") or {}
+  if not by_method:
+    return []
+  recipes = "; ".join(
+      f"{method}: " + ", ".join(f"`finetune.{k}={v!r}`" for k, v in fields.items())
+      for method, fields in by_method.items())
+  return [f"Stage 2 differs by method (every other one shares the one "
+          f"above): {recipes}.", ""]
+
+
 def benchmark_markdown(summary: list[dict], meta: dict, references: list,
                        plots: dict[str, str]) -> str:
   """report.md: setup, the table (ours + published), figures, notes."""
@@ -256,6 +269,7 @@ def benchmark_markdown(summary: list[dict], meta: dict, references: list,
       "",
       f"Stage-2 views: `{meta.get('finetune_augment', 'not recorded')}`.",
       "",
+      *own_recipes(meta),
       f"Compute: pretraining "
       f"{sum(p['seconds'] * p['runs'] for p in meta['pretrain'].values()):.0f} s, "
       f"stage-2 cells {meta.get('cells_seconds', 0):.0f} s (sums over runs); "
