@@ -96,7 +96,6 @@ def _check_finetune_field(ft: ml_collections.ConfigDict, field: str,
       raise ValueError(f"config.benchmark.finetune_by_method has {item!r}: "
                        f"config.finetune has no field {field!r}")
     node = node[key]
-  return node
 
 
 def with_method_finetune(config: ml_collections.ConfigDict,
