@@ -28,7 +28,12 @@ scratch; at 100 % (5 seeds) 0.787 against 0.768, +0.020 [-0.022, 0.061].
 Reproduce: job=finetune with configs/benchmark.py:dataset=breastmnist,
 backbone=vit --config.finetune.pretrained=<sweep>/pretrain/mae/seed0
 --config.finetune.layer_decay=0.75 (the benchmark's shared stage 2
-keeps one rate for every method).
+keeps one rate for every method unless
+--config.benchmark.finetune_by_method="('mae.layer_decay=0.75',)").
+The rest of MAE's recipe, mixup 0.8 and label smoothing 0.1
+(finetune.mixup_alpha, finetune.label_smoothing), adds nothing on top:
+0.728 +- 0.033 over the same 20 seeds, -0.006 [-0.018, 0.006]; so this
+config leaves both off.
 """
 from configs import base
 
