@@ -108,7 +108,8 @@ def test_mixup_trains_on_the_blend_the_regularizer_draws():
       _linear_model(kernel), batch, rng, {})
   x = augment.standardize(jnp.asarray(images, jnp.float32) / 255.0)
   x, targets = supervised.regularized_targets(
-      jax.random.fold_in(rng, 1), x, jnp.eye(3)[labels], hp, False)
+      jax.random.fold_in(rng, 1), x, jnp.eye(3)[labels],
+      *supervised.target_regularizers(hp), False)
   expected = supervised.soft_target_loss(_linear_model(kernel)(x, True),
                                          targets, False)
   assert float(loss) == pytest.approx(float(expected), rel=1e-6)

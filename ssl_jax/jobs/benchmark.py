@@ -79,7 +79,9 @@ def finetune_by_method(config: ml_collections.ConfigDict
       raise ValueError(f"config.benchmark.finetune_by_method has {item!r}: "
                        f"finetune.{field} defines the sweep, the same for "
                        "every method")
-    _check_finetune_field(config.finetune, field, item)
+    if _finetune_slot(config.finetune, field) is None:
+      raise ValueError(f"config.benchmark.finetune_by_method has {item!r}: "
+                       f"config.finetune has no field {field!r}")
     try:
       value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -88,14 +90,17 @@ def finetune_by_method(config: ml_collections.ConfigDict
   return out
 
 
-def _check_finetune_field(ft: ml_collections.ConfigDict, field: str,
-                          item: str) -> None:
+def _finetune_slot(ft: ml_collections.ConfigDict, field: str
+                   ) -> tuple[ml_collections.ConfigDict, str] | None:
+  """The block of `ft` holding the dotted `field` and its last key; None
+  when `ft` has no such field."""
+  *parents, last = field.split(".")
   node = ft
-  for key in field.split("."):
-    if not hasattr(node, "keys") or key not in node:
-      raise ValueError(f"config.benchmark.finetune_by_method has {item!r}: "
-                       f"config.finetune has no field {field!r}")
-    node = node[key]
+  for key in parents:
+    node = node.get(key) if hasattr(node, "keys") else None
+  if not hasattr(node, "keys") or last not in node:
+    return None
+  return node, last
 
 
 def with_method_finetune(config: ml_collections.ConfigDict,
@@ -107,10 +112,7 @@ def with_method_finetune(config: ml_collections.ConfigDict,
     return config
   config = config.copy_and_resolve_references()
   for field, value in overrides.items():
-    *parents, last = field.split(".")
-    node = config.finetune
-    for key in parents:
-      node = node[key]
+    node, last = _finetune_slot(config.finetune, field)
     node[last] = value
   return config
 

@@ -114,12 +114,11 @@ def mixed(rng: Array, images: Array, targets: Array,
 
 
 def regularized_targets(rng: Array, images: Array, targets: Array,
-                        hp: base.HParams, multi_label: bool
+                        alpha: float, smoothing: float, multi_label: bool
                         ) -> tuple[Array, Array]:
-  """The views and [B, C] targets a stage-2 step trains on with
-  `hp.label_smoothing` and `hp.mixup_alpha` (MAE's fine-tuning recipe
-  uses both); unchanged when both are 0."""
-  alpha, smoothing = target_regularizers(hp)
+  """The views and [B, C] targets a stage-2 step trains on with label
+  smoothing and mixup of `target_regularizers`' values (MAE's
+  fine-tuning recipe uses both); unchanged when both are 0."""
   if smoothing:
     targets = smoothed(targets, smoothing, multi_label)
   if alpha:
@@ -158,7 +157,8 @@ def make_supervised_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
       return loss, {"train_acc": accuracy}, extra
     x, targets = regularized_targets(
         jax.random.fold_in(rng, 1), x,
-        label_targets(labels, num_classes, multi_label), hp, multi_label)
+        label_targets(labels, num_classes, multi_label), alpha, smoothing,
+        multi_label)
     logits = model(x, train=True)
     loss = soft_target_loss(logits, targets, multi_label, class_weights=weights)
     return loss, {"train_acc": agreement(logits, targets, multi_label)}, extra
@@ -199,7 +199,7 @@ def make_distillation_loss(hp: base.HParams,
     targets = batch["target"]
     if alpha or smoothing:
       x, targets = regularized_targets(jax.random.fold_in(rng, 1), x, targets,
-                                       hp, multi_label)
+                                       alpha, smoothing, multi_label)
     logits = model(x, train=True)
     loss = soft_target_loss(logits, targets, multi_label, hp.temperature,
                             class_weights)
