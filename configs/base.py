@@ -255,6 +255,10 @@ def get_config() -> ml_collections.ConfigDict:
       # (10 % of the labels: ~6 of 64 rows per batch; 1 %: ~0.6); above it,
       # labelled rows repeat to make it (FixMatch's mu = 7: 0.125).
       fixmatch_labelled_share=0.0,
+      # mixup among FixMatch's labelled rows (their weak views and labels,
+      # one Beta(alpha, alpha) blend per batch; the unlabelled rows as they
+      # are), in FixMatch cells and FixMatch teachers alike; 0 = off.
+      fixmatch_mixup_alpha=0.0,
       # End-to-end runs validate and score an exponential moving average of
       # their weights with this decay per step (0 = off; FixMatch: 0.999
       # over 2^20 steps; here runs last hundreds, so ~0.99).
@@ -275,7 +279,7 @@ def get_config() -> ml_collections.ConfigDict:
       # (the share moved to uniform); 0 = off. They apply to finetune,
       # scratch, last_k and every distill student (a FixMatch teacher's
       # too); FixMatch cells refuse them and FixMatch teachers train
-      # without. MAE fine-tunes with 0.8 and 0.1 (and CutMix, which can cut
+      # without (fixmatch_mixup_alpha is FixMatch's own). MAE fine-tunes with 0.8 and 0.1 (and CutMix, which can cut
       # a lesion out: not offered).
       mixup_alpha=0.0, label_smoothing=0.0,
       early_layer="stage3",    # `early_layer`: ResNet 'stageN', ViT 'blockN'

@@ -253,3 +253,29 @@ def test_alignment_reads_only_the_labelled_subsets_proportions(
   rows = [r for r in read_rows(tmp_path / f"fixmatch_n{len(train_idx)}_s0")
           if "train/pseudo_label_rate" in r]
   assert rows and all(0.0 <= r["train/pseudo_label_rate"] <= 1.0 for r in rows)
+
+
+def test_fixmatch_mixup_reaches_cells_and_teachers_and_is_range_checked(
+    contexts, monkeypatch):  # noqa: F811
+  """`finetune.fixmatch_mixup_alpha` trains a FixMatch cell's labelled
+  rows mixed (its objective's `labelled_mixup_alpha`), and a negative
+  value is refused before any FixMatch run, a teacher's too."""
+  ctx, _ = contexts
+  config = ctx.config.copy_and_resolve_references()
+  config.finetune.fixmatch_mixup_alpha = 0.4
+  built = []
+  real_trainer_for = classifier.trainer_for
+  def recording(*args, objective, **kwargs):
+    built.append(objective["labelled_mixup_alpha"])
+    return real_trainer_for(*args, objective=objective, **kwargs)
+  monkeypatch.setattr(classifier, "trainer_for", recording)
+  mixing = dataclasses.replace(ctx, config=config)
+  preds = PROTOCOLS.get("fixmatch")(mixing, ctx.subset(0.1, 0), 0)
+  assert built == [0.4]
+  assert np.isfinite(preds.probs["test"]).all()
+  config.finetune.fixmatch_mixup_alpha = -0.5
+  config.finetune.distill_teacher = "fixmatch"
+  for name in ("fixmatch", "distill"):
+    with pytest.raises(ValueError, match=r"fixmatch_mixup_alpha=-0.5: "
+                       "expected >= 0"):
+      PROTOCOLS.get(name).check(mixing)

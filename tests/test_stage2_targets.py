@@ -168,3 +168,78 @@ def test_fixmatch_refuses_mixup_and_label_smoothing():
   hp = _hparams(mixup_alpha=0.2)
   with pytest.raises(ValueError, match="'fixmatch' takes no mixup_alpha"):
     supervised.make_fixmatch_loss(hp, types.SimpleNamespace(policy=None))
+
+
+def test_mixup_within_rows_leaves_the_other_rows_exactly_as_they_were():
+  batch = 8
+  images = jnp.arange(batch, dtype=jnp.float32).reshape(batch, 1, 1, 1) + 0.1
+  targets = jnp.eye(batch)
+  rows = jnp.asarray([1, 0, 1, 1, 0, 1, 0, 1], jnp.float32)
+  inside = [0, 2, 3, 5, 7]
+  partners = np.asarray(supervised.partners_within(jax.random.key(1), rows))
+  assert sorted(partners[inside]) == inside  # a permutation of those rows
+  np.testing.assert_array_equal(partners[[1, 4, 6]], [1, 4, 6])
+  mixed_images, mixed_targets = supervised.mixed(
+      jax.random.key(2), images, targets, alpha=0.4, rows=rows)
+  for row in (1, 4, 6):
+    assert float(mixed_images[row, 0, 0, 0]) == float(images[row, 0, 0, 0])
+    np.testing.assert_array_equal(mixed_targets[row], targets[row])
+  mixed_targets = np.asarray(mixed_targets)
+  moved = [r for r in inside if mixed_targets[r, r] < 1.0 - 1e-6]
+  assert moved  # with these keys some rows are blended
+  for row in moved:
+    partner = int(np.argmax(np.where(np.arange(batch) == row, -1.0,
+                                     mixed_targets[row])))
+    assert partner in inside
+    lam = mixed_targets[row, row]
+    assert lam == pytest.approx(mixed_targets[moved[0], moved[0]], abs=1e-6)
+    assert float(mixed_images[row, 0, 0, 0]) == pytest.approx(
+        lam * (row + 0.1) + (1 - lam) * (partner + 0.1), abs=1e-5)
+
+
+def _fixmatch_hparams(**fields):
+  return _hparams(**dict(dict(
+      threshold=0.6, threshold_rule="fixed", threshold_momentum=0.999,
+      unlabelled_weight=1.0, strong_policy="none", alignment="none",
+      alignment_momentum=0.99, class_prior=None, labelled_mixup_alpha=0.0),
+      **fields))
+
+
+def test_fixmatch_mixes_its_labelled_rows_and_leaves_the_unlabelled_term():
+  """With `labelled_mixup_alpha` the labelled term is the soft-target loss
+  on the labelled rows' blend; the unlabelled term (no BatchNorm here) is
+  the one without mixup, to the last bit."""
+  images, labels, kernel, ctx = _loss_inputs()
+  ctx.spatial_dims = 2
+  labelled = np.array([1, 0, 1, 1, 0, 1], np.float32)
+  batch = {"image": jnp.asarray(images),
+           "label": jnp.asarray(np.where(labelled > 0, labels, -1)),
+           "labelled": jnp.asarray(labelled)}
+  rng = jax.random.key(0)  # its lam is 0.58
+  model = _linear_model(kernel)
+  loss, metrics, _ = supervised.make_fixmatch_loss(
+      _fixmatch_hparams(labelled_mixup_alpha=0.4), ctx)(model, batch, rng,
+                                                        {"pseudo_label_stats": {}})
+  _, plain_metrics, _ = supervised.make_fixmatch_loss(
+      _fixmatch_hparams(), ctx)(model, batch, rng, {"pseudo_label_stats": {}})
+  x = augment.standardize(jnp.asarray(images, jnp.float32) / 255.0)
+  weak_x, targets = supervised.mixed(
+      jax.random.fold_in(rng, 1), x, jnp.eye(3)[np.maximum(batch["label"], 0)],
+      0.4, rows=jnp.asarray(labelled))
+  labelled_loss = supervised.soft_target_loss(
+      model(weak_x, True), targets, False, weights=jnp.asarray(labelled))
+  unlabelled_loss, _ = supervised.consistency_loss(
+      jax.nn.softmax(model(x, True)), model(x, True),
+      jnp.asarray(1.0 - labelled), 0.6)
+  assert float(metrics["unlabelled_loss"]) == float(
+      plain_metrics["unlabelled_loss"]) == pytest.approx(
+          float(unlabelled_loss), rel=1e-6)
+  assert float(loss) == pytest.approx(
+      float(labelled_loss + unlabelled_loss), rel=1e-6)
+  hard, _ = supervised.classification_loss(
+      model(weak_x, True), batch["label"], False,
+      weights=jnp.asarray(labelled))
+  assert float(labelled_loss) != pytest.approx(float(hard), rel=1e-3)
+  with pytest.raises(ValueError, match="labelled_mixup_alpha=-1.0: expected"):
+    supervised.make_fixmatch_loss(
+        _fixmatch_hparams(labelled_mixup_alpha=-1.0), ctx)

@@ -178,6 +178,7 @@ def _fixmatch(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
       # The supervised targets' regularizers are for the other protocols
       # (and a FixMatch teacher's distilled students): never FixMatch's.
       mixup_alpha=0.0, label_smoothing=0.0,
+      labelled_mixup_alpha=fixmatch_mixup_alpha(ft),
       alignment=alignment,
       alignment_momentum=float(ft.get("fixmatch_alignment_momentum", 0.99)),
       # Only the labelled rows' proportions, and only where read (a trainer
@@ -195,6 +196,16 @@ def _fixmatch(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
       labelled_share=float(feed.extra["labelled"].mean())))
 
 
+def fixmatch_mixup_alpha(ft) -> float:
+  """`finetune.fixmatch_mixup_alpha` (absent: 0 = off): mixup among
+  FixMatch's labelled rows, wherever FixMatch runs; refused below 0."""
+  alpha = float(ft.get("fixmatch_mixup_alpha", 0.0))
+  if alpha < 0.0:
+    raise ValueError(f"config.finetune.fixmatch_mixup_alpha={alpha}: "
+                     "expected >= 0 (0 = off)")
+  return alpha
+
+
 def _fixmatch_applies(ctx: EncoderContext) -> None:
   """Before any FixMatch run (a cell's, or a distillation teacher's): a
   single-label task, a labelled share in range, a known threshold rule and
@@ -206,6 +217,7 @@ def _fixmatch_applies(ctx: EncoderContext) -> None:
                      "multi-label")
   ft = ctx.config.finetune
   classifier.fixmatch_labelled_share(ft)  # refuses a share out of range
+  fixmatch_mixup_alpha(ft)  # refuses a negative alpha
   for field, default, names in (
       ("fixmatch_threshold_rule", "fixed", supervised.THRESHOLD_RULES),
       ("fixmatch_alignment", "none", supervised.ALIGNMENT_TARGETS)):
@@ -223,7 +235,9 @@ def _fixmatch_cell_applies(ctx: EncoderContext) -> None:
                                         field="finetune")):
     raise ValueError("protocols 'fixmatch' and 'scratch_fixmatch' take no "
                      "finetune.mixup_alpha or label_smoothing: set both to 0 "
-                     "and run the other protocols with them in another job")
+                     "and run the other protocols with them in another job "
+                     "(finetune.fixmatch_mixup_alpha mixes FixMatch's "
+                     "labelled rows)")
 
 
 # Who labels the unlabelled train images for `distill`'s students

@@ -101,15 +101,35 @@ def smoothed(targets: Array, smoothing: float, multi_label: bool) -> Array:
   return targets * (1.0 - smoothing) + smoothing / outcomes
 
 
-def mixed(rng: Array, images: Array, targets: Array,
-          alpha: float) -> tuple[Array, Array]:
+def partners_within(rng: Array, rows: Array) -> Array:
+  """[B] partner indices: a random permutation of the rows where `rows`
+  [B] is 1, every other row its own partner."""
+  n = rows.shape[0]
+  index = jnp.arange(n)
+  inside = rows > 0
+  shuffled = jnp.argsort(jnp.where(inside, jax.random.uniform(rng, (n,)),
+                                   2.0 + index))
+  in_order = jnp.argsort(jnp.where(inside, index, n + index))
+  return index.at[in_order].set(shuffled)
+
+
+def mixed(rng: Array, images: Array, targets: Array, alpha: float,
+          rows: Array | None = None) -> tuple[Array, Array]:
   """mixup (Zhang et al., ICLR 2018): one lam ~ Beta(alpha, alpha) per
   batch; each image blended with a partner from a permutation of the
-  batch, lam * own + (1 - lam) * partner, its targets by the same lam."""
+  batch, lam * own + (1 - lam) * partner, its targets by the same lam.
+  With `rows` [B] (1 = mixed), only those rows mix, among themselves;
+  the others stay exactly as they were."""
   k_lam, k_perm = jax.random.split(rng)
   lam = jax.random.beta(k_lam, alpha, alpha)
-  partner = jax.random.permutation(k_perm, images.shape[0])
-  blend = lambda a: lam * a + (1.0 - lam) * a[partner]
+  if rows is None:
+    partner = jax.random.permutation(k_perm, images.shape[0])
+    blend = lambda a: lam * a + (1.0 - lam) * a[partner]
+  else:
+    partner = partners_within(k_perm, rows)
+    def blend(a):
+      keep = (rows > 0).reshape((-1,) + (1,) * (a.ndim - 1))
+      return jnp.where(keep, lam * a + (1.0 - lam) * a[partner], a)
   return blend(images), blend(targets)
 
 
@@ -168,21 +188,26 @@ def make_supervised_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
 
 def soft_target_loss(logits: Array, targets: Array, multi_label: bool,
                      temperature: float = 1.0,
-                     class_weights: Array | None = None) -> Array:
+                     class_weights: Array | None = None,
+                     weights: Array | None = None) -> Array:
   """Cross-entropy against class probabilities `targets` [B, C] (a
   teacher's, already tempered), the student's logits divided by
   `temperature` (Hinton et al. 2015; SimCLRv2's distillation). Sigmoid BCE
   per label for multi-label targets. `class_weights` [C] weigh an example
   by its expected class weight, sum_c target_c * w_c, normalised as
-  `classification_loss` does."""
+  `classification_loss` does; `weights` [B] (1 = counted) average over
+  those rows only (single-label)."""
   logits = logits.astype(jnp.float32) / temperature
   targets = targets.astype(jnp.float32)
   if multi_label:
     return optax.sigmoid_binary_cross_entropy(logits, targets).mean()
   per_example = optax.softmax_cross_entropy(logits, targets)
-  if class_weights is None:
+  if class_weights is None and weights is None:
     return per_example.mean()
-  weight = targets @ jnp.asarray(class_weights, jnp.float32)
+  weight = (jnp.ones_like(per_example) if class_weights is None else
+            targets @ jnp.asarray(class_weights, jnp.float32))
+  if weights is not None:
+    weight = weight * weights
   return (per_example * weight).sum() / jnp.maximum(weight.sum(), 1e-12)
 
 
@@ -388,38 +413,68 @@ def init_fixmatch_extra(model: nnx.Module, hp: base.HParams,
   return extra
 
 
+def labelled_mixup_alpha(hp) -> float:
+  """FixMatch's `labelled_mixup_alpha` (0 = off), refused below 0."""
+  alpha = float(hp.labelled_mixup_alpha)
+  if alpha < 0.0:
+    raise ValueError(f"objective 'fixmatch': labelled_mixup_alpha={alpha}: "
+                     "expected >= 0 (0 = off)")
+  return alpha
+
+
 def make_fixmatch_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
   """Labelled rows (batch['labelled'] = 1) against their labels on the weak
   view; unlabelled rows (their label column is -1, never read) against the
   weak view's confident predictions on a strong view, confident by the
   bars of `hp.threshold_rule`, after `hp.alignment`'s distribution
-  alignment. Both views go through the model as one batch, so BatchNorm
-  sees both."""
+  alignment. With `hp.labelled_mixup_alpha` the labelled rows' weak views
+  are mixed among themselves (`mixed`), the unlabelled ones untouched.
+  Both views go through the model as one batch, so BatchNorm sees both."""
   if hp.multi_label:
     raise ValueError("objective 'fixmatch' needs a single-label task; "
                      "objective.multi_label is True")
   if any(target_regularizers(hp)):
     raise ValueError("objective 'fixmatch' takes no mixup_alpha or "
-                     "label_smoothing: its labelled rows are a few per batch "
-                     "and its unlabelled ones have no label to mix or smooth")
+                     "label_smoothing (its unlabelled rows have no label to "
+                     "mix or smooth); labelled_mixup_alpha mixes its "
+                     "labelled rows")
+  labelled_alpha = labelled_mixup_alpha(hp)
   weak = ctx.policy
   strong = base.view_policy({"policy": hp.strong_policy}, ctx.spatial_dims)
   class_weights = hp.class_weights
+  num_classes = ctx.info.num_classes
   rule = threshold_rule(hp.threshold_rule)
-  target = alignment_target(hp, ctx.info.num_classes)
+  target = alignment_target(hp, num_classes)
+
+  def labelled_term(model, weak_x, strong_x, labels, labelled, rng):
+    """(weak logits, strong logits, labelled loss, labelled accuracy)."""
+    if not labelled_alpha:
+      weak_logits, strong_logits = jnp.split(
+          model(jnp.concatenate([weak_x, strong_x]), train=True), 2)
+      loss, accuracy = classification_loss(
+          weak_logits, labels, False, weights=labelled,
+          class_weights=class_weights)
+      return weak_logits, strong_logits, loss, accuracy
+    weak_x, targets = mixed(
+        rng, weak_x, label_targets(jnp.maximum(labels, 0), num_classes,
+                                   False), labelled_alpha, rows=labelled)
+    weak_logits, strong_logits = jnp.split(
+        model(jnp.concatenate([weak_x, strong_x]), train=True), 2)
+    loss = soft_target_loss(weak_logits, targets, False,
+                            class_weights=class_weights, weights=labelled)
+    hits = jnp.argmax(weak_logits, -1) == jnp.argmax(targets, -1)
+    accuracy = (hits * labelled).sum() / jnp.maximum(labelled.sum(), 1.0)
+    return weak_logits, strong_logits, loss, accuracy
 
   def loss_fn(model, batch, rng, extra):
     k_weak, k_strong = jax.random.split(rng)
     images = batch["image"]
-    x = jnp.concatenate([
-        views.train_view(weak, k_weak, images),
-        views.train_view(strong, k_strong, images)])
-    weak_logits, strong_logits = jnp.split(model(x, train=True), 2)
     labelled = batch["labelled"].astype(jnp.float32)
     unlabelled = 1.0 - labelled
-    supervised, accuracy = classification_loss(
-        weak_logits, batch["label"], False, weights=labelled,
-        class_weights=class_weights)
+    weak_logits, strong_logits, supervised, accuracy = labelled_term(
+        model, views.train_view(weak, k_weak, images),
+        views.train_view(strong, k_strong, images), batch["label"],
+        labelled, jax.random.fold_in(rng, 1))
     weak_probs = jax.nn.softmax(
         jax.lax.stop_gradient(weak_logits).astype(jnp.float32))
     extra = dict(extra)
@@ -485,9 +540,10 @@ base.register(base.Objective(
     # running mean with alignment_momentum per step; 'class_prior' reads
     # class_prior, [C] proportions). Single-label only; class_weights and
     # head_init as for 'supervised'; mixup_alpha and label_smoothing must
-    # stay 0.
+    # stay 0; labelled_mixup_alpha: mixup among the labelled rows (0 = off).
     hparams=dict(multi_label=False, class_weights=None, head_init="zeros",
                  mixup_alpha=0.0, label_smoothing=0.0,
+                 labelled_mixup_alpha=0.0,
                  threshold=0.95, threshold_rule="fixed",
                  threshold_momentum=0.999, unlabelled_weight=1.0,
                  strong_policy="simclr", alignment="none",
