@@ -347,9 +347,11 @@ def test_a_stage_2_recipe_mistake_fails_before_anything_trains(entry, message):
 
 def test_a_stage_2_recipe_binds_a_sweep_and_none_keeps_old_sweeps_resumable(
     tmp_path):
+  """A sweep saved before the field (its fingerprint without it) resumes
+  at configs/benchmark.py's default, and is refused with a recipe."""
   config = tiny_benchmark_config()
   saved = benchmark._fingerprint(config)
-  assert "benchmark.finetune_by_method" not in saved  # as sweeps saved before
+  assert saved.pop("benchmark.finetune_by_method") == []
   files.write_json_atomic(str(tmp_path / "benchmark.json"),
                           {"fingerprint": saved})
   benchmark.check_resumable(config, str(tmp_path))

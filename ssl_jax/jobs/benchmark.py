@@ -237,10 +237,16 @@ _NOT_BINDING = ("benchmark.methods", "benchmark.combine", "benchmark.progress",
 
 
 def _fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  flat = workdir_lib.flatten(config, _NOT_BINDING)
-  if not flat.get("benchmark.finetune_by_method"):  # none: as sweeps before it
-    flat.pop("benchmark.finetune_by_method", None)
-  return flat
+  return workdir_lib.flatten(config, _NOT_BINDING)
+
+
+def _defaults() -> dict[str, Any]:
+  """Each binding field's default: configs/base.py's, the benchmark
+  block's from configs/benchmark.py (base has none)."""
+  block = {k: v for k, v in _fingerprint(method_configs.load("benchmark")
+                                          ).items()
+           if k.startswith("benchmark.")}
+  return {**_fingerprint(method_configs.load("base")), **block}
 
 
 def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -251,8 +257,7 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
     return
   # A field newer than the saved sweep binds only if it left its default.
   changed = workdir_lib.changed_fields(
-      _fingerprint(config), saved["fingerprint"],
-      _fingerprint(method_configs.load("base")))
+      _fingerprint(config), saved["fingerprint"], _defaults())
   if changed:
     raise ValueError(f"{workdir} holds a sweep with other settings ({', '.join(changed[:8])}"
                      f"{' ...' if len(changed) > 8 else ''}); use a fresh "
