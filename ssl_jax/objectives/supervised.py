@@ -446,35 +446,32 @@ def make_fixmatch_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
   rule = threshold_rule(hp.threshold_rule)
   target = alignment_target(hp, num_classes)
 
-  def labelled_term(model, weak_x, strong_x, labels, labelled, rng):
-    """(weak logits, strong logits, labelled loss, labelled accuracy)."""
-    if not labelled_alpha:
-      weak_logits, strong_logits = jnp.split(
-          model(jnp.concatenate([weak_x, strong_x]), train=True), 2)
-      loss, accuracy = classification_loss(
-          weak_logits, labels, False, weights=labelled,
-          class_weights=class_weights)
-      return weak_logits, strong_logits, loss, accuracy
-    weak_x, targets = mixed(
-        rng, weak_x, label_targets(jnp.maximum(labels, 0), num_classes,
-                                   False), labelled_alpha, rows=labelled)
-    weak_logits, strong_logits = jnp.split(
-        model(jnp.concatenate([weak_x, strong_x]), train=True), 2)
+  def labelled_loss(weak_logits, labels, targets, labelled):
+    """(loss, accuracy) on the labelled rows: against their labels, or
+    with mixup against the mixed `targets`."""
+    if targets is None:
+      return classification_loss(weak_logits, labels, False,
+                                 weights=labelled, class_weights=class_weights)
     loss = soft_target_loss(weak_logits, targets, False,
                             class_weights=class_weights, weights=labelled)
     hits = jnp.argmax(weak_logits, -1) == jnp.argmax(targets, -1)
-    accuracy = (hits * labelled).sum() / jnp.maximum(labelled.sum(), 1.0)
-    return weak_logits, strong_logits, loss, accuracy
+    return loss, (hits * labelled).sum() / jnp.maximum(labelled.sum(), 1.0)
 
   def loss_fn(model, batch, rng, extra):
     k_weak, k_strong = jax.random.split(rng)
-    images = batch["image"]
+    images, labels = batch["image"], batch["label"]
     labelled = batch["labelled"].astype(jnp.float32)
     unlabelled = 1.0 - labelled
-    weak_logits, strong_logits, supervised, accuracy = labelled_term(
-        model, views.train_view(weak, k_weak, images),
-        views.train_view(strong, k_strong, images), batch["label"],
-        labelled, jax.random.fold_in(rng, 1))
+    weak_x, targets = views.train_view(weak, k_weak, images), None
+    if labelled_alpha:
+      weak_x, targets = mixed(
+          jax.random.fold_in(rng, 1), weak_x,
+          label_targets(jnp.maximum(labels, 0), num_classes, False),
+          labelled_alpha, rows=labelled)
+    x = jnp.concatenate([weak_x, views.train_view(strong, k_strong, images)])
+    weak_logits, strong_logits = jnp.split(model(x, train=True), 2)
+    supervised, accuracy = labelled_loss(weak_logits, labels, targets,
+                                         labelled)
     weak_probs = jax.nn.softmax(
         jax.lax.stop_gradient(weak_logits).astype(jnp.float32))
     extra = dict(extra)
