@@ -238,6 +238,7 @@ def get_config() -> ml_collections.ConfigDict:
       distill_temperature=1.0,  # `distill`: divides teacher's and student's logits
       distill_rounds=1,         # `distill`: students in turn, each teaching the next
       distill_teacher="finetune",  # `distill`: the first teacher's protocol ('fixmatch')
+      distill_teachers=1,       # `distill`: first-teacher runs (own seeds), averaged
       # `fixmatch`: the weak view's top probability that makes a pseudo-label,
       # the unlabelled term's weight, the strong view's augment preset; how
       # the bar is set ('fixed': that threshold; 'self_adaptive': FreeMatch's

@@ -189,3 +189,39 @@ def test_each_round_teaches_the_next_student(contexts, monkeypatch):  # noqa: F8
   assert preds.info["rounds"] == 2 and len(taught) == 2
   assert taught[0].shape == taught[1].shape == (len(ctx.labels("train")), 2)
   assert not np.allclose(taught[0], taught[1])
+
+
+def test_an_ensemble_teacher_averages_runs_with_their_own_seeds(
+    contexts, monkeypatch):  # noqa: F811
+  """distill_teachers=2: the students learn from the average of two
+  `finetune` runs on the same subset, the cell's seed and that seed +
+  TEACHER_SEED_STRIDE; the cell records the average's AUROC and each
+  member's. Fewer than one teacher is refused before anything trains."""
+  ctx, _ = contexts
+  two = ctx.config.copy_and_resolve_references()
+  two.finetune.distill_teachers = 2
+  train_idx = ctx.subset(0.1, 0)
+  taught = []
+  real_targets = distill.student_targets
+  monkeypatch.setattr(distill, "student_targets", lambda c, idx, probs, t: (
+      taught.append(probs) or real_targets(c, idx, probs, t)))
+  preds = PROTOCOLS.get("distill")(dataclasses.replace(ctx, config=two),
+                                   train_idx, 0)
+  _valid(preds, ctx)
+  members = [PROTOCOLS.get("finetune")(ctx, train_idx, seed)
+             for seed in (0, distill.TEACHER_SEED_STRIDE)]
+  assert preds.info["teachers"] == 2 and len(taught) == 1
+  assert not np.array_equal(members[0].probs["test"], members[1].probs["test"])
+  for split in ("val", "test"):
+    member_aurocs = [metrics.auroc(ctx.labels(split), m.probs[split], ctx.task)
+                     for m in members]
+    assert preds.info[f"teacher_member_{split}_aurocs"] == member_aurocs
+    mean = (members[0].probs[split] + members[1].probs[split]) / 2
+    assert preds.info[f"teacher_{split}_auroc"] == pytest.approx(
+        metrics.auroc(ctx.labels(split), mean, ctx.task), abs=1e-9)
+  assert taught[0].shape == (len(ctx.labels("train")), 2)
+  assert (preds.info["teacher_selected_step"]
+          == members[0].info["selected_step"])
+  two.finetune.distill_teachers = 0
+  with pytest.raises(ValueError, match=r"distill_teachers=0: expected >= 1"):
+    PROTOCOLS.get("distill").check(dataclasses.replace(ctx, config=two))

@@ -14,7 +14,11 @@ labels is read. The student is selected on val AUROC as every end-to-end
 run is; its cell records the first teacher's selection beside its own.
 With `finetune.distill_rounds` = r > 1 each student teaches the next, from
 the same encoder again (Noisy Student's iteration, Xie et al., CVPR 2020;
-the student's views are its noise).
+the student's views are its noise). With `finetune.distill_teachers` = k > 1
+the first teacher is k runs of the teacher's protocol on the same subset,
+each with its own init, batch order and augmentation, whose probabilities
+are averaged (an ensemble teaches better than any one member, Hinton et
+al. 2015); the first of them is the k = 1 teacher.
 """
 from __future__ import annotations
 
@@ -63,22 +67,49 @@ def student_targets(ctx: EncoderContext, train_idx: np.ndarray,
   return targets
 
 
+# Teacher i of an ensemble trains with the cell's seed + i * this: far
+# from the cell seeds of a sweep, so no member shares another cell's run.
+TEACHER_SEED_STRIDE = 1000
+
+
+def teacher_count(ft) -> int:
+  """`finetune.distill_teachers` (absent: 1); refused below 1."""
+  count = int(ft.get("distill_teachers", 1))
+  if count < 1:
+    raise ValueError(f"config.finetune.distill_teachers={count}: expected "
+                     ">= 1 (the teacher runs whose probabilities are averaged)")
+  return count
+
+
+def averaged(members: list[Predictions]) -> Predictions:
+  """The members' probabilities averaged split by split; the first
+  member's selection info (an ensemble of one is its member)."""
+  if len(members) == 1:
+    return members[0]
+  return Predictions({split: np.mean([m.probs[split] for m in members], axis=0)
+                      for split in members[0].probs}, members[0].info)
+
+
 def self_distill(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
                  weights: weights_lib.Flat | None, name: str,
                  teach: Callable[..., Predictions]) -> Predictions:
-  """The teacher `teach` trains on `train_idx` from `weights`, then
-  `distill_rounds` students from `weights` on every train image, each
-  taught by the one before (module doc). The cell records the first
-  teacher's own val and test AUROC, so a student pairs with its teacher
-  without running the teacher's protocol again."""
+  """The teacher `teach` trains on `train_idx` from `weights`
+  (`distill_teachers` times, averaged), then `distill_rounds` students from
+  `weights` on every train image, each taught by the one before (module
+  doc). The cell records the first teacher's own val and test AUROC (an
+  ensemble's: the average's, and each member's), so a student pairs with
+  its teacher without running the teacher's protocol again."""
   ft = ctx.config.finetune
   temperature, rounds = float(ft.distill_temperature), int(ft.distill_rounds)
   if temperature <= 0 or rounds < 1:
     raise ValueError("config.finetune.distill_temperature must be > 0 and "
                      f"distill_rounds >= 1, got {temperature} and {rounds}")
   with_train = ("train",) + EVAL_SPLITS
-  first = teacher = teach(ctx, train_idx, seed, weights=weights,
-                          name=f"{name}_teacher", score=with_train)
+  members = [teach(ctx, train_idx, seed + i * TEACHER_SEED_STRIDE,
+                   weights=weights, score=with_train,
+                   name=f"{name}_teacher" + (f"{i}" if i else ""))
+             for i in range(teacher_count(ft))]
+  first = teacher = averaged(members)
   rows = np.arange(len(ctx.labels("train")))
   student = classifier.trainer_for(
       ctx, len(rows), objective=dict(name="distillation",
@@ -95,7 +126,11 @@ def self_distill(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
         score=EVAL_SPLITS if r == rounds - 1 else with_train)
   return Predictions(teacher.probs, dict(
       teacher.info, temperature=temperature, rounds=rounds,
-      rows_trained=len(rows),
+      rows_trained=len(rows), teachers=len(members),
+      **({f"teacher_member_{split}_aurocs": [
+          metrics.auroc(ctx.labels(split), m.probs[split], ctx.task)
+          for m in members] for split in EVAL_SPLITS}
+         if len(members) > 1 else {}),
       **{f"teacher_{k}": v for k, v in first.info.items()
          if k.startswith("selected_")},
       **{f"teacher_{split}_auroc": metrics.auroc(

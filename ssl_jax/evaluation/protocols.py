@@ -254,6 +254,7 @@ def _distill_teacher(ctx: EncoderContext):
 
 
 def _distill_applies(ctx: EncoderContext) -> None:
+  distill.teacher_count(ctx.config.finetune)  # refuses fewer than one
   if _distill_teacher(ctx) is _fixmatch:
     _fixmatch_applies(ctx)
 
