@@ -2,8 +2,8 @@
 (XLA_FLAGS) or as one process of a multi-process job, prints one JSON line.
 
   python tests/scale_worker.py steps [WORKDIR]
-      3 SimCLR steps of a tiny ViT (BatchNorm projector: global-batch BN and
-      negatives) on the fixed global batch images[:16]; each process feeds
+      3 SimCLR steps (SGD) of a tiny ViT (BatchNorm projector: global-batch
+      BN and negatives) on the fixed global batch images[:16]; each process feeds
       its contiguous slice, so 1 x 4 devices and 2 processes x 2 devices see
       the same global batch. Multi-process when SCALE_COORDINATOR is set
       (with SCALE_NUM_PROCESSES, SCALE_PROCESS_ID): jax.distributed through
@@ -89,10 +89,18 @@ def _fc1(state):
 def steps(workdir: str | None) -> dict:
   import data_pipelines  # noqa: PLC0415
   from ssl_jax.jobs import pretrain  # noqa: PLC0415
+  # SGD, not Adam: its step is linear in the gradient, so equal params mean
+  # equal gradients. Adam's first steps move every parameter by about
+  # +-lr whatever its gradient's size, and some gradients here are zero in
+  # exact arithmetic (the key bias under the attention softmax, the bias
+  # before the projector's BatchNorm): their float noise, which differs
+  # with the reduction order of another mesh, became whole steps.
+  sgd = {"optim.name": "sgd", "optim.momentum": 0.9}
   if os.environ.get("SCALE_RULES"):
-    config = vit_config(**{"mesh.model_axis_size": 2, "mesh.rules": MODEL_RULES})
+    config = vit_config(**sgd, **{"mesh.model_axis_size": 2,
+                                  "mesh.rules": MODEL_RULES})
   else:
-    config = vit_config()
+    config = vit_config(**sgd)
   mesh = parallel.config_mesh(config)
   info = data_pipelines.info("breastmnist", 28)
   batch = parallel.shard_batch(_local_slice(_global_batch()), mesh)

@@ -73,13 +73,13 @@ def runs(medmnist_dir, tmp_path_factory):
 
 
 def test_rules_shard_vit_params_along_the_model_axis(runs):
-  """The MLP kernels (and their Adam moments) are born split along `model`
-  and stay split after steps; unmatched leaves are replicated."""
+  """The MLP kernels (and their SGD momentum traces) are born split along
+  `model` and stay split after steps; unmatched leaves are replicated."""
   sharded, multi, _ = runs
   assert sharded["mesh"] == {"data": 2, "model": 2}
   assert sharded["specs"] == {
       f"{prefix}encoder/blocks/0/{name}/kernel": spec
-      for prefix in ("params/", "opt_state/0/mu/", "opt_state/0/nu/")
+      for prefix in ("params/", "opt_state/1/0/trace/")
       for name, spec in (("fc1", "P(None, 'model')"), ("fc2", "P('model', None)"))}
   assert sharded["born_spec"] == sharded["after_spec"] == "P(None, 'model')"
   assert sharded["born_shard_shape"] == [32, 32]  # of [32, 64]
