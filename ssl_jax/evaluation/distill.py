@@ -17,8 +17,9 @@ the same encoder again (Noisy Student's iteration, Xie et al., CVPR 2020;
 the student's views are its noise). With `finetune.distill_teachers` = k > 1
 the first teacher is k runs of the teacher's protocol on the same subset,
 each with its own init, batch order and augmentation, whose probabilities
-are averaged (an ensemble teaches better than any one member, Hinton et
-al. 2015); the first of them is the k = 1 teacher.
+are averaged (Hinton et al. 2015 distilled an ensemble; three FixMatch
+teachers gave a BreastMNIST student no gain, docs/results.md); the first
+of them is the k = 1 teacher.
 """
 from __future__ import annotations
 
