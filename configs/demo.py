@@ -46,9 +46,10 @@ run as teacher of a student trained with mixup
 --config.finetune.distill_teacher=fixmatch
 --config.finetune.mixup_alpha=0.2) 0.839 +- 0.030 over twenty seeds,
 +0.015 [0.005, 0.026] over its teacher and +0.031 [0.019, 0.044] over end
-to end (on a third pretraining 0.840 +- 0.021 over ten; three FixMatch
-teachers averaged, --config.finetune.distill_teachers=3, 0.841 +- 0.031,
-+0.001 [-0.014, 0.016]); at 1 %,
+to end (on a third pretraining 0.834 +- 0.028 over twenty; there, on
+ten, three FixMatch teachers averaged,
+--config.finetune.distill_teachers=3, 0.841 +- 0.031, +0.001 [-0.014,
+0.016] over one teacher's student); at 1 %,
 FixMatch with its labelled rows repeated to FixMatch's share
 (--config.finetune.fixmatch_labelled_share=0.125) 0.694 +- 0.118, +0.074
 [0.029, 0.120] over end to end. The other stage-2 levers measured there (a FixMatch
