@@ -239,6 +239,10 @@ def get_config() -> ml_collections.ConfigDict:
       distill_rounds=1,         # `distill`: students in turn, each teaching the next
       distill_teacher="finetune",  # `distill`: the first teacher's protocol ('fixmatch')
       distill_teachers=1,       # `distill`: first-teacher runs (own seeds), averaged
+      # `distill` (the finetune job): further pretraining workdirs of the
+      # same model, each of whose encoders trains the teacher too (same
+      # subset and seed); their probabilities join the average.
+      distill_teacher_pretrained=(),
       # `fixmatch`: the weak view's top probability that makes a pseudo-label,
       # the unlabelled term's weight, the strong view's augment preset; how
       # the bar is set ('fixed': that threshold; 'self_adaptive': FreeMatch's

@@ -9,11 +9,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 
-from ssl_jax.evaluation import distill, metrics
+from ssl_jax.evaluation import classifier, distill, metrics, protocols
 from ssl_jax.evaluation.protocols import PROTOCOLS
-from ssl_jax.jobs import benchmark
-from ssl_jax.objectives import supervised
+from ssl_jax.jobs import benchmark, finetune
+from ssl_jax.objectives import base, supervised
+from ssl_jax.train import encoder_weights
 from tests.test_benchmark import tiny_benchmark_config
 from tests.test_benchmark_protocols import _valid, contexts  # noqa: F401
 
@@ -225,3 +227,79 @@ def test_an_ensemble_teacher_averages_runs_with_their_own_seeds(
   two.finetune.distill_teachers = 0
   with pytest.raises(ValueError, match=r"distill_teachers=0: expected >= 1"):
     PROTOCOLS.get("distill").check(dataclasses.replace(ctx, config=two))
+
+
+def test_teachers_from_further_encoders_join_the_average(contexts, monkeypatch):  # noqa: F811
+  """`teacher_encoders` (finetune.distill_teacher_pretrained): each further
+  encoder trains the teacher on the same subset with the cell's seed, the
+  run its own `finetune` cell would be; the students learn from the
+  average with the own teacher and start from the own encoder. The
+  from-scratch control refuses them."""
+  ctx, _ = contexts
+  own, other = (encoder_weights.of_module(
+      base.build_encoder(ctx.config, ctx.info, nnx.Rngs(seed)))
+      for seed in (3, 4))
+  train_idx = ctx.subset(0.1, 0)
+  taught, started_from = [], []
+  real_targets = distill.student_targets
+  real_run = classifier.ClassifierTrainer.run
+  monkeypatch.setattr(distill, "student_targets", lambda c, idx, probs, t: (
+      taught.append(probs) or real_targets(c, idx, probs, t)))
+
+  def spy_run(self, c, idx, seed, *, weights, name, **kwargs):
+    started_from.append((name, weights))
+    return real_run(self, c, idx, seed, weights=weights, name=name, **kwargs)
+  monkeypatch.setattr(classifier.ClassifierTrainer, "run", spy_run)
+  multi = dataclasses.replace(ctx, encoder_weights=own,
+                              teacher_encoders=(other,))
+  preds = PROTOCOLS.get("distill")(multi, train_idx, 0)
+  _valid(preds, ctx)
+  cell = f"distill_n{len(train_idx)}_s0"
+  assert started_from == [(f"{cell}_teacher", own),
+                          (f"{cell}_teacher_encoder1", other),
+                          (f"{cell}_student", own)]
+  members = [protocols._fine_tuned(  # the `finetune` cell, scored on train too
+      dataclasses.replace(ctx, encoder_weights=w), train_idx, 0, weights=w,
+      name="member", score=("train", "val", "test")) for w in (own, other)]
+  assert preds.info["teachers"] == 2 and preds.info["teacher_encoders"] == 2
+  assert not np.array_equal(members[0].probs["test"], members[1].probs["test"])
+  for split in ("val", "test"):
+    assert preds.info[f"teacher_member_{split}_aurocs"] == [
+        metrics.auroc(ctx.labels(split), m.probs[split], ctx.task)
+        for m in members]
+  np.testing.assert_allclose(
+      taught[0], (members[0].probs["train"] + members[1].probs["train"]) / 2,
+      atol=1e-6)
+  with pytest.raises(ValueError, match="'scratch_distill' is the from-scratch "
+                     "control: its teachers train from scratch too"):
+    PROTOCOLS.get("scratch_distill").check(multi)
+
+
+def test_further_teacher_encoders_must_be_built_as_the_student(monkeypatch):
+  """The finetune job refuses a teacher pretraining of another model or
+  image size, and further teachers without an own pretrained encoder; the
+  benchmark, which pretrains its own encoders, refuses the field."""
+  def pretraining(width, size):
+    c = ml_collections.ConfigDict(dict(model=dict(name="resnet18",
+                                                  width_multiplier=width),
+                                       data=dict(size=size)))
+    return c, {"w": np.zeros(1, np.float32)}
+  made = {"own": pretraining(0.25, 28), "same": pretraining(0.25, 28),
+          "wider": pretraining(0.5, 28), "larger": pretraining(0.25, 64)}
+  monkeypatch.setattr(finetune, "read_pretrained", lambda path: made[path])
+  ft = ml_collections.ConfigDict(dict(pretrained="own",
+                                      distill_teacher_pretrained=("same",)))
+  assert len(finetune.read_teacher_encoders(ft, made["own"][0])) == 1
+  for path, field in (("wider", "model"), ("larger", "data.size")):
+    ft.distill_teacher_pretrained = ("same", path)
+    with pytest.raises(ValueError, match=rf"distill_teacher_pretrained has "
+                       rf"{path}, whose {field} is .*; the student's encoder "
+                       r"\(own\) has"):
+      finetune.read_teacher_encoders(ft, made["own"][0])
+  with pytest.raises(ValueError, match="needs config.finetune.pretrained"):
+    finetune.read_teacher_encoders(ft, None)
+  config = tiny_benchmark_config(**{
+      "finetune.distill_teacher_pretrained": ("same",)})
+  with pytest.raises(ValueError, match="distill_teacher_pretrained is the "
+                     "finetune job's"):
+    benchmark.validate(config)

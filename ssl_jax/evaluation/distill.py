@@ -19,11 +19,16 @@ the first teacher is k runs of the teacher's protocol on the same subset,
 each with its own init, batch order and augmentation, whose probabilities
 are averaged (Hinton et al. 2015 distilled an ensemble; three FixMatch
 teachers gave a BreastMNIST student no gain, docs/results.md); the first
-of them is the k = 1 teacher.
+of them is the k = 1 teacher. With `finetune.distill_teacher_pretrained`
+naming further pretraining workdirs of the same architecture, each of
+their encoders trains the teacher too, on the same subset and seed (the
+run that pretraining's own k = 1 teacher would be), and joins the average:
+the student, started from the job's own encoder, learns from several
+pretrainings at once (combining representations in one network).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -93,9 +98,12 @@ def averaged(members: list[Predictions]) -> Predictions:
 
 def self_distill(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
                  weights: weights_lib.Flat | None, name: str,
-                 teach: Callable[..., Predictions]) -> Predictions:
+                 teach: Callable[..., Predictions],
+                 teacher_encoders: Sequence[weights_lib.Flat] = ()
+                 ) -> Predictions:
   """The teacher `teach` trains on `train_idx` from `weights`
-  (`distill_teachers` times, averaged), then `distill_rounds` students from
+  (`distill_teachers` times) and from each of `teacher_encoders` (once,
+  with the cell's seed), all averaged, then `distill_rounds` students from
   `weights` on every train image, each taught by the one before (module
   doc). The cell records the first teacher's own val and test AUROC (an
   ensemble's: the average's, and each member's), so a student pairs with
@@ -110,6 +118,9 @@ def self_distill(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
                    weights=weights, score=with_train,
                    name=f"{name}_teacher" + (f"{i}" if i else ""))
              for i in range(teacher_count(ft))]
+  members += [teach(ctx, train_idx, seed, weights=other, score=with_train,
+                    name=f"{name}_teacher_encoder{j + 1}")
+              for j, other in enumerate(teacher_encoders)]
   first = teacher = averaged(members)
   rows = np.arange(len(ctx.labels("train")))
   student = classifier.trainer_for(
@@ -128,6 +139,7 @@ def self_distill(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
   return Predictions(teacher.probs, dict(
       teacher.info, temperature=temperature, rounds=rounds,
       rows_trained=len(rows), teachers=len(members),
+      teacher_encoders=1 + len(teacher_encoders),
       **({f"teacher_member_{split}_aurocs": [
           metrics.auroc(ctx.labels(split), m.probs[split], ctx.task)
           for m in members] for split in EVAL_SPLITS}

@@ -36,6 +36,9 @@ class EncoderContext:
   `encoder_weights` are flat host arrays (`train/encoder_weights.py`);
   None means a random-init encoder drawn with `init_seed`.
   `peers` are further encoders whose frozen features `combine` concatenates.
+  `teacher_encoders` are further pretrained encoders of this architecture
+  (`finetune.distill_teacher_pretrained`), each of which trains a `distill`
+  teacher beside this encoder's own.
   `compiled` holds the programs compiled for this architecture (trainers,
   the feature extractor); contexts with the same model and data share one
   dict, so a sweep compiles them once.
@@ -55,6 +58,7 @@ class EncoderContext:
   init_seed: int = 0
   log_dir: str = ""
   peers: tuple["EncoderContext", ...] = ()
+  teacher_encoders: tuple[weights_lib.Flat, ...] = ()
   compiled: dict = dataclasses.field(default_factory=dict)
   groups: np.ndarray | None = None
   pretrained: str = ""

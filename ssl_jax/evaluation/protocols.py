@@ -259,6 +259,18 @@ def _distill_applies(ctx: EncoderContext) -> None:
     _fixmatch_applies(ctx)
 
 
+def _scratch_distill_applies(ctx: EncoderContext) -> None:
+  """A from-scratch control learns from no pretraining, its teachers'
+  included."""
+  _distill_applies(ctx)
+  if ctx.teacher_encoders or ctx.config.finetune.get(
+      "distill_teacher_pretrained", ()):
+    raise ValueError("protocol 'scratch_distill' is the from-scratch "
+                     "control: its teachers train from scratch too, so it "
+                     "takes no finetune.distill_teacher_pretrained; run it "
+                     "in another job without that field")
+
+
 @register("distill", kind=END_TO_END, check=_distill_applies,
           label="SSL + fine-tune, self-distilled on unlabelled images")
 def self_distilled(ctx: EncoderContext, train_idx: np.ndarray,
@@ -266,10 +278,11 @@ def self_distilled(ctx: EncoderContext, train_idx: np.ndarray,
   return distill.self_distill(ctx, train_idx, seed,
                               weights=ctx.encoder_weights,
                               teach=_distill_teacher(ctx),
+                              teacher_encoders=ctx.teacher_encoders,
                               name=f"distill_n{len(train_idx)}_s{seed}")
 
 
-@register("scratch_distill", kind=END_TO_END, check=_distill_applies,
+@register("scratch_distill", kind=END_TO_END, check=_scratch_distill_applies,
           needs_encoder=False,
           label="from scratch, self-distilled on unlabelled images")
 def scratch_self_distilled(ctx: EncoderContext, train_idx: np.ndarray,

@@ -186,6 +186,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        f"benchmark the from-scratch baselines are method "
                        f"{NONE!r} with the protocols that read an encoder "
                        f"({', '.join(readers)})")
+  if tuple(config.finetune.get("distill_teacher_pretrained", ())):
+    raise ValueError("config.finetune.distill_teacher_pretrained is the "
+                     "finetune job's (teachers from pretrainings done "
+                     "elsewhere); the benchmark pretrains its own encoders: "
+                     "set it to () here")
   if COMBINE in protocols:
     if len(bench.combine) < 2 or not set(bench.combine) <= set(bench.methods):
       raise ValueError(f"protocol {COMBINE!r} needs config.benchmark.combine to "

@@ -36,6 +36,32 @@ def read_pretrained(pretrained: str
   return pre_config, weights
 
 
+def read_teacher_encoders(ft, pre_config: ml_collections.ConfigDict | None
+                          ) -> tuple[encoder_weights.Flat, ...]:
+  """The encoders of `finetune.distill_teacher_pretrained`, refused unless
+  each was pretrained with the job's own encoder's model and image size
+  (a teacher is built as the student is)."""
+  paths = tuple(ft.get("distill_teacher_pretrained", ()))
+  if paths and pre_config is None:
+    raise ValueError("config.finetune.distill_teacher_pretrained needs "
+                     "config.finetune.pretrained: the student's own encoder, "
+                     "whose architecture the teachers' encoders share")
+  built = lambda c: {"model": c.model.to_dict(), "data.size": c.data.size}
+  encoders = []
+  for path in paths:
+    other, weights = read_pretrained(path)
+    for field, mine in built(pre_config).items():
+      theirs = built(other)[field]
+      if theirs != mine:
+        raise ValueError(
+            f"config.finetune.distill_teacher_pretrained has {path}, whose "
+            f"{field} is {theirs}; the student's encoder "
+            f"({ft.pretrained}) has {mine}: a teacher must be built as "
+            "the student is")
+    encoders.append(weights)
+  return tuple(encoders)
+
+
 def stage2_config(config: ml_collections.ConfigDict,
                   pre_config: ml_collections.ConfigDict | None,
                   info) -> ml_collections.ConfigDict:
@@ -77,6 +103,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   info = common.data_info(config)
   common.check_classes(config, info.task)
   cfg = stage2_config(config, pre_config, info)
+  teacher_encoders = read_teacher_encoders(ft, pre_config)
   if pre_config is not None and pre_config.model.to_dict() != config.model.to_dict():
     print(f"finetune: the encoder is built as in {ft.pretrained}/config.json "
           f"(model {pre_config.model.to_dict()}), not as config.model "
@@ -90,7 +117,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        init_seed=config.seed,
                        log_dir=os.path.join(workdir, "logs"),
                        groups=common.patient_groups(config),
-                       pretrained=ft.pretrained)
+                       pretrained=ft.pretrained,
+                       teacher_encoders=teacher_encoders)
   for protocol in ft.protocols:  # refuse what cannot apply before any cell
     PROTOCOLS.get(protocol).check(ctx)
   if jax.process_index() == 0:
@@ -109,6 +137,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "task": info.task, "model": cfg.model.to_dict(),
       "config_model": config.model.to_dict(),
       "pretrained": ft.pretrained or None, "init_from": init_path or None,
+      "distill_teacher_pretrained": list(
+          ft.get("distill_teacher_pretrained", ())),
       "pretrain_objective": pre_config.objective.name if pre_config else None,
       "finetune_augment": cfg.augment.policy,
       "decision_threshold": ft.get("decision_threshold", "medmnist"),
