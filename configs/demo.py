@@ -49,7 +49,10 @@ run as teacher of a student trained with mixup
 to end (on a third pretraining 0.834 +- 0.028 over twenty; there, on
 ten, three FixMatch teachers averaged,
 --config.finetune.distill_teachers=3, 0.841 +- 0.031, +0.001 [-0.014,
-0.016] over one teacher's student); at 1 %,
+0.016] over one teacher's student; FixMatch teachers from three
+pretrainings averaged into one student,
+--config.finetune.distill_teacher_pretrained="('W2','W3')", 0.838 +-
+0.026 over twenty, +0.003 [-0.006, 0.011]); at 1 %,
 FixMatch with its labelled rows repeated to FixMatch's share
 (--config.finetune.fixmatch_labelled_share=0.125) 0.694 +- 0.118, +0.074
 [0.029, 0.120] over end to end. The other stage-2 levers measured there (a FixMatch
