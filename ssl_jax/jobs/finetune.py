@@ -47,17 +47,18 @@ def read_teacher_encoders(ft, pre_config: ml_collections.ConfigDict | None
                      "config.finetune.pretrained: the student's own encoder, "
                      "whose architecture the teachers' encoders share")
   built = lambda c: {"model": c.model.to_dict(), "data.size": c.data.size}
+  mine = built(pre_config) if paths else {}
   encoders = []
   for path in paths:
     other, weights = read_pretrained(path)
-    for field, mine in built(pre_config).items():
-      theirs = built(other)[field]
-      if theirs != mine:
+    theirs = built(other)
+    for field in mine:
+      if theirs[field] != mine[field]:
         raise ValueError(
             f"config.finetune.distill_teacher_pretrained has {path}, whose "
-            f"{field} is {theirs}; the student's encoder "
-            f"({ft.pretrained}) has {mine}: a teacher must be built as "
-            "the student is")
+            f"{field} is {theirs[field]}; the student's encoder "
+            f"({ft.pretrained}) has {mine[field]}: a teacher must be built "
+            "as the student is")
     encoders.append(weights)
   return tuple(encoders)
 
