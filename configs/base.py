@@ -241,7 +241,9 @@ def get_config() -> ml_collections.ConfigDict:
       distill_teachers=1,       # `distill`: first-teacher runs (own seeds), averaged
       # `distill` (the finetune job): further pretraining workdirs of the
       # same model, each of whose encoders trains the teacher too (same
-      # subset and seed); their probabilities join the average.
+      # subset and seed); their probabilities join the average. With
+      # distill_rounds > 1 each encoder trains its own students, and the
+      # last student learns from theirs averaged.
       distill_teacher_pretrained=(),
       # `fixmatch`: the weak view's top probability that makes a pseudo-label,
       # the unlabelled term's weight, the strong view's augment preset; how

@@ -275,6 +275,57 @@ def test_teachers_from_further_encoders_join_the_average(contexts, monkeypatch):
     PROTOCOLS.get("scratch_distill").check(multi)
 
 
+def test_with_two_rounds_each_encoder_teaches_its_own_student(
+    contexts, monkeypatch):  # noqa: F811
+  """distill_rounds=2 with a further encoder: each encoder's teacher
+  teaches a student from that encoder (the run its own one-encoder
+  `distill` cell's student would be), and the final student, from the own
+  encoder, learns from the two students averaged; the cell records that
+  average's AUROC and each student's."""
+  ctx, _ = contexts
+  own, other = (encoder_weights.of_module(
+      base.build_encoder(ctx.config, ctx.info, nnx.Rngs(seed)))
+      for seed in (3, 4))
+  two = ctx.config.copy_and_resolve_references()
+  two.finetune.distill_rounds = 2
+  train_idx = ctx.subset(0.1, 0)
+  taught, runs = [], []
+  real_targets = distill.student_targets
+  real_run = classifier.ClassifierTrainer.run
+  monkeypatch.setattr(distill, "student_targets", lambda c, idx, probs, t: (
+      taught.append(probs) or real_targets(c, idx, probs, t)))
+
+  def spy_run(self, c, idx, seed, *, weights, name, **kwargs):
+    preds = real_run(self, c, idx, seed, weights=weights, name=name, **kwargs)
+    runs.append((name, weights, preds))
+    return preds
+  monkeypatch.setattr(classifier.ClassifierTrainer, "run", spy_run)
+  multi = dataclasses.replace(ctx, config=two, encoder_weights=own,
+                              teacher_encoders=(other,))
+  preds = PROTOCOLS.get("distill")(multi, train_idx, 0)
+  _valid(preds, ctx)
+  cell = f"distill_n{len(train_idx)}_s0"
+  assert [(n, w) for n, w, _ in runs] == [
+      (f"{cell}_teacher", own), (f"{cell}_teacher_encoder1", other),
+      (f"{cell}_student", own), (f"{cell}_student_encoder1", other),
+      (f"{cell}_student2", own)]
+  teachers, students = [p for _, _, p in runs[:2]], [p for _, _, p in runs[2:4]]
+  for i in range(2):  # each student learns from its own encoder's teacher
+    np.testing.assert_array_equal(taught[i], teachers[i].probs["train"])
+  np.testing.assert_allclose(
+      taught[2], (students[0].probs["train"] + students[1].probs["train"]) / 2,
+      atol=1e-6)
+  np.testing.assert_array_equal(preds.probs["test"], runs[4][2].probs["test"])
+  for split in ("val", "test"):
+    assert preds.info[f"final_teacher_member_{split}_aurocs"] == [
+        metrics.auroc(ctx.labels(split), s.probs[split], ctx.task)
+        for s in students]
+    assert preds.info[f"final_teacher_{split}_auroc"] == pytest.approx(
+        metrics.auroc(ctx.labels(split), (students[0].probs[split]
+                                          + students[1].probs[split]) / 2,
+                      ctx.task), abs=1e-9)
+
+
 def test_further_teacher_encoders_must_be_built_as_the_student(monkeypatch):
   """The finetune job refuses a teacher pretraining of another model or
   image size, and further teachers without an own pretrained encoder; the

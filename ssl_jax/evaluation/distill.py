@@ -24,7 +24,12 @@ naming further pretraining workdirs of the same architecture, each of
 their encoders trains the teacher too, on the same subset and seed (the
 run that pretraining's own k = 1 teacher would be), and joins the average:
 the student, started from the job's own encoder, learns from several
-pretrainings at once (combining representations in one network).
+pretrainings at once (combining representations in one network). Each
+encoder is then a chain: with `distill_rounds` = r > 1 every chain trains
+its own r - 1 students in turn, each from the chain's encoder, and the
+final student learns from the chains' last students averaged (an
+ensemble of students distilled into one network). Teachers are averaged
+per encoder first, so every pretraining weighs the same.
 """
 from __future__ import annotations
 
@@ -96,56 +101,76 @@ def averaged(members: list[Predictions]) -> Predictions:
                       for split in members[0].probs}, members[0].info)
 
 
+def _aurocs(ctx: EncoderContext, prefix: str, teacher: Predictions,
+            members: Sequence[Predictions]) -> dict:
+  """`teacher`'s val/test AUROC under `prefix`, and each member's when it
+  averages more than one."""
+  out = {f"{prefix}_{split}_auroc": metrics.auroc(
+      ctx.labels(split), teacher.probs[split], ctx.task) for split in EVAL_SPLITS}
+  if len(members) > 1:
+    out.update({f"{prefix}_member_{split}_aurocs": [
+        metrics.auroc(ctx.labels(split), m.probs[split], ctx.task)
+        for m in members] for split in EVAL_SPLITS})
+  return out
+
+
 def self_distill(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
                  weights: weights_lib.Flat | None, name: str,
                  teach: Callable[..., Predictions],
                  teacher_encoders: Sequence[weights_lib.Flat] = ()
                  ) -> Predictions:
   """The teacher `teach` trains on `train_idx` from `weights`
-  (`distill_teachers` times) and from each of `teacher_encoders` (once,
-  with the cell's seed), all averaged, then `distill_rounds` students from
-  `weights` on every train image, each taught by the one before (module
-  doc). The cell records the first teacher's own val and test AUROC (an
-  ensemble's: the average's, and each member's), so a student pairs with
-  its teacher without running the teacher's protocol again."""
+  (`distill_teachers` times, averaged) and from each of `teacher_encoders`
+  (once, with the cell's seed): one chain per encoder. Each of the first
+  `distill_rounds` - 1 rounds trains, in every chain, a student from that
+  chain's encoder taught by the chain's last network; the final student,
+  from `weights`, learns from the chains' last networks averaged (module
+  doc). The cell records the first teacher's val and test AUROC (an
+  ensemble's: the average's, and each member's) and, after more than one
+  round, the final teacher's, so a student pairs with its teachers
+  without running their protocols again."""
   ft = ctx.config.finetune
   temperature, rounds = float(ft.distill_temperature), int(ft.distill_rounds)
   if temperature <= 0 or rounds < 1:
     raise ValueError("config.finetune.distill_temperature must be > 0 and "
                      f"distill_rounds >= 1, got {temperature} and {rounds}")
   with_train = ("train",) + EVAL_SPLITS
-  members = [teach(ctx, train_idx, seed + i * TEACHER_SEED_STRIDE,
-                   weights=weights, score=with_train,
-                   name=f"{name}_teacher" + (f"{i}" if i else ""))
-             for i in range(teacher_count(ft))]
-  members += [teach(ctx, train_idx, seed, weights=other, score=with_train,
-                    name=f"{name}_teacher_encoder{j + 1}")
-              for j, other in enumerate(teacher_encoders)]
-  first = teacher = averaged(members)
+  own = [teach(ctx, train_idx, seed + i * TEACHER_SEED_STRIDE,
+               weights=weights, score=with_train,
+               name=f"{name}_teacher" + (f"{i}" if i else ""))
+         for i in range(teacher_count(ft))]
+  others = [teach(ctx, train_idx, seed, weights=other, score=with_train,
+                  name=f"{name}_teacher_encoder{j + 1}")
+            for j, other in enumerate(teacher_encoders)]
+  encoders = [weights, *teacher_encoders]
+  chains = [averaged(own), *others]
   rows = np.arange(len(ctx.labels("train")))
   student = classifier.trainer_for(
       ctx, len(rows), objective=dict(name="distillation",
                                      temperature=temperature),
       pretrained=weights is not None)
-  for r in range(rounds):
+
+  def learn(encoder, teacher, r, suffix, score):
     targets = student_targets(ctx, train_idx, teacher.probs["train"],
                               temperature)
-    teacher = student.run(
-        ctx, train_idx, seed, weights=weights,
-        name=f"{name}_student" + (f"{r + 1}" if r else ""),
+    return student.run(
+        ctx, train_idx, seed, weights=encoder,
+        name=f"{name}_student" + (f"{r + 1}" if r else "") + suffix,
         feed=classifier.soft_target_feed(rows, targets,
                                          ctx.info.multi_label),
-        score=EVAL_SPLITS if r == rounds - 1 else with_train)
-  return Predictions(teacher.probs, dict(
-      teacher.info, temperature=temperature, rounds=rounds,
-      rows_trained=len(rows), teachers=len(members),
-      teacher_encoders=1 + len(teacher_encoders),
-      **({f"teacher_member_{split}_aurocs": [
-          metrics.auroc(ctx.labels(split), m.probs[split], ctx.task)
-          for m in members] for split in EVAL_SPLITS}
-         if len(members) > 1 else {}),
+        score=score)
+
+  first = last = averaged(chains)
+  for r in range(rounds - 1):
+    chains = [learn(encoder, chain, r, f"_encoder{e}" if e else "", with_train)
+              for e, (encoder, chain) in enumerate(zip(encoders, chains))]
+    last = averaged(chains)
+  final = learn(weights, last, rounds - 1, "", EVAL_SPLITS)
+  return Predictions(final.probs, dict(
+      final.info, temperature=temperature, rounds=rounds,
+      rows_trained=len(rows), teachers=len(own) + len(others),
+      teacher_encoders=len(encoders),
+      **_aurocs(ctx, "teacher", first, own + others),
       **{f"teacher_{k}": v for k, v in first.info.items()
          if k.startswith("selected_")},
-      **{f"teacher_{split}_auroc": metrics.auroc(
-          ctx.labels(split), first.probs[split], ctx.task)
-         for split in EVAL_SPLITS}))
+      **(_aurocs(ctx, "final_teacher", last, chains) if rounds > 1 else {})))
