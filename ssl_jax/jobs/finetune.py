@@ -14,6 +14,7 @@ results.md, and init_from_report.json when the encoder came from
 """
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -36,6 +37,12 @@ def read_pretrained(pretrained: str
   return pre_config, weights
 
 
+def as_saved(section: ml_collections.ConfigDict) -> dict:
+  """`section` as config.json stores it (tuples become lists), so a
+  config read back from a workdir compares equal to the one it came from."""
+  return json.loads(section.to_json_best_effort())
+
+
 def read_teacher_encoders(ft, pre_config: ml_collections.ConfigDict | None
                           ) -> tuple[encoder_weights.Flat, ...]:
   """The encoders of `finetune.distill_teacher_pretrained`, refused unless
@@ -46,7 +53,7 @@ def read_teacher_encoders(ft, pre_config: ml_collections.ConfigDict | None
     raise ValueError("config.finetune.distill_teacher_pretrained needs "
                      "config.finetune.pretrained: the student's own encoder, "
                      "whose architecture the teachers' encoders share")
-  built = lambda c: {"model": c.model.to_dict(), "data.size": c.data.size}
+  built = lambda c: {"model": as_saved(c.model), "data.size": c.data.size}
   mine = built(pre_config) if paths else {}
   encoders = []
   for path in paths:
@@ -105,7 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   common.check_classes(config, info.task)
   cfg = stage2_config(config, pre_config, info)
   teacher_encoders = read_teacher_encoders(ft, pre_config)
-  if pre_config is not None and pre_config.model.to_dict() != config.model.to_dict():
+  if pre_config is not None and as_saved(pre_config.model) != as_saved(config.model):
     print(f"finetune: the encoder is built as in {ft.pretrained}/config.json "
           f"(model {pre_config.model.to_dict()}), not as config.model "
           f"({config.model.to_dict()}); results.json records both", flush=True)
