@@ -229,6 +229,31 @@ def test_an_ensemble_teacher_averages_runs_with_their_own_seeds(
     PROTOCOLS.get("distill").check(dataclasses.replace(ctx, config=two))
 
 
+def _two_encoders(ctx):
+  """Two encoders of the context's architecture with different weights."""
+  return tuple(encoder_weights.of_module(
+      base.build_encoder(ctx.config, ctx.info, nnx.Rngs(seed)))
+      for seed in (3, 4))
+
+
+def _spy_on_teaching(monkeypatch):
+  """Lists that fill as a distill cell runs: the probabilities each student
+  was taught from, and each training run's (name, start weights,
+  predictions)."""
+  taught, runs = [], []
+  real_targets = distill.student_targets
+  real_run = classifier.ClassifierTrainer.run
+  monkeypatch.setattr(distill, "student_targets", lambda c, idx, probs, t: (
+      taught.append(probs) or real_targets(c, idx, probs, t)))
+
+  def spy_run(self, c, idx, seed, *, weights, name, **kwargs):
+    preds = real_run(self, c, idx, seed, weights=weights, name=name, **kwargs)
+    runs.append((name, weights, preds))
+    return preds
+  monkeypatch.setattr(classifier.ClassifierTrainer, "run", spy_run)
+  return taught, runs
+
+
 def test_teachers_from_further_encoders_join_the_average(contexts, monkeypatch):  # noqa: F811
   """`teacher_encoders` (finetune.distill_teacher_pretrained): each further
   encoder trains the teacher on the same subset with the cell's seed, the
@@ -236,28 +261,17 @@ def test_teachers_from_further_encoders_join_the_average(contexts, monkeypatch):
   average with the own teacher and start from the own encoder. The
   from-scratch control refuses them."""
   ctx, _ = contexts
-  own, other = (encoder_weights.of_module(
-      base.build_encoder(ctx.config, ctx.info, nnx.Rngs(seed)))
-      for seed in (3, 4))
+  own, other = _two_encoders(ctx)
   train_idx = ctx.subset(0.1, 0)
-  taught, started_from = [], []
-  real_targets = distill.student_targets
-  real_run = classifier.ClassifierTrainer.run
-  monkeypatch.setattr(distill, "student_targets", lambda c, idx, probs, t: (
-      taught.append(probs) or real_targets(c, idx, probs, t)))
-
-  def spy_run(self, c, idx, seed, *, weights, name, **kwargs):
-    started_from.append((name, weights))
-    return real_run(self, c, idx, seed, weights=weights, name=name, **kwargs)
-  monkeypatch.setattr(classifier.ClassifierTrainer, "run", spy_run)
+  taught, runs = _spy_on_teaching(monkeypatch)
   multi = dataclasses.replace(ctx, encoder_weights=own,
                               teacher_encoders=(other,))
   preds = PROTOCOLS.get("distill")(multi, train_idx, 0)
   _valid(preds, ctx)
   cell = f"distill_n{len(train_idx)}_s0"
-  assert started_from == [(f"{cell}_teacher", own),
-                          (f"{cell}_teacher_encoder1", other),
-                          (f"{cell}_student", own)]
+  assert [(n, w) for n, w, _ in runs] == [
+      (f"{cell}_teacher", own), (f"{cell}_teacher_encoder1", other),
+      (f"{cell}_student", own)]
   members = [protocols._fine_tuned(  # the `finetune` cell, scored on train too
       dataclasses.replace(ctx, encoder_weights=w), train_idx, 0, weights=w,
       name="member", score=("train", "val", "test")) for w in (own, other)]
@@ -283,23 +297,11 @@ def test_with_two_rounds_each_encoder_teaches_its_own_student(
   encoder, learns from the two students averaged; the cell records that
   average's AUROC and each student's."""
   ctx, _ = contexts
-  own, other = (encoder_weights.of_module(
-      base.build_encoder(ctx.config, ctx.info, nnx.Rngs(seed)))
-      for seed in (3, 4))
+  own, other = _two_encoders(ctx)
   two = ctx.config.copy_and_resolve_references()
   two.finetune.distill_rounds = 2
   train_idx = ctx.subset(0.1, 0)
-  taught, runs = [], []
-  real_targets = distill.student_targets
-  real_run = classifier.ClassifierTrainer.run
-  monkeypatch.setattr(distill, "student_targets", lambda c, idx, probs, t: (
-      taught.append(probs) or real_targets(c, idx, probs, t)))
-
-  def spy_run(self, c, idx, seed, *, weights, name, **kwargs):
-    preds = real_run(self, c, idx, seed, weights=weights, name=name, **kwargs)
-    runs.append((name, weights, preds))
-    return preds
-  monkeypatch.setattr(classifier.ClassifierTrainer, "run", spy_run)
+  taught, runs = _spy_on_teaching(monkeypatch)
   multi = dataclasses.replace(ctx, config=two, encoder_weights=own,
                               teacher_encoders=(other,))
   preds = PROTOCOLS.get("distill")(multi, train_idx, 0)
