@@ -229,17 +229,14 @@ def test_an_ensemble_teacher_averages_runs_with_their_own_seeds(
     PROTOCOLS.get("distill").check(dataclasses.replace(ctx, config=two))
 
 
-def _two_encoders(ctx):
-  """Two encoders of the context's architecture with different weights."""
-  return tuple(encoder_weights.of_module(
+def _distill_with_a_further_encoder(ctx, monkeypatch, rounds):
+  """A `distill` cell (10 %, seed 0) from an own encoder with one further
+  teacher encoder, `rounds` rounds, watched: returns the two encoders, the
+  cell's predictions, the probabilities each student was taught from, and
+  each training run's (name, start weights, predictions)."""
+  own, other = (encoder_weights.of_module(
       base.build_encoder(ctx.config, ctx.info, nnx.Rngs(seed)))
       for seed in (3, 4))
-
-
-def _spy_on_teaching(monkeypatch):
-  """Lists that fill as a distill cell runs: the probabilities each student
-  was taught from, and each training run's (name, start weights,
-  predictions)."""
   taught, runs = [], []
   real_targets = distill.student_targets
   real_run = classifier.ClassifierTrainer.run
@@ -251,7 +248,13 @@ def _spy_on_teaching(monkeypatch):
     runs.append((name, weights, preds))
     return preds
   monkeypatch.setattr(classifier.ClassifierTrainer, "run", spy_run)
-  return taught, runs
+  config = ctx.config.copy_and_resolve_references()
+  config.finetune.distill_rounds = rounds
+  multi = dataclasses.replace(ctx, config=config, encoder_weights=own,
+                              teacher_encoders=(other,))
+  preds = PROTOCOLS.get("distill")(multi, ctx.subset(0.1, 0), 0)
+  _valid(preds, ctx)
+  return own, other, preds, taught, runs
 
 
 def test_teachers_from_further_encoders_join_the_average(contexts, monkeypatch):  # noqa: F811
@@ -261,13 +264,9 @@ def test_teachers_from_further_encoders_join_the_average(contexts, monkeypatch):
   average with the own teacher and start from the own encoder. The
   from-scratch control refuses them."""
   ctx, _ = contexts
-  own, other = _two_encoders(ctx)
+  own, other, preds, taught, runs = _distill_with_a_further_encoder(
+      ctx, monkeypatch, rounds=1)
   train_idx = ctx.subset(0.1, 0)
-  taught, runs = _spy_on_teaching(monkeypatch)
-  multi = dataclasses.replace(ctx, encoder_weights=own,
-                              teacher_encoders=(other,))
-  preds = PROTOCOLS.get("distill")(multi, train_idx, 0)
-  _valid(preds, ctx)
   cell = f"distill_n{len(train_idx)}_s0"
   assert [(n, w) for n, w, _ in runs] == [
       (f"{cell}_teacher", own), (f"{cell}_teacher_encoder1", other),
@@ -286,7 +285,8 @@ def test_teachers_from_further_encoders_join_the_average(contexts, monkeypatch):
       atol=1e-6)
   with pytest.raises(ValueError, match="'scratch_distill' is the from-scratch "
                      "control: its teachers train from scratch too"):
-    PROTOCOLS.get("scratch_distill").check(multi)
+    PROTOCOLS.get("scratch_distill").check(
+        dataclasses.replace(ctx, teacher_encoders=(other,)))
 
 
 def test_with_two_rounds_each_encoder_teaches_its_own_student(
@@ -297,16 +297,9 @@ def test_with_two_rounds_each_encoder_teaches_its_own_student(
   encoder, learns from the two students averaged; the cell records that
   average's AUROC and each student's."""
   ctx, _ = contexts
-  own, other = _two_encoders(ctx)
-  two = ctx.config.copy_and_resolve_references()
-  two.finetune.distill_rounds = 2
-  train_idx = ctx.subset(0.1, 0)
-  taught, runs = _spy_on_teaching(monkeypatch)
-  multi = dataclasses.replace(ctx, config=two, encoder_weights=own,
-                              teacher_encoders=(other,))
-  preds = PROTOCOLS.get("distill")(multi, train_idx, 0)
-  _valid(preds, ctx)
-  cell = f"distill_n{len(train_idx)}_s0"
+  own, other, preds, taught, runs = _distill_with_a_further_encoder(
+      ctx, monkeypatch, rounds=2)
+  cell = f"distill_n{len(ctx.subset(0.1, 0))}_s0"
   assert [(n, w) for n, w, _ in runs] == [
       (f"{cell}_teacher", own), (f"{cell}_teacher_encoder1", other),
       (f"{cell}_student", own), (f"{cell}_student_encoder1", other),
