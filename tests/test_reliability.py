@@ -415,15 +415,14 @@ def test_finetune_from_another_width_says_so_and_records_both(
 def test_a_model_read_back_from_config_json_is_the_same_model(tmp_path):
   """config.json stores tuples as lists: the job compares the forms saved,
   so fine-tuning a workdir's own model is not reported as another."""
-  from ssl_jax.jobs import finetune  # noqa: PLC0415
   config = tiny_config()
   config.model.stage_sizes = (1, 1)
   common.save_config(config, str(tmp_path))
   read_back = common.load_config(str(tmp_path))
   assert read_back.model.to_dict() != config.model.to_dict()  # list vs tuple
-  assert finetune.as_saved(read_back.model) == finetune.as_saved(config.model)
+  assert common.as_saved(read_back.model) == common.as_saved(config.model)
   read_back.model.stage_sizes = [1, 2]
-  assert finetune.as_saved(read_back.model) != finetune.as_saved(config.model)
+  assert common.as_saved(read_back.model) != common.as_saved(config.model)
 
 
 # --- 13. nothing to evaluate; prefixes; skipped rows on the console -----------

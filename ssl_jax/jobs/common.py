@@ -409,6 +409,12 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
                           config.to_json_best_effort(indent=2))
 
 
+def as_saved(section: ml_collections.ConfigDict) -> dict:
+  """`section` as config.json stores it (tuples become lists), so a
+  config read back from a workdir compares equal to the one it came from."""
+  return json.loads(section.to_json_best_effort())
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):

@@ -14,7 +14,6 @@ results.md, and init_from_report.json when the encoder came from
 """
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -37,12 +36,6 @@ def read_pretrained(pretrained: str
   return pre_config, weights
 
 
-def as_saved(section: ml_collections.ConfigDict) -> dict:
-  """`section` as config.json stores it (tuples become lists), so a
-  config read back from a workdir compares equal to the one it came from."""
-  return json.loads(section.to_json_best_effort())
-
-
 def read_teacher_encoders(ft, pre_config: ml_collections.ConfigDict | None
                           ) -> tuple[encoder_weights.Flat, ...]:
   """The encoders of `finetune.distill_teacher_pretrained`, refused unless
@@ -53,7 +46,7 @@ def read_teacher_encoders(ft, pre_config: ml_collections.ConfigDict | None
     raise ValueError("config.finetune.distill_teacher_pretrained needs "
                      "config.finetune.pretrained: the student's own encoder, "
                      "whose architecture the teachers' encoders share")
-  built = lambda c: {"model": as_saved(c.model), "data.size": c.data.size}
+  built = lambda c: {"model": common.as_saved(c.model), "data.size": c.data.size}
   mine = built(pre_config) if paths else {}
   encoders = []
   for path in paths:
@@ -112,7 +105,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   common.check_classes(config, info.task)
   cfg = stage2_config(config, pre_config, info)
   teacher_encoders = read_teacher_encoders(ft, pre_config)
-  if pre_config is not None and as_saved(pre_config.model) != as_saved(config.model):
+  if (pre_config is not None
+      and common.as_saved(pre_config.model) != common.as_saved(config.model)):
     print(f"finetune: the encoder is built as in {ft.pretrained}/config.json "
           f"(model {pre_config.model.to_dict()}), not as config.model "
           f"({config.model.to_dict()}); results.json records both", flush=True)
