@@ -229,11 +229,12 @@ def test_an_ensemble_teacher_averages_runs_with_their_own_seeds(
     PROTOCOLS.get("distill").check(dataclasses.replace(ctx, config=two))
 
 
-def _distill_with_a_further_encoder(ctx, monkeypatch, rounds):
+def _distill_with_a_further_encoder(ctx, monkeypatch, rounds, **finetune):
   """A `distill` cell (10 %, seed 0) from an own encoder with one further
-  teacher encoder, `rounds` rounds, watched: returns the two encoders, the
-  cell's predictions, the probabilities each student was taught from, and
-  each training run's (name, start weights, predictions)."""
+  teacher encoder, `rounds` rounds and the `finetune` fields, watched:
+  returns the two encoders, the cell's predictions, the probabilities
+  each student was taught from, and each training run's (name, start
+  weights, predictions, teacher networks it matched)."""
   own, other = (encoder_weights.of_module(
       base.build_encoder(ctx.config, ctx.info, nnx.Rngs(seed)))
       for seed in (3, 4))
@@ -245,11 +246,12 @@ def _distill_with_a_further_encoder(ctx, monkeypatch, rounds):
 
   def spy_run(self, c, idx, seed, *, weights, name, **kwargs):
     preds = real_run(self, c, idx, seed, weights=weights, name=name, **kwargs)
-    runs.append((name, weights, preds))
+    runs.append((name, weights, preds, kwargs.get("teachers", ())))
     return preds
   monkeypatch.setattr(classifier.ClassifierTrainer, "run", spy_run)
   config = ctx.config.copy_and_resolve_references()
   config.finetune.distill_rounds = rounds
+  config.finetune.update(finetune)
   multi = dataclasses.replace(ctx, config=config, encoder_weights=own,
                               teacher_encoders=(other,))
   preds = PROTOCOLS.get("distill")(multi, ctx.subset(0.1, 0), 0)
@@ -268,7 +270,7 @@ def test_teachers_from_further_encoders_join_the_average(contexts, monkeypatch):
       ctx, monkeypatch, rounds=1)
   train_idx = ctx.subset(0.1, 0)
   cell = f"distill_n{len(train_idx)}_s0"
-  assert [(n, w) for n, w, _ in runs] == [
+  assert [(n, w) for n, w, *_ in runs] == [
       (f"{cell}_teacher", own), (f"{cell}_teacher_encoder1", other),
       (f"{cell}_student", own)]
   members = [protocols._fine_tuned(  # the `finetune` cell, scored on train too
@@ -300,11 +302,11 @@ def test_with_two_rounds_each_encoder_teaches_its_own_student(
   own, other, preds, taught, runs = _distill_with_a_further_encoder(
       ctx, monkeypatch, rounds=2)
   cell = f"distill_n{len(ctx.subset(0.1, 0))}_s0"
-  assert [(n, w) for n, w, _ in runs] == [
+  assert [(n, w) for n, w, *_ in runs] == [
       (f"{cell}_teacher", own), (f"{cell}_teacher_encoder1", other),
       (f"{cell}_student", own), (f"{cell}_student_encoder1", other),
       (f"{cell}_student2", own)]
-  teachers, students = [p for _, _, p in runs[:2]], [p for _, _, p in runs[2:4]]
+  teachers, students = [r[2] for r in runs[:2]], [r[2] for r in runs[2:4]]
   for i in range(2):  # each student learns from its own encoder's teacher
     np.testing.assert_array_equal(taught[i], teachers[i].probs["train"])
   np.testing.assert_allclose(
@@ -319,6 +321,104 @@ def test_with_two_rounds_each_encoder_teaches_its_own_student(
         metrics.auroc(ctx.labels(split), (students[0].probs[split]
                                           + students[1].probs[split]) / 2,
                       ctx.task), abs=1e-9)
+
+
+def test_function_matching_students_run_their_teachers_networks(
+    contexts, monkeypatch):  # noqa: F811
+  """distill_targets='function_matching': every student's step holds the
+  networks its teacher averages, exactly those its teacher runs selected
+  (each chain's student its own teacher's, the final student both chain
+  students'), and distill_epochs sets the students' length alone."""
+  ctx, _ = contexts
+  ft, n_train = ctx.config.finetune, len(ctx.labels("train"))
+  epochs = 6 * ft.batch_size / n_train  # ~six steps (the teachers take four)
+  _, _, preds, _, runs = _distill_with_a_further_encoder(
+      ctx, monkeypatch, rounds=2, distill_targets="function_matching",
+      distill_epochs=epochs, min_steps=1)
+  assert [len(r[3]) for r in runs] == [0, 0, 1, 1, 2]
+  for student, teachers in ((runs[2], runs[0:1]), (runs[3], runs[1:2]),
+                            (runs[4], runs[2:4])):
+    assert len(student[3]) == len(teachers)
+    for matched, teacher in zip(student[3], teachers):
+      assert matched is teacher[2].networks[0]
+  short = ft.copy_and_resolve_references()
+  short.min_steps = 1
+  steps = classifier.run_length(short, n_train, ctx.mesh, epochs)
+  assert steps > ft.steps
+  assert [r[2].info["steps"] for r in runs] == [ft.steps] * 2 + [steps] * 3
+  assert preds.info["distill_targets"] == "function_matching"
+  assert preds.info["student_epochs"] == epochs
+  assert not preds.networks  # a cell's result carries no weights
+
+
+class _Linear(nnx.Module):
+  def __init__(self, rngs):
+    self.linear = nnx.Linear(4, 2, rngs=rngs)
+
+  def __call__(self, x, *, train):
+    del train
+    return self.linear(x.reshape(x.shape[0], -1))
+
+
+def test_function_matching_targets_are_the_teachers_on_the_students_view():
+  """Unlabelled rows' targets are the teachers' (tempered, averaged)
+  probabilities on the very view the student sees, mixup included;
+  labelled rows keep their labels, and a mixed view's label share."""
+  student, *teachers = (_Linear(nnx.Rngs(seed)) for seed in range(3))
+  hp = ml_collections.ConfigDict(dict(multi_label=False, temperature=2.0,
+                                      mixup_alpha=0.0, label_smoothing=0.0,
+                                      teachers=2))
+  slots = supervised.init_teachers_extra(student, hp, None)
+  extra = {supervised.TEACHERS: tuple(
+      supervised.teacher_slot(*nnx.split(t, nnx.Param, ...)[1:])
+      for t in teachers)}
+  assert jax.tree.structure(slots) == jax.tree.structure(extra)
+  x = jax.random.normal(jax.random.key(0), (6, 2, 2))
+  labels = jnp.eye(2)[jnp.array([0, 1, 1, 0, 1, 0])]
+  batch = {"target": labels, "labelled": jnp.array([1, 1, 0, 0, 0, 0])}
+
+  def on(view):  # the two teachers, tempered by 2, averaged
+    return np.mean([jax.nn.softmax(t(view, train=False) / 2.0)
+                    for t in teachers], axis=0)
+
+  view, targets = supervised.matched_targets(student, batch, x,
+                                             jax.random.key(1), hp, extra)
+  np.testing.assert_array_equal(view, x)
+  np.testing.assert_allclose(targets[:2], labels[:2])
+  np.testing.assert_allclose(targets[2:], on(x)[2:], atol=1e-6)
+  hp.mixup_alpha = 0.4
+  view, targets = supervised.matched_targets(student, batch, x,
+                                             jax.random.key(1), hp, extra)
+  assert not np.allclose(view, x)  # mixed
+  np.testing.assert_allclose(targets.sum(-1), 1.0, atol=1e-6)
+  unlabelled = dict(batch, labelled=jnp.zeros(6))
+  view, targets = supervised.matched_targets(student, unlabelled, x,
+                                             jax.random.key(1), hp, extra)
+  np.testing.assert_allclose(targets, on(view), atol=1e-6)
+  every = dict(batch, labelled=jnp.ones(6))  # labels alone, mixed
+  view, targets = supervised.matched_targets(student, every, x,
+                                             jax.random.key(1), hp, extra)
+  mixed_x, mixed_labels = supervised.mixed(
+      jax.random.fold_in(jax.random.key(1), 1), x, labels, 0.4)
+  np.testing.assert_allclose(view, mixed_x, atol=1e-6)
+  np.testing.assert_allclose(targets, mixed_labels, atol=1e-6)
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(distill_targets="online"), "distill_targets='online'; allowed: "
+     "fixed, function_matching"),
+    (dict(distill_targets="function_matching", distill_teachers=2,
+          distill_teacher_pretrained=("W2",)),
+     "averages its teacher networks equally: with distill_teacher_pretrained, "
+     "keep distill_teachers=1"),
+    (dict(distill_epochs=-1), r"distill_epochs=-1.0: expected >= 0")])
+def test_distill_target_modes_and_lengths_are_checked_first(
+    contexts, fields, message):  # noqa: F811
+  ctx, _ = contexts
+  config = ctx.config.copy_and_resolve_references()
+  config.finetune.update(fields)
+  with pytest.raises(ValueError, match=message):
+    PROTOCOLS.get("distill").check(dataclasses.replace(ctx, config=config))
 
 
 def test_further_teacher_encoders_must_be_built_as_the_student(monkeypatch):

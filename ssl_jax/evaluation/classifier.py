@@ -46,7 +46,8 @@ from ssl_jax import objectives, parallel, runtime, views
 from ssl_jax.evaluation import inference, metrics
 from ssl_jax.evaluation.encoder_context import (EVAL_SPLITS, EncoderContext,
                                                 Predictions, model_key)
-from ssl_jax.pytree import path_keys
+from ssl_jax.objectives import supervised
+from ssl_jax.pytree import path_keys, path_str
 from ssl_jax.train import encoder_weights as weights_lib
 from ssl_jax.train import loop, optim, step as step_lib
 from ssl_jax.train import state as state_lib
@@ -226,16 +227,20 @@ class ClassifierTrainer:
 
   def run(self, ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
           weights: weights_lib.Flat | None, name: str,
-          feed: Feed | None = None,
+          feed: Feed | None = None, teachers: tuple = (),
           score: tuple[str, ...] = EVAL_SPLITS) -> Predictions:
     """Trains on the labelled train rows `train_idx`, or on what `feed`
     gives (a distillation student's soft targets, FixMatch's labelled and
     unlabelled rows; an LP-FT head still fits on `train_idx` alone);
-    returns the selected model's probabilities on the `score` splits."""
+    `teachers`: the networks (`Predictions.networks`) a function-matching
+    student's step runs on its own views. Returns the selected model's
+    probabilities on the `score` splits, and its weights."""
     from data_pipelines import input_pipeline  # only where data is read
     ft = self.config.finetune
     seed = training_seed(ft, seed)
     state = self.init_state(seed, weights)
+    if teachers or supervised.TEACHERS in state.extra:
+      state = with_teachers(state, teachers)
     probed = head_fit(ft) == "linear_probe" and weights is not None
     if probed:
       state, probe_val_score = self.fit_head(ctx, state, train_idx, seed)
@@ -282,7 +287,8 @@ class ClassifierTrainer:
          **({"layer_decay": self.layer_decay} if self.layer_decay < 1 else {}),
          **({"test_time_flips": True} if self.flip_views else {}),
          **({"weight_average": self.average} if self.average else {}),
-         **({"head_probe_val_score": probe_val_score} if probed else {})})
+         **({"head_probe_val_score": probe_val_score} if probed else {})},
+        networks=(best.state,))
 
 
 def test_time_flips(ft: ml_collections.ConfigDict) -> bool:
@@ -342,6 +348,25 @@ def with_weight_average(step_fn, decay: float):
   return step
 
 
+def with_teachers(state: state_lib.TrainState,
+                  teachers: tuple) -> state_lib.TrainState:
+  """The state with a function-matching student's teacher slots
+  (`supervised.TEACHERS` in `extra`) holding `teachers`' (params, rest),
+  each leaf on its slot's dtype and sharding; refused when the student was
+  built for another number of teachers."""
+  slots = state.extra.get(supervised.TEACHERS, ())
+  if len(slots) != len(teachers):
+    raise ValueError(f"{len(teachers)} teacher networks for a student "
+                     f"built to match {len(slots)}")
+  filled = tuple(
+      jax.tree_util.tree_map_with_path(
+          lambda path, slot, value: weights_lib.placed(slot, value,
+                                                       path_str(path)),
+          slot, supervised.teacher_slot(*network))
+      for slot, network in zip(slots, teachers))
+  return state.replace(extra=dict(state.extra, **{supervised.TEACHERS: filled}))
+
+
 def evaluated_weights(state: state_lib.TrainState) -> tuple:
   """(params, rest) that validation selects and the test scores: the
   weight average when the run keeps one, else the trained weights."""
@@ -360,11 +385,17 @@ class Feed:
 
 
 def soft_target_feed(rows: np.ndarray, targets: np.ndarray,
-                     multi_label: bool) -> Feed:
+                     multi_label: bool,
+                     labelled: np.ndarray | None = None) -> Feed:
   """Train rows against class probabilities `targets` (a distillation
   student's): no label of `rows` is read, the label column holds what the
-  targets stand for."""
-  return Feed(rows, hard_labels(targets, multi_label), {"target": targets})
+  targets stand for. With `labelled` (train rows whose targets are their
+  labels), a 'labelled' column marks them (1) for a function-matching
+  student, whose teachers label the others."""
+  extra = {"target": targets}
+  if labelled is not None:
+    extra["labelled"] = np.isin(rows, labelled).astype(np.float32)
+  return Feed(rows, hard_labels(targets, multi_label), extra)
 
 
 def fixmatch_labelled_share(ft: ml_collections.ConfigDict) -> float:
@@ -446,14 +477,16 @@ class BestOnVal:
 
 def trainer_for(ctx: EncoderContext, n_train: int, last_k: int | None = None,
                 objective: dict | None = None,
-                pretrained: bool = True) -> ClassifierTrainer:
+                pretrained: bool = True,
+                epochs: float | None = None) -> ClassifierTrainer:
   """The compiled trainer for this architecture, trainable set, run length
-  (epoch-based runs differ in length by label fraction), objective fields
+  (epoch-based runs differ in length by label fraction; `epochs` other
+  than `finetune.epochs`: a distillation student's), objective fields
   and layer decay (`finetune.layer_decay`, for `pretrained` encoders only:
   a random one has no early features to keep); trainers of other lengths
   or objectives lend it their init and inference programs."""
   ft = ctx.config.finetune
-  steps = run_length(ft, n_train, ctx.mesh)
+  steps = run_length(ft, n_train, ctx.mesh, epochs)
   decay = layer_decay(ft) if pretrained else 1.0
   family = ("trainer", model_key(ctx.config), last_k)  # its first trainer
   key = family + (steps, json.dumps(objective or {}, sort_keys=True), decay)
@@ -563,13 +596,15 @@ def steps_per_epoch(ft: ml_collections.ConfigDict, n_train: int,
   return float(max(len(sizes), 1))
 
 
-def run_length(ft: ml_collections.ConfigDict, n_train: int, mesh=None) -> int:
+def run_length(ft: ml_collections.ConfigDict, n_train: int, mesh=None,
+               epochs: float | None = None) -> int:
   """Stage-2 steps for `n_train` labelled images: `finetune.steps`, or with
-  `finetune.epochs` > 0, that many passes over them (at least
-  `finetune.min_steps`, so a 1 % subset still trains)."""
-  if not ft.get("epochs", 0):
+  `epochs` (default `finetune.epochs`) > 0, that many passes over them (at
+  least `finetune.min_steps`, so a 1 % subset still trains)."""
+  epochs = ft.get("epochs", 0) if epochs is None else epochs
+  if not epochs:
     return ft.steps
-  return max(int(np.ceil(ft.epochs * steps_per_epoch(ft, n_train, mesh)
+  return max(int(np.ceil(epochs * steps_per_epoch(ft, n_train, mesh)
                          - 1e-9)), ft.min_steps)
 
 

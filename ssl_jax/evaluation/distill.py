@@ -30,6 +30,12 @@ its own r - 1 students in turn, each from the chain's encoder, and the
 final student learns from the chains' last students averaged (an
 ensemble of students distilled into one network). Teachers are averaged
 per encoder first, so every pretraining weighs the same.
+`finetune.distill_targets='function_matching'` (Beyer et al., CVPR 2022,
+"Knowledge distillation: A good teacher is patient and consistent") runs
+the teacher networks inside the student's step, on the student's own
+augmented and mixed views, instead of reading probabilities fixed once
+per image; `finetune.distill_epochs` lengthens the students' runs (the
+paper's "patient" teacher), 0 keeping stage 2's epochs.
 """
 from __future__ import annotations
 
@@ -94,11 +100,43 @@ def teacher_count(ft) -> int:
 
 def averaged(members: list[Predictions]) -> Predictions:
   """The members' probabilities averaged split by split; the first
-  member's selection info (an ensemble of one is its member)."""
+  member's selection info; every member's networks (an ensemble of one is
+  its member)."""
   if len(members) == 1:
     return members[0]
   return Predictions({split: np.mean([m.probs[split] for m in members], axis=0)
-                      for split in members[0].probs}, members[0].info)
+                      for split in members[0].probs}, members[0].info,
+                     sum((m.networks for m in members), ()))
+
+
+DISTILL_TARGETS = ("fixed", "function_matching")
+
+
+def function_matching(ft, encoders: int = 1) -> bool:
+  """`finetune.distill_targets` (absent: 'fixed') is 'function_matching';
+  refused when unknown, and when the own encoder's teacher is an ensemble
+  beside further encoders (the networks are averaged one by one, so the
+  own encoder would weigh `distill_teachers` times)."""
+  targets = ft.get("distill_targets", DISTILL_TARGETS[0])
+  if targets not in DISTILL_TARGETS:
+    raise ValueError(f"config.finetune.distill_targets={targets!r}; allowed: "
+                     f"{', '.join(DISTILL_TARGETS)}")
+  matching = targets == "function_matching"
+  if matching and encoders > 1 and teacher_count(ft) > 1:
+    raise ValueError("config.finetune.distill_targets='function_matching' "
+                     "averages its teacher networks equally: with "
+                     "distill_teacher_pretrained, keep distill_teachers=1")
+  return matching
+
+
+def student_epochs(ft) -> float | None:
+  """`finetune.distill_epochs` (absent or 0: stage 2's own length, None),
+  refused below 0."""
+  epochs = float(ft.get("distill_epochs", 0))
+  if epochs < 0:
+    raise ValueError(f"config.finetune.distill_epochs={epochs}: expected "
+                     ">= 0 (0 = stage 2's epochs)")
+  return epochs or None
 
 
 def _aurocs(ctx: EncoderContext, prefix: str, teacher: Predictions,
@@ -145,20 +183,26 @@ def self_distill(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
   encoders = [weights, *teacher_encoders]
   chains = [averaged(own), *others]
   rows = np.arange(len(ctx.labels("train")))
-  student = classifier.trainer_for(
-      ctx, len(rows), objective=dict(name="distillation",
-                                     temperature=temperature),
-      pretrained=weights is not None)
+  matching = function_matching(ft, len(encoders))
+  epochs = student_epochs(ft)
 
   def learn(encoder, teacher, r, suffix, score):
     targets = student_targets(ctx, train_idx, teacher.probs["train"],
                               temperature)
+    matched = teacher.networks if matching else ()
+    student = classifier.trainer_for(
+        ctx, len(rows), objective=dict(name="distillation",
+                                       temperature=temperature,
+                                       **({"teachers": len(matched)}
+                                          if matching else {})),
+        pretrained=weights is not None, epochs=epochs)
     return student.run(
         ctx, train_idx, seed, weights=encoder,
         name=f"{name}_student" + (f"{r + 1}" if r else "") + suffix,
-        feed=classifier.soft_target_feed(rows, targets,
-                                         ctx.info.multi_label),
-        score=score)
+        feed=classifier.soft_target_feed(
+            rows, targets, ctx.info.multi_label,
+            labelled=train_idx if matching else None),
+        teachers=matched, score=score)
 
   first = last = averaged(chains)
   for r in range(rounds - 1):
@@ -170,6 +214,8 @@ def self_distill(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
       final.info, temperature=temperature, rounds=rounds,
       rows_trained=len(rows), teachers=len(own) + len(others),
       teacher_encoders=len(encoders),
+      **({"distill_targets": "function_matching"} if matching else {}),
+      **({"student_epochs": epochs} if epochs else {}),
       **_aurocs(ctx, "teacher", first, own + others),
       **{f"teacher_{k}": v for k, v in first.info.items()
          if k.startswith("selected_")},

@@ -164,7 +164,12 @@ def model_key(config: ml_collections.ConfigDict) -> str:
 @dataclasses.dataclass(frozen=True)
 class Predictions:
   """What a protocol hands back: val/test probabilities of the selected
-  model, and how it was selected (weight decay, step, ...)."""
+  model, and how it was selected (weight decay, step, ...). `networks`:
+  the selected (params, rest) on host of each network a trained run's
+  probabilities average (one, or an ensemble's members), for a teacher
+  that labels its student's own views (distillation's function
+  matching); empty for probes, and in a cell's result."""
   probs: dict[str, np.ndarray]
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
+  networks: tuple = ()
 

@@ -254,7 +254,11 @@ def _distill_teacher(ctx: EncoderContext):
 
 
 def _distill_applies(ctx: EncoderContext) -> None:
-  distill.teacher_count(ctx.config.finetune)  # refuses fewer than one
+  ft = ctx.config.finetune
+  distill.teacher_count(ft)  # refuses fewer than one
+  distill.function_matching(  # refuses an unknown mode or mix
+      ft, 1 + len(ft.get("distill_teacher_pretrained", ())))
+  distill.student_epochs(ft)  # refuses a negative length
   if _distill_teacher(ctx) is _fixmatch:
     _fixmatch_applies(ctx)
 

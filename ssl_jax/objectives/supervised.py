@@ -211,10 +211,72 @@ def soft_target_loss(logits: Array, targets: Array, multi_label: bool,
   return (per_example * weight).sum() / jnp.maximum(weight.sum(), 1e-12)
 
 
+# A function-matching student's slot in `extra`: one {'params', 'rest'}
+# per teacher network (`teacher_slot`), set by stage 2 before training.
+TEACHERS = "teachers"
+
+
+def teacher_slot(params, rest) -> dict:
+  """A network's weights as a teacher slot: plain dicts of its params and
+  of the rest (BatchNorm statistics)."""
+  return {"params": nnx.to_pure_dict(params), "rest": nnx.to_pure_dict(rest)}
+
+
+def init_teachers_extra(model: nnx.Module, hp: base.HParams,
+                        ctx: base.RunContext) -> dict:
+  """`hp.teachers` empty slots (zeros) shaped like `model`, which stage 2
+  fills with the teachers' weights before the first step; none for fixed
+  targets."""
+  del ctx
+  _, params, rest = nnx.split(model, nnx.Param, ...)
+  empty = lambda a: jnp.zeros(a.shape, a.dtype)
+  return {TEACHERS: tuple(jax.tree.map(empty, teacher_slot(params, rest))
+                          for _ in range(hp.teachers))} if hp.teachers else {}
+
+
+def teachers_on(model: nnx.Module, teachers: tuple, x: Array,
+                temperature: float, multi_label: bool) -> Array:
+  """[B, C] the teacher networks' tempered class probabilities on `x`,
+  averaged: each is `model`'s graph with a slot's weights, in eval mode
+  (BatchNorm running statistics), outside the gradient."""
+  graphdef = nnx.graphdef(model)
+  probs = []
+  for slot in teachers:
+    logits = nnx.merge(graphdef, slot["params"], slot["rest"], copy=True)(
+        x, train=False).astype(jnp.float32) / temperature
+    probs.append(jax.nn.sigmoid(logits) if multi_label
+                 else jax.nn.softmax(logits))
+  return jax.lax.stop_gradient(jnp.mean(jnp.stack(probs), axis=0))
+
+
+def matched_targets(model: nnx.Module, batch: dict, x: Array, rng: Array,
+                    hp: base.HParams, extra: dict) -> tuple[Array, Array]:
+  """Function matching (Beyer et al., CVPR 2022, "Knowledge distillation:
+  A good teacher is patient and consistent"): the teachers label the very
+  view the student trains on, mixup included, so no two steps repeat a
+  target. Labelled rows (batch['labelled'] 1) keep their labels: a mixed
+  view's targets are its labelled share's labels (mixed by the same lam)
+  plus the teachers' probabilities for the rest. Returns (views,
+  targets)."""
+  alpha, smoothing = target_regularizers(hp)
+  labelled = batch["labelled"].astype(jnp.float32)[:, None]
+  known = jnp.concatenate([batch["target"] * labelled, labelled], axis=-1)
+  if alpha:
+    x, known = mixed(jax.random.fold_in(rng, 1), x, known, alpha)
+  teacher = teachers_on(model, extra[TEACHERS], x, hp.temperature,
+                        bool(hp.multi_label))
+  targets = known[:, :-1] + (1.0 - known[:, -1:]) * teacher
+  if smoothing:
+    targets = smoothed(targets, smoothing, bool(hp.multi_label))
+  return x, targets
+
+
 def make_distillation_loss(hp: base.HParams,
                            ctx: base.RunContext) -> base.LossFn:
   """The supervised step's loss with batch['target'] (soft) in place of
-  labels: stage 2's self-distillation student (evaluation/distill.py)."""
+  labels: stage 2's self-distillation student (evaluation/distill.py);
+  with `hp.teachers` > 0 the targets are the teachers' on the student's
+  own views (`matched_targets`)."""
   policy, multi_label = ctx.policy, bool(hp.multi_label)
   class_weights = single_label_class_weights(hp)
   alpha, smoothing = target_regularizers(hp)
@@ -222,7 +284,9 @@ def make_distillation_loss(hp: base.HParams,
   def loss_fn(model, batch, rng, extra):
     x = views.train_view(policy, rng, batch["image"])
     targets = batch["target"]
-    if alpha or smoothing:
+    if hp.teachers:
+      x, targets = matched_targets(model, batch, x, rng, hp, extra)
+    elif alpha or smoothing:
       x, targets = regularized_targets(jax.random.fold_in(rng, 1), x, targets,
                                        alpha, smoothing, multi_label)
     logits = model(x, train=True)
@@ -515,10 +579,15 @@ base.register(base.Objective(
     # targets: batch['target'] [B, C], class probabilities; temperature
     # divides the student's logits (the teacher's are tempered by the
     # caller); class_weights, head_init, mixup_alpha and label_smoothing
-    # (applied to the targets) as for 'supervised'.
+    # (applied to the targets) as for 'supervised'. teachers = k > 0:
+    # function matching, k teacher networks in `extra` label each view
+    # (`matched_targets`; batch['labelled'] marks the rows whose targets
+    # are labels).
     hparams=dict(multi_label=False, class_weights=None, head_init="zeros",
-                 mixup_alpha=0.0, label_smoothing=0.0, temperature=1.0),
-    reads=lambda hp: ("target",),
+                 mixup_alpha=0.0, label_smoothing=0.0, temperature=1.0,
+                 teachers=0),
+    reads=lambda hp: ("target", "labelled") if hp.teachers else ("target",),
+    init_extra=init_teachers_extra,
     ranks=(2, 3),
     accumulates_exactly=True,
     build_model=build_classifier, make_loss=make_distillation_loss))
