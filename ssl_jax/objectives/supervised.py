@@ -230,8 +230,9 @@ def init_teachers_extra(model: nnx.Module, hp: base.HParams,
   del ctx
   _, params, rest = nnx.split(model, nnx.Param, ...)
   empty = lambda a: jnp.zeros(a.shape, a.dtype)
+  count = hp.get("teachers", 0)
   return {TEACHERS: tuple(jax.tree.map(empty, teacher_slot(params, rest))
-                          for _ in range(hp.teachers))} if hp.teachers else {}
+                          for _ in range(count))} if count else {}
 
 
 def teachers_on(model: nnx.Module, teachers: tuple, x: Array,
@@ -280,11 +281,12 @@ def make_distillation_loss(hp: base.HParams,
   policy, multi_label = ctx.policy, bool(hp.multi_label)
   class_weights = single_label_class_weights(hp)
   alpha, smoothing = target_regularizers(hp)
+  matching = bool(hp.get("teachers", 0))  # 0, also when absent: fixed
 
   def loss_fn(model, batch, rng, extra):
     x = views.train_view(policy, rng, batch["image"])
     targets = batch["target"]
-    if hp.teachers:
+    if matching:
       x, targets = matched_targets(model, batch, x, rng, hp, extra)
     elif alpha or smoothing:
       x, targets = regularized_targets(jax.random.fold_in(rng, 1), x, targets,
@@ -586,7 +588,8 @@ base.register(base.Objective(
     hparams=dict(multi_label=False, class_weights=None, head_init="zeros",
                  mixup_alpha=0.0, label_smoothing=0.0, temperature=1.0,
                  teachers=0),
-    reads=lambda hp: ("target", "labelled") if hp.teachers else ("target",),
+    reads=lambda hp: (("target", "labelled") if hp.get("teachers", 0)
+                      else ("target",)),
     init_extra=init_teachers_extra,
     ranks=(2, 3),
     accumulates_exactly=True,
