@@ -9,14 +9,14 @@ LARS lr 0.2 x batch/256 for weights, weight decay 1.5e-6. Scaled for 28 px
 and a CPU: projector 1024 wide (lambda ~ 1/D is the paper's rule of thumb
 for other widths; 5.1e-3 stays close enough at 1024).
 
-Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+Measured in the strategy zoo (docs/zoo.md): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds, with the benchmark's stage 2 (40 epochs, class-balanced loss):
 linear probe 0.794 +- 0.009, end-to-end 0.885 +- 0.025 (ACC 0.827);
 from scratch 0.865 +- 0.016; end to end minus scratch, paired by seed,
 +0.019 [-0.079, +0.117] (95 % t). Pretraining ran at 172 images/s on the
 shared 2-core CPU.
-Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
+Reproduce: the zoo command in docs/zoo.md (dataset=breastmnist,
 methods ('none', 'barlow_twins')).
 """
 from configs import base

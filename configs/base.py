@@ -184,7 +184,7 @@ def get_config() -> ml_collections.ConfigDict:
   # paired against 0.5) it took the 9 of 12 cells at 1 % that predicted
   # one class off it and raised balanced ACC by +0.06 at 1 % and 10 %
   # (beyond seed noise), +0.01 at 100 %; val_balanced, chosen by a search
-  # over 78 validation images, cost more than it gave (README "Results").
+  # over 78 validation images, cost more than it gave (docs/results.md "Quick runs").
   # `last_batch`: carry (batches run across epoch boundaries, every step
   # full) | keep (each epoch batched on its own, ending with its short
   # batch: PyTorch's DataLoader, as the MedMNIST recipe trains).

@@ -48,7 +48,7 @@ at 100 %; at 1 % most end-to-end cells predicted only the majority class
 at the 0.5 cut-off (9 of 12). Cut at finetune.decision_threshold=
 'val_prior' (the default since; same cells, AUROC identical): none do,
 end-to-end balanced ACC +0.058 [0.006, 0.109] at 1 %, +0.056 [0.005,
-0.107] at 10 %, +0.014 [-0.002, 0.030] at 100 % (README "Benchmark").
+0.107] at 10 %, +0.014 [-0.002, 0.030] at 100 % (docs/benchmark.md).
 MedMNIST data: Yang et al., Scientific Data 2023 (CC BY 4.0).
 """
 
@@ -156,7 +156,7 @@ def get_config(arg: str = "dataset=breastmnist"):
   base.epoch_stage2(ft, epochs=40)
   # finetune.head_fit='linear_probe' (LP-FT) is an option, not the default:
   # measured here it moved no method's AUROC beyond seed noise, up for
-  # SimCLR, down for rotation (README "Benchmark").
+  # SimCLR, down for rotation (docs/benchmark.md).
   ft.batch_size = 32
   ft.log_every = 20
   ft.eval_batch_size = 256

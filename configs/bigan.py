@@ -9,8 +9,8 @@ parameters, so one Adam update is simultaneous descent for both players
 (ssl_jax/objectives/adversarial.py). Adam with b1 = 0.5 and no weight decay,
 as GANs are usually trained (DCGAN, BiGAN).
 
-Measured in the strategy zoo (README "Methods"): see the `bigan` row.
-Reproduce: the zoo command in README "Methods" with
+Measured in the strategy zoo (docs/zoo.md): see the `bigan` row.
+Reproduce: the zoo command in docs/zoo.md with
 methods ('none', 'bigan').
 """
 from configs import base

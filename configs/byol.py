@@ -9,14 +9,14 @@ K = train.steps, LARS lr 0.2 x batch/256, weight decay 1.5e-6. Scaled for
 28 px and a CPU: hidden 512, out 128, tau_base 0.99 instead of 0.996 (the
 paper's value for 1000 epochs; shorter runs need a faster target).
 
-Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+Measured in the strategy zoo (docs/zoo.md): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds, with the benchmark's stage 2 (40 epochs, class-balanced loss):
 linear probe 0.745 +- 0.003, end-to-end 0.886 +- 0.011 (ACC 0.859);
 from scratch 0.865 +- 0.016; end to end minus scratch, paired by seed,
 +0.020 [-0.040, +0.080] (95 % t). Pretraining ran at 141 images/s on the
 shared 2-core CPU.
-Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
+Reproduce: the zoo command in docs/zoo.md (dataset=breastmnist,
 methods ('none', 'byol')).
 """
 from configs import base

@@ -11,14 +11,14 @@ be combined: --config.objective.parts="('simclr','mae')" needs a sub-config
 per part (a part may carry its own `augment`) and a ViT for MAE.
 AdamW as the rotation config (LARS's trust ratio suits SimCLR alone).
 
-Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+Measured in the strategy zoo (docs/zoo.md): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds, with the benchmark's stage 2 (40 epochs, class-balanced loss):
 linear probe 0.816 +- 0.018, end-to-end 0.887 +- 0.016 (ACC 0.850);
 from scratch 0.865 +- 0.016; end to end minus scratch, paired by seed,
 +0.022 [+0.014, +0.030] (95 % t). Pretraining ran at 150 images/s on the
 shared 2-core CPU.
-Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
+Reproduce: the zoo command in docs/zoo.md (dataset=breastmnist,
 methods ('none', 'combined')).
 In the 10x demo's place (ResNet-18 x1/4, 1500 steps x 128, SimCLR tau 0.1
 with 0.5 x rotation; the config is in docs/results.md "A combined

@@ -21,7 +21,7 @@ shape-mismatched keys); check it: a large `missing` count means the run
 started mostly from random weights. A resumed run ignores `init_from` and
 continues from its own checkpoint. Lower lr than from scratch: the weights
 are already good, and a large first update would erase them.
-Measured (README "Starting from existing weights"; no natural-image weights
+Measured (docs/medical_data.md "Starting from existing weights"; no natural-image weights
 offline here): the demo on BreastMNIST started from the RetinaMNIST demo's
 SimCLR encoder, 3 seeds, end-to-end test AUROC 0.915 +- 0.002 at 100 %
 labels vs 0.914 +- 0.008 from random init (+0.002 [-0.018, 0.021]); no

@@ -12,7 +12,8 @@ with a class-balanced loss. Measured (seed 0, AMD EPYC, BreastMNIST test,
 100 % labels, ACC at the val_prior cut): SSL + end-to-end fine-tune AUROC
 0.922 / ACC 0.853, from scratch 0.862 / 0.833, linear probe 0.863 / 0.872;
 every fraction and the mean +- sd
-over 3 seeds (--config.seed=S --config.finetune.seeds=S) are in README.md.
+over 3 seeds (--config.seed=S --config.finetune.seeds=S) are in
+docs/results.md "Quick runs".
 Without the class weights the end-to-end rows at 1 % and 10 % predicted
 only the majority class; so did the 1 % row while selection could keep a
 step inside the stage-2 warmup (finetune.select_from).

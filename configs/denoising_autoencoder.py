@@ -7,14 +7,14 @@ additive Gaussian noise (std 0.1 of the [0, 1] range); the decoder (as in
 configs/autoencoder.py) reconstructs the clean view. recon_mse should fall
 well below noisy_mse, the error of returning the corrupted input.
 
-Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+Measured in the strategy zoo (docs/zoo.md): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds, with the benchmark's stage 2 (40 epochs, class-balanced loss):
 linear probe 0.755 +- 0.036, end-to-end 0.867 +- 0.014 (ACC 0.855);
 from scratch 0.865 +- 0.016; end to end minus scratch, paired by seed,
 +0.001 [-0.063, +0.066] (95 % t). Pretraining ran at 91 images/s on the
 shared 2-core CPU.
-Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
+Reproduce: the zoo command in docs/zoo.md (dataset=breastmnist,
 methods ('none', 'denoising_autoencoder')).
 """
 from configs import base

@@ -17,14 +17,14 @@ With a ViT, local crops are resampled to the model's size (its sin-cos grid
 is fixed), see `contrastive.local_crop_size`. Not done: weight-decay and
 teacher-temperature schedules, freezing the last layer in epoch 1.
 
-Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+Measured in the strategy zoo (docs/zoo.md): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds, with the benchmark's stage 2 (40 epochs, class-balanced loss):
 linear probe 0.706 +- 0.025, end-to-end 0.875 +- 0.019 (ACC 0.855);
 from scratch 0.865 +- 0.016; end to end minus scratch, paired by seed,
 +0.010 [-0.017, +0.036] (95 % t). Pretraining ran at 82 images/s on the
 shared 2-core CPU.
-Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
+Reproduce: the zoo command in docs/zoo.md (dataset=breastmnist,
 methods ('none', 'dino')).
 """
 from configs import base

@@ -11,14 +11,14 @@ seeded pool (the paper uses 1000 at 225 px; 100 suits ~500-image sets); the
 encoder passes per image, hence the smaller batch. Pretext accuracy is
 logged as jigsaw_acc (chance 1 / num_permutations).
 
-Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+Measured in the strategy zoo (docs/zoo.md): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds, with the benchmark's stage 2 (40 epochs, class-balanced loss):
 linear probe 0.704 +- 0.018, end-to-end 0.881 +- 0.015 (ACC 0.859);
 from scratch 0.865 +- 0.016; end to end minus scratch, paired by seed,
 +0.016 [-0.004, +0.035] (95 % t). Pretraining ran at 76 images/s on the
 shared 2-core CPU.
-Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
+Reproduce: the zoo command in docs/zoo.md (dataset=breastmnist,
 methods ('none', 'jigsaw')).
 """
 from configs import base

@@ -6,13 +6,13 @@ ViT-Tiny with 4-pixel patches at 28 px (49 patches), 75% masking, per-patch
 normalised pixel loss, AdamW (lr 1.5e-4 x batch/256, wd 0.05, betas 0.9/0.95)
 as in the paper. Mild crops only: masking already removes most of the image.
 
-Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+Measured in the strategy zoo (docs/zoo.md): BreastMNIST, the benchmark's
 CPU budget (ViT-Ti/4 (4 blocks, 96 wide), 150 steps x 128), 100% labels, test AUROC over
 3 seeds: linear probe 0.784 +- 0.018, end-to-end 0.756 +- 0.017 (from scratch:
 0.779 +- 0.008; stage 2: 40 epochs, balanced loss, lr 1e-3 (1e-4 gave the
 same within a seed's noise)); 165 images/s on the shared 2-core CPU. At 150
 steps MAE's features are no better than the random-init ViT's.
-Reproduce: the zoo command in README "Methods" (dataset=breastmnist,backbone=vit,
+Reproduce: the zoo command in docs/zoo.md (dataset=breastmnist,backbone=vit,
 methods ('none', 'mae')).
 Ten times that pretraining (1500 steps, docs/results.md "Ten times
 longer in the benchmark", 3 seeds): linear probe 0.825 +- 0.016 at 100 %

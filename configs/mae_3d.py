@@ -25,7 +25,7 @@ Paired by seed: end to end - scratch +0.020 [-0.015, 0.054], linear probe
 One learning rate for every layer: MAE's layer decay (configs/mae.py's
 stage 2) read 0.647 +- 0.004 against 0.709 +- 0.034 here (seed-0
 pretraining, stage-2 seeds 0-2, --config.finetune.layer_decay=0.75;
-README "3D volumes").
+docs/volumes_3d.md).
 """
 from configs import base
 

@@ -19,7 +19,7 @@ volume-level AdrenalMNIST3D benchmark. Writes data_report.json (rows,
 patients and images per split) next to the results.
 
 Budget: the benchmark's CPU network (ResNet-18 x1/8, 28 px), 150 steps x 128.
-Measured results: README.md, "Medical data".
+Measured results: docs/medical_data.md, "End to end: NIfTI volumes + CSV".
 """
 from configs import base
 

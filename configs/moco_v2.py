@@ -10,14 +10,14 @@ the training-set size: BreastMNIST has 546 images, and a longer queue holds
 stale keys of the query's own image); key-encoder momentum 0.99 instead of
 0.999, since runs are ~2000 steps, not 200 epochs of ImageNet.
 
-Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+Measured in the strategy zoo (docs/zoo.md): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds, with the benchmark's stage 2 (40 epochs, class-balanced loss):
 linear probe 0.724 +- 0.050, end-to-end 0.893 +- 0.013 (ACC 0.865);
 from scratch 0.865 +- 0.016; end to end minus scratch, paired by seed,
 +0.027 [+0.004, +0.051] (95 % t). Pretraining ran at 307 images/s on the
 shared 2-core CPU.
-Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
+Reproduce: the zoo command in docs/zoo.md (dataset=breastmnist,
 methods ('none', 'moco_v2')).
 """
 from configs import base

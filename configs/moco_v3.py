@@ -12,14 +12,14 @@ out, BN without affine on the outputs), temperature 1.0 (0.2 for ViT), loss
 batch/256 (0.6 in the paper's 100-epoch runs), wd 1.5e-6.
 Scaled for 28 px and a CPU: hidden 1024, out 128.
 
-Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+Measured in the strategy zoo (docs/zoo.md): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds, with the benchmark's stage 2 (40 epochs, class-balanced loss):
 linear probe 0.755 +- 0.026, end-to-end 0.886 +- 0.011 (ACC 0.861);
 from scratch 0.865 +- 0.016; end to end minus scratch, paired by seed,
 +0.021 [+0.002, +0.039] (95 % t). Pretraining ran at 116 images/s on the
 shared 2-core CPU.
-Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
+Reproduce: the zoo command in docs/zoo.md (dataset=breastmnist,
 methods ('none', 'moco_v3')).
 """
 from configs import base

@@ -9,14 +9,14 @@ of its 8 neighbours are normalised per patch, resized to 16 px, encoded by
 the shared encoder, concatenated, and a 2-layer MLP predicts the neighbour's
 position. Pretext accuracy is logged as relative_patch_acc (chance 0.125).
 
-Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+Measured in the strategy zoo (docs/zoo.md): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds, with the benchmark's stage 2 (40 epochs, class-balanced loss):
 linear probe 0.707 +- 0.057, end-to-end 0.872 +- 0.010 (ACC 0.835);
 from scratch 0.865 +- 0.016; end to end minus scratch, paired by seed,
 +0.006 [-0.008, +0.021] (95 % t). Pretraining ran at 306 images/s on the
 shared 2-core CPU.
-Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
+Reproduce: the zoo command in docs/zoo.md (dataset=breastmnist,
 methods ('none', 'relative_patch')).
 """
 from configs import base

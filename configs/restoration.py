@@ -14,14 +14,14 @@ image area, as the reference's 10000 in a 64x64x32 cube); in-painting boxes
 Width 1/4 (16..128 channels) and batch 128 fit a 2-core CPU; on an
 accelerator use width 1 and a larger batch.
 
-Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+Measured in the strategy zoo (docs/zoo.md): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds, with the benchmark's stage 2 (40 epochs, class-balanced loss):
 linear probe 0.721 +- 0.027, end-to-end 0.873 +- 0.012 (ACC 0.827);
 from scratch 0.865 +- 0.016; end to end minus scratch, paired by seed,
 +0.008 [-0.014, +0.030] (95 % t). Pretraining ran at 225 images/s on the
 shared 2-core CPU.
-Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
+Reproduce: the zoo command in docs/zoo.md (dataset=breastmnist,
 methods ('none', 'restoration')).
 """
 from configs import base

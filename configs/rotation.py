@@ -8,14 +8,14 @@ all four copies, the paper's best setting, at 4x the compute); a 2-layer MLP
 predicts which from the pooled features. The view policy must not rotate.
 Pretext accuracy is logged as rotation_acc (chance 0.25).
 
-Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+Measured in the strategy zoo (docs/zoo.md): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds, with the benchmark's stage 2 (40 epochs, class-balanced loss):
 linear probe 0.754 +- 0.025, end-to-end 0.885 +- 0.009 (ACC 0.848);
 from scratch 0.865 +- 0.016; end to end minus scratch, paired by seed,
 +0.020 [-0.001, +0.040] (95 % t). Pretraining ran at 333 images/s on the
 shared 2-core CPU.
-Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
+Reproduce: the zoo command in docs/zoo.md (dataset=breastmnist,
 methods ('none', 'rotation')).
 """
 from configs import base

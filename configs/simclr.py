@@ -6,14 +6,14 @@ The arg picks the MedMNIST set (default breastmnist). LARS with lr 0.3 x
 batch/256 and NT-Xent temperature 0.1 are the paper's small-batch values.
 On an accelerator, scale `train.batch_size` up (4096 in the paper).
 
-Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+Measured in the strategy zoo (docs/zoo.md): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds, with the benchmark's stage 2 (40 epochs, class-balanced loss):
 linear probe 0.843 +- 0.019, end-to-end 0.899 +- 0.016 (ACC 0.857);
 from scratch 0.865 +- 0.016; end to end minus scratch, paired by seed,
 +0.034 [-0.028, +0.095] (95 % t). Pretraining ran at 161 images/s on the
 shared 2-core CPU.
-Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
+Reproduce: the zoo command in docs/zoo.md (dataset=breastmnist,
 methods ('none', 'simclr')).
 """
 from configs import base

@@ -23,7 +23,7 @@ t-interval; 0.014, 0.015, 0.013 per seed). MedMNIST: Yang et al. 2023.
 With 60 unweighted fine-tuning steps instead, both classifiers predicted
 only the majority class (end to end 0.620, scratch 0.563).
 Pretrained 10x longer (--config.train.steps=1000
---config.optim.warmup_steps=100, README "3D volumes", 3 seeds), at 10 %
+--config.optim.warmup_steps=100, docs/volumes_3d.md, 3 seeds), at 10 %
 of the labels: end to end 0.779 +- 0.047 vs scratch 0.677 +- 0.067,
 paired +0.102 [0.052, 0.151]; at 100 % 0.842 vs 0.836, +0.005 [-0.075,
 0.086].

@@ -11,12 +11,12 @@ grid has no useful block size, so one mask unit is one patch. AdamW (lr
 as in the paper. For a CPU try-out add --config.model.depth=2
 --config.train.batch_size=64 --config.train.steps=200.
 
-Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+Measured in the strategy zoo (docs/zoo.md): BreastMNIST, the benchmark's
 CPU budget (ViT-Ti/4 (4 blocks, 96 wide), 150 steps x 128), 100% labels, test AUROC over
 3 seeds: linear probe 0.757 +- 0.020, end-to-end 0.739 +- 0.048 (from scratch:
 0.779 +- 0.008; stage 2: 40 epochs, balanced loss); 171 images/s on the
 shared 2-core CPU.
-Reproduce: the zoo command in README "Methods" (dataset=breastmnist,backbone=vit,
+Reproduce: the zoo command in docs/zoo.md (dataset=breastmnist,backbone=vit,
 methods ('none', 'simmim')).
 """
 from configs import base

@@ -8,14 +8,14 @@ bottleneck predictor (hidden = out / 4), negative cosine with stop-gradient,
 SGD lr 0.05 x batch/256, weight decay 1e-4, momentum 0.9, no EMA. Scaled for
 28 px and a CPU (the paper's CIFAR variant uses 2048 too): 512 wide, hidden 128.
 
-Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+Measured in the strategy zoo (docs/zoo.md): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds, with the benchmark's stage 2 (40 epochs, class-balanced loss):
 linear probe 0.709 +- 0.045, end-to-end 0.884 +- 0.007 (ACC 0.870);
 from scratch 0.865 +- 0.016; end to end minus scratch, paired by seed,
 +0.018 [-0.008, +0.044] (95 % t). Pretraining ran at 193 images/s on the
 shared 2-core CPU.
-Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
+Reproduce: the zoo command in docs/zoo.md (dataset=breastmnist,
 methods ('none', 'simsiam')).
 """
 from configs import base

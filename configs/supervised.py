@@ -12,14 +12,14 @@ comparison pretrain on a *different* labelled set (ChestMNIST -> BreastMNIST,
 both grayscale 28 px): pretraining on the target set uses all of its labels,
 so its 1% / 10% cells would not be 1% / 10%.
 
-Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+Measured in the strategy zoo (docs/zoo.md): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds, with the benchmark's stage 2 (40 epochs, class-balanced loss):
 linear probe 0.827 +- 0.020, end-to-end 0.879 +- 0.005 (ACC 0.833);
 from scratch 0.865 +- 0.016; end to end minus scratch, paired by seed,
 +0.013 [-0.039, +0.066] (95 % t). Pretraining ran at 398 images/s on the
 shared 2-core CPU.
-Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
+Reproduce: the zoo command in docs/zoo.md (dataset=breastmnist,
 methods ('none', 'supervised')).
 """
 import data_pipelines

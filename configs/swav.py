@@ -11,14 +11,14 @@ for 28 px and a CPU: hidden 512, 100 prototypes instead of 3000 (about 10x
 the classes of a small set), local crops at 12 px. Not done: the feature
 queue for small batches and freezing prototypes in epoch 1.
 
-Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+Measured in the strategy zoo (docs/zoo.md): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds, with the benchmark's stage 2 (40 epochs, class-balanced loss):
 linear probe 0.752 +- 0.011, end-to-end 0.884 +- 0.014 (ACC 0.848);
 from scratch 0.865 +- 0.016; end to end minus scratch, paired by seed,
 +0.018 [+0.002, +0.035] (95 % t). Pretraining ran at 115 images/s on the
 shared 2-core CPU.
-Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
+Reproduce: the zoo command in docs/zoo.md (dataset=breastmnist,
 methods ('none', 'swav')).
 """
 from configs import base

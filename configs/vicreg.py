@@ -7,14 +7,14 @@ expander (8192 wide, BN + ReLU on the hidden layers), invariance / variance
 / covariance weights 25 / 25 / 1, std target gamma 1, LARS lr 0.2 x
 batch/256, weight decay 1e-6. Scaled for 28 px and a CPU: expander 1024 wide.
 
-Measured in the strategy zoo (README "Methods"): BreastMNIST, the benchmark's
+Measured in the strategy zoo (docs/zoo.md): BreastMNIST, the benchmark's
 CPU budget (ResNet-18 x1/8, 150 steps x 128), 100% labels, test AUROC over
 3 seeds, with the benchmark's stage 2 (40 epochs, class-balanced loss):
 linear probe 0.836 +- 0.024, end-to-end 0.908 +- 0.014 (ACC 0.876);
 from scratch 0.865 +- 0.016; end to end minus scratch, paired by seed,
 +0.042 [-0.012, +0.097] (95 % t). Pretraining ran at 159 images/s on the
 shared 2-core CPU.
-Reproduce: the zoo command in README "Methods" (dataset=breastmnist,
+Reproduce: the zoo command in docs/zoo.md (dataset=breastmnist,
 methods ('none', 'vicreg')).
 Ten times that pretraining (1500 steps, docs/results.md "Ten times
 longer in the benchmark", 3 seeds, selection from the stage-2 warmup's end): end to end

@@ -325,8 +325,8 @@ def balanced_threshold(y_true: np.ndarray, probs: np.ndarray, task: str):
   below 0.5, e.g. the early checkpoint validation picks at 1 % of the
   labels; at 0.5 it then predicts only the majority class. The operating
   point is chosen on validation and applied unchanged to test, so test
-  labels never shape it. (Measured on the demo it did not pay: README
-  "Results".)
+  labels never shape it. (Measured on the demo it did not pay: docs/results.md
+  "Quick runs".)
   """
   return _cut_per_task(_balanced_cutoff, y_true, probs, task)
 
