@@ -168,7 +168,9 @@ def get_config() -> ml_collections.ConfigDict:
   # End-to-end runs last `steps` (validation every `eval_every`), or with
   # `epochs` > 0 that many passes over the labelled subset (at least
   # `min_steps`; validation every `eval_every_epochs`); the step with the
-  # best val AUROC (ties: lower val loss) is kept. `select_from`:
+  # best val AUROC (ties: lower val loss) is kept; `select_by`: val_auroc
+  # | val_loss (lowest; ties: higher AUROC) | last (the final evaluation,
+  # no choice on validation). `select_from`:
   # warmup_end (candidates from the end of optim's warmup on) | first_eval
   # (every evaluation; at 1 % of the labels, validated every step, that kept
   # steps 2-8, a barely moved zero head: docs/results.md "Pretraining
@@ -199,7 +201,7 @@ def get_config() -> ml_collections.ConfigDict:
       seeds=(0,),
       steps=300, batch_size=64, eval_every=50, log_every=25,
       epochs=0, eval_every_epochs=1.0, min_steps=100, class_weights="none",
-      select_from="warmup_end",
+      select_from="warmup_end", select_by="val_auroc",
       decision_threshold="val_prior",
       last_batch="carry",
       head_init="zeros",  # the classifier head: zeros | torch_default

@@ -136,6 +136,33 @@ def test_best_on_val_skips_evaluations_inside_the_warmup():
   assert copies == [0, 40, 80]      # the state is fetched only when kept
 
 
+def test_best_on_val_by_loss_or_last():
+  def kept(rule, evals):
+    best = classifier.BestOnVal(start=20, rule=rule)
+    for step, auroc, loss in evals:
+      best.offer(step, {"auroc": auroc, "loss": loss}, lambda s=step: s)
+    return best.step, best.state
+
+  evals = [(2, 0.99, 0.10), (20, 0.70, 0.40), (40, 0.90, 0.50),
+           (60, 0.80, 0.30), (80, 0.75, 0.30), (100, 0.60, 0.60)]
+  assert kept("val_auroc", evals) == (40, 40)
+  assert kept("val_loss", evals) == (60, 60)   # equal loss: higher AUROC
+  assert kept("last", evals) == (100, 100)     # the warmup still excluded
+  assert kept("last", evals[:1]) == (None, None)
+
+
+def test_scratch_run_selected_by_last_keeps_the_final_evaluation(
+    tmp_path, medmnist_dir):
+  cell, evals = _scratch_run(tmp_path, medmnist_dir,
+                             **{"finetune.select_by": "last"})
+  assert cell["select_by"] == "last"
+  assert cell["selected_step"] == evals[-1]["step"] == cell["steps"]
+  assert cell["selected_val_auroc"] == pytest.approx(evals[-1]["val/auroc"])
+  with pytest.raises(ValueError, match="finetune.select_by='best'"):
+    _scratch_run(tmp_path / "bad", medmnist_dir,
+                 **{"finetune.select_by": "best"})
+
+
 def test_scratch_run_selects_after_the_warmup(tmp_path, medmnist_dir):
   cell, evals = _scratch_run(tmp_path, medmnist_dir,
                              **{"finetune.optim.warmup_steps": 4,

@@ -151,6 +151,7 @@ class ClassifierTrainer:
     self.bound = objectives.bind(self.config, ctx.info)
     tx, schedule = optim.make_optimizer(ft.optim, ft.batch_size, self.steps)
     self.select_from = selection_start(ft, self.steps)
+    self.select_by = _choice(ft, "select_by", SELECT_BY)
     self.average = weight_average_decay(ft)
     shape = nnx.eval_shape(lambda: self._model(0))
     self.tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
@@ -256,7 +257,7 @@ class ClassifierTrainer:
         batch_size=parallel.local_batch_size(ft.batch_size), shuffle=True,
         repeat=True, seed=seed, drop_remainder=not keep, per_epoch=keep,
         batch_multiple=local_data_devices(self.mesh))
-    best = BestOnVal(self.select_from)
+    best = BestOnVal(self.select_from, self.select_by)
 
     def select_on_val(step: int, state) -> dict[str, float]:
       weights = evaluated_weights(state)
@@ -284,6 +285,8 @@ class ClassifierTrainer:
                                                        self.mesh),
          "selected_val_auroc": best.auroc, "selected_val_loss": best.loss,
          "select_from_step": self.select_from,
+         **({"select_by": self.select_by}
+            if self.select_by != SELECT_BY[0] else {}),
          **({"layer_decay": self.layer_decay} if self.layer_decay < 1 else {}),
          **({"test_time_flips": True} if self.flip_views else {}),
          **({"weight_average": self.average} if self.average else {}),
@@ -454,20 +457,35 @@ def training_seed(ft: ml_collections.ConfigDict, cell_seed: int) -> int:
   return cell_seed + int(ft.get("training_seed_offset", 0))
 
 
-class BestOnVal:
-  """The validation-selected model: the best val AUROC (ties: lower val
-  loss) among the evaluations from step `start` on, and at step 0 (only a
-  fitted LP-FT head is evaluated there)."""
+SELECT_BY = ("val_auroc", "val_loss", "last")
 
-  def __init__(self, start: int):
-    self.start, self.key = start, (-np.inf, -np.inf)
+
+def _selection_key(rule: str, step: int,
+                   scores: dict[str, float]) -> tuple[float, float]:
+  """Larger is better: val AUROC (ties: lower loss), lower val loss (ties:
+  higher AUROC), or the later step (`last`: no choice on 78 noisy
+  validation images, the run's end is the model)."""
+  if rule == "val_loss":
+    return (-scores["loss"], scores["auroc"])
+  if rule == "last":
+    return (float(step), 0.0)
+  return (scores["auroc"], -scores["loss"])
+
+
+class BestOnVal:
+  """The validation-selected model among the evaluations from step `start`
+  on, and at step 0 (only a fitted LP-FT head is evaluated there), by
+  `rule` (`finetune.select_by`, `SELECT_BY`)."""
+
+  def __init__(self, start: int, rule: str = SELECT_BY[0]):
+    self.start, self.rule, self.key = start, rule, (-np.inf, -np.inf)
     self.step = self.auroc = self.loss = self.state = None
 
   def offer(self, step: int, scores: dict[str, float],
             state: Callable[[], Any]) -> bool:
     """Keeps this evaluation if it is a candidate and the best so far;
     `state` is called (a device-to-host copy) only then."""
-    key = (scores["auroc"], -scores["loss"])
+    key = _selection_key(self.rule, step, scores)
     if (step < self.start and step != 0) or key <= self.key:
       return False
     self.key, self.step = key, step
