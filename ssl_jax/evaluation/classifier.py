@@ -457,19 +457,15 @@ def training_seed(ft: ml_collections.ConfigDict, cell_seed: int) -> int:
   return cell_seed + int(ft.get("training_seed_offset", 0))
 
 
-SELECT_BY = ("val_auroc", "val_loss", "last")
-
-
-def _selection_key(rule: str, step: int,
-                   scores: dict[str, float]) -> tuple[float, float]:
-  """Larger is better: val AUROC (ties: lower loss), lower val loss (ties:
-  higher AUROC), or the later step (`last`: no choice on 78 noisy
-  validation images, the run's end is the model)."""
-  if rule == "val_loss":
-    return (-scores["loss"], scores["auroc"])
-  if rule == "last":
-    return (float(step), 0.0)
-  return (scores["auroc"], -scores["loss"])
+# `finetune.select_by`: each rule's key of an evaluation (step, scores),
+# larger is better. `last` makes no choice on 78 noisy validation images:
+# the run's end is the model.
+SELECTION_KEYS: dict[str, Callable[[int, dict], tuple[float, float]]] = {
+    "val_auroc": lambda step, s: (s["auroc"], -s["loss"]),  # ties: lower loss
+    "val_loss": lambda step, s: (-s["loss"], s["auroc"]),   # ties: higher AUROC
+    "last": lambda step, s: (float(step), 0.0),
+}
+SELECT_BY = tuple(SELECTION_KEYS)
 
 
 class BestOnVal:
@@ -485,7 +481,7 @@ class BestOnVal:
             state: Callable[[], Any]) -> bool:
     """Keeps this evaluation if it is a candidate and the best so far;
     `state` is called (a device-to-host copy) only then."""
-    key = _selection_key(self.rule, step, scores)
+    key = SELECTION_KEYS[self.rule](step, scores)
     if (step < self.start and step != 0) or key <= self.key:
       return False
     self.key, self.step = key, step
