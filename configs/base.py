@@ -296,6 +296,13 @@ def get_config() -> ml_collections.ConfigDict:
       # without (fixmatch_mixup_alpha is FixMatch's own). MAE fine-tunes with 0.8 and 0.1 (and CutMix, which can cut
       # a lesion out: not offered).
       mixup_alpha=0.0, label_smoothing=0.0,
+      # Stochastic depth (Huang et al., ECCV 2016) in every end-to-end
+      # training of stage 2 (finetune, scratch, last_k, FixMatch, distill
+      # teachers and students): each sample skips a residual branch with a
+      # probability rising linearly over the blocks to this rate at the last
+      # (0 = off; MAE fine-tunes ViT-B with 0.1). Frozen protocols and
+      # evaluation see the whole network.
+      drop_path=0.0,
       early_layer="stage3",    # `early_layer`: ResNet 'stageN', ViT 'blockN'
       # `zero_shot` (image-text pretraining only): one prompt per class in
       # label order, e.g. ('no finding', 'a malignant mass'); () = the

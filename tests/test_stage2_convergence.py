@@ -298,3 +298,17 @@ def _train_losses(workdir, cell) -> list:
   path = workdir / "logs" / f"scratch_n{cell['n_train']}_s0" / "metrics.jsonl"
   return [row["train/loss"] for row in map(json.loads, path.open())
           if "train/loss" in row]
+
+
+def test_stochastic_depth_changes_training_and_is_recorded(
+    balanced_run, tmp_path, medmnist_dir):
+  """`finetune.drop_path` reaches the encoder every cell trains: the same
+  cell's train losses move, the cell and the run record the rate."""
+  plain_dir, plain, _ = balanced_run
+  dropping, _ = _scratch_run(tmp_path, medmnist_dir, **BALANCED,
+                             **{"finetune.drop_path": 0.5})
+  assert dropping["drop_path"] == 0.5 and "drop_path" not in plain
+  plain_losses = _train_losses(plain_dir, plain)
+  assert plain_losses and _train_losses(tmp_path, dropping) != plain_losses
+  with open(tmp_path / "results.json") as f:
+    assert json.load(f)["model"]["drop_path_rate"] == 0.5

@@ -278,6 +278,7 @@ class ClassifierTrainer:
              desc=name, progress=self.config.train.progress, nested=True)
     writer.close()
     params, rest = best.state
+    drop_path = self.config.model.get("drop_path_rate", 0.0)
     return Predictions(
         {s: self.probs(ctx, params, rest, s) for s in score},
         {"selected_step": best.step, "steps": self.steps, "training_seed": seed,
@@ -288,6 +289,7 @@ class ClassifierTrainer:
          **({"select_by": self.select_by}
             if self.select_by != SELECT_BY[0] else {}),
          **({"layer_decay": self.layer_decay} if self.layer_decay < 1 else {}),
+         **({"drop_path": drop_path} if drop_path else {}),
          **({"test_time_flips": True} if self.flip_views else {}),
          **({"weight_average": self.average} if self.average else {}),
          **({"head_probe_val_score": probe_val_score} if probed else {})},

@@ -25,6 +25,7 @@ from ssl_jax.evaluation.encoder_context import SPLITS, EncoderContext
 from ssl_jax.evaluation.protocols import PROTOCOLS
 from ssl_jax.jobs import common, report
 from ssl_jax.jobs import workdir as workdir_lib
+from ssl_jax.models import stochastic_depth
 from ssl_jax.train import encoder_weights, init_from
 
 
@@ -73,6 +74,11 @@ def stage2_config(config: ml_collections.ConfigDict,
   if pre_config is not None:
     c.model = pre_config.model
     c.data.size = pre_config.data.size
+  drop_path = stochastic_depth.check_rate(
+      config.finetune.get("drop_path", 0.0), "config.finetune.drop_path")
+  if drop_path:  # absent at 0: the model's record stays as it was
+    c.model = ml_collections.ConfigDict(
+        dict(c.model.to_dict(), drop_path_rate=drop_path))
   c.objective = ml_collections.ConfigDict(
       {"name": "supervised", "multi_label": bool(info.multi_label),
        "head_init": config.finetune.get("head_init", "zeros"),

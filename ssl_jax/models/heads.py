@@ -95,8 +95,13 @@ class Classifier(nnx.Module):
     self.head = LinearHead(encoder.feature_dim, num_classes, rngs=rngs,
                            init=head_init)
 
-  def __call__(self, x: Array, *, train: bool = False) -> Array:
-    return self.head(self.encoder(x, train=train), train=train)
+  def __call__(self, x: Array, *, train: bool = False,
+               drop_key: Array | None = None) -> Array:
+    """Class logits; `drop_key` feeds the encoder's stochastic depth in
+    training (handed on only to encoders that have one)."""
+    drop = ({'drop_key': drop_key}
+            if getattr(self.encoder, 'drop_path_rate', 0.0) else {})
+    return self.head(self.encoder(x, train=train, **drop), train=train)
 
 
 class MAEDecoder(nnx.Module):

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssl_jax.models import layers
+from ssl_jax.models import stochastic_depth
 
 Array = jax.Array
 
@@ -117,8 +118,10 @@ class BasicBlock(nnx.Module):
   """
   expansion = 1
 
-  def __init__(self, in_ch: int, width: int, stride: int, *, ops: dict):
+  def __init__(self, in_ch: int, width: int, stride: int, *, ops: dict,
+               drop_rate: float = 0.0):
     out_ch = width * self.expansion
+    self.drop_rate = drop_rate  # stochastic depth of the residual branch
     self.conv1 = _conv(in_ch, width, 3, stride, **ops)
     self.bn1 = _bn(width, **ops)
     self.conv2 = _conv(width, out_ch, 3, 1, **ops)
@@ -126,11 +129,13 @@ class BasicBlock(nnx.Module):
     self.shortcut = (_Shortcut(in_ch, out_ch, stride, ops=ops)
                      if stride != 1 or in_ch != out_ch else None)
 
-  def __call__(self, x: Array, *, train: bool) -> Array:
+  def __call__(self, x: Array, *, train: bool,
+               drop_key: Array | None = None) -> Array:
     ura = not train
     y = nnx.relu(self.bn1(self.conv1(x), use_running_average=ura))
     y = self.bn2(self.conv2(y), use_running_average=ura)
     res = x if self.shortcut is None else self.shortcut(x, train=train)
+    y = stochastic_depth.drop_path(y, self.drop_rate, drop_key)
     return nnx.relu(y + res)
 
 
@@ -138,8 +143,10 @@ class Bottleneck(nnx.Module):
   """1x1 -> 3x3 (strided, as in ResNet v1.5) -> 1x1 x4; the ResNet-50 block."""
   expansion = 4
 
-  def __init__(self, in_ch: int, width: int, stride: int, *, ops: dict):
+  def __init__(self, in_ch: int, width: int, stride: int, *, ops: dict,
+               drop_rate: float = 0.0):
     out_ch = width * self.expansion
+    self.drop_rate = drop_rate  # stochastic depth of the residual branch
     self.conv1 = _conv(in_ch, width, 1, 1, **ops)
     self.bn1 = _bn(width, **ops)
     self.conv2 = _conv(width, width, 3, stride, **ops)
@@ -149,12 +156,14 @@ class Bottleneck(nnx.Module):
     self.shortcut = (_Shortcut(in_ch, out_ch, stride, ops=ops)
                      if stride != 1 or in_ch != out_ch else None)
 
-  def __call__(self, x: Array, *, train: bool) -> Array:
+  def __call__(self, x: Array, *, train: bool,
+               drop_key: Array | None = None) -> Array:
     ura = not train
     y = nnx.relu(self.bn1(self.conv1(x), use_running_average=ura))
     y = nnx.relu(self.bn2(self.conv2(y), use_running_average=ura))
     y = self.bn3(self.conv3(y), use_running_average=ura)
     res = x if self.shortcut is None else self.shortcut(x, train=train)
+    y = stochastic_depth.drop_path(y, self.drop_rate, drop_key)
     return nnx.relu(y + res)
 
 
@@ -183,6 +192,7 @@ class ResNet(nnx.Module):
       norm_impl: str = 'auto',
       zero_init_residual: bool = True,
       conv_init: str = 'kaiming_fan_out',
+      drop_path_rate: float = 0.0,
       dtype=jnp.float32,
       rngs: nnx.Rngs,
   ):
@@ -196,6 +206,9 @@ class ResNet(nnx.Module):
     self.image_size = image_size
     self.spatial_dims = spatial_dims
     self.stage_sizes = tuple(stage_sizes)
+    self.drop_path_rate = stochastic_depth.check_rate(drop_path_rate)
+    rates = iter(stochastic_depth.depth_rates(
+        self.drop_path_rate, sum(self.stage_sizes)))
     ops = dict(dtype=dtype, rngs=rngs, spatial_dims=spatial_dims,
                zero_init_residual=zero_init_residual, conv_init=conv_init,
                conv3d_impl=_conv3d_impl(conv3d_impl), conv_impl=conv_impl,
@@ -213,24 +226,28 @@ class ResNet(nnx.Module):
       blocks = []
       for j in range(n_blocks):
         stride = 2 if i > 0 and j == 0 else 1
-        blocks.append(block(in_ch, width, stride, ops=ops))
+        blocks.append(block(in_ch, width, stride, ops=ops,
+                            drop_rate=next(rates)))
         in_ch = width * block.expansion
       stages.append(nnx.List(blocks))
     self.stages = nnx.List(stages)
     self.feature_dim: int = in_ch
 
   def __call__(self, x: Array, *, train: bool = False,
-               return_intermediates: bool = False
+               return_intermediates: bool = False,
+               drop_key: Array | None = None
                ) -> Array | tuple[Array, dict[str, Array]]:
     """x: float [B, H, W, C] (or [B, D, H, W, C] when spatial_dims=3) ->
-    pooled float32 [B, feature_dim]."""
-    maps = self.feature_maps(x, train=train)
+    pooled float32 [B, feature_dim]. `drop_key`: the stochastic depth's
+    randomness for a training call (models/stochastic_depth.py)."""
+    maps = self.feature_maps(x, train=train, drop_key=drop_key)
     pooled = _gap(maps[-1])
     if not return_intermediates:
       return pooled
     return pooled, {f'stage{i}': _gap(m) for i, m in enumerate(maps[1:], 1)}
 
-  def feature_maps(self, x: Array, *, train: bool = False) -> list[Array]:
+  def feature_maps(self, x: Array, *, train: bool = False,
+                   drop_key: Array | None = None) -> list[Array]:
     """Spatial maps [stem (before the max-pool), stage1, ..., stageK], for
     dense decoders (the U-Net of Models Genesis restoration)."""
     x = nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
@@ -238,9 +255,11 @@ class ResNet(nnx.Module):
     if not self.small_stem:
       nd = self.spatial_dims
       x = nnx.max_pool(x, (3,) * nd, strides=(2,) * nd, padding=((1, 1),) * nd)
+    keys = iter(stochastic_depth.block_keys(
+        self.drop_path_rate, drop_key, train, sum(self.stage_sizes)))
     for stage in self.stages:
       for blk in stage:
-        x = blk(x, train=train)
+        x = blk(x, train=train, drop_key=next(keys))
       maps.append(x)
     return maps
 

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from ssl_jax.models import layers
+from ssl_jax.models import stochastic_depth
 
 Array = jax.Array
 
@@ -135,7 +136,8 @@ class Block(nnx.Module):
   """Pre-LN transformer block: x + Attn(LN(x)); x + MLP(LN(x)), GELU MLP."""
 
   def __init__(self, dim: int, num_heads: int, mlp_dim: int, *,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               drop_rate: float = 0.0, dtype=jnp.float32, rngs: nnx.Rngs):
+    self.drop_rate = drop_rate  # stochastic depth of each residual branch
     self.norm1 = nnx.LayerNorm(dim, epsilon=1e-6, dtype=dtype, rngs=rngs)
     self.attn = Attention(dim, num_heads, dtype=dtype, rngs=rngs)
     self.norm2 = nnx.LayerNorm(dim, epsilon=1e-6, dtype=dtype, rngs=rngs)
@@ -144,9 +146,15 @@ class Block(nnx.Module):
     self.fc2 = TokenLinear(mlp_dim, dim, kernel_init=_xavier, bias_init=_zeros,
                            dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: Array, mask: Array | None = None) -> Array:
-    x = x + self.attn(self.norm1(x), mask)
-    return x + self.fc2(nnx.gelu(self.fc1(self.norm2(x)), approximate=False))
+  def __call__(self, x: Array, mask: Array | None = None,
+               drop_key: Array | None = None) -> Array:
+    attn_key, mlp_key = (None, None) if drop_key is None else (
+        jax.random.split(drop_key))
+    drop = lambda branch, key: stochastic_depth.drop_path(
+        branch, self.drop_rate, key)
+    x = x + drop(self.attn(self.norm1(x), mask), attn_key)
+    return x + drop(
+        self.fc2(nnx.gelu(self.fc1(self.norm2(x)), approximate=False)), mlp_key)
 
 
 class VisionTransformer(nnx.Module):
@@ -169,6 +177,7 @@ class VisionTransformer(nnx.Module):
       mlp_dim: int,
       pool: str = 'cls',
       spatial_dims: int = 2,
+      drop_path_rate: float = 0.0,
       dtype=jnp.float32,
       rngs: nnx.Rngs,
   ):
@@ -199,9 +208,11 @@ class VisionTransformer(nnx.Module):
         bias_init=_zeros, dtype=dtype, rngs=rngs)
     self.cls_token = nnx.Param(
         nnx.initializers.normal(0.02)(rngs.params(), (1, 1, hidden_dim)))
+    self.drop_path_rate = stochastic_depth.check_rate(drop_path_rate)
     self.blocks = nnx.List([
-        Block(hidden_dim, num_heads, mlp_dim, dtype=dtype, rngs=rngs)
-        for _ in range(depth)])
+        Block(hidden_dim, num_heads, mlp_dim, drop_rate=rate, dtype=dtype,
+              rngs=rngs)
+        for rate in stochastic_depth.depth_rates(self.drop_path_rate, depth)])
     self.norm = nnx.LayerNorm(hidden_dim, epsilon=1e-6, dtype=dtype,
                               rngs=rngs)
     # Probe points: every depth // 4 blocks ('block3', ..., 'block12').
@@ -219,35 +230,40 @@ class VisionTransformer(nnx.Module):
     tokens = einops.rearrange(tokens, 'b ... d -> b (...) d')
     return tokens + self.position_embedding().astype(tokens.dtype)
 
-  def _encode(self, tokens: Array, collect: bool
+  def _encode(self, tokens: Array, collect: bool, train: bool = False,
+              drop_key: Array | None = None
               ) -> tuple[Array, dict[str, Array]]:
     # The cls position embedding is zero (MAE), so cls_token is its own.
     cls = jnp.broadcast_to(self.cls_token[...],
                            (tokens.shape[0], 1, self.hidden_dim))
     x = jnp.concatenate([cls.astype(tokens.dtype), tokens], axis=1)
     intermediates = {}
-    for i, block in enumerate(self.blocks):
-      x = block(x)
+    keys = stochastic_depth.block_keys(self.drop_path_rate, drop_key, train,
+                                       self.depth)
+    for i, (block, key) in enumerate(zip(self.blocks, keys)):
+      x = block(x, drop_key=key)
       if collect and i + 1 in self.probe_blocks:
         intermediates[f'block{i + 1}'] = self._pool(x)
     return self.norm(x), intermediates
 
-  def encode_tokens(self, tokens: Array, *, train: bool = False) -> Array:
+  def encode_tokens(self, tokens: Array, *, train: bool = False,
+                    drop_key: Array | None = None) -> Array:
     """[B, K, D] embedded tokens -> [B, 1+K, D]: cls, blocks, final norm."""
-    del train  # No dropout or batch statistics in this ViT.
-    return self._encode(tokens, collect=False)[0]
+    return self._encode(tokens, False, train, drop_key)[0]
 
   def _pool(self, x: Array) -> Array:
     x = x.astype(jnp.float32)
     return x[:, 0] if self.pool == 'cls' else jnp.mean(x[:, 1:], axis=1)
 
   def __call__(self, x: Array, *, train: bool = False,
-               return_intermediates: bool = False
+               return_intermediates: bool = False,
+               drop_key: Array | None = None
                ) -> Array | tuple[Array, dict[str, Array]]:
-    """x: float [B, H, W, C] (3D: [B, D, H, W, C]) -> pooled [B, hidden_dim]."""
-    del train
+    """x: float [B, H, W, C] (3D: [B, D, H, W, C]) -> pooled [B, hidden_dim].
+    No batch statistics or dropout; `train` with `drop_key` drops the
+    blocks' branches of a stochastic depth (models/stochastic_depth.py)."""
     out, intermediates = self._encode(self.embed_patches(x),
-                                      collect=return_intermediates)
+                                      return_intermediates, train, drop_key)
     pooled = self._pool(out)
     return (pooled, intermediates) if return_intermediates else pooled
 

@@ -156,6 +156,16 @@ def agreement(logits: Array, targets: Array, multi_label: bool) -> Array:
       jnp.float32).mean()
 
 
+DROP_STREAM = 2  # the loss rng's fold for stochastic depth (1: mixup's)
+
+
+def trained_logits(model: nnx.Module, x: Array, rng: Array) -> Array:
+  """The classifier's logits in training; an encoder with stochastic depth
+  (`finetune.drop_path`) draws its dropped branches from `rng`'s own
+  stream, so the views and mixup stay as they are without it."""
+  return model(x, train=True, drop_key=jax.random.fold_in(rng, DROP_STREAM))
+
+
 def make_supervised_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
   """Cross-entropy on the labels; with label smoothing or mixup
   (`regularized_targets`) on the soft targets they make, class weights
@@ -172,14 +182,15 @@ def make_supervised_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
     multi_label = is_multi_label(labels) if configured is None else configured
     weights = None if multi_label else class_weights
     if not (alpha or smoothing):
-      loss, accuracy = classification_loss(model(x, train=True), labels,
-                                           multi_label, class_weights=weights)
+      loss, accuracy = classification_loss(trained_logits(model, x, rng),
+                                           labels, multi_label,
+                                           class_weights=weights)
       return loss, {"train_acc": accuracy}, extra
     x, targets = regularized_targets(
         jax.random.fold_in(rng, 1), x,
         label_targets(labels, num_classes, multi_label), alpha, smoothing,
         multi_label)
-    logits = model(x, train=True)
+    logits = trained_logits(model, x, rng)
     loss = soft_target_loss(logits, targets, multi_label, class_weights=weights)
     return loss, {"train_acc": agreement(logits, targets, multi_label)}, extra
 
@@ -291,7 +302,7 @@ def make_distillation_loss(hp: base.HParams,
     elif alpha or smoothing:
       x, targets = regularized_targets(jax.random.fold_in(rng, 1), x, targets,
                                        alpha, smoothing, multi_label)
-    logits = model(x, train=True)
+    logits = trained_logits(model, x, rng)
     loss = soft_target_loss(logits, targets, multi_label, hp.temperature,
                             class_weights)
     return loss, {"train_agreement": agreement(logits, targets, multi_label)
@@ -535,7 +546,7 @@ def make_fixmatch_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
           label_targets(jnp.maximum(labels, 0), num_classes, False),
           labelled_alpha, rows=labelled)
     x = jnp.concatenate([weak_x, views.train_view(strong, k_strong, images)])
-    weak_logits, strong_logits = jnp.split(model(x, train=True), 2)
+    weak_logits, strong_logits = jnp.split(trained_logits(model, x, rng), 2)
     supervised, accuracy = labelled_loss(weak_logits, labels, targets,
                                          labelled)
     weak_probs = jax.nn.softmax(
