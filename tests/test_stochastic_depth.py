@@ -9,6 +9,7 @@ from flax import nnx
 from ssl_jax import models
 from ssl_jax.jobs import finetune
 from ssl_jax.models import heads, stochastic_depth
+from ssl_jax.objectives import supervised
 from tests.tiny import tiny_config
 
 
@@ -62,13 +63,17 @@ def test_an_encoder_with_stochastic_depth_has_the_same_weights_and_eval(name):
     dropping(x, train=True)  # a training call without randomness
 
 
-def test_the_classifier_hands_the_key_only_to_encoders_that_drop():
+def test_training_logits_draw_drops_only_for_an_encoder_that_has_them():
   x = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))
   for rate in (0.0, 0.5):
     clf = heads.Classifier(_encoder("resnet18", rate, **ENCODERS["resnet18"]),
                            2, rngs=nnx.Rngs(0), head_init="torch_default")
-    a, b = (clf(x, train=True, drop_key=jax.random.key(k)) for k in (0, 1))
+    a, b = (supervised.trained_logits(clf, x, jax.random.key(k))
+            for k in (0, 1))
     assert np.allclose(a, b) == (rate == 0.0)
+  # a model without an encoder (or a plugin's) is called as before
+  assert supervised.trained_logits(lambda x, train: x.sum(), x,
+                                   jax.random.key(0)) == x.sum()
 
 
 def test_stage2_config_builds_the_encoder_with_the_rate():

@@ -97,10 +97,9 @@ class Classifier(nnx.Module):
 
   def __call__(self, x: Array, *, train: bool = False,
                drop_key: Array | None = None) -> Array:
-    """Class logits; `drop_key` feeds the encoder's stochastic depth in
-    training (handed on only to encoders that have one)."""
-    drop = ({'drop_key': drop_key}
-            if getattr(self.encoder, 'drop_path_rate', 0.0) else {})
+    """Class logits; `drop_key` (given only for an encoder with stochastic
+    depth: objectives/supervised.py `trained_logits`) feeds its drops."""
+    drop = {} if drop_key is None else {'drop_key': drop_key}
     return self.head(self.encoder(x, train=train, **drop), train=train)
 
 

@@ -160,9 +160,12 @@ DROP_STREAM = 2  # the loss rng's fold for stochastic depth (1: mixup's)
 
 
 def trained_logits(model: nnx.Module, x: Array, rng: Array) -> Array:
-  """The classifier's logits in training; an encoder with stochastic depth
+  """The classifier's logits in training. An encoder with stochastic depth
   (`finetune.drop_path`) draws its dropped branches from `rng`'s own
-  stream, so the views and mixup stay as they are without it."""
+  stream, so the views and mixup stay as they are; any other model is
+  called as it always was."""
+  if not getattr(getattr(model, "encoder", None), "drop_path_rate", 0.0):
+    return model(x, train=True)
   return model(x, train=True, drop_key=jax.random.fold_in(rng, DROP_STREAM))
 
 
