@@ -230,9 +230,8 @@ class VisionTransformer(nnx.Module):
     tokens = einops.rearrange(tokens, 'b ... d -> b (...) d')
     return tokens + self.position_embedding().astype(tokens.dtype)
 
-  def _encode(self, tokens: Array, collect: bool, train: bool = False,
-              drop_key: Array | None = None
-              ) -> tuple[Array, dict[str, Array]]:
+  def _encode(self, tokens: Array, *, collect: bool, train: bool,
+              drop_key: Array | None) -> tuple[Array, dict[str, Array]]:
     # The cls position embedding is zero (MAE), so cls_token is its own.
     cls = jnp.broadcast_to(self.cls_token[...],
                            (tokens.shape[0], 1, self.hidden_dim))
@@ -249,7 +248,8 @@ class VisionTransformer(nnx.Module):
   def encode_tokens(self, tokens: Array, *, train: bool = False,
                     drop_key: Array | None = None) -> Array:
     """[B, K, D] embedded tokens -> [B, 1+K, D]: cls, blocks, final norm."""
-    return self._encode(tokens, False, train, drop_key)[0]
+    return self._encode(tokens, collect=False, train=train,
+                        drop_key=drop_key)[0]
 
   def _pool(self, x: Array) -> Array:
     x = x.astype(jnp.float32)
@@ -262,8 +262,9 @@ class VisionTransformer(nnx.Module):
     """x: float [B, H, W, C] (3D: [B, D, H, W, C]) -> pooled [B, hidden_dim].
     No batch statistics or dropout; `train` with `drop_key` drops the
     blocks' branches of a stochastic depth (models/stochastic_depth.py)."""
-    out, intermediates = self._encode(self.embed_patches(x),
-                                      return_intermediates, train, drop_key)
+    out, intermediates = self._encode(
+        self.embed_patches(x), collect=return_intermediates, train=train,
+        drop_key=drop_key)
     pooled = self._pool(out)
     return (pooled, intermediates) if return_intermediates else pooled
 
