@@ -303,6 +303,12 @@ def get_config() -> ml_collections.ConfigDict:
       # (0 = off; MAE fine-tunes ViT-B with 0.1). Frozen protocols and
       # evaluation see the whole network.
       drop_path=0.0,
+      # SimCLRv2 (Chen et al., NeurIPS 2020) fine-tunes from the first layer
+      # of the pretrained projector, not the encoder's output: k keeps the
+      # projector's first k Linear -> BN -> ReLU layers on the encoder in
+      # every stage-2 protocol (models/neck.py; from-scratch cells get the
+      # same layers at random init). 0 = the encoder's pooled output.
+      keep_projector_layers=0,
       early_layer="stage3",    # `early_layer`: ResNet 'stageN', ViT 'blockN'
       # `zero_shot` (image-text pretraining only): one prompt per class in
       # label order, e.g. ('no finding', 'a malignant mass'); () = the

@@ -432,7 +432,7 @@ def test_further_teacher_encoders_must_be_built_as_the_student(monkeypatch):
     return c, {"w": np.zeros(1, np.float32)}
   made = {"own": pretraining(0.25, 28), "same": pretraining(0.25, 28),
           "wider": pretraining(0.5, 28), "larger": pretraining(0.25, 64)}
-  monkeypatch.setattr(finetune, "read_pretrained", lambda path: made[path])
+  monkeypatch.setattr(finetune, "read_pretrained", lambda path, _k=0: made[path])
   ft = ml_collections.ConfigDict(dict(pretrained="own",
                                       distill_teacher_pretrained=("same",)))
   assert len(finetune.read_teacher_encoders(ft, made["own"][0])) == 1

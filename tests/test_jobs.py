@@ -99,6 +99,35 @@ def test_finetune_reads_the_encoder_of_the_pretrain_checkpoint(demo_run):
   assert any(not np.array_equal(fresh[k], np.asarray(v)) for k, v in saved.items())
 
 
+def test_finetune_keeps_the_projectors_first_layer(demo_run, tmp_path):
+  """`finetune.keep_projector_layers=1` (SimCLRv2): the encoder's neck is
+  the pretrained projector's first layer, read exactly, in every cell."""
+  workdir, _ = demo_run
+  pre = str(workdir / "pretrain")
+  _, weights = finetune.read_pretrained(pre, 1)
+  tree = checkpoint.restore_subtree(workdir / "pretrain" / "checkpoints",
+                                    "params", "rest")
+  projector = {**pytree.flatten(tree["params"]["projector"]),
+               **pytree.flatten(tree["rest"]["projector"])}
+  neck = {k[len("neck/"):]: v for k, v in weights.items()
+          if k.startswith("neck/")}
+  assert sorted(neck) == sorted(k for k in projector if k.split("/")[1] == "0")
+  assert any("norms/0/mean" in k for k in neck)
+  for key, value in neck.items():
+    np.testing.assert_array_equal(value, np.asarray(projector[key]), err_msg=key)
+  with pytest.raises(ValueError, match="has 1 hidden layer"):
+    finetune.read_pretrained(pre, 2)  # the second is the projection itself
+  config = common.load_config(str(workdir / "finetune"))
+  config.finetune.pretrained = pre
+  config.finetune.protocols = ("knn", "finetune")
+  config.finetune.fractions = (0.1,)
+  config.finetune.keep_projector_layers = 1
+  results = finetune.train_and_evaluate(config, str(tmp_path))
+  assert {c["protocol"] for c in results["cells"].values()} == {"knn", "finetune"}
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["model"]["neck"] == [32] and saved["model"]["neck_bn"] is True
+
+
 def test_rerun_skips_finished_cells(demo_run, monkeypatch):
   workdir, _ = demo_run
   before = (workdir / "finetune" / "results.json").read_text()

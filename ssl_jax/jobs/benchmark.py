@@ -315,7 +315,8 @@ class Contexts:
       pre_config, weights, pre_dir = None, None, ""
       if method != NONE:
         pre_dir = self.pretrained_dir(method, seed)
-        pre_config, weights = finetune.read_pretrained(pre_dir)
+        pre_config, weights = finetune.read_pretrained(
+            pre_dir, finetune.kept_projector_layers(base.finetune))
       self._cache[(method, seed)] = EncoderContext(
           config=finetune.stage2_config(base, pre_config, self.info),
           workdir=self.workdir, mesh=self.mesh, info=self.info, data=self.data,

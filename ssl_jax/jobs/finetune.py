@@ -26,15 +26,27 @@ from ssl_jax.evaluation.protocols import PROTOCOLS
 from ssl_jax.jobs import common, report
 from ssl_jax.jobs import workdir as workdir_lib
 from ssl_jax.models import stochastic_depth
+from ssl_jax.objectives import base as objectives_base
 from ssl_jax.train import encoder_weights, init_from
 
 
-def read_pretrained(pretrained: str
+def read_pretrained(pretrained: str, projector_layers: int = 0
                     ) -> tuple[ml_collections.ConfigDict, encoder_weights.Flat]:
-  """The pretraining config and its latest checkpoint's encoder."""
+  """The pretraining config and its latest checkpoint's encoder, with its
+  projector's first `projector_layers` layers as the encoder's neck
+  (`finetune.keep_projector_layers`)."""
   pre_config = common.load_config(pretrained)
-  weights, _ = encoder_weights.read(pretrained)
+  weights, _ = encoder_weights.read(pretrained, projector_layers)
   return pre_config, weights
+
+
+def kept_projector_layers(ft: ml_collections.ConfigDict) -> int:
+  """`finetune.keep_projector_layers`, checked to be a count >= 0."""
+  k = ft.get("keep_projector_layers", 0)
+  if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+    raise ValueError("config.finetune.keep_projector_layers must be an "
+                     f"integer >= 0 (projector layers kept), got {k!r}")
+  return k
 
 
 def read_teacher_encoders(ft, pre_config: ml_collections.ConfigDict | None
@@ -51,7 +63,7 @@ def read_teacher_encoders(ft, pre_config: ml_collections.ConfigDict | None
   mine = built(pre_config) if paths else {}
   encoders = []
   for path in paths:
-    other, weights = read_pretrained(path)
+    other, weights = read_pretrained(path, kept_projector_layers(ft))
     theirs = built(other)
     for field in mine:
       if theirs[field] != mine[field]:
@@ -79,6 +91,14 @@ def stage2_config(config: ml_collections.ConfigDict,
   if drop_path:  # absent at 0: the model's record stays as it was
     c.model = ml_collections.ConfigDict(
         dict(c.model.to_dict(), drop_path_rate=drop_path))
+  kept = kept_projector_layers(config.finetune)
+  if kept and pre_config is None:
+    raise ValueError("config.finetune.keep_projector_layers keeps layers of "
+                     "a pretrained projector: set config.finetune.pretrained "
+                     "(a random or config.init_from encoder has none)")
+  if kept:  # absent at 0, as drop_path_rate
+    c.model = ml_collections.ConfigDict(
+        dict(c.model.to_dict(), **projector_neck(pre_config, kept)))
   c.objective = ml_collections.ConfigDict(
       {"name": "supervised", "multi_label": bool(info.multi_label),
        "head_init": config.finetune.get("head_init", "zeros"),
@@ -88,13 +108,24 @@ def stage2_config(config: ml_collections.ConfigDict,
   return c
 
 
+def projector_neck(pre_config: ml_collections.ConfigDict, layers: int
+                   ) -> dict:
+  """The encoder's `neck` and `neck_bn` (models/neck.py) that hold the
+  first `layers` hidden layers of the pretraining's MLP projector."""
+  objective = objectives_base.lookup(pre_config.objective)
+  hp = objectives_base.resolve_hparams(objective, pre_config.objective)
+  return {"neck": (int(hp.proj_hidden_dim),) * layers,
+          "neck_bn": bool(hp.proj_bn)}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   common.validate(config)
   if jax.process_index() == 0:
     workdir_lib.check_writable(workdir)
   ft = config.finetune
   needs_encoder = any(PROTOCOLS.get(p).needs_encoder for p in ft.protocols)
-  pre_config, weights = (read_pretrained(ft.pretrained)
+  pre_config, weights = (read_pretrained(ft.pretrained,
+                                         kept_projector_layers(ft))
                          if ft.pretrained else (None, None))
   # Transfer without SSL (e.g. ImageNet weights): config.init_from.
   init_path = "" if ft.pretrained else config.get("init_from", {}).get("path", "")

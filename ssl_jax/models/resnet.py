@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssl_jax.models import layers
+from ssl_jax.models import neck as neck_lib
 from ssl_jax.models import stochastic_depth
 
 Array = jax.Array
@@ -175,7 +176,7 @@ class ResNet(nnx.Module):
   """
   patch_size = None      # no patch grid: inputs of any size pool globally
   block_attr = 'stages'  # the sequence of units last_k fine-tuning counts
-  after_blocks = ()      # params that follow the last unit
+  after_blocks = (neck_lib.NAME,)  # params that follow the last unit
 
   def __init__(
       self,
@@ -193,6 +194,8 @@ class ResNet(nnx.Module):
       zero_init_residual: bool = True,
       conv_init: str = 'kaiming_fan_out',
       drop_path_rate: float = 0.0,
+      neck: Sequence[int] = (),
+      neck_bn: bool = True,
       dtype=jnp.float32,
       rngs: nnx.Rngs,
   ):
@@ -231,7 +234,8 @@ class ResNet(nnx.Module):
         in_ch = width * block.expansion
       stages.append(nnx.List(blocks))
     self.stages = nnx.List(stages)
-    self.feature_dim: int = in_ch
+    # A pretrained projector's first layers on the pooled output (stage 2).
+    self.neck, self.feature_dim = neck_lib.build(in_ch, neck, neck_bn, rngs)
 
   def __call__(self, x: Array, *, train: bool = False,
                return_intermediates: bool = False,
@@ -241,7 +245,7 @@ class ResNet(nnx.Module):
     pooled float32 [B, feature_dim]. `drop_key`: the stochastic depth's
     randomness for a training call (models/stochastic_depth.py)."""
     maps = self.feature_maps(x, train=train, drop_key=drop_key)
-    pooled = _gap(maps[-1])
+    pooled = neck_lib.apply(self.neck, _gap(maps[-1]), train)
     if not return_intermediates:
       return pooled
     return pooled, {f'stage{i}': _gap(m) for i, m in enumerate(maps[1:], 1)}

@@ -12,6 +12,7 @@ cubic patches of volumes [B, D, H, W, C] with 3D sin-cos positions (as the
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import einops
 import jax
@@ -20,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from ssl_jax.models import layers
+from ssl_jax.models import neck as neck_lib
 from ssl_jax.models import stochastic_depth
 
 Array = jax.Array
@@ -163,7 +165,7 @@ class VisionTransformer(nnx.Module):
   Declares `spatial_dims`, `patch_size` and its sequence of blocks.
   """
   block_attr = 'blocks'     # the sequence of units last_k fine-tuning counts
-  after_blocks = ('norm',)  # the final norm follows the last block
+  after_blocks = ('norm', neck_lib.NAME)  # these follow the last block
 
   def __init__(
       self,
@@ -178,6 +180,8 @@ class VisionTransformer(nnx.Module):
       pool: str = 'cls',
       spatial_dims: int = 2,
       drop_path_rate: float = 0.0,
+      neck: Sequence[int] = (),
+      neck_bn: bool = True,
       dtype=jnp.float32,
       rngs: nnx.Rngs,
   ):
@@ -195,7 +199,9 @@ class VisionTransformer(nnx.Module):
     self.spatial_dims = spatial_dims
     self.num_patches = self.grid_size**spatial_dims
     self.hidden_dim = hidden_dim
-    self.feature_dim: int = hidden_dim
+    # A pretrained projector's first layers on the pooled output (stage 2).
+    self.neck, self.feature_dim = neck_lib.build(hidden_dim, neck, neck_bn,
+                                                 rngs)
     self.depth = depth
     self.pool = pool
     self.position_embedding()  # Validate hidden_dim early.
@@ -265,7 +271,7 @@ class VisionTransformer(nnx.Module):
     out, intermediates = self._encode(
         self.embed_patches(x), collect=return_intermediates, train=train,
         drop_key=drop_key)
-    pooled = self._pool(out)
+    pooled = neck_lib.apply(self.neck, self._pool(out), train)
     return (pooled, intermediates) if return_intermediates else pooled
 
 

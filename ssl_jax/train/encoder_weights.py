@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from ssl_jax.models import neck as neck_lib
 from ssl_jax.pytree import flatten, path_keys
 from ssl_jax.train import checkpoint
 from ssl_jax.train.state import TrainState
@@ -29,6 +30,7 @@ from ssl_jax.train.state import TrainState
 Flat = dict[str, np.ndarray]
 COLLECTIONS = ("params", "rest")  # where a model's encoder leaves live
 ENCODER = "encoder"
+PROJECTOR = "projector"  # an EncoderProjector's MLP (objectives/contrastive.py)
 
 
 def merged(params: Mapping[str, Any], rest: Mapping[str, Any]) -> Flat:
@@ -41,13 +43,39 @@ def merged(params: Mapping[str, Any], rest: Mapping[str, Any]) -> Flat:
   return {k: np.asarray(v) for k, v in {**params, **rest}.items()}
 
 
-def read(workdir: str | os.PathLike) -> tuple[Flat, int]:
+def read(workdir: str | os.PathLike, neck_layers: int = 0
+         ) -> tuple[Flat, int]:
   """(the encoder of an ssl_jax workdir's latest checkpoint, its step).
-  Host copies: every cell gets fresh device buffers (steps donate them)."""
+  Host copies: every cell gets fresh device buffers (steps donate them).
+  `neck_layers` = k adds the first k layers of its MLP projector as the
+  encoder's neck (models/neck.py)."""
   tree = checkpoint.restore_subtree(os.path.join(workdir, "checkpoints"),
                                     *COLLECTIONS)
-  return (merged(tree["params"][ENCODER], tree["rest"].get(ENCODER, {})),
-          int(tree["step"]))
+  weights = merged(tree["params"][ENCODER], tree["rest"].get(ENCODER, {}))
+  if neck_layers:
+    weights.update(projector_neck(tree, neck_layers, workdir))
+  return weights, int(tree["step"])
+
+
+def projector_neck(tree: Mapping[str, Any], layers: int,
+                   workdir: str | os.PathLike) -> Flat:
+  """The first `layers` Linear/BN pairs of a checkpoint's MLP projector
+  (`params/projector/layers`, models/heads.py MLPHead), keyed as the
+  encoder's neck ('neck/layers/0/kernel', ...)."""
+  params = tree["params"].get(PROJECTOR, {})
+  if "layers" not in params:
+    raise ValueError(
+        f"{workdir}: its model has no MLP projector (params/{PROJECTOR}/"
+        f"layers), so it has no projector layers to keep; the methods "
+        "with one are SimCLR, MoCo, Barlow Twins, VICReg, BYOL, SimSiam")
+  available = len(params["layers"]) - 1  # the last is the projection
+  if not 1 <= layers <= available:
+    raise ValueError(
+        f"{workdir}: its projector has {available} hidden layer(s) to keep; "
+        f"asked for {layers}")
+  flat = merged(params, tree["rest"].get(PROJECTOR, {}))
+  return {f"{neck_lib.NAME}/{key}": value for key, value in flat.items()
+          if int(key.split("/")[1]) < layers}  # layers/i/..., norms/i/...
 
 
 def of_module(encoder: nnx.Module) -> Flat:
