@@ -92,11 +92,12 @@ def stage2_config(config: ml_collections.ConfigDict,
     c.model = ml_collections.ConfigDict(
         dict(c.model.to_dict(), drop_path_rate=drop_path))
   kept = kept_projector_layers(config.finetune)
-  if kept and pre_config is None:
-    raise ValueError("config.finetune.keep_projector_layers keeps layers of "
-                     "a pretrained projector: set config.finetune.pretrained "
-                     "(a random or config.init_from encoder has none)")
   if kept:  # absent at 0, as drop_path_rate
+    if pre_config is None:
+      raise ValueError("config.finetune.keep_projector_layers keeps layers "
+                       "of a pretrained projector: set config.finetune."
+                       "pretrained (a random or config.init_from encoder "
+                       "has none)")
     c.model = ml_collections.ConfigDict(
         dict(c.model.to_dict(), **projector_neck(pre_config, kept)))
   c.objective = ml_collections.ConfigDict(

@@ -3,7 +3,8 @@
 SimCLRv2 (Chen et al., NeurIPS 2020, §2) fine-tunes "from a middle layer
 of the projection head" instead of the encoder's pooled output, and finds
 it helps most with few labels: the projector's first Linear -> BN -> ReLU
-is pretrained too, and dropping it throws that away. A `Neck` of k layers
+is pretrained too (on BreastMNIST at 10 % it changed nothing:
+docs/results.md). A `Neck` of k layers
 is those k layers of an `MLPHead` (models/heads.py), with the same leaf
 names ('layers/i/kernel', 'norms/i/scale', ...), so a projector's weights
 load into it by a prefix (`train/encoder_weights.py` `read`). The encoder
