@@ -18,12 +18,8 @@ from scratch 0.865 +- 0.016; end to end minus scratch, paired by seed,
 shared 2-core CPU.
 Reproduce: the zoo command in docs/zoo.md (dataset=breastmnist,
 methods ('none', 'byol')).
-In the 10x demo's place (ResNet-18 x1/4, 1500 steps x 128, warmup 150;
-docs/results.md "BYOL, Barlow Twins and DINO at the 10x budget"), 10 %
-of the labels, the demo's stage 2, ten seeds: end to end 0.796 +- 0.033,
--0.013 [-0.039, +0.012] against SimCLR tau 0.1 paired by seed;
-linear 0.770, kNN 0.720;
-validation kNN during pretraining ends at 0.80 (SimCLR's 0.89).
+At 10x (docs/results.md "BYOL, Barlow Twins and DINO at the 10x budget"):
+10 % end to end 0.796 +- 0.033, -0.013 [-0.039, +0.012] against SimCLR.
 """
 from configs import base
 
