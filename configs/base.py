@@ -273,6 +273,11 @@ def get_config() -> ml_collections.ConfigDict:
       # one Beta(alpha, alpha) blend per batch; the unlabelled rows as they
       # are), in FixMatch cells and FixMatch teachers alike; 0 = off.
       fixmatch_mixup_alpha=0.0,
+      # S4L's joint objective (Zhai et al., ICCV 2019) in FixMatch cells and
+      # teachers: NT-Xent at this temperature between each row's weak and
+      # strong views, through a fresh projector beside the head, times this
+      # weight (0 = off; excludes fixmatch_mixup_alpha).
+      fixmatch_contrastive_weight=0.0, fixmatch_contrastive_temperature=0.1,
       # End-to-end runs validate and score an exponential moving average of
       # their weights with this decay per step (0 = off; FixMatch: 0.999
       # over 2^20 steps; here runs last hundreds, so ~0.99).

@@ -279,3 +279,41 @@ def test_fixmatch_mixup_reaches_cells_and_teachers_and_is_range_checked(
     with pytest.raises(ValueError, match=r"fixmatch_mixup_alpha=-0.5: "
                        "expected >= 0"):
       PROTOCOLS.get(name).check(mixing)
+
+
+def test_fixmatch_contrastive_term_trains_a_projector_that_predicting_drops(
+    contexts, tmp_path):  # noqa: F811
+  """`finetune.fixmatch_contrastive_weight` trains FixMatch with a
+  projector beside the head (logged NT-Xent), which scores and teaches
+  without it: a function-matching student, built without one, takes the
+  FixMatch teacher's network. Bad values are refused before any run."""
+  ctx, _ = contexts
+  config = ctx.config.copy_and_resolve_references()
+  config.finetune.update(fixmatch_contrastive_weight=1.0,
+                         distill_teacher="fixmatch",
+                         distill_targets="function_matching")
+  joint = dataclasses.replace(ctx, config=config, workdir=str(tmp_path),
+                              compiled={})
+  train_idx = ctx.subset(0.1, 0)
+  teacher = PROTOCOLS.get("fixmatch")(joint, train_idx, 0)
+  assert np.isfinite(teacher.probs["test"]).all()
+  params, _ = teacher.networks[0]
+  assert "projector" in params
+  rows = [r for r in read_rows(tmp_path / f"fixmatch_n{len(train_idx)}_s0")
+          if "train/contrastive_loss" in r]
+  assert rows and all(np.isfinite(r["train/contrastive_loss"]) for r in rows)
+  slot = supervised.teacher_slot(*teacher.networks[0])
+  assert "projector" not in slot["params"] and "head" in slot["params"]
+  student = PROTOCOLS.get("distill")(joint, train_idx, 0)
+  assert np.isfinite(student.probs["test"]).all()
+  for fields, message in (
+      (dict(fixmatch_contrastive_weight=-1.0),
+       r"fixmatch_contrastive_weight=-1.0: expected >= 0"),
+      (dict(fixmatch_contrastive_temperature=0.0),
+       r"fixmatch_contrastive_temperature=0.0: expected > 0"),
+      (dict(fixmatch_mixup_alpha=0.2), "exclude each other")):
+    bad = config.copy_and_resolve_references()
+    bad.finetune.update(fields)
+    for name in ("fixmatch", "distill"):
+      with pytest.raises(ValueError, match=message):
+        PROTOCOLS.get(name).check(dataclasses.replace(ctx, config=bad))

@@ -8,10 +8,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ssl_jax import augment
+from ssl_jax import augment, views
 from ssl_jax.evaluation.protocols import PROTOCOLS
 from ssl_jax.jobs import common, finetune
-from ssl_jax.objectives import supervised
+from ssl_jax.objectives import base, supervised
+from ssl_jax.objectives.contrastive import nt_xent
 from tests.tiny import tiny_config
 
 
@@ -201,8 +202,9 @@ def _fixmatch_hparams(**fields):
   return _hparams(**dict(dict(
       threshold=0.6, threshold_rule="fixed", threshold_momentum=0.999,
       unlabelled_weight=1.0, strong_policy="none", alignment="none",
-      alignment_momentum=0.99, class_prior=None, labelled_mixup_alpha=0.0),
-      **fields))
+      alignment_momentum=0.99, class_prior=None, labelled_mixup_alpha=0.0,
+      contrastive_weight=0.0, contrastive_temperature=0.1,
+      contrastive_dim=4), **fields))
 
 
 def test_fixmatch_mixes_its_labelled_rows_and_leaves_the_unlabelled_term():
@@ -243,3 +245,61 @@ def test_fixmatch_mixes_its_labelled_rows_and_leaves_the_unlabelled_term():
   with pytest.raises(ValueError, match="labelled_mixup_alpha=-1.0: expected"):
     supervised.make_fixmatch_loss(
         _fixmatch_hparams(labelled_mixup_alpha=-1.0), ctx)
+
+
+class _ProjectingModel:
+  """A linear classifier with a linear projector beside its head."""
+
+  def __init__(self, kernel, projection):
+    self.kernel, self.projection = kernel, projection
+
+  def __call__(self, x, train):
+    return self.logits_and_projection(x, train=train)[0]
+
+  def logits_and_projection(self, x, *, train):
+    flat = x.reshape(x.shape[0], -1)
+    return flat @ self.kernel, flat @ self.projection
+
+
+def test_fixmatch_contrastive_term_adds_nt_xent_between_the_two_views():
+  """`contrastive_weight` adds that weight times NT-Xent between each
+  row's weak and strong projections (every row, labelled or not) to the
+  unchanged FixMatch loss; negative weights and mixup beside it are
+  refused."""
+  images, labels, kernel, ctx = _loss_inputs()
+  ctx.spatial_dims = 2
+  projection = jnp.asarray(np.random.default_rng(1).normal(size=(16, 4)),
+                           jnp.float32)
+  labelled = np.array([1, 0, 1, 1, 0, 1], np.float32)
+  batch = {"image": jnp.asarray(images),
+           "label": jnp.asarray(np.where(labelled > 0, labels, -1)),
+           "labelled": jnp.asarray(labelled)}
+  model, rng = _ProjectingModel(kernel, projection), jax.random.key(0)
+  extra = {"pseudo_label_stats": {}}
+  # A strong view that differs from the weak one, so the term is not trivial.
+  strong = dict(strong_policy="simclr")
+  plain, plain_metrics, _ = supervised.make_fixmatch_loss(
+      _fixmatch_hparams(**strong), ctx)(model, batch, rng, extra)
+  joint, metrics, _ = supervised.make_fixmatch_loss(
+      _fixmatch_hparams(contrastive_weight=0.5, contrastive_temperature=0.2,
+                        **strong), ctx)(model, batch, rng, extra)
+  assert "contrastive_loss" not in plain_metrics
+  k_weak, k_strong = jax.random.split(rng)
+  weak_x = views.train_view(ctx.policy, k_weak, batch["image"])
+  strong_x = views.train_view(
+      base.view_policy({"policy": "simclr"}, 2), k_strong, batch["image"])
+  assert not np.allclose(weak_x, strong_x)
+  expected, _ = nt_xent(weak_x.reshape(6, -1) @ projection,
+                        strong_x.reshape(6, -1) @ projection, 0.2)
+  assert float(metrics["contrastive_loss"]) == pytest.approx(
+      float(expected), rel=1e-5)
+  assert float(joint) == pytest.approx(float(plain) + 0.5 * float(expected),
+                                       rel=1e-5)
+  for fields, message in (
+      (dict(contrastive_weight=-1.0), "contrastive_weight=-1.0: expected"),
+      (dict(contrastive_weight=1.0, labelled_mixup_alpha=0.2),
+       "contrastive_weight and labelled_mixup_alpha exclude each other"),
+      (dict(contrastive_weight=1.0, contrastive_temperature=0.0),
+       "contrastive_temperature=0.0: expected > 0")):
+    with pytest.raises(ValueError, match=message):
+      supervised.make_fixmatch_loss(_fixmatch_hparams(**fields), ctx)

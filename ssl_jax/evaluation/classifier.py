@@ -163,7 +163,9 @@ class ClassifierTrainer:
     # objective's extra state (FixMatch's pseudo-label statistics) and the
     # optimizer's (layer decay adds a transform): a `like` trainer's init
     # serves only a state of the same trees.
-    self.layout = (jax.tree.structure(
+    # The model's own tree leads: a FixMatch with a contrastive projector
+    # is another network, whose programs no plain classifier's serve.
+    self.layout = (jax.tree.structure(nnx.state(shape)), jax.tree.structure(
         jax.eval_shape(lambda: self.bound.init_extra(shape))), layer_decay < 1.0)
     if like is None or like.layout != self.layout:
       graphdef, _, shardings, self._init = state_lib.shape_first(
@@ -171,7 +173,7 @@ class ClassifierTrainer:
     else:
       graphdef, shardings, self._init = like.graphdef, like.shardings, like._init
     self.flip_views = test_time_flips(ft)
-    if like is None:
+    if like is None or like.layout[0] != self.layout[0]:
       self.predict, self.encode = _inference_programs(
           graphdef, ctx.info.multi_label,
           self.bound.ctx.policy if self.flip_views else None)

@@ -87,20 +87,40 @@ class LinearHead(nnx.Module):
 
 
 class Classifier(nnx.Module):
-  """Encoder + linear head, for fine-tuning and from-scratch baselines."""
+  """Encoder + linear head, for fine-tuning and from-scratch baselines.
+
+  A `projector` (an MLPHead) rides beside the head for a stage 2 that keeps
+  a contrastive term on the same features (FixMatch's
+  `contrastive_weight`); only training reads it, through
+  `logits_and_projection`: predictions are the head's alone.
+  """
 
   def __init__(self, encoder: nnx.Module, num_classes: int, *,
-               rngs: nnx.Rngs, head_init: str = 'zeros'):
+               rngs: nnx.Rngs, head_init: str = 'zeros',
+               projector: nnx.Module | None = None):
     self.encoder = encoder
     self.head = LinearHead(encoder.feature_dim, num_classes, rngs=rngs,
                            init=head_init)
+    if projector is not None:  # absent otherwise: the usual tree
+      self.projector = projector
 
   def __call__(self, x: Array, *, train: bool = False,
                drop_key: Array | None = None) -> Array:
     """Class logits; `drop_key` (given only for an encoder with stochastic
     depth: objectives/supervised.py `trained_logits`) feeds its drops."""
+    return self.head(self._features(x, train, drop_key), train=train)
+
+  def logits_and_projection(self, x: Array, *, train: bool = False,
+                            drop_key: Array | None = None
+                            ) -> tuple[Array, Array]:
+    """(class logits, projector output) from one pass of the encoder."""
+    features = self._features(x, train, drop_key)
+    return (self.head(features, train=train),
+            self.projector(features, train=train))
+
+  def _features(self, x: Array, train: bool, drop_key: Array | None) -> Array:
     drop = {} if drop_key is None else {'drop_key': drop_key}
-    return self.head(self.encoder(x, train=train, **drop), train=train)
+    return self.encoder(x, train=train, **drop)
 
 
 class MAEDecoder(nnx.Module):

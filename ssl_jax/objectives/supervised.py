@@ -13,8 +13,9 @@ from flax import nnx
 import optax
 
 from ssl_jax import views
-from ssl_jax.models.heads import Classifier
+from ssl_jax.models.heads import Classifier, MLPHead
 from ssl_jax.objectives import base
+from ssl_jax.objectives.contrastive import nt_xent
 
 Array = jax.Array
 
@@ -159,14 +160,19 @@ def agreement(logits: Array, targets: Array, multi_label: bool) -> Array:
 DROP_STREAM = 2  # the loss rng's fold for stochastic depth (1: mixup's)
 
 
-def trained_logits(model: nnx.Module, x: Array, rng: Array) -> Array:
-  """The classifier's logits in training. An encoder with stochastic depth
+def drop_keys(model: nnx.Module, rng: Array) -> dict:
+  """The training call's stochastic-depth key: an encoder with it
   (`finetune.drop_path`) draws its dropped branches from `rng`'s own
   stream, so the views and mixup stay as they are; any other model is
-  called as it always was."""
+  called as it always was (no key)."""
   if not getattr(getattr(model, "encoder", None), "drop_path_rate", 0.0):
-    return model(x, train=True)
-  return model(x, train=True, drop_key=jax.random.fold_in(rng, DROP_STREAM))
+    return {}
+  return {"drop_key": jax.random.fold_in(rng, DROP_STREAM)}
+
+
+def trained_logits(model: nnx.Module, x: Array, rng: Array) -> Array:
+  """The classifier's logits in training."""
+  return model(x, train=True, **drop_keys(model, rng))
 
 
 def make_supervised_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
@@ -232,8 +238,11 @@ TEACHERS = "teachers"
 
 def teacher_slot(params, rest) -> dict:
   """A network's weights as a teacher slot: plain dicts of its params and
-  of the rest (BatchNorm statistics)."""
-  return {"params": nnx.to_pure_dict(params), "rest": nnx.to_pure_dict(rest)}
+  of the rest (BatchNorm statistics), without a training-only projector
+  (a FixMatch teacher's contrastive one: the student predicts without)."""
+  predicting = lambda tree: {k: v for k, v in nnx.to_pure_dict(tree).items()
+                             if k != "projector"}
+  return {"params": predicting(params), "rest": predicting(rest)}
 
 
 def init_teachers_extra(model: nnx.Module, hp: base.HParams,
@@ -493,6 +502,37 @@ def init_fixmatch_extra(model: nnx.Module, hp: base.HParams,
   return extra
 
 
+def contrastive_weight(hp) -> float:
+  """FixMatch's `contrastive_weight` (0 = off), refused below 0, and with
+  `labelled_mixup_alpha` (a mixed weak view has no single positive)."""
+  weight = float(hp.contrastive_weight)
+  if weight < 0.0:
+    raise ValueError(f"objective 'fixmatch': contrastive_weight={weight}: "
+                     "expected >= 0 (0 = off)")
+  if weight and float(hp.labelled_mixup_alpha):
+    raise ValueError("objective 'fixmatch': contrastive_weight and "
+                     "labelled_mixup_alpha exclude each other (a mixed weak "
+                     "view is no positive of its strong view); set one to 0")
+  if weight and not float(hp.contrastive_temperature) > 0.0:
+    raise ValueError("objective 'fixmatch': contrastive_temperature="
+                     f"{hp.contrastive_temperature}: expected > 0")
+  return weight
+
+
+def build_fixmatch_classifier(hp: base.HParams, ctx: base.RunContext,
+                              rngs: nnx.Rngs) -> Classifier:
+  """The classifier, with SimCLR's projector beside the head (features ->
+  features -> `contrastive_dim`, BN between) when the contrastive term is
+  on; it starts fresh, the pretraining's projector is not read."""
+  if not contrastive_weight(hp):
+    return build_classifier(hp, ctx, rngs)
+  encoder = ctx.encoder(rngs)
+  projector = MLPHead(encoder.feature_dim, encoder.feature_dim,
+                      int(hp.contrastive_dim), num_layers=2, rngs=rngs)
+  return Classifier(encoder, ctx.info.num_classes, rngs=rngs,
+                    head_init=hp.head_init, projector=projector)
+
+
 def labelled_mixup_alpha(hp) -> float:
   """FixMatch's `labelled_mixup_alpha` (0 = off), refused below 0."""
   alpha = float(hp.labelled_mixup_alpha)
@@ -509,7 +549,11 @@ def make_fixmatch_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
   bars of `hp.threshold_rule`, after `hp.alignment`'s distribution
   alignment. With `hp.labelled_mixup_alpha` the labelled rows' weak views
   are mixed among themselves (`mixed`), the unlabelled ones untouched.
-  Both views go through the model as one batch, so BatchNorm sees both."""
+  With `hp.contrastive_weight` every row's weak and strong views are also
+  each other's positive under NT-Xent through the projector (S4L's joint
+  objective, Zhai et al. 2019), so stage 2 keeps the pretext task while
+  it fits the labels. Both views go through the model as one batch, so
+  BatchNorm sees both."""
   if hp.multi_label:
     raise ValueError("objective 'fixmatch' needs a single-label task; "
                      "objective.multi_label is True")
@@ -519,6 +563,7 @@ def make_fixmatch_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
                      "mix or smooth); labelled_mixup_alpha mixes its "
                      "labelled rows")
   labelled_alpha = labelled_mixup_alpha(hp)
+  contrastive = contrastive_weight(hp)
   weak = ctx.policy
   strong = base.view_policy({"policy": hp.strong_policy}, ctx.spatial_dims)
   class_weights = hp.class_weights
@@ -549,7 +594,14 @@ def make_fixmatch_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
           label_targets(jnp.maximum(labels, 0), num_classes, False),
           labelled_alpha, rows=labelled)
     x = jnp.concatenate([weak_x, views.train_view(strong, k_strong, images)])
-    weak_logits, strong_logits = jnp.split(trained_logits(model, x, rng), 2)
+    if contrastive:
+      logits, z = model.logits_and_projection(x, train=True,
+                                              **drop_keys(model, rng))
+      contrast, contrast_acc = nt_xent(*jnp.split(z, 2),
+                                       hp.contrastive_temperature)
+    else:
+      logits = trained_logits(model, x, rng)
+    weak_logits, strong_logits = jnp.split(logits, 2)
     supervised, accuracy = labelled_loss(weak_logits, labels, targets,
                                          labelled)
     weak_probs = jax.nn.softmax(
@@ -567,9 +619,13 @@ def make_fixmatch_loss(hp: base.HParams, ctx: base.RunContext) -> base.LossFn:
                      weak_probs.shape[-1])
     unsupervised, kept = consistency_loss(weak_probs, strong_logits,
                                           unlabelled, bars, class_weights)
-    return supervised + hp.unlabelled_weight * unsupervised, {
-        "train_acc": accuracy, "unlabelled_loss": unsupervised,
-        "pseudo_label_rate": kept, "pseudo_label_bar": bars.mean()}, extra
+    loss = supervised + hp.unlabelled_weight * unsupervised
+    logs = {"train_acc": accuracy, "unlabelled_loss": unsupervised,
+            "pseudo_label_rate": kept, "pseudo_label_bar": bars.mean()}
+    if contrastive:
+      loss = loss + contrastive * contrast
+      logs.update(contrastive_loss=contrast, contrastive_acc=contrast_acc)
+    return loss, logs, extra
 
   return loss_fn
 
@@ -623,15 +679,19 @@ base.register(base.Objective(
     # running mean with alignment_momentum per step; 'class_prior' reads
     # class_prior, [C] proportions). Single-label only; class_weights and
     # head_init as for 'supervised'; mixup_alpha and label_smoothing must
-    # stay 0; labelled_mixup_alpha: mixup among the labelled rows (0 = off).
+    # stay 0; labelled_mixup_alpha: mixup among the labelled rows (0 = off);
+    # contrastive_weight: NT-Xent between the two views at
+    # contrastive_temperature, through a fresh projector to contrastive_dim
+    # (0 = off: no projector).
     hparams=dict(multi_label=False, class_weights=None, head_init="zeros",
                  mixup_alpha=0.0, label_smoothing=0.0,
-                 labelled_mixup_alpha=0.0,
+                 labelled_mixup_alpha=0.0, contrastive_weight=0.0,
+                 contrastive_temperature=0.1, contrastive_dim=128,
                  threshold=0.95, threshold_rule="fixed",
                  threshold_momentum=0.999, unlabelled_weight=1.0,
                  strong_policy="simclr", alignment="none",
                  alignment_momentum=0.99, class_prior=None),
     reads=lambda hp: ("labelled",),
     ranks=(2, 3),
-    build_model=build_classifier, make_loss=make_fixmatch_loss,
+    build_model=build_fixmatch_classifier, make_loss=make_fixmatch_loss,
     init_extra=init_fixmatch_extra))
