@@ -169,6 +169,7 @@ def _fixmatch(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
   ft = ctx.config.finetune
   labels = ctx.labels("train")
   alignment = ft.get("fixmatch_alignment", "none")
+  contrastive_weight, contrastive_temperature = fixmatch_contrastive(ft)
   trainer = classifier.trainer_for(ctx, len(labels), objective=dict(
       name="fixmatch", threshold=float(ft.fixmatch_threshold),
       threshold_rule=ft.get("fixmatch_threshold_rule", "fixed"),
@@ -179,9 +180,8 @@ def _fixmatch(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
       # (and a FixMatch teacher's distilled students): never FixMatch's.
       mixup_alpha=0.0, label_smoothing=0.0,
       labelled_mixup_alpha=fixmatch_mixup_alpha(ft),
-      contrastive_weight=fixmatch_contrastive_weight(ft),
-      contrastive_temperature=float(
-          ft.get("fixmatch_contrastive_temperature", 0.1)),
+      contrastive_weight=contrastive_weight,
+      contrastive_temperature=contrastive_temperature,
       alignment=alignment,
       alignment_momentum=float(ft.get("fixmatch_alignment_momentum", 0.99)),
       # Only the labelled rows' proportions, and only where read (a trainer
@@ -209,25 +209,16 @@ def fixmatch_mixup_alpha(ft) -> float:
   return alpha
 
 
-def fixmatch_contrastive_weight(ft) -> float:
-  """`finetune.fixmatch_contrastive_weight` (absent: 0 = off): FixMatch's
-  joint NT-Xent term, at `fixmatch_contrastive_temperature` (absent: 0.1);
-  refused below 0, at a temperature <= 0, and beside
-  `fixmatch_mixup_alpha` (a mixed weak view is no positive of its strong
-  view)."""
-  weight = float(ft.get("fixmatch_contrastive_weight", 0.0))
-  temperature = float(ft.get("fixmatch_contrastive_temperature", 0.1))
-  if weight < 0.0:
-    raise ValueError(f"config.finetune.fixmatch_contrastive_weight={weight}: "
-                     "expected >= 0 (0 = off)")
-  if weight and not temperature > 0.0:
-    raise ValueError("config.finetune.fixmatch_contrastive_temperature="
-                     f"{temperature}: expected > 0")
-  if weight and fixmatch_mixup_alpha(ft):
-    raise ValueError("config.finetune.fixmatch_contrastive_weight and "
-                     "fixmatch_mixup_alpha exclude each other (a mixed weak "
-                     "view is no positive of its strong view); set one to 0")
-  return weight
+def fixmatch_contrastive(ft) -> tuple[float, float]:
+  """(`finetune.fixmatch_contrastive_weight`, `..._temperature`), absent:
+  (0 = off, 0.1): FixMatch's joint NT-Xent term, checked as the objective
+  checks it (`supervised.checked_contrastive`)."""
+  return supervised.checked_contrastive(
+      ft.get("fixmatch_contrastive_weight", 0.0),
+      ft.get("fixmatch_contrastive_temperature", 0.1),
+      fixmatch_mixup_alpha(ft), prefix="config.finetune.",
+      fields=("fixmatch_contrastive_weight",
+              "fixmatch_contrastive_temperature", "fixmatch_mixup_alpha"))
 
 
 def _fixmatch_applies(ctx: EncoderContext) -> None:
@@ -242,7 +233,7 @@ def _fixmatch_applies(ctx: EncoderContext) -> None:
   ft = ctx.config.finetune
   classifier.fixmatch_labelled_share(ft)  # refuses a share out of range
   fixmatch_mixup_alpha(ft)  # refuses a negative alpha
-  fixmatch_contrastive_weight(ft)  # refuses a negative weight or bad mix
+  fixmatch_contrastive(ft)  # refuses a negative weight or bad mix
   for field, default, names in (
       ("fixmatch_threshold_rule", "fixed", supervised.THRESHOLD_RULES),
       ("fixmatch_alignment", "none", supervised.ALIGNMENT_TARGETS)):

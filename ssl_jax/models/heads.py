@@ -89,20 +89,22 @@ class LinearHead(nnx.Module):
 class Classifier(nnx.Module):
   """Encoder + linear head, for fine-tuning and from-scratch baselines.
 
-  A `projector` (an MLPHead) rides beside the head for a stage 2 that keeps
-  a contrastive term on the same features (FixMatch's
+  `projector_dim` adds SimCLR's projector beside the head (features ->
+  features -> projector_dim, BN between) for a stage 2 that keeps a
+  contrastive term on the same features (FixMatch's
   `contrastive_weight`); only training reads it, through
   `logits_and_projection`: predictions are the head's alone.
   """
 
   def __init__(self, encoder: nnx.Module, num_classes: int, *,
                rngs: nnx.Rngs, head_init: str = 'zeros',
-               projector: nnx.Module | None = None):
+               projector_dim: int | None = None):
     self.encoder = encoder
-    self.head = LinearHead(encoder.feature_dim, num_classes, rngs=rngs,
-                           init=head_init)
-    if projector is not None:  # absent otherwise: the usual tree
-      self.projector = projector
+    dim = encoder.feature_dim
+    if projector_dim:  # absent otherwise: the usual tree
+      self.projector = MLPHead(dim, dim, projector_dim, num_layers=2,
+                               rngs=rngs)
+    self.head = LinearHead(dim, num_classes, rngs=rngs, init=head_init)
 
   def __call__(self, x: Array, *, train: bool = False,
                drop_key: Array | None = None) -> Array:

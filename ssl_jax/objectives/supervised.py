@@ -13,7 +13,7 @@ from flax import nnx
 import optax
 
 from ssl_jax import views
-from ssl_jax.models.heads import Classifier, MLPHead
+from ssl_jax.models.heads import Classifier
 from ssl_jax.objectives import base
 from ssl_jax.objectives.contrastive import nt_xent
 
@@ -502,35 +502,46 @@ def init_fixmatch_extra(model: nnx.Module, hp: base.HParams,
   return extra
 
 
-def contrastive_weight(hp) -> float:
-  """FixMatch's `contrastive_weight` (0 = off), refused below 0, and with
-  `labelled_mixup_alpha` (a mixed weak view has no single positive)."""
-  weight = float(hp.contrastive_weight)
+def checked_contrastive(weight: float, temperature: float,
+                        mixup_alpha: float, *, prefix: str,
+                        fields: tuple[str, str, str]) -> tuple[float, float]:
+  """(weight, temperature) of FixMatch's contrastive term (weight 0 = off),
+  refused below 0, at a temperature <= 0, and beside mixup of the labelled
+  rows (a mixed weak view has no single positive). `prefix` and `fields`
+  (weight, temperature, mixup) name them as the caller's config does."""
+  weight_field, temperature_field, mixup_field = fields
+  weight, temperature = float(weight), float(temperature)
   if weight < 0.0:
-    raise ValueError(f"objective 'fixmatch': contrastive_weight={weight}: "
-                     "expected >= 0 (0 = off)")
-  if weight and float(hp.labelled_mixup_alpha):
-    raise ValueError("objective 'fixmatch': contrastive_weight and "
-                     "labelled_mixup_alpha exclude each other (a mixed weak "
-                     "view is no positive of its strong view); set one to 0")
-  if weight and not float(hp.contrastive_temperature) > 0.0:
-    raise ValueError("objective 'fixmatch': contrastive_temperature="
-                     f"{hp.contrastive_temperature}: expected > 0")
-  return weight
+    raise ValueError(f"{prefix}{weight_field}={weight}: expected >= 0 "
+                     "(0 = off)")
+  if weight and not temperature > 0.0:
+    raise ValueError(f"{prefix}{temperature_field}={temperature}: "
+                     "expected > 0")
+  if weight and float(mixup_alpha):
+    raise ValueError(f"{prefix}{weight_field} and {mixup_field} exclude each "
+                     "other (a mixed weak view is no positive of its strong "
+                     "view); set one to 0")
+  return weight, temperature
+
+
+def contrastive_weight(hp) -> float:
+  """The 'fixmatch' objective's `contrastive_weight`, checked."""
+  return checked_contrastive(
+      hp.contrastive_weight, hp.contrastive_temperature,
+      hp.labelled_mixup_alpha, prefix="objective 'fixmatch': ",
+      fields=("contrastive_weight", "contrastive_temperature",
+              "labelled_mixup_alpha"))[0]
 
 
 def build_fixmatch_classifier(hp: base.HParams, ctx: base.RunContext,
                               rngs: nnx.Rngs) -> Classifier:
-  """The classifier, with SimCLR's projector beside the head (features ->
-  features -> `contrastive_dim`, BN between) when the contrastive term is
-  on; it starts fresh, the pretraining's projector is not read."""
-  if not contrastive_weight(hp):
-    return build_classifier(hp, ctx, rngs)
-  encoder = ctx.encoder(rngs)
-  projector = MLPHead(encoder.feature_dim, encoder.feature_dim,
-                      int(hp.contrastive_dim), num_layers=2, rngs=rngs)
-  return Classifier(encoder, ctx.info.num_classes, rngs=rngs,
-                    head_init=hp.head_init, projector=projector)
+  """The classifier, with a projector to `contrastive_dim` beside the head
+  when the contrastive term is on; it starts fresh, the pretraining's
+  projector is not read."""
+  return Classifier(ctx.encoder(rngs), ctx.info.num_classes, rngs=rngs,
+                    head_init=hp.head_init,
+                    projector_dim=(int(hp.contrastive_dim)
+                                   if contrastive_weight(hp) else None))
 
 
 def labelled_mixup_alpha(hp) -> float:
