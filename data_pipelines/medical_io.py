@@ -24,8 +24,8 @@ non-square image is squashed), with PIL's BILINEAR filter, which
 antialiases when downscaling (Pillow widens the filter support by the
 scale factor). Raw intensities are resized as float before windowing.
 
-pydicom and nibabel are imported on first use, so PNG-only datasets do not
-need them.
+Pillow, pydicom and nibabel are imported on first use: MedMNIST's .npz
+files need none of them, PNG-only datasets only Pillow.
 """
 from __future__ import annotations
 
@@ -35,11 +35,19 @@ import pathlib
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from PIL import Image
 
 from ssl_jax.registry import Registry
 
-RESAMPLE = Image.Resampling.BILINEAR
+
+def _image_module():
+  """PIL.Image, imported on first use (accelerator images may lack Pillow)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  return Image
+
+
+def _resize(img, size: int):
+  """Pillow's BILINEAR resize to size x size (antialiased when downscaling)."""
+  return img.resize((size, size), _image_module().Resampling.BILINEAR)
 
 # Metadata columns a DICOM header can fill, and the tags they come from.
 DICOM_FIELDS = {
@@ -106,8 +114,8 @@ def to_uint8(x: np.ndarray, low: float, high: float) -> np.ndarray:
 def _resize_float(x: np.ndarray, size: int) -> np.ndarray:
   if x.shape == (size, size):
     return x.astype(np.float32)
-  img = Image.fromarray(np.ascontiguousarray(x, np.float32), mode="F")
-  return np.asarray(img.resize((size, size), RESAMPLE), np.float32)
+  img = _image_module().fromarray(np.ascontiguousarray(x, np.float32), mode="F")
+  return np.asarray(_resize(img, size), np.float32)
 
 
 def _set_channels(gray_or_rgb: np.ndarray, channels: int) -> np.ndarray:
@@ -120,7 +128,7 @@ def _set_channels(gray_or_rgb: np.ndarray, channels: int) -> np.ndarray:
   if channels == 3:  # grayscale shown as RGB: replicate.
     return np.repeat(x, 3, axis=-1)
   # RGB -> luminance, as PIL's convert('L') (ITU-R 601-2).
-  return np.asarray(Image.fromarray(x).convert("L"))[..., None]
+  return np.asarray(_image_module().fromarray(x).convert("L"))[..., None]
 
 
 def raw_slices(raw: np.ndarray, opts: ReadOptions, *, invert: bool = False,
@@ -139,11 +147,11 @@ def raw_slices(raw: np.ndarray, opts: ReadOptions, *, invert: bool = False,
 
 def uint8_image(x: np.ndarray, opts: ReadOptions) -> np.ndarray:
   """An 8-bit [H, W] or [H, W, 3] array -> uint8 [size, size, channels]."""
-  img = Image.fromarray(np.ascontiguousarray(x, np.uint8))
+  img = _image_module().fromarray(np.ascontiguousarray(x, np.uint8))
   if img.mode not in ("L", "RGB"):  # RGBA, LA: drop alpha
     img = img.convert("RGB" if x.ndim == 3 and x.shape[-1] >= 3 else "L")
   if img.size != (opts.size, opts.size):
-    img = img.resize((opts.size, opts.size), RESAMPLE)
+    img = _resize(img, opts.size)
   return _set_channels(np.asarray(img), opts.channels)
 
 
@@ -152,7 +160,7 @@ def uint8_image(x: np.ndarray, opts: ReadOptions) -> np.ndarray:
 
 def read_pil(path: pathlib.Path, opts: ReadOptions) -> list[Slice]:
   try:
-    with Image.open(path) as img:
+    with _image_module().open(path) as img:
       img.load()
       mode = img.mode
       if mode == "1":
@@ -320,7 +328,7 @@ def peek_channels(path: str | os.PathLike) -> int:
   ext = extension(path)
   try:
     if READERS.get(ext) is read_pil:
-      with Image.open(path) as img:
+      with _image_module().open(path) as img:
         return 1 if img.mode in ("1", "L", "LA") + _PIL_16BIT + ("I", "F") \
             else 3
     if ext == ".dcm":

@@ -177,9 +177,18 @@ def test_resolve_data_dir_precedence(tmp_path, monkeypatch):
       tmp_path / "cache" / "ssl_jax" / "medmnist")
 
 
-def test_sources_and_fractions_import_without_tensorflow():
+def test_jobs_import_without_tensorflow_or_file_readers():
+  """MedMNIST jobs run on accelerator images that hold JAX alone: building
+  a config (which declares every source's options), the data sources and
+  the jobs pull in neither TensorFlow nor the file readers (Pillow,
+  pydicom, nibabel) nor matplotlib."""
   code = ("import sys, data_pipelines, data_pipelines.medmnist, "
-          "data_pipelines.fractions; assert 'tensorflow' not in sys.modules")
+          "data_pipelines.fractions, ssl_jax.jobs.pretrain, "
+          "ssl_jax.jobs.finetune, ssl_jax.jobs.benchmark; "
+          "from configs import demo; demo.get_config(); "
+          "data_pipelines.info('breastmnist'); "
+          "loaded = [m for m in ('tensorflow', 'PIL', 'pydicom', 'nibabel', "
+          "'matplotlib') if m in sys.modules]; assert not loaded, loaded")
   env = dict(os.environ, PYTHONPATH=str(REPO))
   subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env)
 

@@ -153,21 +153,22 @@ def get_config():
 """
 
 
-# Any `import tensorflow` fails, as on an image without TF (sys.modules is
+# Any `import` of TensorFlow or the file readers (Pillow, pydicom, nibabel)
+# fails, as on an accelerator image that holds JAX alone (sys.modules is
 # left alone: einops probes it for frameworks already imported).
-NO_TF = """
+JAX_ONLY_IMAGE = """
 import importlib.abc, runpy, sys
-class NoTF(importlib.abc.MetaPathFinder):
+class JaxOnlyImage(importlib.abc.MetaPathFinder):
   def find_spec(self, name, path, target=None):
-    if name.split(".")[0] == "tensorflow":
-      raise ImportError("no TensorFlow on this image")
-sys.meta_path.insert(0, NoTF())
+    if name.split(".")[0] in ("tensorflow", "PIL", "pydicom", "nibabel"):
+      raise ImportError(f"no {name} on this image")
+sys.meta_path.insert(0, JaxOnlyImage())
 """
 
 
 def test_bench_prints_a_row_without_tensorflow(tmp_path):
-  """bench/throughput.py on a tiny MAE ViT, with `import tensorflow` made to
-  fail: the accelerator image has no TF."""
+  """bench/throughput.py on a tiny MAE ViT, with `import tensorflow` (and
+  Pillow, pydicom, nibabel) made to fail: the accelerator image has no TF."""
   import os  # noqa: PLC0415
   import pathlib  # noqa: PLC0415
   import subprocess  # noqa: PLC0415
@@ -175,7 +176,7 @@ def test_bench_prints_a_row_without_tensorflow(tmp_path):
   root = pathlib.Path(__file__).resolve().parents[1]
   config = tmp_path / "tiny_mae.py"
   config.write_text(TINY_MAE)
-  code = NO_TF + ("sys.path.insert(0, '.'); sys.argv = ['throughput.py'] + sys.argv[1:]\n"
+  code = JAX_ONLY_IMAGE + ("sys.path.insert(0, '.'); sys.argv = ['throughput.py'] + sys.argv[1:]\n"
                   "runpy.run_path('bench/throughput.py', run_name='__main__')\n")
   flags = [f"--config={config}", "--steps=2", "--warmup=1",
            "--config.train.batch_size=16"]
