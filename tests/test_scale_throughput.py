@@ -176,8 +176,9 @@ def test_bench_prints_a_row_without_tensorflow(tmp_path):
   root = pathlib.Path(__file__).resolve().parents[1]
   config = tmp_path / "tiny_mae.py"
   config.write_text(TINY_MAE)
-  code = JAX_ONLY_IMAGE + ("sys.path.insert(0, '.'); sys.argv = ['throughput.py'] + sys.argv[1:]\n"
-                  "runpy.run_path('bench/throughput.py', run_name='__main__')\n")
+  code = JAX_ONLY_IMAGE + (
+      "sys.path.insert(0, '.'); sys.argv = ['throughput.py'] + sys.argv[1:]\n"
+      "runpy.run_path('bench/throughput.py', run_name='__main__')\n")
   flags = [f"--config={config}", "--steps=2", "--warmup=1",
            "--config.train.batch_size=16"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=subprocess_xla_flags())
