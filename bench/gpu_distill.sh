@@ -24,20 +24,21 @@ export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$ROOT/jax_cache}
 COMMON=(--config=configs/demo.py --config.model.width_multiplier="$WIDTH"
         --config.train.progress=False)
 PRE="$ROOT/pretrain_w$WIDTH"
+STAGE2="$ROOT/distill_w$WIDTH"
+without_absl_lines() { grep -v -E "^(I|W)[0-9]{4} "; }
 began=$SECONDS
-if [ ! -f "$PRE/pretrain_summary.json" ]; then
+if [ ! -f "$PRE/pretrain_summary.json" ]; then  # a finished pretraining is kept
   "$PY" run.py "${COMMON[@]}" --workdir="$PRE" --config.job=pretrain \
     --config.objective.temperature=0.1 --config.train.steps=1500 \
     --config.optim.warmup_steps=150 --config.train.monitor_every=300 \
-    --config.train.monitor_protocols="('knn',)" "$@" 2>&1 \
-    | grep -v -E "^(I|W)[0-9]{4} "
+    --config.train.monitor_protocols="('knn',)" "$@" 2>&1 | without_absl_lines
 fi
 echo "pretraining: $((SECONDS - began)) s wall"
 began=$SECONDS
-"$PY" run.py "${COMMON[@]}" --workdir="$ROOT/distill_w$WIDTH" --config.job=finetune \
+"$PY" run.py "${COMMON[@]}" --workdir="$STAGE2" --config.job=finetune \
   --config.finetune.pretrained="$PRE" --config.finetune.protocols="('distill',)" \
   --config.finetune.distill_teacher=fixmatch --config.finetune.mixup_alpha=0.2 \
   --config.finetune.fractions="(0.1,)" --config.finetune.seeds="$SEEDS" "$@" 2>&1 \
-  | grep -v -E "^(I|W)[0-9]{4} "
+  | without_absl_lines
 echo "stage 2: $((SECONDS - began)) s wall"
-cat "$ROOT/distill_w$WIDTH/results.md"
+cat "$STAGE2/results.md"
