@@ -250,8 +250,11 @@ def get_config() -> ml_collections.ConfigDict:
       # `distill`: the students' targets, 'fixed' (the teacher's
       # probabilities on each image, computed once) or 'function_matching'
       # (the teacher networks run on each student view, mixup included:
-      # Beyer et al., CVPR 2022); the students' epochs (0 = stage 2's).
+      # Beyer et al., CVPR 2022); the students' epochs (0 = stage 2's);
+      # where each student starts ('encoder': the pretrained encoder and a
+      # fresh head; 'teacher': its one teacher network's selected weights).
       distill_targets="fixed", distill_epochs=0.0,
+      distill_student_init="encoder",
       # `fixmatch`: the weak view's top probability that makes a pseudo-label,
       # the unlabelled term's weight, the strong view's augment preset; how
       # the bar is set ('fixed': that threshold; 'self_adaptive': FreeMatch's

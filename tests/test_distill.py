@@ -411,7 +411,11 @@ def test_function_matching_targets_are_the_teachers_on_the_students_view():
           distill_teacher_pretrained=("W2",)),
      "averages its teacher networks equally: with distill_teacher_pretrained, "
      "keep distill_teachers=1"),
-    (dict(distill_epochs=-1), r"distill_epochs=-1.0: expected >= 0")])
+    (dict(distill_epochs=-1), r"distill_epochs=-1.0: expected >= 0"),
+    (dict(distill_student_init="scratch"), "distill_student_init='scratch'; "
+     "allowed: encoder, teacher"),
+    (dict(distill_student_init="teacher", distill_teachers=2),
+     "starts the student from its one teacher network")])
 def test_distill_target_modes_and_lengths_are_checked_first(
     contexts, fields, message):  # noqa: F811
   ctx, _ = contexts
@@ -449,3 +453,55 @@ def test_further_teacher_encoders_must_be_built_as_the_student(monkeypatch):
   with pytest.raises(ValueError, match="distill_teacher_pretrained is the "
                      "finetune job's"):
     benchmark.validate(config)
+
+
+def test_a_student_from_its_teacher_starts_from_the_teachers_network(
+    contexts, monkeypatch):  # noqa: F811
+  """distill_student_init='teacher': each student run starts from its
+  teacher's selected network (the second round's from the first
+  student's); the teacher itself starts from the encoder."""
+  ctx, _ = contexts
+  config = ctx.config.copy_and_resolve_references()
+  config.finetune.distill_student_init = "teacher"
+  config.finetune.distill_rounds = 2
+  runs = []
+  real_run = classifier.ClassifierTrainer.run
+
+  def spy_run(self, c, idx, seed, **kwargs):
+    preds = real_run(self, c, idx, seed, **kwargs)
+    runs.append((kwargs.get("start"), preds))
+    return preds
+  monkeypatch.setattr(classifier.ClassifierTrainer, "run", spy_run)
+  preds = PROTOCOLS.get("distill")(dataclasses.replace(ctx, config=config),
+                                   ctx.subset(0.1, 0), 0)
+  _valid(preds, ctx)
+  assert len(runs) == 3 and runs[0][0] is None
+  assert runs[1][0] is runs[0][1].networks[0]
+  assert runs[2][0] is runs[1][1].networks[0]
+  assert preds.info["student_init"] == "teacher"
+
+
+def test_a_started_network_is_placed_whole_on_the_states_shardings(contexts):  # noqa: F811
+  """`with_network` puts every param and statistic of another run's
+  network into a state, on the state's own shardings, and refuses a
+  network of another model by naming the leaves that differ."""
+  ctx, _ = contexts
+  trainer = classifier.trainer_for(ctx, len(ctx.labels("train")))
+  state, other = (trainer.init_state(seed, None) for seed in (0, 1))
+  network = jax.device_get((other.params, other.rest))
+  placed = classifier.with_network(state, network)
+  for got, want, live in zip((placed.params, placed.rest), network,
+                             (state.params, state.rest)):
+    got, want, live = (jax.tree.leaves(nnx.to_pure_dict(t))
+                       for t in (got, want, live))
+    assert len(got) == len(want) > 0
+    for g, w, l in zip(got, want, live):
+      np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+      assert g.sharding == l.sharding
+  assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
+      *(jax.tree.leaves(nnx.to_pure_dict(t.params)) for t in (state, placed))))
+  params = nnx.to_pure_dict(network[0])
+  params["head"]["extra"] = {"kernel": np.zeros(2)}
+  with pytest.raises(ValueError, match=r"leaves in one only: "
+                     r"\['head/extra/kernel'\]"):
+    classifier.with_network(state, (nnx.State(params), network[1]))

@@ -47,7 +47,7 @@ from ssl_jax.evaluation import inference, metrics
 from ssl_jax.evaluation.encoder_context import (EVAL_SPLITS, EncoderContext,
                                                 Predictions, model_key)
 from ssl_jax.objectives import supervised
-from ssl_jax.pytree import path_keys, path_str
+from ssl_jax.pytree import flatten, path_keys, path_str
 from ssl_jax.train import encoder_weights as weights_lib
 from ssl_jax.train import loop, optim, step as step_lib
 from ssl_jax.train import state as state_lib
@@ -231,20 +231,27 @@ class ClassifierTrainer:
   def run(self, ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
           weights: weights_lib.Flat | None, name: str,
           feed: Feed | None = None, teachers: tuple = (),
-          score: tuple[str, ...] = EVAL_SPLITS) -> Predictions:
+          score: tuple[str, ...] = EVAL_SPLITS,
+          start: tuple | None = None) -> Predictions:
     """Trains on the labelled train rows `train_idx`, or on what `feed`
     gives (a distillation student's soft targets, FixMatch's labelled and
     unlabelled rows; an LP-FT head still fits on `train_idx` alone);
     `teachers`: the networks (`Predictions.networks`) a function-matching
-    student's step runs on its own views. Returns the selected model's
-    probabilities on the `score` splits, and its weights."""
+    student's step runs on its own views; `start`: such a network of this
+    model to start from, every weight of it (its head too, so no LP-FT
+    head is fitted), instead of `weights` and a fresh head. Returns the
+    selected model's probabilities on the `score` splits, and its
+    weights."""
     from data_pipelines import input_pipeline  # only where data is read
     ft = self.config.finetune
     seed = training_seed(ft, seed)
     state = self.init_state(seed, weights)
+    if start is not None:
+      state = with_network(state, start)
     if teachers or supervised.TEACHERS in state.extra:
       state = with_teachers(state, teachers)
-    probed = head_fit(ft) == "linear_probe" and weights is not None
+    probed = (head_fit(ft) == "linear_probe" and weights is not None
+              and start is None)
     if probed:
       state, probe_val_score = self.fit_head(ctx, state, train_idx, seed)
     if self.average:  # from the weights training starts from
@@ -539,6 +546,29 @@ def _inference_programs(graphdef: nnx.GraphDef, multi_label: bool,
   encode = runtime.jit(lambda p, r, x: nnx.merge(graphdef, p, r).encoder(
       views.eval_view(x), train=False), graphdef)
   return predict, encode
+
+
+def with_network(state: state_lib.TrainState, network: tuple
+                 ) -> state_lib.TrainState:
+  """The state with every param and statistic replaced by `network`'s
+  ((params, rest) of a run of the same model, on host), each on its own
+  sharding; the optimizer state is left as initialised."""
+  def place(path, old, new):
+    return weights_lib.placed(old, new, path_str(path))
+
+  live = []
+  for collection, source in zip((state.params, state.rest), network):
+    copy = jax.tree.map(lambda x: x, collection)
+    pure, new = nnx.to_pure_dict(copy), nnx.to_pure_dict(source)
+    differ = sorted(flatten(pure).keys() ^ flatten(new).keys())
+    if differ:
+      raise ValueError("a network to start from must be of the model it "
+                       "starts (a FixMatch teacher with a contrastive "
+                       f"projector is not); leaves in one only: {differ[:5]}")
+    nnx.replace_by_pure_dict(copy, jax.tree_util.tree_map_with_path(
+        place, pure, new))
+    live.append(copy)
+  return state.replace(params=live[0], rest=live[1])
 
 
 def with_head(state: state_lib.TrainState, kernel: np.ndarray,

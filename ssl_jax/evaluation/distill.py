@@ -36,6 +36,10 @@ the teacher networks inside the student's step, on the student's own
 augmented and mixed views, instead of reading probabilities fixed once
 per image; `finetune.distill_epochs` lengthens the students' runs (the
 paper's "patient" teacher), 0 keeping stage 2's epochs.
+`finetune.distill_student_init='teacher'` starts each student from its
+teacher's selected network (encoder, BatchNorm statistics and head)
+instead of the pretrained encoder and a fresh head: the student carries
+on from where its teacher stopped (one teacher network only).
 """
 from __future__ import annotations
 
@@ -129,6 +133,26 @@ def function_matching(ft, encoders: int = 1) -> bool:
   return matching
 
 
+STUDENT_INITS = ("encoder", "teacher")
+
+
+def student_from_teacher(ft, encoders: int = 1) -> bool:
+  """`finetune.distill_student_init` (absent: 'encoder') is 'teacher';
+  refused when unknown, and when a student's teacher averages several
+  networks (`distill_teachers` or further encoders): there is no one
+  network to start from."""
+  init = ft.get("distill_student_init", STUDENT_INITS[0])
+  if init not in STUDENT_INITS:
+    raise ValueError(f"config.finetune.distill_student_init={init!r}; "
+                     f"allowed: {', '.join(STUDENT_INITS)}")
+  from_teacher = init == "teacher"
+  if from_teacher and (encoders > 1 or teacher_count(ft) > 1):
+    raise ValueError("config.finetune.distill_student_init='teacher' starts "
+                     "the student from its one teacher network: keep "
+                     "distill_teachers=1 and no distill_teacher_pretrained")
+  return from_teacher
+
+
 def student_epochs(ft) -> float | None:
   """`finetune.distill_epochs` (absent or 0: stage 2's own length, None),
   refused below 0."""
@@ -184,6 +208,7 @@ def self_distill(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
   chains = [averaged(own), *others]
   rows = np.arange(len(ctx.labels("train")))
   matching = function_matching(ft, len(encoders))
+  from_teacher = student_from_teacher(ft, len(encoders))
   epochs = student_epochs(ft)
 
   def learn(encoder, teacher, r, suffix, score):
@@ -202,7 +227,8 @@ def self_distill(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
         feed=classifier.soft_target_feed(
             rows, targets, ctx.info.multi_label,
             labelled=train_idx if matching else None),
-        teachers=matched, score=score)
+        teachers=matched, score=score,
+        start=teacher.networks[0] if from_teacher else None)
 
   first = last = averaged(chains)
   for r in range(rounds - 1):
@@ -216,6 +242,7 @@ def self_distill(ctx: EncoderContext, train_idx: np.ndarray, seed: int, *,
       teacher_encoders=len(encoders),
       **({"distill_targets": "function_matching"} if matching else {}),
       **({"student_epochs": epochs} if epochs else {}),
+      **({"student_init": "teacher"} if from_teacher else {}),
       **_aurocs(ctx, "teacher", first, own + others),
       **{f"teacher_{k}": v for k, v in first.info.items()
          if k.startswith("selected_")},

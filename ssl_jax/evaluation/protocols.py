@@ -272,8 +272,9 @@ def _distill_teacher(ctx: EncoderContext):
 def _distill_applies(ctx: EncoderContext) -> None:
   ft = ctx.config.finetune
   distill.teacher_count(ft)  # refuses fewer than one
-  distill.function_matching(  # refuses an unknown mode or mix
-      ft, 1 + len(ft.get("distill_teacher_pretrained", ())))
+  encoders = 1 + len(ft.get("distill_teacher_pretrained", ()))
+  distill.function_matching(ft, encoders)  # refuses an unknown mode or mix
+  distill.student_from_teacher(ft, encoders)  # ... or a teacher ensemble
   distill.student_epochs(ft)  # refuses a negative length
   if _distill_teacher(ctx) is _fixmatch:
     _fixmatch_applies(ctx)
