@@ -495,9 +495,9 @@ def test_a_started_network_is_placed_whole_on_the_states_shardings(contexts):  #
     got, want, live = (jax.tree.leaves(nnx.to_pure_dict(t))
                        for t in (got, want, live))
     assert len(got) == len(want) > 0
-    for g, w, l in zip(got, want, live):
-      np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
-      assert g.sharding == l.sharding
+    for leaf, source, before in zip(got, want, live):
+      np.testing.assert_array_equal(np.asarray(leaf), np.asarray(source))
+      assert leaf.sharding == before.sharding
   assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
       *(jax.tree.leaves(nnx.to_pure_dict(t.params)) for t in (state, placed))))
   params = nnx.to_pure_dict(network[0])
