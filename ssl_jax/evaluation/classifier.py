@@ -552,19 +552,22 @@ def with_network(state: state_lib.TrainState, network: tuple
                  ) -> state_lib.TrainState:
   """The state with every param and statistic replaced by `network`'s
   ((params, rest) of a run of the same model, on host), each on its own
-  sharding; the optimizer state is left as initialised."""
+  sharding; the optimizer state is left as initialised. The network is
+  read as a teacher slot is (`supervised.teacher_slot`): a FixMatch
+  teacher's training-only projector is not part of what it predicts with."""
   def place(path, old, new):
     return weights_lib.placed(old, new, path_str(path))
 
+  slot = supervised.teacher_slot(*network)
   live = []
-  for collection, source in zip((state.params, state.rest), network):
+  for collection, new in zip((state.params, state.rest),
+                             (slot["params"], slot["rest"])):
     copy = jax.tree.map(lambda x: x, collection)
-    pure, new = nnx.to_pure_dict(copy), nnx.to_pure_dict(source)
+    pure = nnx.to_pure_dict(copy)
     differ = sorted(flatten(pure).keys() ^ flatten(new).keys())
     if differ:
       raise ValueError("a network to start from must be of the model it "
-                       "starts (a FixMatch teacher with a contrastive "
-                       f"projector is not); leaves in one only: {differ[:5]}")
+                       f"starts; leaves in one only: {differ[:5]}")
     nnx.replace_by_pure_dict(copy, jax.tree_util.tree_map_with_path(
         place, pure, new))
     live.append(copy)
