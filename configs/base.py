@@ -66,17 +66,20 @@ def optim_config(name: str, lr: float, *, weight_decay: float,
                  scale_by_batch: bool = False, warmup_steps: int = 100,
                  final_lr_fraction: float = 0.0, grad_clip_norm: float = 0.0,
                  schedule: str = "cosine", decay_at: tuple = (0.5, 0.75),
-                 decay_factor: float = 0.1, **extra) -> dict:
+                 decay_factor: float = 0.1, sam_rho: float = 0.0,
+                 **extra) -> dict:
   """An optimizer block for ssl_jax/train/optim.py: warmup, then `schedule`
   cosine (to `final_lr_fraction` of the peak) or step (x `decay_factor` at
   each fraction of the run in `decay_at`); `lr` is scaled by batch/256 when
-  `scale_by_batch`. `extra` holds optimizer-specific fields (b1, b2,
-  momentum)."""
+  `scale_by_batch`. `sam_rho` > 0: sharpness-aware gradients of that radius
+  (ssl_jax/train/step.py; two gradients a step). `extra` holds
+  optimizer-specific fields (b1, b2, momentum)."""
   return dict(name=name, lr=lr, weight_decay=weight_decay,
               scale_by_batch=scale_by_batch, warmup_steps=warmup_steps,
               final_lr_fraction=final_lr_fraction,
               grad_clip_norm=grad_clip_norm, schedule=schedule,
-              decay_at=decay_at, decay_factor=decay_factor, **extra)
+              decay_at=decay_at, decay_factor=decay_factor, sam_rho=sam_rho,
+              **extra)
 
 
 def get_config() -> ml_collections.ConfigDict:

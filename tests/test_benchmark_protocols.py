@@ -254,6 +254,46 @@ def test_layer_decay_scales_each_units_step(contexts):
   assert classifier.trainer_for(ctx, 20, pretrained=False).layer_decay == 1.0
 
 
+def test_sharpness_aware_stage_2_moves_only_what_trains(contexts):
+  """`finetune.optim.sam_rho`: one step from the same weights and batch
+  logs the same loss as the plain step (the first pass) but updates along
+  another gradient; with `last_k` the frozen stages stay exactly put."""
+  ctx, _ = contexts
+  batch = {"image": ctx.data["train"][0][:16],
+           "label": ctx.labels("train")[:16]}
+
+  def one_step(sam_rho, last_k=None):
+    cfg = ctx.config.copy_and_resolve_references()
+    cfg.finetune.optim.warmup_steps = 0
+    cfg.finetune.optim.sam_rho = sam_rho
+    own = EncoderContext(**{**vars(ctx), "config": cfg, "compiled": {}})
+    trainer = classifier.ClassifierTrainer(own, last_k=last_k, steps=4)
+    state = trainer.init_state(0, None)
+    before = jax.device_get(state.params)
+    state, logged = trainer.step_fn(state, batch)
+    return before, jax.device_get(state.params), float(logged["loss"])
+
+  start, plain, plain_loss = one_step(0.0)
+  _, sharp, sharp_loss = one_step(0.5)
+  assert sharp_loss == pytest.approx(plain_loss, rel=1e-5)
+  differ = [not np.allclose(a, b, rtol=1e-4, atol=0) for a, b in
+            zip(jax.tree.leaves(plain), jax.tree.leaves(sharp))]
+  assert sum(differ) > len(differ) // 2
+  _, frozen_run, _ = one_step(0.5, last_k=1)
+  _, frozen_plain, _ = one_step(0.0, last_k=1)
+  assert not all(np.allclose(a, b, rtol=1e-4, atol=0) for a, b in zip(
+      jax.tree.leaves(frozen_plain), jax.tree.leaves(frozen_run)))
+  frozen = 0
+  for (path, new), old in zip(
+      jax.tree_util.tree_flatten_with_path(frozen_run)[0],
+      jax.tree.leaves(start), strict=True):
+    stage = path_keys(path)[:3]
+    if stage[0] == "encoder" and stage[1:] != ("stages", 3):
+      np.testing.assert_array_equal(new, old, err_msg=str(path))
+      frozen += 1
+  assert frozen > 0
+
+
 def test_flipped_views_are_the_mirrorings_the_policy_trains_with():
   images = jnp.arange(2 * 3 * 4 * 1).reshape(2, 3, 4, 1)
   safe = views.flipped_views(augment.get("medical_safe"), images)

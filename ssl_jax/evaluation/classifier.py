@@ -154,8 +154,9 @@ class ClassifierTrainer:
     self.select_by = _choice(ft, "select_by", SELECT_BY)
     self.average = weight_average_decay(ft)
     shape = nnx.eval_shape(lambda: self._model(0))
+    labels = trainable_labels(shape, last_k)
     self.tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
-                                    trainable_labels(shape, last_k))
+                                    labels)
     self.layer_decay = layer_decay
     if layer_decay < 1.0:
       self.tx = optax.chain(self.tx, layer_decay_scales(shape, layer_decay))
@@ -180,7 +181,11 @@ class ClassifierTrainer:
     else:
       self.predict, self.encode = like.predict, like.encode
     self.graphdef, self.shardings = graphdef, shardings
-    step = step_lib.make_from_objective(graphdef, self.bound, self.tx, schedule)
+    step = step_lib.make_from_objective(
+        graphdef, self.bound, self.tx, schedule,
+        sam_rho=ft.optim.get("sam_rho", 0.0),
+        sam_mask=lambda params: jax.tree.map(lambda l: l == "train",
+                                             labels(params)))
     if self.average:
       step = with_weight_average(step, self.average)
     self.step_fn = step_lib.compile_step(step, shardings, graphdef=graphdef)
@@ -298,6 +303,7 @@ class ClassifierTrainer:
          **({"select_by": self.select_by}
             if self.select_by != SELECT_BY[0] else {}),
          **({"layer_decay": self.layer_decay} if self.layer_decay < 1 else {}),
+         **({"sam_rho": ft.optim.sam_rho} if ft.optim.get("sam_rho") else {}),
          **({"drop_path": drop_path} if drop_path else {}),
          **({"test_time_flips": True} if self.flip_views else {}),
          **({"weight_average": self.average} if self.average else {}),

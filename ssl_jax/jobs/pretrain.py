@@ -104,7 +104,8 @@ def build_parts(config: ml_collections.ConfigDict, info, mesh,
   step_fn = step_lib.make_from_objective(
       graphdef, bound, tx, schedule,
       grad_accum_steps=config.train.get("grad_accum_steps", 1),
-      batch_sharding=parallel.batch_sharded(mesh))
+      batch_sharding=parallel.batch_sharded(mesh),
+      sam_rho=config.optim.get("sam_rho", 0.0))
   return Built(graphdef, abstract, shardings, init,
                step_lib.compile_step(step_fn, shardings, graphdef=graphdef))
 

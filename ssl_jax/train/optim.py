@@ -58,7 +58,7 @@ def check(cfg: ml_collections.ConfigDict, total_steps: int,
   """Refuses numbers that train wrongly without failing (a negative lr is
   gradient ascent), naming the field: lr > 0, weight_decay >= 0,
   0 <= warmup_steps <= steps, final_lr_fraction and betas/momentum in
-  [0, 1), grad_clip_norm >= 0."""
+  [0, 1), grad_clip_norm >= 0, sam_rho >= 0."""
   def fail(key: str, want: str) -> None:
     raise ValueError(f"config.{field}.{key}={cfg[key]!r}; expected {want}")
 
@@ -77,6 +77,8 @@ def check(cfg: ml_collections.ConfigDict, total_steps: int,
     fail("final_lr_fraction", "in [0, 1]")
   if cfg.get("grad_clip_norm", 0.0) < 0:
     fail("grad_clip_norm", ">= 0 (0 = no clipping)")
+  if cfg.get("sam_rho", 0.0) < 0:
+    fail("sam_rho", ">= 0 (0 = plain gradients; > 0 = sharpness-aware radius)")
   for key in ("b1", "b2", "momentum"):
     if key in cfg and cfg[key] is not None and not 0.0 <= cfg[key] < 1.0:
       fail(key, "in [0, 1)")

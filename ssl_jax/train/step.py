@@ -22,6 +22,15 @@ and metrics are micro-batch means. What that changes, by construction:
   device splits its own shard and no data moves between devices; it draws
   its randomness from `fold_in(step_rng, i)`.
 With k = 1 the step is exactly the plain one (no scan).
+
+Sharpness-aware minimisation (`optim.sam_rho` = rho > 0; Foret et al., ICLR
+2021) takes the gradient a second time, on the same batch and randomness,
+at the weights moved rho along the first gradient's unit direction, and
+updates with that one: it seeks weights whose whole neighbourhood has low
+loss, the flat minima that generalise from few examples. The first pass
+alone gives the logged loss and metrics, the BatchNorm statistics and the
+objective's `extra`; the move touches only the leaves `sam_mask` marks
+(frozen ones stay put). Each step costs two gradients.
 """
 from __future__ import annotations
 
@@ -78,14 +87,20 @@ def make_train_step(
     update_extra: Callable[[Any, nnx.State, jax.Array], Any] | None = None,
     grad_accum_steps: int = 1,
     batch_sharding: NamedSharding | None = None,
+    sam_rho: float = 0.0,
+    sam_mask: Callable[[nnx.State], Any] | None = None,
 ) -> StepFn:
   """Returns the un-jitted pure step; callers jit it (see `compile_step`).
 
   `batch_sharding` (the batch's data-axis sharding) keeps micro-batches
-  sharded like the batch when `grad_accum_steps > 1`.
+  sharded like the batch when `grad_accum_steps > 1`. `sam_rho` > 0: the
+  sharpness-aware update (module docstring), moving only the leaves where
+  `sam_mask(params)` is True (None: all of them).
   """
   if grad_accum_steps < 1:
     raise ValueError(f"train.grad_accum_steps must be >= 1, got {grad_accum_steps}")
+  if sam_rho < 0:
+    raise ValueError(f"optim.sam_rho must be >= 0 (0 = off), got {sam_rho}")
 
   def grads_of(params, rest, extra, batch, rng):
     def objective(params):
@@ -97,33 +112,43 @@ def make_train_step(
         objective, has_aux=True)(params)
     return loss, metrics, rest, extra, grads
 
-  def accumulated(state: TrainState, batch, rng):
+  def accumulated(params, rest, extra, batch, rng):
     micro = split_micro_batches(batch, grad_accum_steps, batch_sharding)
 
     def body(carry, xs):
       grad_sum, rest, extra = carry
       index, micro_batch = xs
       loss, metrics, new_rest, new_extra, grads = grads_of(
-          state.params, rest, extra, micro_batch, jax.random.fold_in(rng, index))
+          params, rest, extra, micro_batch, jax.random.fold_in(rng, index))
       carry = (jax.tree.map(jnp.add, grad_sum, grads),
                _like(new_rest, rest), _like(new_extra, extra))
       return carry, (loss, metrics)
 
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    zeros = jax.tree.map(jnp.zeros_like, params)
     (grad_sum, rest, extra), (losses, metrics) = jax.lax.scan(
-        body, (zeros, state.rest, state.extra),
+        body, (zeros, rest, extra),
         (jnp.arange(grad_accum_steps), micro))
     grads = jax.tree.map(lambda g: g / grad_accum_steps, grad_sum)
     metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
     return jnp.mean(losses), metrics, rest, extra, grads
 
+  gradient = grads_of if grad_accum_steps == 1 else accumulated
+
+  def sharpness_aware(state: TrainState, grads, batch, rng):
+    """The gradient at the weights rho along `grads`' unit direction."""
+    moved = grads if sam_mask is None else jax.tree.map(
+        lambda g, m: g if m else jnp.zeros_like(g), grads, sam_mask(grads))
+    scale = sam_rho / (_norm(moved) + 1e-12)
+    params = jax.tree.map(lambda p, g: p + (scale * g).astype(p.dtype),
+                          state.params, moved)
+    return gradient(params, state.rest, state.extra, batch, rng)[-1]
+
   def step(state: TrainState, batch: dict[str, jax.Array]):
     rng = jax.random.fold_in(state.rng, state.step)
-    if grad_accum_steps == 1:
-      loss, metrics, rest, extra, grads = grads_of(
-          state.params, state.rest, state.extra, batch, rng)
-    else:
-      loss, metrics, rest, extra, grads = accumulated(state, batch, rng)
+    loss, metrics, rest, extra, grads = gradient(
+        state.params, state.rest, state.extra, batch, rng)
+    if sam_rho > 0:
+      grads = sharpness_aware(state, grads, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     if update_extra is not None:
@@ -157,9 +182,12 @@ def compile_step(step: StepFn, state_shardings: Any = None, *,
 
 def make_from_objective(graphdef, bound, tx, schedule, *,
                         grad_accum_steps: int = 1,
-                        batch_sharding: NamedSharding | None = None) -> StepFn:
+                        batch_sharding: NamedSharding | None = None,
+                        sam_rho: float = 0.0,
+                        sam_mask: Callable | None = None) -> StepFn:
   """Glue: a bound objective's (objectives.bind) loss and extra-state update."""
   return make_train_step(graphdef, bound.make_loss(), tx,
                          schedule=schedule, update_extra=bound.update_extra,
                          grad_accum_steps=grad_accum_steps,
-                         batch_sharding=batch_sharding)
+                         batch_sharding=batch_sharding, sam_rho=sam_rho,
+                         sam_mask=sam_mask)
