@@ -28,8 +28,9 @@ Sharpness-aware minimisation (`optim.sam_rho` = rho > 0; Foret et al., ICLR
 at the weights moved rho along the first gradient's unit direction, and
 updates with that one: it seeks weights whose whole neighbourhood has low
 loss, the flat minima that generalise from few examples. The first pass
-alone gives the logged loss and metrics, the BatchNorm statistics and the
-objective's `extra`; the move touches only the leaves `sam_mask` marks
+alone gives the logged loss and the objective's metrics, the BatchNorm
+statistics and the objective's `extra` (the logged grad_norm is the
+applied gradient's); the move touches only the leaves `sam_mask` marks
 (frozen ones stay put). Each step costs two gradients.
 """
 from __future__ import annotations
