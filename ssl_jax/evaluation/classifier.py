@@ -153,6 +153,7 @@ class ClassifierTrainer:
     self.select_from = selection_start(ft, self.steps)
     self.select_by = _choice(ft, "select_by", SELECT_BY)
     self.average = weight_average_decay(ft)
+    self.sam_rho = ft.optim.get("sam_rho", 0.0)
     shape = nnx.eval_shape(lambda: self._model(0))
     labels = trainable_labels(shape, last_k)
     self.tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
@@ -183,7 +184,7 @@ class ClassifierTrainer:
     self.graphdef, self.shardings = graphdef, shardings
     step = step_lib.make_from_objective(
         graphdef, self.bound, self.tx, schedule,
-        sam_rho=ft.optim.get("sam_rho", 0.0),
+        sam_rho=self.sam_rho,
         sam_mask=lambda params: jax.tree.map(lambda l: l == "train",
                                              labels(params)))
     if self.average:
@@ -303,7 +304,7 @@ class ClassifierTrainer:
          **({"select_by": self.select_by}
             if self.select_by != SELECT_BY[0] else {}),
          **({"layer_decay": self.layer_decay} if self.layer_decay < 1 else {}),
-         **({"sam_rho": ft.optim.sam_rho} if ft.optim.get("sam_rho") else {}),
+         **({"sam_rho": self.sam_rho} if self.sam_rho else {}),
          **({"drop_path": drop_path} if drop_path else {}),
          **({"test_time_flips": True} if self.flip_views else {}),
          **({"weight_average": self.average} if self.average else {}),
