@@ -73,8 +73,7 @@ def test_update_follows_the_gradient_at_the_moved_weights(move):
 
 
 def test_rho_zero_is_the_plain_step():
-  _, (plain, _) = _stepped(0.0)
-  before = _stepped(0.0)[0]
+  before, (plain, _) = _stepped(0.0)
   w = _weights(before.params)
   expected = jax.tree.map(lambda p, d: p - 0.1 * d, w,
                           jax.grad(_mse)(w, _batch()))
