@@ -166,6 +166,10 @@ def export(workdir: str, fmt: str = "torch", out: str | None = None) -> str:
   if getattr(encoder, "small_stem", False):
     notes.append("small stem: conv1 is 3x3 stride 1 and there is no max-pool "
                  "(replace both in torchvision's model)")
+  strides = getattr(encoder, "stage_strides", None)
+  if strides and tuple(strides) != (1,) + (2,) * (len(strides) - 1):
+    notes.append(f"stage strides {tuple(strides)}: set layerN[0].conv1 and "
+                 "layerN[0].downsample[0] strides to match")
   if getattr(encoder, "pool", "cls") == "mean":
     notes.append("pool=mean: timm global_pool='avg', fc_norm=False")
   print(f"wrote {out}: {config.model.name} step {step}, {len(state_dict)} "

@@ -163,10 +163,12 @@ def test_file_holds_torch_names(exported):
     assert arrays["blocks.0.attn.qkv.weight"].shape == (96, 32)  # [out, in]
 
 
-def test_cli_writes_the_default_path(tmp_path):
-  workdir, _ = _workdir(tmp_path, RESNET)
+def test_cli_writes_the_default_path_and_notes_strides(tmp_path, capsys):
+  # Strides hold no params, so only the note tells torchvision users.
+  workdir, _ = _workdir(tmp_path, dict(RESNET, stage_strides=(1, 1, 2, 2)))
   export.main([workdir, "--format=npz"])
   assert os.path.exists(os.path.join(workdir, "encoder.npz"))
+  assert "stage strides (1, 1, 2, 2)" in capsys.readouterr().out
 
 
 def test_errors_name_the_workdir_and_the_field(tmp_path):

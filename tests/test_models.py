@@ -83,6 +83,23 @@ def test_resnet_imagenet_stem_and_stage_sizes():
   assert sorted(inter) == ['stage1', 'stage2']
 
 
+def test_resnet_stage_strides_keep_resolution_and_params(resnet18):
+  # Strides hold no params: the same checkpoint runs at either; (1, 1, 2, 2)
+  # leaves stage 4 at 7x7 on 28 px instead of 4x4.
+  fine = nnx.eval_shape(lambda: models.get('resnet18')(
+      in_channels=3, rngs=nnx.Rngs(0), stage_strides=(1, 1, 2, 2),
+      **TINY_RESNET))
+  shapes = lambda m: jax.tree.map(jnp.shape, nnx.state(m, nnx.Param))
+  assert shapes(fine) == shapes(resnet18)
+  maps = lambda m: [x.shape[1] for x in nnx.eval_shape(
+      lambda m, x: m.feature_maps(x), m, _images())]
+  assert maps(resnet18) == [28, 28, 14, 7, 4]
+  assert maps(fine) == [28, 28, 28, 14, 7]
+  with pytest.raises(ValueError, match=r'stage_strides must be 4 ints'):
+    models.get('resnet18')(in_channels=3, rngs=nnx.Rngs(0),
+                           stage_strides=(1, 2), **TINY_RESNET)
+
+
 def test_resnet_batchnorm_stats_update_only_in_train(resnet18):
   m = resnet18
   before = jax.tree.map(np.asarray, nnx.state(m, nnx.BatchStat))
