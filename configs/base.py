@@ -114,7 +114,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Fields other than `name` are passed to the backbone factory. ResNets:
   # conv_impl auto | xla | matmul_1x1 | cpu | onednn, norm_impl auto | xla |
   # matmul: how convs and BatchNorm are computed, same params
-  # (ssl_jax/models/layers.py; 'auto' = oneDNN convs on CPU when installed).
+  # (ssl_jax/models/layers.py; 'auto' = oneDNN convs on CPU when installed);
+  # stage_strides: each stage's first stride, default (1, 2, 2, 2).
   c.model = dict(name="resnet18", width_multiplier=1.0, conv_impl="auto",
                  norm_impl="auto")
   c.objective = dict(name="simclr", temperature=0.1, proj_hidden_dim=512,
