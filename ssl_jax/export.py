@@ -43,6 +43,7 @@ from typing import Callable, Sequence
 import numpy as np
 from flax import nnx
 
+from ssl_jax.models import resnet
 from ssl_jax.registry import Registry
 from ssl_jax.train import encoder_weights, init_from
 
@@ -167,7 +168,7 @@ def export(workdir: str, fmt: str = "torch", out: str | None = None) -> str:
     notes.append("small stem: conv1 is 3x3 stride 1 and there is no max-pool "
                  "(replace both in torchvision's model)")
   strides = getattr(encoder, "stage_strides", None)
-  if strides and tuple(strides) != (1,) + (2,) * (len(strides) - 1):
+  if strides and strides != resnet.default_stage_strides(len(strides)):
     notes.append(f"stage strides {tuple(strides)}: set layerN[0].conv1 and "
                  "layerN[0].downsample[0] strides to match")
   if getattr(encoder, "pool", "cls") == "mean":

@@ -270,14 +270,19 @@ class ResNet(nnx.Module):
     return maps
 
 
+def default_stage_strides(n_stages: int) -> tuple[int, ...]:
+  """He et al.'s first-block strides: (1, 2, 2, ...)."""
+  return (1,) + (2,) * (n_stages - 1)
+
+
 def _stage_strides(strides: Sequence[int] | None, n_stages: int
                    ) -> tuple[int, ...]:
-  """Each stage's first-block stride; default (1, 2, 2, ...) as in He et al.
-  Strides hold no params, so a checkpoint loads at any strides: (1, 1, 2, 2)
-  keeps a 28 px input at full resolution through stage 2 (last map 7x7
-  instead of 4x4) for about 3x the FLOPs."""
+  """Each stage's first-block stride, the default when None. Strides hold
+  no params, so a checkpoint loads at any strides: (1, 1, 2, 2) keeps a
+  28 px input at full resolution through stage 2 (last map 7x7 instead of
+  4x4) for about 3x the FLOPs."""
   if strides is None:
-    return (1,) + (2,) * (n_stages - 1)
+    return default_stage_strides(n_stages)
   strides = tuple(strides)
   if len(strides) != n_stages or not all(
       isinstance(s, int) and s >= 1 for s in strides):
