@@ -174,7 +174,9 @@ def get_config() -> ml_collections.ConfigDict:
   # `min_steps`; validation every `eval_every_epochs`); the step with the
   # best val AUROC (ties: lower val loss) is kept; `select_by`: val_auroc
   # | val_loss (lowest; ties: higher AUROC) | last (the final evaluation,
-  # no choice on validation). `select_from`:
+  # no choice on validation) | val_auroc_smoothed (the best mean val AUROC
+  # over an evaluation and its neighbours, one before and one after).
+  # `select_from`:
   # warmup_end (candidates from the end of optim's warmup on) | first_eval
   # (every evaluation; at 1 % of the labels, validated every step, that kept
   # steps 2-8, a barely moved zero head: docs/results.md "Pretraining

@@ -151,6 +151,49 @@ def test_best_on_val_by_loss_or_last():
   assert kept("last", evals[:1]) == (None, None)
 
 
+def test_smoothed_selection_keeps_the_best_neighbourhood_not_the_spike():
+  def kept(evals):
+    best, copies = classifier.best_on_val(20, "val_auroc_smoothed"), []
+    for step, auroc, loss in evals:
+      best.offer(step, {"auroc": auroc, "loss": loss},
+                 lambda s=step: copies.append(s) or s)
+    best.finish()
+    return best.step, best.state, best.auroc, copies
+
+  # 60 is a lone spike (its window's mean 0.697); 120's window 0.80, 0.82,
+  # 0.79 (mean 0.803) is the best.
+  evals = [(2, 0.99, 0.1), (20, 0.60, 0.5), (40, 0.60, 0.5), (60, 0.99, 0.5),
+           (80, 0.50, 0.5), (100, 0.80, 0.5), (120, 0.82, 0.5),
+           (140, 0.79, 0.5), (160, 0.70, 0.5)]
+  step, state, auroc, copies = kept(evals)
+  assert (step, state, auroc) == (120, 120, 0.82)  # its own AUROC reported
+  assert copies == [20, 40, 60, 80, 100, 120, 140, 160]  # not the warmup's
+  # the first and the last candidates are judged on two evaluations
+  assert kept(evals[:1] + [(20, 0.9, 0.5), (40, 0.7, 0.5),
+                           (60, 0.6, 0.5)])[0] == 20
+  assert kept([(20, 0.7, 0.5), (40, 0.6, 0.5), (60, 0.9, 0.5)])[0] == 60
+  assert kept([(20, 0.7, 0.5)])[0] == 20        # one candidate: itself
+  assert kept([(2, 0.7, 0.5)])[0] is None       # none after the warmup
+  # equal mean AUROC: the lower mean loss wins
+  assert kept([(20, 0.8, 0.6), (40, 0.8, 0.6), (60, 0.8, 0.3),
+               (80, 0.8, 0.3)])[0] == 60
+
+
+def test_scratch_run_selected_by_smoothed_auroc_keeps_the_best_window(
+    tmp_path, medmnist_dir):
+  cell, evals = _scratch_run(
+      tmp_path, medmnist_dir, **{"finetune.select_by": "val_auroc_smoothed",
+                                 "finetune.epochs": 4})
+  def window_mean(i, field):
+    return np.mean([row[field] for row in evals[max(i - 1, 0):i + 2]])
+
+  best = evals[max(range(len(evals)), key=lambda i: (
+      window_mean(i, "val/auroc"), -window_mean(i, "val/loss")))]
+  assert cell["select_by"] == "val_auroc_smoothed" and len(evals) >= 3
+  assert cell["selected_step"] == best["step"]
+  assert cell["selected_val_auroc"] == pytest.approx(best["val/auroc"])
+
+
 def test_scratch_run_selected_by_last_keeps_the_final_evaluation(
     tmp_path, medmnist_dir):
   cell, evals = _scratch_run(tmp_path, medmnist_dir,
