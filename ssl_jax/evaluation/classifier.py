@@ -7,7 +7,8 @@ it on every train image with another objective, whose batch columns a
 `Feed` gives. The run lasts `finetune.steps`,
 or with `finetune.epochs` > 0 that many passes over the labelled subset;
 the step with the best val AUROC (ties: lower val loss) is the one scored,
-chosen from the end of the learning-rate warmup on (`finetune.select_from`).
+chosen from the end of the learning-rate warmup on (`finetune.select_from`;
+other rules: `finetune.select_by`).
 `finetune.last_batch`: 'carry' lets batches run across epoch boundaries
 (every step a full batch); 'keep' batches each epoch on its own and ends it
 with its short batch, as PyTorch's DataLoader in the published recipes (on
