@@ -174,9 +174,12 @@ def test_smoothed_selection_keeps_the_best_neighbourhood_not_the_spike():
   assert kept([(20, 0.7, 0.5), (40, 0.6, 0.5), (60, 0.9, 0.5)])[0] == 60
   assert kept([(20, 0.7, 0.5)])[0] == 20        # one candidate: itself
   assert kept([(2, 0.7, 0.5)])[0] is None       # none after the warmup
-  # equal mean AUROC: the lower mean loss wins
-  assert kept([(20, 0.8, 0.6), (40, 0.8, 0.6), (60, 0.8, 0.3),
-               (80, 0.8, 0.3)])[0] == 60
+  # equal mean AUROC: the lower mean loss wins, the earlier on a full tie
+  # (values exact in binary, so every window's mean is exact)
+  assert kept([(20, 0.75, 0.5), (40, 0.75, 0.25), (60, 0.75, 0.25),
+               (80, 0.75, 0.5), (100, 0.75, 0.5)])[0] == 40
+  assert kept([(20, 0.75, 0.5), (40, 0.75, 0.5), (60, 0.75, 0.25),
+               (80, 0.75, 0.25), (100, 0.75, 0.5)])[0] == 60
 
 
 def test_scratch_run_selected_by_smoothed_auroc_keeps_the_best_window(
@@ -184,6 +187,7 @@ def test_scratch_run_selected_by_smoothed_auroc_keeps_the_best_window(
   cell, evals = _scratch_run(
       tmp_path, medmnist_dir, **{"finetune.select_by": "val_auroc_smoothed",
                                  "finetune.epochs": 4})
+
   def window_mean(i, field):
     return np.mean([row[field] for row in evals[max(i - 1, 0):i + 2]])
 
